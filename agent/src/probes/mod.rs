@@ -1,0 +1,264 @@
+//! Loading and attaching the kernel programs.
+//!
+//! Each hook has a `tp_btf` program (cheapest: direct BTF-typed arguments, no tracefs) and a
+//! `raw_tp` fallback (no tracefs either). The loader tries them in that order and records which
+//! one it used, or why neither worked.
+
+pub mod btf;
+pub mod offsets;
+
+use std::fmt;
+
+use aya::{
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use serde::Serialize;
+
+use self::{btf::Btf, offsets::KernelOffsets};
+
+/// The compiled kernel programs.
+pub static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/taskscope-probes"));
+
+/// Path of the running kernel's BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A family of hooks that is reported (and, later, switched) together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeGroup {
+    Scheduling,
+    Lifecycle,
+    Syscalls,
+    BlockIo,
+}
+
+/// How a hook got attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AttachType {
+    #[serde(rename = "tp_btf")]
+    TpBtf,
+    #[serde(rename = "raw_tp")]
+    RawTp,
+}
+
+impl fmt::Display for AttachType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachType::TpBtf => "tp_btf",
+            AttachType::RawTp => "raw_tp",
+        })
+    }
+}
+
+/// One kernel hook and its two program variants.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub tracepoint: &'static str,
+    pub btf_program: &'static str,
+    pub raw_program: &'static str,
+    pub group: ProbeGroup,
+    /// The agent cannot run without it.
+    pub required: bool,
+}
+
+const fn hook(
+    tracepoint: &'static str,
+    btf_program: &'static str,
+    raw_program: &'static str,
+    group: ProbeGroup,
+    required: bool,
+) -> Hook {
+    Hook {
+        tracepoint,
+        btf_program,
+        raw_program,
+        group,
+        required,
+    }
+}
+
+/// Every hook, in attach order. Lifecycle first, so that no process is born unseen while the
+/// rest attach.
+pub const HOOKS: &[Hook] = &[
+    hook("sched_process_fork", "ts_fork_btf", "ts_fork_raw", ProbeGroup::Lifecycle, true),
+    hook("sched_process_exec", "ts_exec_btf", "ts_exec_raw", ProbeGroup::Lifecycle, true),
+    hook("sched_process_exit", "ts_exit_btf", "ts_exit_raw", ProbeGroup::Lifecycle, true),
+    hook("sched_switch", "ts_switch_btf", "ts_switch_raw", ProbeGroup::Scheduling, true),
+    hook("sched_wakeup", "ts_wakeup_btf", "ts_wakeup_raw", ProbeGroup::Scheduling, true),
+    hook("sched_wakeup_new", "ts_wakeup_new_btf", "ts_wakeup_new_raw", ProbeGroup::Scheduling, true),
+    hook("sys_enter", "ts_sys_enter_btf", "ts_sys_enter_raw", ProbeGroup::Syscalls, false),
+    hook("sys_exit", "ts_sys_exit_btf", "ts_sys_exit_raw", ProbeGroup::Syscalls, false),
+    hook("block_io_start", "ts_io_start_btf", "ts_io_start_raw", ProbeGroup::BlockIo, false),
+    hook("block_rq_complete", "ts_io_done_btf", "ts_io_done_raw", ProbeGroup::BlockIo, false),
+];
+
+/// The outcome of attaching one hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    pub tracepoint: &'static str,
+    pub group: ProbeGroup,
+    /// The attach type used, or `None` when the hook is not attached.
+    pub attach_type: Option<AttachType>,
+    /// Why the cheaper type (or every type) failed, if it did.
+    pub errors: Vec<String>,
+}
+
+/// Settings the kernel programs are loaded with.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Thread group whose activity is not accounted (the agent itself).
+    pub agent_tgid: u32,
+    /// Syscalls at least this long are reported one by one.
+    pub slow_syscall_ns: u64,
+    /// Capacity of the per-task map.
+    pub max_tasks: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Try only raw tracepoints (for testing the fallback).
+    pub force_raw_tp: bool,
+}
+
+/// Why the programs could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read kernel BTF at {KERNEL_BTF}: {0}. The kernel needs CONFIG_DEBUG_INFO_BTF=y (run `taskscope check`)")]
+    NoBtf(std::io::Error),
+    #[error("cannot parse kernel BTF at {KERNEL_BTF}: {0}")]
+    BadBtf(#[from] btf::BtfError),
+    #[error("cannot take kernel struct offsets from BTF: {0}")]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("cannot load the kernel programs' maps: {0}. Is the agent running as root, or with CAP_BPF and CAP_PERFMON? (run `taskscope check`)")]
+    Object(#[source] aya::EbpfError),
+    #[error("the program {program} is missing from the kernel object")]
+    MissingProgram { program: &'static str },
+    #[error("cannot attach {tracepoint} ({group:?}), which the agent needs:\n{}", errors.join("\n"))]
+    Required {
+        tracepoint: &'static str,
+        group: ProbeGroup,
+        errors: Vec<String>,
+    },
+}
+
+/// The loaded programs and maps. Dropping it detaches and unloads everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+/// Renders a program error; for a verifier rejection, the verifier's last lines.
+pub fn describe_program_error(program: &str, err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(12)..];
+            format!(
+                "the verifier rejected program {program} ({io_error}); its last lines:\n    {}",
+                tail.join("\n    ")
+            )
+        }
+        other => format!("program {program}: {other}"),
+    }
+}
+
+impl Probes {
+    /// Loads the kernel object with offsets from the running kernel and attaches every hook.
+    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        let btf_bytes = std::fs::read(KERNEL_BTF).map_err(LoadError::NoBtf)?;
+        let offsets = KernelOffsets::from_btf(&Btf::parse(&btf_bytes)?)?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
+
+        let exit_has_group_dead = u32::from(offsets.exit_has_group_dead);
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&aya_btf))
+            .override_global("AGENT_TGID", &options.agent_tgid, true)
+            .override_global("SLOW_SYSCALL_NS", &options.slow_syscall_ns, true)
+            .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
+            .map_max_entries("TASKS", options.max_tasks)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes);
+        for (name, value) in &offsets.globals {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
+
+        let mut hooks = Vec::with_capacity(HOOKS.len());
+        for hook in HOOKS {
+            let status = attach(&mut ebpf, hook, &aya_btf, options.force_raw_tp)?;
+            if status.attach_type.is_none() && hook.required {
+                return Err(LoadError::Required {
+                    tracepoint: hook.tracepoint,
+                    group: hook.group,
+                    errors: status.errors,
+                });
+            }
+            hooks.push(status);
+        }
+        Ok(Probes { ebpf, hooks })
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: &aya::Btf,
+    force_raw_tp: bool,
+) -> Result<HookStatus, LoadError> {
+    let mut errors = Vec::new();
+    if !force_raw_tp {
+        let program = ebpf
+            .program_mut(hook.btf_program)
+            .ok_or(LoadError::MissingProgram {
+                program: hook.btf_program,
+            })?;
+        let attached = <&mut BtfTracePoint>::try_from(program)
+            .map_err(|e| format!("program {}: {e}", hook.btf_program))
+            .and_then(|p| {
+                p.load(hook.tracepoint, btf)
+                    .map_err(|e| describe_program_error(hook.btf_program, &e))?;
+                p.attach()
+                    .map_err(|e| format!("tp_btf attach to {}: {e}", hook.tracepoint))
+            });
+        match attached {
+            Ok(_) => {
+                return Ok(HookStatus {
+                    tracepoint: hook.tracepoint,
+                    group: hook.group,
+                    attach_type: Some(AttachType::TpBtf),
+                    errors,
+                })
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let program = ebpf
+        .program_mut(hook.raw_program)
+        .ok_or(LoadError::MissingProgram {
+            program: hook.raw_program,
+        })?;
+    let attached = <&mut RawTracePoint>::try_from(program)
+        .map_err(|e| format!("program {}: {e}", hook.raw_program))
+        .and_then(|p| {
+            p.load()
+                .map_err(|e| describe_program_error(hook.raw_program, &e))?;
+            p.attach(hook.tracepoint)
+                .map_err(|e| format!("raw_tp attach to {}: {e}", hook.tracepoint))
+        });
+    let attach_type = match attached {
+        Ok(_) => Some(AttachType::RawTp),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    Ok(HookStatus {
+        tracepoint: hook.tracepoint,
+        group: hook.group,
+        attach_type,
+        errors,
+    })
+}

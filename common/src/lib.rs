@@ -1,0 +1,366 @@
+//! Types shared by the kernel programs (`taskscope-ebpf`) and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the ring buffer,
+//! the agent reads the same bytes back. Field order is chosen so that no implicit padding exists
+//! (explicit `_pad` fields instead), which keeps the layouts identical on both sides and lets the
+//! verifier see fully initialised ring-buffer entries.
+#![no_std]
+
+/// Number of log2 buckets in every latency histogram.
+///
+/// Bucket `i` counts values `v` (nanoseconds) whose bit length is `i`, i.e. `2^(i-1) <= v < 2^i`
+/// (bucket 0 holds `v == 0`). The last bucket also holds everything larger: 2^35 ns is ~34 s.
+pub const HIST_BUCKETS: usize = 36;
+
+/// Length of the kernel's `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+/// Bytes of the exec'd file name carried in an [`ExecEvent`].
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of the argument vector (NUL-separated, as in `/proc/<pid>/cmdline`) in an [`ExecEvent`].
+pub const ARGS_LEN: usize = 512;
+
+/// Index of the log2 bucket for `value` (see [`HIST_BUCKETS`]). Branch-free enough for BPF.
+#[inline(always)]
+pub fn log2_bucket(value: u64) -> usize {
+    let bits = (64 - value.leading_zeros()) as usize;
+    if bits >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        bits
+    }
+}
+
+/// Upper bound (exclusive, nanoseconds) of histogram bucket `index`; `u64::MAX` for the last.
+pub fn bucket_upper_bound_ns(index: usize) -> u64 {
+    if index + 1 >= HIST_BUCKETS {
+        u64::MAX
+    } else {
+        1u64 << index
+    }
+}
+
+/// Scheduler accumulators of one task (thread), keyed by tid in the `TASKS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskSched {
+    /// Thread group (process) id of the task.
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Time spent running on a CPU, closed slices only (see `running_since_ns`).
+    pub on_cpu_ns: u64,
+    /// Time spent runnable but waiting for a CPU (run-queue latency), completed waits only.
+    pub runq_wait_ns: u64,
+    /// Switches away while blocking (matches `voluntary_ctxt_switches` in `/proc/<pid>/status`).
+    pub voluntary_switches: u64,
+    /// Switches away while still runnable (preempted; `nonvoluntary_ctxt_switches`).
+    pub involuntary_switches: u64,
+    /// `bpf_ktime_get_ns()` when the task last went on a CPU; 0 while it is off CPU.
+    pub running_since_ns: u64,
+    /// When the task became runnable; 0 when it is not waiting for a CPU.
+    pub queued_since_ns: u64,
+    /// log2 histogram of run-queue waits (nanoseconds).
+    pub runq_hist: [u64; HIST_BUCKETS],
+}
+
+/// Per-CPU busy/idle accounting, one entry of the per-CPU array `CPUS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Busy time in closed busy periods.
+    pub busy_ns: u64,
+    /// Idle time in closed idle periods.
+    pub idle_ns: u64,
+    /// Start of the current busy period, 0 when idle or not yet seen.
+    pub busy_since_ns: u64,
+    /// Start of the current idle period, 0 when busy or not yet seen.
+    pub idle_since_ns: u64,
+    /// Number of closed idle periods per log2 length bucket.
+    pub idle_periods: [u64; HIST_BUCKETS],
+    /// Idle time (ns) spent in closed idle periods per log2 length bucket: what CPU idle
+    /// fragmentation is computed from.
+    pub idle_ns_by_bucket: [u64; HIST_BUCKETS],
+}
+
+/// Key of the `SYSCALLS` map: one process and one syscall number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyscallKey {
+    pub tgid: u32,
+    pub nr: u32,
+}
+
+/// Accumulators for one (process, syscall).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallStats {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    pub latency_hist: [u64; HIST_BUCKETS],
+}
+
+/// Key of the `SYSCALL_ERRNOS` map: failures of one syscall of one process with one errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrnoKey {
+    pub tgid: u32,
+    pub nr: u32,
+    pub errno: u32,
+    pub _pad: u32,
+}
+
+/// Syscall entry state of one task (`SYSCALL_STARTS`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallStart {
+    pub ts_ns: u64,
+    pub nr: u64,
+}
+
+/// Block request operation, as the kernel's `REQ_OP_*` (low 8 bits of `cmd_flags`).
+pub mod block_op {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const FLUSH: u32 = 2;
+    pub const DISCARD: u32 = 3;
+}
+
+/// An in-flight block request (`IO_STARTS`, keyed by the `struct request` address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStart {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub dev: u32,
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// Key of `PROCESS_IO`: block IO issued by one process, per operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessIoKey {
+    pub tgid: u32,
+    pub op: u32,
+}
+
+/// Block IO accumulators of one process and operation, counted when the request is issued.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessIo {
+    pub bytes: u64,
+    pub requests: u64,
+    /// Sum of completion latencies of this process's requests.
+    pub total_latency_ns: u64,
+}
+
+/// Key of `DEVICE_IO`: one device (kernel `dev_t`, `MAJOR << 20 | MINOR`) and operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceIoKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Latency histogram of one device and operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceIo {
+    pub requests: u64,
+    pub bytes: u64,
+    pub total_latency_ns: u64,
+    pub latency_hist: [u64; HIST_BUCKETS],
+}
+
+/// Where data can be lost in the kernel; index into the per-CPU `LOSSES` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// A ring-buffer reservation failed (buffer full).
+    RingBufFull = 0,
+    /// `TASKS` was full: a task's scheduling was not accounted.
+    TasksMapFull = 1,
+    /// `SYSCALLS` was full.
+    SyscallsMapFull = 2,
+    /// `SYSCALL_ERRNOS` was full.
+    ErrnosMapFull = 3,
+    /// `SYSCALL_STARTS` was full: a syscall's latency could not be measured.
+    SyscallStartsMapFull = 4,
+    /// `IO_STARTS` was full: a block request was not followed.
+    IoStartsMapFull = 5,
+    /// `PROCESS_IO` was full.
+    ProcessIoMapFull = 6,
+    /// `DEVICE_IO` was full.
+    DeviceIoMapFull = 7,
+}
+
+/// Number of [`Loss`] variants (size of the `LOSSES` array).
+pub const LOSS_KINDS: u32 = 8;
+
+impl Loss {
+    /// Every variant, in index order.
+    pub const ALL: [Loss; LOSS_KINDS as usize] = [
+        Loss::RingBufFull,
+        Loss::TasksMapFull,
+        Loss::SyscallsMapFull,
+        Loss::ErrnosMapFull,
+        Loss::SyscallStartsMapFull,
+        Loss::IoStartsMapFull,
+        Loss::ProcessIoMapFull,
+        Loss::DeviceIoMapFull,
+    ];
+
+    /// Stable name used in logs, the API and metrics (`source`, `reason`).
+    pub fn name(self) -> (&'static str, &'static str) {
+        match self {
+            Loss::RingBufFull => ("ringbuf", "buffer_full"),
+            Loss::TasksMapFull => ("tasks_map", "map_full"),
+            Loss::SyscallsMapFull => ("syscalls_map", "map_full"),
+            Loss::ErrnosMapFull => ("syscall_errnos_map", "map_full"),
+            Loss::SyscallStartsMapFull => ("syscall_starts_map", "map_full"),
+            Loss::IoStartsMapFull => ("io_starts_map", "map_full"),
+            Loss::ProcessIoMapFull => ("process_io_map", "map_full"),
+            Loss::DeviceIoMapFull => ("device_io_map", "map_full"),
+        }
+    }
+}
+
+/// Stable numeric type of a ring-buffer event (first field of [`EventHeader`]).
+pub mod event_kind {
+    pub const FORK: u32 = 1;
+    pub const EXEC: u32 = 2;
+    pub const EXIT: u32 = 3;
+    pub const SLOW_SYSCALL: u32 = 4;
+}
+
+/// Common header of every ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// CPU the event was seen on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the event.
+    pub ts_ns: u64,
+    /// Task (tid) the event is about.
+    pub pid: u32,
+    /// Its process (tgid).
+    pub tgid: u32,
+}
+
+/// A task was created (`sched_process_fork`): a new process, or a thread when `is_thread`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    /// `pid`/`tgid` are the child's.
+    pub header: EventHeader,
+    pub parent_pid: u32,
+    pub parent_tgid: u32,
+    /// 1 when the child shares its parent's thread group.
+    pub is_thread: u32,
+    pub uid: u32,
+    /// Child's `task_struct.start_boottime` (ns since boot, counting suspend).
+    pub start_boottime_ns: u64,
+    /// cgroup v2 id of the parent, which the child inherits.
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A process replaced its program (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Tid that called exec (differs from `pid` when a non-leader thread exec'd).
+    pub old_pid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    /// Bytes of `filename` used (without the NUL).
+    pub filename_len: u32,
+    /// Bytes of `args` used; the arguments are NUL-separated.
+    pub args_len: u32,
+    /// 1 when the argument vector was longer than [`ARGS_LEN`].
+    pub args_truncated: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+
+/// A task exited (`sched_process_exit`). The process exited when `group_dead` is 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task_struct.exit_code`, in `wait(2)` status form: `code << 8`, or the signal number in
+    /// the low 7 bits (with 0x80 when a core was dumped).
+    pub exit_code: u32,
+    /// 1 when this was the last live thread of its process.
+    pub group_dead: u32,
+    pub start_boottime_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A syscall that took longer than the configured threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowSyscallEvent {
+    pub header: EventHeader,
+    pub nr: u32,
+    pub _pad: u32,
+    /// Return value (negative errno on failure).
+    pub ret: i64,
+    pub duration_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain integers and arrays without implicit padding.
+    unsafe impl aya::Pod for TaskSched {}
+    unsafe impl aya::Pod for CpuStats {}
+    unsafe impl aya::Pod for SyscallKey {}
+    unsafe impl aya::Pod for SyscallStats {}
+    unsafe impl aya::Pod for ErrnoKey {}
+    unsafe impl aya::Pod for SyscallStart {}
+    unsafe impl aya::Pod for IoStart {}
+    unsafe impl aya::Pod for ProcessIoKey {}
+    unsafe impl aya::Pod for ProcessIo {}
+    unsafe impl aya::Pod for DeviceIoKey {}
+    unsafe impl aya::Pod for DeviceIo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_bucket_edges() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 1);
+        assert_eq!(log2_bucket(2), 2);
+        assert_eq!(log2_bucket(3), 2);
+        assert_eq!(log2_bucket(1023), 10);
+        assert_eq!(log2_bucket(1024), 11);
+        assert_eq!(log2_bucket(u64::MAX), HIST_BUCKETS - 1);
+        // Every value lies below its bucket's upper bound.
+        for v in [0u64, 1, 5, 1000, 1 << 20, 1 << 34] {
+            assert!(v < bucket_upper_bound_ns(log2_bucket(v)), "{v}");
+        }
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<TaskSched>(), 8 * 7 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<ForkEvent>(), 24 + 16 + 16 + COMM_LEN);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            24 + 8 + 8 + 16 + COMM_LEN + FILENAME_LEN + ARGS_LEN
+        );
+        assert_eq!(size_of::<ExitEvent>(), 24 + 8 + 8 + COMM_LEN);
+        assert_eq!(size_of::<SlowSyscallEvent>(), 24 + 8 + 16);
+    }
+}

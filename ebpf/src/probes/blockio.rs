@@ -1,0 +1,96 @@
+//! Block IO: bytes and requests per issuing process, latency per device and operation.
+//!
+//! A request is attributed when it starts (`block_io_start`, in the submitter's context), not at
+//! completion, which runs in interrupt context on behalf of nobody in particular.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use taskscope_common::{
+    log2_bucket, DeviceIo, DeviceIoKey, IoStart, Loss, ProcessIo, ProcessIoKey,
+};
+
+use super::kernel::{add, 
+    arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_rq_cmd_flags, off_rq_data_len,
+    off_rq_part, read,
+};
+
+/// Requests in flight, keyed by `struct request *`. LRU: a request whose completion is never
+/// seen (a driver error path) must not pin an entry forever.
+#[map]
+static IO_STARTS: LruHashMap<u64, IoStart> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static PROCESS_IO: HashMap<ProcessIoKey, ProcessIo> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries(1024, 0);
+
+/// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.
+const REQ_OP_MASK: u32 = 0xff;
+
+
+/// `block_io_start(struct request *rq)`.
+#[inline(always)]
+pub fn on_start(ctx: *const u64) {
+    let rq = arg(ctx, 0);
+    let (_, tgid) = current_ids();
+    let op = read::<u32>(rq, off_rq_cmd_flags()).unwrap_or(0) & REQ_OP_MASK;
+    let bytes = read::<u32>(rq, off_rq_data_len()).unwrap_or(0) as u64;
+    let part = read::<u64>(rq, off_rq_part()).unwrap_or(0);
+    let dev = read::<u32>(part, off_bdev_dev()).unwrap_or(0);
+    let start = IoStart {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        dev,
+        op,
+        _pad: 0,
+    };
+    if IO_STARTS.insert(&rq, &start, 0).is_err() {
+        count_loss(Loss::IoStartsMapFull);
+    }
+    let key = ProcessIoKey { tgid, op };
+    if let Some(io) = get_or_init(&PROCESS_IO, &key, Loss::ProcessIoMapFull) {
+        let io = unsafe { &mut *io };
+        add(&mut io.bytes, bytes);
+        add(&mut io.requests, 1);
+    }
+    let key = DeviceIoKey { dev, op };
+    if let Some(io) = get_or_init(&DEVICE_IO, &key, Loss::DeviceIoMapFull) {
+        let io = unsafe { &mut *io };
+        add(&mut io.bytes, bytes);
+        add(&mut io.requests, 1);
+    }
+}
+
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
+#[inline(always)]
+pub fn on_complete(ctx: *const u64) {
+    let rq = arg(ctx, 0);
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(start) = (unsafe { IO_STARTS.get(&rq) }).copied() else {
+        return;
+    };
+    let _ = IO_STARTS.remove(&rq);
+    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
+    let key = DeviceIoKey {
+        dev: start.dev,
+        op: start.op,
+    };
+    if let Some(io) = DEVICE_IO.get_ptr_mut(&key) {
+        let io = unsafe { &mut *io };
+        add(&mut io.total_latency_ns, latency);
+        if let Some(slot) = io.latency_hist.get_mut(log2_bucket(latency)) {
+            add(slot, 1);
+        }
+    }
+    let key = ProcessIoKey {
+        tgid: start.tgid,
+        op: start.op,
+    };
+    if let Some(io) = PROCESS_IO.get_ptr_mut(&key) {
+        add(unsafe { &mut (*io).total_latency_ns }, latency);
+    }
+}

@@ -1,0 +1,193 @@
+//! What the loader tells the programs at load time, and small helpers over kernel memory.
+//!
+//! No struct offset is compiled in: the agent reads them from the running kernel's BTF and
+//! overrides these globals before loading.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+    Global,
+};
+use taskscope_common::{Loss, LOSS_KINDS};
+
+/// Thread group id of the agent: its own activity is not accounted.
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Offsets into kernel structs, from BTF (see agent/src/probes/offsets.rs).
+#[unsafe(no_mangle)]
+static OFF_TASK_PID: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_EXIT_CODE: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_START_BOOTTIME: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_SIGNAL: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SIGNAL_LIVE: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_MM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_MM_ARG_START: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_MM_ARG_END: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_BPRM_FILENAME: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RQ_CMD_FLAGS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RQ_DATA_LEN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RQ_PART: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_BDEV_DEV: Global<u32> = Global::new(0);
+/// 1 when `sched_process_exit` has the `group_dead` argument (6.16+); else `signal->live` is read.
+#[unsafe(no_mangle)]
+static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
+
+#[inline(always)]
+pub fn agent_tgid() -> u32 {
+    AGENT_TGID.load()
+}
+
+/// Offsets, read once per program run where needed.
+#[inline(always)]
+pub fn off_task_pid() -> u32 {
+    OFF_TASK_PID.load()
+}
+#[inline(always)]
+pub fn off_task_exit_code() -> u32 {
+    OFF_TASK_EXIT_CODE.load()
+}
+#[inline(always)]
+pub fn off_task_start_boottime() -> u32 {
+    OFF_TASK_START_BOOTTIME.load()
+}
+#[inline(always)]
+pub fn off_task_signal() -> u32 {
+    OFF_TASK_SIGNAL.load()
+}
+#[inline(always)]
+pub fn off_signal_live() -> u32 {
+    OFF_SIGNAL_LIVE.load()
+}
+#[inline(always)]
+pub fn off_task_mm() -> u32 {
+    OFF_TASK_MM.load()
+}
+#[inline(always)]
+pub fn off_mm_arg_start() -> u32 {
+    OFF_MM_ARG_START.load()
+}
+#[inline(always)]
+pub fn off_mm_arg_end() -> u32 {
+    OFF_MM_ARG_END.load()
+}
+#[inline(always)]
+pub fn off_bprm_filename() -> u32 {
+    OFF_BPRM_FILENAME.load()
+}
+#[inline(always)]
+pub fn off_rq_cmd_flags() -> u32 {
+    OFF_RQ_CMD_FLAGS.load()
+}
+#[inline(always)]
+pub fn off_rq_data_len() -> u32 {
+    OFF_RQ_DATA_LEN.load()
+}
+#[inline(always)]
+pub fn off_rq_part() -> u32 {
+    OFF_RQ_PART.load()
+}
+#[inline(always)]
+pub fn off_bdev_dev() -> u32 {
+    OFF_BDEV_DEV.load()
+}
+#[inline(always)]
+pub fn exit_has_group_dead() -> bool {
+    EXIT_HAS_GROUP_DEAD.load() != 0
+}
+
+/// Per-CPU counters of lost data, indexed by [`Loss`].
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
+
+/// One zeroed 1 KiB value: the initial value of every new map entry, so that no entry is
+/// built on the 512-byte BPF stack.
+#[map]
+static ZEROES: Array<[u64; 128]> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_loss(loss: Loss) {
+    if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {
+        // SAFETY: a per-CPU slot; programs on one CPU do not preempt each other.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The tracepoint argument `n` (tp_btf and raw_tp contexts are both arrays of u64).
+#[inline(always)]
+pub fn arg(ctx: *const u64, n: usize) -> u64 {
+    // SAFETY: the verifier checks that `n` is within the tracepoint's argument count.
+    unsafe { *ctx.add(n) }
+}
+
+/// Reads a `T` at `base + offset` of kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// (pid, tgid) of a `task_struct`; `pid` and `tgid` are adjacent (checked by the loader).
+#[inline(always)]
+pub fn task_ids(task: u64) -> Option<(u32, u32)> {
+    let ids: u64 = read(task, off_task_pid())?;
+    Some((ids as u32, (ids >> 32) as u32))
+}
+
+/// (pid, tgid) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+/// Pointer to `key`'s value in `map`, inserting a zeroed value first when absent. `None` (and a
+/// counted loss) when the map is full.
+#[inline(always)]
+pub fn get_or_init<K, V>(map: &HashMap<K, V>, key: &K, full: Loss) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
+    }
+    const { assert!(core::mem::size_of::<V>() <= 1024) };
+    let zero = ZEROES.get_ptr(0)? as *const V;
+    // SAFETY: ZEROES holds 1 KiB of zeroes, at least size_of::<V>() (asserted above); every V
+    // stored in a map is plain integers, for which all-zeroes is a valid value.
+    let inserted = map.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+    // -EEXIST: another CPU inserted it first, which is fine.
+    if let Err(err) = inserted {
+        if err != -17 {
+            count_loss(full);
+            return None;
+        }
+    }
+    map.get_ptr_mut(key)
+}
+
+/// Atomically adds `value` to a counter shared between CPUs (a map value). Compiles to the BPF
+/// atomic add instruction; its result is unused, so it needs no BPF v3 `fetch` form.
+#[inline(always)]
+pub fn add(counter: &mut u64, value: u64) {
+    // SAFETY: `counter` is a live, aligned u64.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, value,
+        )
+    };
+}

@@ -1,0 +1,152 @@
+//! Process lifecycle through the ring buffer: fork (process or thread), exec, exit.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user_buf,
+    },
+    macros::map,
+    maps::RingBuf,
+};
+use taskscope_common::{
+    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, Loss, ARGS_LEN, COMM_LEN,
+};
+
+use super::kernel::{
+    agent_tgid, arg, count_loss, current_ids, exit_has_group_dead, off_bprm_filename,
+    off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
+    off_task_signal, off_task_start_boottime, read, task_ids,
+};
+
+/// Lifecycle and over-threshold events. Its size is set by the loader.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[inline(always)]
+pub fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid,
+        tgid,
+    }
+}
+
+#[inline(always)]
+fn current_comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// `sched_process_fork(task_struct *parent, task_struct *child)`, in the parent's context.
+#[inline(always)]
+pub fn on_fork(ctx: *const u64) {
+    let (parent_pid, parent_tgid) = current_ids();
+    if parent_tgid == agent_tgid() {
+        return;
+    }
+    let child = arg(ctx, 1);
+    let Some((pid, tgid)) = task_ids(child) else {
+        return;
+    };
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    entry.write(ForkEvent {
+        header: header(event_kind::FORK, pid, tgid),
+        parent_pid,
+        parent_tgid,
+        is_thread: (tgid == parent_tgid) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        start_boottime_ns: read(child, off_task_start_boottime()).unwrap_or(0),
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: current_comm(),
+    });
+    entry.submit(0);
+}
+
+/// `sched_process_exec(task_struct *p, pid_t old_pid, linux_binprm *bprm)`, in p's context
+/// after the new program is mapped (so its argument vector is in user memory).
+#[inline(always)]
+pub fn on_exec(ctx: *const u64) {
+    let (pid, tgid) = current_ids();
+    if tgid == agent_tgid() {
+        return;
+    }
+    let task = arg(ctx, 0);
+    let old_pid = arg(ctx, 1) as u32;
+    let bprm = arg(ctx, 2);
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    // Filled in place: the event is larger than the BPF stack.
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved ring-buffer entry of the right size.
+    let event = unsafe { &mut *event };
+    event.header = header(event_kind::EXEC, pid, tgid);
+    event.old_pid = old_pid;
+    event.uid = bpf_get_current_uid_gid() as u32;
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    event._pad = 0;
+    event.comm = current_comm();
+
+    event.filename_len = 0;
+    if let Some(filename) = read::<u64>(bprm, off_bprm_filename()) {
+        if let Ok(bytes) =
+            unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.filename) }
+        {
+            event.filename_len = bytes.len() as u32;
+        }
+    }
+
+    event.args_len = 0;
+    event.args_truncated = 0;
+    let mm = read::<u64>(task, off_task_mm()).unwrap_or(0);
+    let start = read::<u64>(mm, off_mm_arg_start()).unwrap_or(0);
+    let end = read::<u64>(mm, off_mm_arg_end()).unwrap_or(0);
+    if start != 0 && end > start {
+        let mut len = (end - start) as usize;
+        if len > ARGS_LEN {
+            len = ARGS_LEN;
+            event.args_truncated = 1;
+        }
+        if let Some(dst) = event.args.get_mut(..len) {
+            if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
+                event.args_len = len as u32;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+/// `sched_process_exit(task_struct *p[, bool group_dead])`, in p's context.
+#[inline(always)]
+pub fn on_exit(ctx: *const u64) {
+    let (pid, tgid) = current_ids();
+    if tgid == agent_tgid() {
+        return;
+    }
+    let task = arg(ctx, 0);
+    let group_dead = if exit_has_group_dead() {
+        arg(ctx, 1) & 0xff != 0
+    } else {
+        // do_exit() has already decremented signal->live: 0 means this was the last thread.
+        let signal = read::<u64>(task, off_task_signal()).unwrap_or(0);
+        read::<i32>(signal, off_signal_live()) == Some(0)
+    };
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    entry.write(ExitEvent {
+        header: header(event_kind::EXIT, pid, tgid),
+        exit_code: read::<u32>(task, off_task_exit_code()).unwrap_or(0),
+        group_dead: group_dead as u32,
+        start_boottime_ns: read(task, off_task_start_boottime()).unwrap_or(0),
+        comm: current_comm(),
+    });
+    entry.submit(0);
+}
