@@ -1,17 +1,64 @@
-fn main() {
-    let p = taskscope::probes::Probes::load(&taskscope::probes::LoadOptions {
-        agent_tgid: std::process::id(),
-        slow_syscall_ns: u64::MAX,
-        max_tasks: 32768,
-        ring_buffer_bytes: 1 << 20,
-        force_raw_tp: std::env::args().any(|a| a == "--raw"),
-    });
-    match p {
-        Ok(p) => {
-            for h in &p.hooks {
-                println!("{:?}", h);
+//! The `taskscope` binary: parse the command line, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use taskscope::{
+    agent,
+    check::{can_run, run_checks},
+    cli::{Cli, Command, LogArgs, LogFormat},
+};
+
+fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(&args.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("taskscope: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    eprintln!("taskscope: {err}");
+                    ExitCode::FAILURE
+                }
             }
         }
-        Err(e) => println!("ERR {e}"),
+        Command::Check(args) => {
+            init_logging(&args.log);
+            let requirements = run_checks();
+            for requirement in &requirements {
+                println!("{requirement}");
+            }
+            if can_run(&requirements) {
+                println!("taskscope run can work on this host");
+                ExitCode::SUCCESS
+            } else {
+                println!("taskscope run cannot work on this host: fix the missing required lines");
+                ExitCode::FAILURE
+            }
+        }
     }
 }

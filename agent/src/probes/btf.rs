@@ -56,10 +56,17 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     /// struct or union.
-    Composite { members: Vec<Member> },
+    Composite {
+        members: Vec<Member>,
+    },
     /// typedef, const, volatile, restrict, type tag, pointer: a reference to another type.
-    Ref { kind: u32, type_id: u32 },
-    FuncProto { params: u32 },
+    Ref {
+        kind: u32,
+        type_id: u32,
+    },
+    FuncProto {
+        params: u32,
+    },
     Other,
 }
 
@@ -142,7 +149,9 @@ impl Btf {
                 },
                 KIND_FUNC_PROTO => {
                     at += vlen * 8;
-                    Type::FuncProto { params: vlen as u32 }
+                    Type::FuncProto {
+                        params: vlen as u32,
+                    }
                 }
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => {
                     at += 4;
@@ -196,7 +205,9 @@ impl Btf {
     }
 
     fn get(&self, id: u32) -> Option<&Type> {
-        self.types.get((id as usize).checked_sub(1)?).map(|(_, t)| t)
+        self.types
+            .get((id as usize).checked_sub(1)?)
+            .map(|(_, t)| t)
     }
 
     /// Follows typedefs and qualifiers (not pointers) to the underlying type id.
@@ -282,7 +293,13 @@ pub(crate) mod tests {
         out.extend_from_slice(&0xeb9fu16.to_le_bytes());
         out.push(1); // version
         out.push(0); // flags
-        for v in [24u32, 0, type_bytes.len() as u32, type_bytes.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&type_bytes);
@@ -300,20 +317,46 @@ pub(crate) mod tests {
     fn sample() -> Vec<u8> {
         let types = [
             // 1: int, 4 bytes
-            0, info(KIND_INT, 0, false), 4, 32,
+            0,
+            info(KIND_INT, 0, false),
+            4,
+            32,
             // 2: anonymous union { int tgid at byte 0 }
-            0, info(KIND_UNION, 1, false), 4, 14, 1, 0,
+            0,
+            info(KIND_UNION, 1, false),
+            4,
+            14,
+            1,
+            0,
             // 3: struct task { int pid @ 8 bytes; <anon union> @ 12 bytes; int flags:3 @ bit 128 }
-            5, info(KIND_STRUCT, 3, true), 24,
-                10, 1, 64,
-                0, 2, 96,
-                19, 1, (3 << 24) | 128,
+            5,
+            info(KIND_STRUCT, 3, true),
+            24,
+            10,
+            1,
+            64,
+            0,
+            2,
+            96,
+            19,
+            1,
+            (3 << 24) | 128,
             // 4: func proto (void *, int) -> 2 params
-            0, info(KIND_FUNC_PROTO, 2, false), 0, 0, 0, 0, 1,
+            0,
+            info(KIND_FUNC_PROTO, 2, false),
+            0,
+            0,
+            0,
+            0,
+            1,
             // 5: pointer to 4
-            0, info(KIND_PTR, 0, false), 4,
+            0,
+            info(KIND_PTR, 0, false),
+            4,
             // 6: typedef tp = 5
-            25, info(KIND_TYPEDEF, 0, false), 5,
+            25,
+            info(KIND_TYPEDEF, 0, false),
+            5,
         ];
         blob(&types, STRINGS)
     }
@@ -349,7 +392,10 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        assert_eq!(Btf::parse(b"\x00\x01").err(), Some(BtfError::BadMagic(0x100)));
+        assert_eq!(
+            Btf::parse(b"\x00\x01").err(),
+            Some(BtfError::BadMagic(0x100))
+        );
         assert!(Btf::parse(b"\x9f").is_err());
         let mut truncated = sample();
         truncated.truncate(40);

@@ -18,7 +18,8 @@ use serde::Serialize;
 use self::{btf::Btf, offsets::KernelOffsets};
 
 /// The compiled kernel programs.
-pub static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/taskscope-probes"));
+pub static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/taskscope-probes"));
 
 /// Path of the running kernel's BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -81,16 +82,76 @@ const fn hook(
 /// Every hook, in attach order. Lifecycle first, so that no process is born unseen while the
 /// rest attach.
 pub const HOOKS: &[Hook] = &[
-    hook("sched_process_fork", "ts_fork_btf", "ts_fork_raw", ProbeGroup::Lifecycle, true),
-    hook("sched_process_exec", "ts_exec_btf", "ts_exec_raw", ProbeGroup::Lifecycle, true),
-    hook("sched_process_exit", "ts_exit_btf", "ts_exit_raw", ProbeGroup::Lifecycle, true),
-    hook("sched_switch", "ts_switch_btf", "ts_switch_raw", ProbeGroup::Scheduling, true),
-    hook("sched_wakeup", "ts_wakeup_btf", "ts_wakeup_raw", ProbeGroup::Scheduling, true),
-    hook("sched_wakeup_new", "ts_wakeup_new_btf", "ts_wakeup_new_raw", ProbeGroup::Scheduling, true),
-    hook("sys_enter", "ts_sys_enter_btf", "ts_sys_enter_raw", ProbeGroup::Syscalls, false),
-    hook("sys_exit", "ts_sys_exit_btf", "ts_sys_exit_raw", ProbeGroup::Syscalls, false),
-    hook("block_io_start", "ts_io_start_btf", "ts_io_start_raw", ProbeGroup::BlockIo, false),
-    hook("block_rq_complete", "ts_io_done_btf", "ts_io_done_raw", ProbeGroup::BlockIo, false),
+    hook(
+        "sched_process_fork",
+        "ts_fork_btf",
+        "ts_fork_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_process_exec",
+        "ts_exec_btf",
+        "ts_exec_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_process_exit",
+        "ts_exit_btf",
+        "ts_exit_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_switch",
+        "ts_switch_btf",
+        "ts_switch_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sched_wakeup",
+        "ts_wakeup_btf",
+        "ts_wakeup_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sched_wakeup_new",
+        "ts_wakeup_new_btf",
+        "ts_wakeup_new_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sys_enter",
+        "ts_sys_enter_btf",
+        "ts_sys_enter_raw",
+        ProbeGroup::Syscalls,
+        false,
+    ),
+    hook(
+        "sys_exit",
+        "ts_sys_exit_btf",
+        "ts_sys_exit_raw",
+        ProbeGroup::Syscalls,
+        false,
+    ),
+    hook(
+        "block_io_start",
+        "ts_io_start_btf",
+        "ts_io_start_raw",
+        ProbeGroup::BlockIo,
+        false,
+    ),
+    hook(
+        "block_rq_complete",
+        "ts_io_done_btf",
+        "ts_io_done_raw",
+        ProbeGroup::BlockIo,
+        false,
+    ),
 ];
 
 /// The outcome of attaching one hook.

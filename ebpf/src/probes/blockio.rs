@@ -12,9 +12,9 @@ use taskscope_common::{
     log2_bucket, DeviceIo, DeviceIoKey, IoStart, Loss, ProcessIo, ProcessIoKey,
 };
 
-use super::kernel::{add, 
-    arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_rq_cmd_flags, off_rq_data_len,
-    off_rq_part, read,
+use super::kernel::{
+    add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_rq_cmd_flags,
+    off_rq_data_len, off_rq_part, read,
 };
 
 /// Requests in flight, keyed by `struct request *`. LRU: a request whose completion is never
@@ -30,7 +30,6 @@ pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries
 
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.
 const REQ_OP_MASK: u32 = 0xff;
-
 
 /// `block_io_start(struct request *rq)`.
 #[inline(always)]

@@ -18,6 +18,8 @@ use super::kernel::{
     off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
     off_task_signal, off_task_start_boottime, read, task_ids,
 };
+use super::sched::TASKS;
+use super::syscalls::SYSCALL_STARTS;
 
 /// Lifecycle and over-threshold events. Its size is set by the loader.
 #[map]
@@ -50,6 +52,9 @@ pub fn on_fork(ctx: *const u64) {
     let Some((pid, tgid)) = task_ids(child) else {
         return;
     };
+    // A reused tid starts from zero, whatever the agent has not cleaned up yet.
+    let _ = TASKS.remove(&pid);
+    let _ = SYSCALL_STARTS.remove(&pid);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_loss(Loss::RingBufFull);
         return;

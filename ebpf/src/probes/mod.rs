@@ -24,13 +24,63 @@ macro_rules! hook {
     };
 }
 
-hook!("sched_switch", ts_switch_btf, ts_switch_raw, sched::on_switch);
-hook!("sched_wakeup", ts_wakeup_btf, ts_wakeup_raw, sched::on_wakeup);
-hook!("sched_wakeup_new", ts_wakeup_new_btf, ts_wakeup_new_raw, sched::on_wakeup);
-hook!("sched_process_fork", ts_fork_btf, ts_fork_raw, lifecycle::on_fork);
-hook!("sched_process_exec", ts_exec_btf, ts_exec_raw, lifecycle::on_exec);
-hook!("sched_process_exit", ts_exit_btf, ts_exit_raw, lifecycle::on_exit);
-hook!("sys_enter", ts_sys_enter_btf, ts_sys_enter_raw, syscalls::on_enter);
-hook!("sys_exit", ts_sys_exit_btf, ts_sys_exit_raw, syscalls::on_exit);
-hook!("block_io_start", ts_io_start_btf, ts_io_start_raw, blockio::on_start);
-hook!("block_rq_complete", ts_io_done_btf, ts_io_done_raw, blockio::on_complete);
+hook!(
+    "sched_switch",
+    ts_switch_btf,
+    ts_switch_raw,
+    sched::on_switch
+);
+hook!(
+    "sched_wakeup",
+    ts_wakeup_btf,
+    ts_wakeup_raw,
+    sched::on_wakeup
+);
+hook!(
+    "sched_wakeup_new",
+    ts_wakeup_new_btf,
+    ts_wakeup_new_raw,
+    sched::on_wakeup
+);
+hook!(
+    "sched_process_fork",
+    ts_fork_btf,
+    ts_fork_raw,
+    lifecycle::on_fork
+);
+hook!(
+    "sched_process_exec",
+    ts_exec_btf,
+    ts_exec_raw,
+    lifecycle::on_exec
+);
+hook!(
+    "sched_process_exit",
+    ts_exit_btf,
+    ts_exit_raw,
+    lifecycle::on_exit
+);
+hook!(
+    "sys_enter",
+    ts_sys_enter_btf,
+    ts_sys_enter_raw,
+    syscalls::on_enter
+);
+hook!(
+    "sys_exit",
+    ts_sys_exit_btf,
+    ts_sys_exit_raw,
+    syscalls::on_exit
+);
+hook!(
+    "block_io_start",
+    ts_io_start_btf,
+    ts_io_start_raw,
+    blockio::on_start
+);
+hook!(
+    "block_rq_complete",
+    ts_io_done_btf,
+    ts_io_done_raw,
+    blockio::on_complete
+);

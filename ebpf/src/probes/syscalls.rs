@@ -29,7 +29,6 @@ pub static SYSCALL_ERRNOS: HashMap<ErrnoKey, u64> = HashMap::with_max_entries(81
 /// Largest errno the kernel returns (`MAX_ERRNO`).
 const MAX_ERRNO: i64 = 4095;
 
-
 /// `sys_enter(pt_regs *regs, long id)`.
 #[inline(always)]
 pub fn on_enter(ctx: *const u64) {

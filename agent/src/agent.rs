@@ -1,0 +1,133 @@
+//! `taskscope run`: wiring the pipeline together and shutting it down cleanly.
+
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, ApiState},
+    check::{effective_caps, missing_capabilities},
+    cli::{AttachMode, RunArgs},
+    collector::{Collector, CollectorConfig},
+    model::{ModelConfig, TaskModel},
+    probes::{LoadOptions, Probes},
+    procfs::{cgroup2_mount, CgroupResolver},
+};
+
+/// Why `run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("taskscope run needs {missing} (or root): run it as root or grant these capabilities; `taskscope check` lists what is missing")]
+    Capabilities { missing: String },
+    #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] crate::probes::LoadError),
+    #[error(transparent)]
+    Collector(#[from] crate::collector::CollectorError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let missing = missing_capabilities(effective_caps());
+    if !missing.is_empty() {
+        return Err(RunError::Capabilities {
+            missing: missing.join(" and "),
+        });
+    }
+    // Bind first: a port in use fails fast, before anything is loaded into the kernel.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+
+    let probes = Probes::load(&LoadOptions {
+        agent_tgid: std::process::id(),
+        slow_syscall_ns: args.slow_syscall.as_nanos().min(u64::MAX as u128) as u64,
+        max_tasks: args.max_tasks,
+        ring_buffer_bytes: args.ring_buffer_kib * 1024,
+        force_raw_tp: args.attach == AttachMode::RawTp,
+    })?;
+    for hook in &probes.hooks {
+        match hook.attach_type {
+            Some(attach_type) => info!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                %attach_type,
+                fallback_reasons = ?hook.errors,
+                "attached"
+            ),
+            None => warn!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                errors = ?hook.errors,
+                "not attached; this probe group's data will be missing"
+            ),
+        }
+    }
+
+    let cgroup_root = cgroup2_mount();
+    let model = TaskModel::new(
+        ModelConfig {
+            exited_retention: args.exited_retention,
+            max_exited: args.max_exited,
+            max_live: args.max_tasks as usize * 2,
+            ..ModelConfig::default()
+        },
+        CgroupResolver::new(cgroup_root),
+    );
+    let collector = Collector::new(
+        probes,
+        model,
+        CollectorConfig {
+            poll_interval: args.poll_interval,
+            max_staleness: args.max_staleness,
+        },
+    )?;
+    let (queries_tx, queries_rx) = mpsc::channel(64);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
+
+    let mut server_shutdown = shutdown_rx;
+    let server = axum::serve(
+        listener,
+        api::router(ApiState {
+            queries: queries_tx,
+        }),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = server_shutdown.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    info!(listen = %args.listen, "taskscope is running");
+
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(signal = signal_name, "shutting down");
+    let _ = shutdown_tx.send(true);
+    // The collector owns the programs: when it returns, they are detached and unloaded.
+    let _ = collector.await;
+    match server.await {
+        Ok(Err(err)) => return Err(RunError::Serve(err)),
+        Ok(Ok(())) | Err(_) => {}
+    }
+    info!("stopped; nothing is left attached");
+    Ok(())
+}

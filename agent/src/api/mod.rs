@@ -1,0 +1,103 @@
+//! The HTTP JSON API (schema in docs/api.md).
+//!
+//! Handlers never touch the model: they send a [`Query`] to the collector and serve its answer.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::collector::Query;
+
+/// Handle on the collector for request handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub queries: mpsc::Sender<Query>,
+}
+
+/// Builds the router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/processes/{pid}", get(process))
+        .route("/api/v1/status", get(status))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Query,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the collector is not running",
+        )
+    };
+    state
+        .queries
+        .send(make(tx))
+        .await
+        .map_err(|_| unavailable())?;
+    rx.await.map_err(|_| unavailable())
+}
+
+async fn processes(State(state): State<ApiState>) -> Response {
+    match ask(&state, Query::Processes).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Response {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("'{pid}' is not a pid: expected a decimal process id"),
+        );
+    };
+    match ask(&state, |tx| Query::Process(pid, tx)).await {
+        Ok(answer) if answer.processes.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            format!("no live or recently exited process with pid {pid}"),
+        ),
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    match ask(&state, Query::Status).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /api/v1/processes, /api/v1/processes/{pid}, /api/v1/status",
+    )
+}

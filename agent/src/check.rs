@@ -1,0 +1,305 @@
+//! `taskscope check`: can this host run the agent? One line per requirement.
+
+use std::{fmt, fs, path::Path};
+
+use crate::probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes, KERNEL_BTF};
+
+/// Capability bits (linux/capability.h).
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Oldest kernel with everything `run` needs: BPF ring buffer (5.8), tp_btf (5.5).
+const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// One requirement and how this host meets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub name: &'static str,
+    pub ok: bool,
+    /// `run` cannot work without it.
+    pub required: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do when it is missing.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if self.ok { "ok" } else { "missing" };
+        let kind = if self.required { "" } else { " (optional)" };
+        write!(f, "{status:<8} {}{kind}: {}", self.name, self.detail)?;
+        if let (false, Some(fix)) = (self.ok, &self.fix) {
+            write!(f, ". To fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `major.minor` from a kernel release string such as `6.18.44-fc-v657`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Effective capability mask from the `CapEff:` line of `/proc/self/status`.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The effective capabilities of this process (0 when unreadable).
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_cap_eff(&s))
+        .unwrap_or(0)
+}
+
+/// Capabilities `run` lacks, by name. CAP_SYS_ADMIN stands in for both on any kernel.
+pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+fn is_mounted(mountinfo: &str, fstype: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == fstype)
+            .then(|| left.split_whitespace().nth(4).unwrap_or("?").to_string())
+    })
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs every check. Attach checks load the real programs (and unload them again).
+pub fn run_checks() -> Vec<Requirement> {
+    let mut out = Vec::new();
+
+    let release = kernel_release();
+    let version = parse_kernel_version(&release);
+    out.push(Requirement {
+        name: "kernel version",
+        ok: version.is_some_and(|v| v >= MIN_KERNEL),
+        required: true,
+        detail: format!("{release} (needs >= {}.{})", MIN_KERNEL.0, MIN_KERNEL.1),
+        fix: Some("upgrade the kernel".into()),
+    });
+
+    let btf = fs::read(KERNEL_BTF)
+        .map_err(|e| e.to_string())
+        .and_then(|data| Btf::parse(&data).map_err(|e| e.to_string()))
+        .and_then(|btf| KernelOffsets::from_btf(&btf).map_err(|e| e.to_string()));
+    out.push(Requirement {
+        name: "kernel BTF",
+        ok: btf.is_ok(),
+        required: true,
+        detail: match &btf {
+            Ok(o) => format!("{KERNEL_BTF}: {} struct offsets found", o.globals.len()),
+            Err(e) => format!("{KERNEL_BTF}: {e}"),
+        },
+        fix: Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
+    });
+
+    let missing = missing_capabilities(effective_caps());
+    out.push(Requirement {
+        name: "capabilities",
+        ok: missing.is_empty(),
+        required: true,
+        detail: if missing.is_empty() {
+            "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) are effective".into()
+        } else {
+            format!("{} not effective", missing.join(" and "))
+        },
+        fix: Some("run as root, or grant CAP_BPF and CAP_PERFMON (see docs/install.md)".into()),
+    });
+
+    // The real programs, attached the way `run` would, then detached.
+    let can_load = out.iter().all(|r| r.ok);
+    for (name, force_raw_tp) in [("attach type tp_btf", false), ("attach type raw_tp", true)] {
+        let result = if can_load {
+            Probes::load(&LoadOptions {
+                agent_tgid: std::process::id(),
+                slow_syscall_ns: u64::MAX,
+                max_tasks: 1024,
+                ring_buffer_bytes: 64 * 1024,
+                force_raw_tp,
+            })
+            .map(|probes| {
+                let want = if force_raw_tp { "raw_tp" } else { "tp_btf" };
+                let (used, other): (Vec<_>, Vec<_>) = probes
+                    .hooks
+                    .iter()
+                    .partition(|h| h.attach_type.is_some_and(|t| t.to_string() == want));
+                (
+                    used.len(),
+                    other.iter().map(|h| h.tracepoint).collect::<Vec<_>>(),
+                )
+            })
+            .map_err(|e| e.to_string())
+        } else {
+            Err("not tried: a requirement above is missing".into())
+        };
+        out.push(Requirement {
+            name,
+            // tp_btf is optional (raw_tp is the fallback); raw_tp must work when tp_btf does not.
+            ok: matches!(&result, Ok((_, others)) if others.is_empty()),
+            required: false,
+            detail: match &result {
+                Ok((used, others)) if others.is_empty() => format!("all {used} hooks attach"),
+                Ok((used, others)) => format!("{used} hooks attach; not: {}", others.join(", ")),
+                Err(e) => e.lines().next().unwrap_or("").to_string(),
+            },
+            fix: Some("see docs/troubleshooting.md".into()),
+        });
+    }
+    let attach_ok = out
+        .iter()
+        .filter(|r| r.name.starts_with("attach type"))
+        .any(|r| r.ok);
+    out.push(Requirement {
+        name: "kernel programs",
+        ok: attach_ok,
+        required: true,
+        detail: if attach_ok {
+            "every hook attaches with tp_btf or raw_tp".into()
+        } else {
+            "some hooks attach with neither tp_btf nor raw_tp".into()
+        },
+        fix: Some(
+            "run `taskscope run` to see the verifier's output; see docs/troubleshooting.md".into(),
+        ),
+    });
+
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let tracefs = is_mounted(&mountinfo, "tracefs");
+    out.push(Requirement {
+        name: "tracefs",
+        ok: tracefs.is_some(),
+        required: false,
+        detail: match &tracefs {
+            Some(at) => format!("mounted at {at}"),
+            None => "not mounted; taskscope does not need it (tp_btf and raw_tp attach without it)"
+                .into(),
+        },
+        fix: Some("mount -t tracefs nodev /sys/kernel/tracing (only for other tools)".into()),
+    });
+    let bpffs = is_mounted(&mountinfo, "bpf");
+    out.push(Requirement {
+        name: "bpffs",
+        ok: bpffs.is_some(),
+        required: false,
+        detail: match &bpffs {
+            Some(at) => format!("mounted at {at}"),
+            None => "not mounted; taskscope pins nothing, so it does not need it".into(),
+        },
+        fix: Some("mount -t bpf bpf /sys/fs/bpf (only for pinning)".into()),
+    });
+    let cgroup2 = is_mounted(&mountinfo, "cgroup2");
+    out.push(Requirement {
+        name: "cgroup v2",
+        ok: cgroup2.is_some(),
+        required: false,
+        detail: match &cgroup2 {
+            Some(at) => format!("mounted at {at}"),
+            None => "not mounted: processes get cgroup ids but no cgroup paths".into(),
+        },
+        fix: Some("mount -t cgroup2 none /sys/fs/cgroup/unified".into()),
+    });
+    let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    out.push(Requirement {
+        name: "bpf_stats",
+        ok: stats,
+        required: false,
+        detail: if stats {
+            "on: per-program run counts and run time are measured".into()
+        } else {
+            "off: per-program run counts and run time are not measured (costs ~20 ns per program run when on)".into()
+        },
+        fix: Some("sysctl -w kernel.bpf_stats_enabled=1".into()),
+    });
+    if !Path::new("/proc/self/schedstat").exists() {
+        out.push(Requirement {
+            name: "schedstat",
+            ok: false,
+            required: false,
+            detail: "/proc/<pid>/schedstat is missing (CONFIG_SCHED_INFO): nothing to compare run-queue figures with".into(),
+            fix: None,
+        });
+    }
+    out
+}
+
+/// Whether every required line is ok.
+pub fn can_run(requirements: &[Requirement]) -> bool {
+    requirements.iter().all(|r| r.ok || !r.required)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.8.0"), Some((5, 8)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert!(Some((5, 4)) < Some(MIN_KERNEL));
+        assert!(Some((6, 1)) >= Some(MIN_KERNEL));
+    }
+
+    #[test]
+    fn capabilities() {
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
+        assert_eq!(missing_capabilities(1 << CAP_SYS_ADMIN), Vec::<&str>::new());
+        assert_eq!(
+            missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)),
+            Vec::<&str>::new()
+        );
+        assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn requirement_lines() {
+        let r = Requirement {
+            name: "tracefs",
+            ok: false,
+            required: false,
+            detail: "not mounted".into(),
+            fix: Some("mount it".into()),
+        };
+        assert_eq!(
+            r.to_string(),
+            "missing  tracefs (optional): not mounted. To fix: mount it"
+        );
+        assert!(can_run(&[r.clone()]));
+        assert!(!can_run(&[Requirement {
+            required: true,
+            ..r
+        }]));
+    }
+}

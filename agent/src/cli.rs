@@ -1,0 +1,172 @@
+//! Command-line interface (every flag is documented in docs/configuration.md).
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// taskscope: zero-instrumentation observability for every task on a Linux node.
+#[derive(Debug, Parser)]
+#[command(name = "taskscope", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs, keep the task model and serve the HTTP API.
+    Run(RunArgs),
+    /// Check that this host can run the agent: one line per requirement, exit code 0 if it can.
+    Check(CheckArgs),
+}
+
+/// How to attach the kernel programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// tp_btf where the kernel allows it, raw_tp otherwise.
+    Auto,
+    /// raw_tp only.
+    RawTp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:9720", env = "TASKSCOPE_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// How often the kernel maps are read into the task model.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// An API answer comes from a kernel read at most this old.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub max_staleness: Duration,
+
+    /// Syscalls at least this long are reported one by one.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub slow_syscall: Duration,
+
+    /// Capacity of the kernel's per-task table (threads).
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub max_tasks: u32,
+
+    /// Ring buffer size in KiB (a power of two, at least 64).
+    #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+
+    /// How long exited processes stay visible in the API.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub exited_retention: Duration,
+
+    /// At most this many exited processes are kept.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_exited: usize,
+
+    /// Attach types to use.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "TASKSCOPE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `taskscope=debug`).
+    #[arg(long, default_value = "info", env = "TASKSCOPE_LOG")]
+    pub log_level: String,
+}
+
+/// Parses `250ms`, `1s`, `5m`, `2h`, `1500us`, `10ns`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{text}' has no unit: write e.g. 500ms, 2s or 5m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' does not start with a whole number: write e.g. 500ms"))?;
+    let nanos_per_unit: u64 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        other => {
+            return Err(format!(
+                "'{text}' has unknown unit '{other}': use ns, us, ms, s, m or h"
+            ))
+        }
+    };
+    value
+        .checked_mul(nanos_per_unit)
+        .map(Duration::from_nanos)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of KiB"))?;
+    if kib < 64 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!(
+            "{kib} KiB: the ring buffer must be a power of two between 64 and 1048576 KiB"
+        ));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15us"), Ok(Duration::from_micros(15)));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("99999999999999999h")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_kib("1024"), Ok(1024));
+        assert!(parse_ring_kib("1000").is_err());
+        assert!(parse_ring_kib("32").is_err());
+        assert!(parse_ring_kib("lots").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,296 @@
+//! The collector: one task that owns the kernel maps, the ring buffer and the task model.
+//!
+//! It drains the ring buffer as soon as it is readable, reads the accumulator maps on a timer
+//! (and when a query finds the last read too old), and answers queries from the API with views
+//! built from the model. Nothing else touches the model or the maps.
+
+pub mod events;
+pub mod poller;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use taskscope_common::Loss;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{debug, warn};
+
+use self::{
+    events::{decode, Event},
+    poller::{Forget, KernelMaps},
+};
+use crate::{
+    model::{
+        view::{Clocks, ProcessView},
+        ModelCounters, TaskModel,
+    },
+    probes::{HookStatus, Probes},
+};
+
+/// A question from the API, answered by the collector.
+pub enum Query {
+    /// Every live and recently exited process.
+    Processes(oneshot::Sender<ProcessesResponse>),
+    /// Every process with this pid (the live one first, then exited ones, newest first).
+    Process(u32, oneshot::Sender<ProcessesResponse>),
+    /// Attach state, losses and counters.
+    Status(oneshot::Sender<StatusResponse>),
+}
+
+/// Answer to a process query.
+#[derive(Debug, Serialize)]
+pub struct ProcessesResponse {
+    /// CLOCK_MONOTONIC of the kernel read these numbers come from.
+    pub collected_at_monotonic_ns: u64,
+    pub collected_at_unix_ns: u64,
+    pub live: usize,
+    pub exited: usize,
+    pub processes: Vec<ProcessView>,
+}
+
+/// Answer to a status query.
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    pub agent_pid: u32,
+    pub hooks: Vec<HookStatus>,
+    /// Data lost, by source and reason: kernel map or ring buffer full, undecodable records.
+    pub lost: Vec<LossView>,
+    /// Ring-buffer events received, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+    pub model: ModelCounters,
+    pub live_processes: usize,
+    pub exited_processes: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LossView {
+    pub source: &'static str,
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+/// How often the collector reads the kernel maps.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub poll_interval: Duration,
+    /// A query is answered from a kernel read at most this old (else the maps are read again).
+    pub max_staleness: Duration,
+}
+
+/// Owner of the maps, the ring buffer and the model.
+pub struct Collector {
+    /// Kept so that dropping the collector detaches and unloads the programs.
+    probes: Probes,
+    maps: KernelMaps,
+    ring: AsyncFd<RingBuf<MapData>>,
+    model: TaskModel,
+    config: CollectorConfig,
+    last_poll: Option<Instant>,
+    events: BTreeMap<&'static str, u64>,
+    decode_errors: BTreeMap<&'static str, u64>,
+    agent_pid: u32,
+}
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Maps(#[from] poller::MapsError),
+    #[error("ring buffer EVENTS: {0}")]
+    RingBuf(String),
+}
+
+impl Collector {
+    pub fn new(
+        mut probes: Probes,
+        model: TaskModel,
+        config: CollectorConfig,
+    ) -> Result<Self, CollectorError> {
+        let maps = KernelMaps::take(&mut probes)?;
+        let ring_map = probes
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| CollectorError::RingBuf("missing from the kernel object".into()))?;
+        let ring =
+            RingBuf::try_from(ring_map).map_err(|e| CollectorError::RingBuf(e.to_string()))?;
+        // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd owns until drop.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| CollectorError::RingBuf(e.to_string()))?;
+        Ok(Self {
+            probes,
+            maps,
+            ring,
+            model,
+            config,
+            last_poll: None,
+            events: BTreeMap::new(),
+            decode_errors: BTreeMap::new(),
+            agent_pid: std::process::id(),
+        })
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped), then drops the programs.
+    pub async fn run(
+        mut self,
+        mut queries: mpsc::Receiver<Query>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.model.scan_proc();
+        self.poll();
+        let mut tick = tokio::time::interval(self.config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.drain();
+            tokio::select! {
+                readable = self.ring.readable_mut() => match readable {
+                    // Edge-triggered: clear first, then drain everything that is there.
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(err) => {
+                        warn!(%err, "ring buffer poll failed; stopping the collector");
+                        break;
+                    }
+                },
+                _ = tick.tick() => self.poll(),
+                query = queries.recv() => match query {
+                    Some(query) => self.answer(query),
+                    None => break,
+                },
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        debug!(
+            hooks = self.probes.hooks.len(),
+            "collector stopping; detaching programs"
+        );
+    }
+
+    /// Drains pending events, then reads the maps into the model.
+    fn poll(&mut self) {
+        self.drain();
+        let snapshot = self.maps.read();
+        let forget = self.model.apply_kernel(snapshot);
+        self.maps.forget(&forget);
+        self.last_poll = Some(Instant::now());
+    }
+
+    /// Applies every event already in the ring buffer.
+    fn drain(&mut self) {
+        let mut forget = Forget::default();
+        let ring = self.ring.get_mut();
+        while let Some(record) = ring.next() {
+            match decode(&record) {
+                Ok(event) => {
+                    *self.events.entry(event_name(&event)).or_default() += 1;
+                    self.model.apply_event(event, &mut forget);
+                }
+                Err(err) => {
+                    debug!(%err, "undecodable ring buffer record");
+                    *self.decode_errors.entry(err.reason()).or_default() += 1;
+                }
+            }
+        }
+        self.maps.forget(&forget);
+    }
+
+    fn refresh_if_stale(&mut self) {
+        let stale = self
+            .last_poll
+            .is_none_or(|t| t.elapsed() >= self.config.max_staleness);
+        if stale {
+            self.poll();
+        }
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::Processes(reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.processes(None));
+            }
+            Query::Process(pid, reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.processes(Some(pid)));
+            }
+            Query::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn processes(&self, pid: Option<u32>) -> ProcessesResponse {
+        let clocks = Clocks::now();
+        let processes = match pid {
+            Some(pid) => self
+                .model
+                .by_pid(pid)
+                .into_iter()
+                .map(|p| ProcessView::new(p, &clocks))
+                .collect(),
+            None => self
+                .model
+                .live()
+                .chain(self.model.exited())
+                .map(|p| ProcessView::new(p, &clocks))
+                .collect(),
+        };
+        ProcessesResponse {
+            collected_at_monotonic_ns: self.model.collected_at_ns,
+            collected_at_unix_ns: clocks.monotonic_to_unix(self.model.collected_at_ns),
+            live: self.model.live_count(),
+            exited: self.model.exited_count(),
+            processes,
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        let mut lost: Vec<LossView> = Loss::ALL
+            .iter()
+            .map(|&loss| {
+                let (source, reason) = loss.name();
+                LossView {
+                    source,
+                    reason,
+                    count: self.model.kernel_losses[loss as usize],
+                }
+            })
+            .collect();
+        lost.extend(self.decode_errors.iter().map(|(&reason, &count)| LossView {
+            source: "ringbuf_decoder",
+            reason,
+            count,
+        }));
+        lost.push(LossView {
+            source: "task_model",
+            reason: "max_live_reached",
+            count: self.model.counters.processes_dropped,
+        });
+        StatusResponse {
+            agent_pid: self.agent_pid,
+            hooks: self.probes.hooks.clone(),
+            lost,
+            events: self.events.clone(),
+            model: self.model.counters,
+            live_processes: self.model.live_count(),
+            exited_processes: self.model.exited_count(),
+        }
+    }
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Fork(_) => "fork",
+        Event::Exec(_) => "exec",
+        Event::Exit(_) => "exit",
+        Event::SlowSyscall(_) => "slow_syscall",
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading the kernel's accumulator maps, and removing the entries of tasks and processes the
+//! task model has finished with.
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use taskscope_common::{
+    CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey, SyscallKey,
+    SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
+};
+
+use crate::probes::Probes;
+
+/// Everything the kernel has accumulated, read in one pass.
+#[derive(Debug, Clone, Default)]
+pub struct KernelSnapshot {
+    /// CLOCK_MONOTONIC when the read started (the kernel programs' clock).
+    pub taken_at_ns: u64,
+    pub tasks: Vec<(u32, TaskSched)>,
+    pub syscalls: Vec<(SyscallKey, SyscallStats)>,
+    pub errnos: Vec<(ErrnoKey, u64)>,
+    pub process_io: Vec<(ProcessIoKey, ProcessIo)>,
+    pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
+    /// One entry per possible CPU.
+    pub cpus: Vec<CpuStats>,
+    /// Lost data per [`Loss`], summed over CPUs.
+    pub losses: [u64; LOSS_KINDS as usize],
+    /// Entries that could not be read (they vanished mid-iteration, usually).
+    pub read_errors: u64,
+}
+
+/// Map entries the task model no longer needs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forget {
+    /// Exited threads (tid, tgid): their `TASKS` and `SYSCALL_STARTS` entries.
+    pub tids: Vec<(u32, u32)>,
+    /// Entries of exited processes.
+    pub syscalls: Vec<SyscallKey>,
+    pub errnos: Vec<ErrnoKey>,
+    pub process_io: Vec<ProcessIoKey>,
+}
+
+/// Why the maps could not be taken from the loaded object.
+#[derive(Debug, thiserror::Error)]
+#[error("kernel map {name}: {source}")]
+pub struct MapsError {
+    name: &'static str,
+    #[source]
+    source: aya::maps::MapError,
+}
+
+/// Typed handles to the accumulator maps.
+pub struct KernelMaps {
+    tasks: HashMap<MapData, u32, TaskSched>,
+    syscall_starts: HashMap<MapData, u32, SyscallStart>,
+    syscalls: HashMap<MapData, SyscallKey, SyscallStats>,
+    errnos: HashMap<MapData, ErrnoKey, u64>,
+    process_io: HashMap<MapData, ProcessIoKey, ProcessIo>,
+    device_io: HashMap<MapData, DeviceIoKey, DeviceIo>,
+    cpus: PerCpuArray<MapData, CpuStats>,
+    losses: PerCpuArray<MapData, u64>,
+}
+
+fn take<T>(probes: &mut Probes, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = probes.ebpf.take_map(name).ok_or(MapsError {
+        name,
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| MapsError { name, source })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Reads a clock in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; the clocks used always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn collect<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    errors: &mut u64,
+) -> Vec<(K, V)> {
+    map.iter()
+        .filter_map(|entry| entry.map_err(|_| *errors += 1).ok())
+        .collect()
+}
+
+impl KernelMaps {
+    pub fn take(probes: &mut Probes) -> Result<Self, MapsError> {
+        Ok(Self {
+            tasks: take(probes, "TASKS")?,
+            syscall_starts: take(probes, "SYSCALL_STARTS")?,
+            syscalls: take(probes, "SYSCALLS")?,
+            errnos: take(probes, "SYSCALL_ERRNOS")?,
+            process_io: take(probes, "PROCESS_IO")?,
+            device_io: take(probes, "DEVICE_IO")?,
+            cpus: take(probes, "CPUS")?,
+            losses: take(probes, "LOSSES")?,
+        })
+    }
+
+    /// Reads every accumulator map.
+    pub fn read(&self) -> KernelSnapshot {
+        let mut errors = 0;
+        let taken_at_ns = monotonic_ns();
+        let cpus = match self.cpus.get(&0, 0) {
+            Ok(values) => values.iter().copied().collect(),
+            Err(_) => {
+                errors += 1;
+                Vec::new()
+            }
+        };
+        let mut losses = [0; LOSS_KINDS as usize];
+        for loss in Loss::ALL {
+            match self.losses.get(&(loss as u32), 0) {
+                Ok(values) => losses[loss as usize] = values.iter().sum(),
+                Err(_) => errors += 1,
+            }
+        }
+        KernelSnapshot {
+            taken_at_ns,
+            tasks: collect(&self.tasks, &mut errors),
+            syscalls: collect(&self.syscalls, &mut errors),
+            errnos: collect(&self.errnos, &mut errors),
+            process_io: collect(&self.process_io, &mut errors),
+            device_io: collect(&self.device_io, &mut errors),
+            cpus,
+            losses,
+            read_errors: errors,
+        }
+    }
+
+    /// Removes what the model has finished with.
+    pub fn forget(&mut self, forget: &Forget) {
+        // A missing entry is fine: a task may never have been scheduled while attached.
+        for (tid, tgid) in &forget.tids {
+            // The tid may already belong to a new task (the kernel resets entries at fork).
+            if self.tasks.get(tid, 0).is_ok_and(|task| task.tgid != *tgid) {
+                continue;
+            }
+            let _ = self.tasks.remove(tid);
+            let _ = self.syscall_starts.remove(tid);
+        }
+        for key in &forget.syscalls {
+            let _ = self.syscalls.remove(key);
+        }
+        for key in &forget.errnos {
+            let _ = self.errnos.remove(key);
+        }
+        for key in &forget.process_io {
+            let _ = self.process_io.remove(key);
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! The task model: every live and recently exited process, with its metadata and the kernel's
+//! accumulators rolled up from its threads. One owner (the collector task) mutates it; the API
+//! reads views of it.
+//!
+//! Processes are keyed by (pid, start time) so that a reused pid is a new process. Threads roll
+//! up into their process: its totals are the sum of its live threads' current values and the
+//! final values of its exited threads.
+
+pub mod errno;
+pub mod exit;
+pub mod view;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use taskscope_common::{
+    DeviceIo, DeviceIoKey, ErrnoKey, ProcessIo, ProcessIoKey, SlowSyscallEvent, SyscallKey,
+    SyscallStats, TaskSched, HIST_BUCKETS, LOSS_KINDS,
+};
+
+use crate::{
+    collector::{
+        events::{c_string, Event, Exec},
+        poller::{Forget, KernelSnapshot},
+    },
+    procfs::{self, CgroupResolver, NS_PER_TICK},
+};
+
+pub use self::exit::ExitStatus;
+
+/// Limits of the task model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// How long an exited process stays visible.
+    pub exited_retention: Duration,
+    /// At most this many exited processes are kept (oldest evicted first).
+    pub max_exited: usize,
+    /// At most this many live processes are tracked; more are counted as dropped.
+    pub max_live: usize,
+    /// Slow syscalls remembered per process.
+    pub max_slow_syscalls: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            exited_retention: Duration::from_secs(300),
+            max_exited: 10_000,
+            max_live: 65_536,
+            max_slow_syscalls: 16,
+        }
+    }
+}
+
+/// Scheduler totals (the sum over threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedTotals {
+    pub on_cpu_ns: u64,
+    pub runq_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub runq_hist: [u64; HIST_BUCKETS],
+}
+
+impl Default for SchedTotals {
+    fn default() -> Self {
+        Self {
+            on_cpu_ns: 0,
+            runq_wait_ns: 0,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            runq_hist: [0; HIST_BUCKETS],
+        }
+    }
+}
+
+impl SchedTotals {
+    /// Adds one thread's accumulators; `now_ns` closes a slice that is still running.
+    pub fn add(&mut self, task: &TaskSched, now_ns: Option<u64>) {
+        let TaskSched {
+            tgid: _,
+            _pad: _,
+            on_cpu_ns,
+            runq_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            running_since_ns,
+            queued_since_ns: _,
+            runq_hist,
+        } = task;
+        self.on_cpu_ns += on_cpu_ns;
+        if let Some(now) = now_ns {
+            if *running_since_ns != 0 {
+                self.on_cpu_ns += now.saturating_sub(*running_since_ns);
+            }
+        }
+        self.runq_wait_ns += runq_wait_ns;
+        self.voluntary_switches += voluntary_switches;
+        self.involuntary_switches += involuntary_switches;
+        for (total, count) in self.runq_hist.iter_mut().zip(runq_hist) {
+            *total += count;
+        }
+    }
+}
+
+/// One thread of a process.
+#[derive(Debug, Clone, Default)]
+struct Thread {
+    /// Latest accumulators read from the kernel.
+    sched: Option<TaskSched>,
+    /// Set when its exit was seen: the number of polls done by then.
+    exited_after_poll: Option<u64>,
+}
+
+/// A process (thread group) and everything known about it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: u32,
+    /// Start time in clock ticks since boot, as in `/proc/<pid>/stat`: with `pid`, the key.
+    pub start_ticks: u64,
+    /// Exact start (ns since boot) when the fork was seen.
+    pub start_boottime_ns: Option<u64>,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub cmdline_truncated: bool,
+    pub uid: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<String>,
+    /// The agent saw it start, so its accumulators cover its whole life.
+    pub observed_from_start: bool,
+    pub exit: Option<ExitStatus>,
+    /// CLOCK_MONOTONIC of the exit event.
+    pub exit_time_ns: Option<u64>,
+    exit_seen_after_poll: Option<u64>,
+    threads: BTreeMap<u32, Thread>,
+    pub threads_started: u64,
+    pub threads_exited: u64,
+    exited_sched: SchedTotals,
+    pub syscalls: BTreeMap<u32, SyscallStats>,
+    pub errnos: BTreeMap<(u32, u32), u64>,
+    /// Block IO by operation (`REQ_OP_*`).
+    pub io: BTreeMap<u32, ProcessIo>,
+    pub slow_syscalls: VecDeque<SlowSyscallEvent>,
+    exited_at: Option<Instant>,
+}
+
+impl Process {
+    fn new(pid: u32, start_ticks: u64) -> Self {
+        Self {
+            pid,
+            start_ticks,
+            start_boottime_ns: None,
+            ppid: 0,
+            comm: String::new(),
+            exe: None,
+            cmdline: Vec::new(),
+            cmdline_truncated: false,
+            uid: None,
+            cgroup_id: None,
+            cgroup_path: None,
+            observed_from_start: false,
+            exit: None,
+            exit_time_ns: None,
+            exit_seen_after_poll: None,
+            threads: BTreeMap::new(),
+            threads_started: 0,
+            threads_exited: 0,
+            exited_sched: SchedTotals::default(),
+            syscalls: BTreeMap::new(),
+            errnos: BTreeMap::new(),
+            io: BTreeMap::new(),
+            slow_syscalls: VecDeque::new(),
+            exited_at: None,
+        }
+    }
+
+    /// Scheduler totals over all threads, live slices closed at `now_ns`.
+    pub fn sched(&self, now_ns: u64) -> SchedTotals {
+        let mut totals = self.exited_sched;
+        let running = self.exit.is_none().then_some(now_ns);
+        for thread in self.threads.values() {
+            if let Some(sched) = &thread.sched {
+                totals.add(sched, running);
+            }
+        }
+        totals
+    }
+
+    /// Threads not yet exited.
+    pub fn live_threads(&self) -> usize {
+        self.threads
+            .values()
+            .filter(|t| t.exited_after_poll.is_none())
+            .count()
+    }
+
+    pub fn is_exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Moves a thread's final values into the exited totals.
+    fn fold_thread(&mut self, tid: u32, forget: &mut Forget) {
+        if let Some(thread) = self.threads.remove(&tid) {
+            if let Some(sched) = &thread.sched {
+                self.exited_sched.add(sched, None);
+            }
+            self.threads_exited += 1;
+            forget.tids.push((tid, self.pid));
+        }
+    }
+}
+
+/// Counters of the model's own work.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ModelCounters {
+    pub processes_started: u64,
+    pub processes_exited: u64,
+    pub processes_evicted: u64,
+    /// Processes that vanished without an exit event (it was lost).
+    pub processes_lost: u64,
+    /// Processes not tracked because `max_live` was reached.
+    pub processes_dropped: u64,
+    pub events: u64,
+    pub polls: u64,
+}
+
+/// The task model.
+pub struct TaskModel {
+    config: ModelConfig,
+    live: HashMap<u32, Process>,
+    exited: VecDeque<Process>,
+    cgroups: CgroupResolver,
+    polls: u64,
+    pub counters: ModelCounters,
+    /// Latest per-CPU accounting.
+    pub cpus: Vec<taskscope_common::CpuStats>,
+    /// Latest per-device IO.
+    pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
+    /// Kernel-side losses, summed over CPUs.
+    pub kernel_losses: [u64; LOSS_KINDS as usize],
+    /// CLOCK_MONOTONIC of the latest kernel read.
+    pub collected_at_ns: u64,
+}
+
+/// Polls after an exit before a thread's or process's final values are read: one poll may
+/// still miss the last slice the task ran after its exit event.
+const FINAL_READ_POLLS: u64 = 2;
+
+/// Every this many polls, live processes are checked against /proc for lost exit events.
+const SWEEP_EVERY_POLLS: u64 = 10;
+
+impl TaskModel {
+    pub fn new(config: ModelConfig, cgroups: CgroupResolver) -> Self {
+        Self {
+            config,
+            live: HashMap::new(),
+            exited: VecDeque::new(),
+            cgroups,
+            polls: 0,
+            counters: ModelCounters::default(),
+            cpus: Vec::new(),
+            device_io: Vec::new(),
+            kernel_losses: [0; LOSS_KINDS as usize],
+            collected_at_ns: 0,
+        }
+    }
+
+    /// Adds every process in /proc (those that started before the agent).
+    pub fn scan_proc(&mut self) {
+        for pid in procfs::list_pids() {
+            if !self.live.contains_key(&pid) {
+                self.insert_from_proc(pid);
+            }
+        }
+    }
+
+    /// Builds a process from /proc; a bare entry when /proc has nothing (it already exited).
+    fn insert_from_proc(&mut self, pid: u32) -> Option<&mut Process> {
+        let process = match procfs::read_stat(pid) {
+            Some(stat) => {
+                let mut p = Process::new(pid, stat.start_ticks);
+                p.ppid = stat.ppid;
+                p.comm = stat.comm;
+                p.exe = procfs::read_exe(pid);
+                p.cmdline = procfs::read_cmdline(pid);
+                p.uid = procfs::read_uid(pid);
+                if let Some(path) = procfs::read_cgroup_v2(pid) {
+                    p.cgroup_id = self.cgroups.id_of(&path);
+                    p.cgroup_path = Some(path);
+                }
+                p.threads.insert(pid, Thread::default());
+                p.threads_started = 1;
+                p
+            }
+            None => Process::new(pid, 0),
+        };
+        self.insert_live(process)
+    }
+
+    fn insert_live(&mut self, process: Process) -> Option<&mut Process> {
+        if self.live.len() >= self.config.max_live && !self.live.contains_key(&process.pid) {
+            self.counters.processes_dropped += 1;
+            return None;
+        }
+        let pid = process.pid;
+        self.live.insert(pid, process);
+        self.live.get_mut(&pid)
+    }
+
+    fn live_or_proc(&mut self, pid: u32) -> Option<&mut Process> {
+        if self.live.contains_key(&pid) {
+            return self.live.get_mut(&pid);
+        }
+        self.insert_from_proc(pid)
+    }
+
+    /// Moves a live process to the exited list.
+    fn retire(&mut self, pid: u32, forget: &mut Forget) {
+        let Some(mut process) = self.live.remove(&pid) else {
+            return;
+        };
+        let tids: Vec<u32> = process.threads.keys().copied().collect();
+        for tid in tids {
+            process.fold_thread(tid, forget);
+        }
+        forget.syscalls.extend(
+            process
+                .syscalls
+                .keys()
+                .map(|&nr| SyscallKey { tgid: pid, nr }),
+        );
+        forget
+            .errnos
+            .extend(process.errnos.keys().map(|&(nr, errno)| ErrnoKey {
+                tgid: pid,
+                nr,
+                errno,
+                _pad: 0,
+            }));
+        forget
+            .process_io
+            .extend(process.io.keys().map(|&op| ProcessIoKey { tgid: pid, op }));
+        if process.exit.is_none() {
+            process.exit = Some(ExitStatus::Unknown);
+            self.counters.processes_lost += 1;
+        }
+        self.counters.processes_exited += 1;
+        process.exited_at = Some(Instant::now());
+        self.exited.push_back(process);
+        while self.exited.len() > self.config.max_exited {
+            self.exited.pop_front();
+            self.counters.processes_evicted += 1;
+        }
+    }
+
+    /// Applies one ring-buffer event. Returns map entries to forget (a pid reused before its
+    /// previous owner was retired).
+    pub fn apply_event(&mut self, event: Event, forget: &mut Forget) {
+        self.counters.events += 1;
+        match event {
+            Event::Fork(fork) => {
+                let pid = fork.header.pid;
+                let tgid = fork.header.tgid;
+                if fork.is_thread != 0 {
+                    if let Some(process) = self.live_or_proc(tgid) {
+                        process.threads.entry(pid).or_default();
+                        process.threads_started += 1;
+                    }
+                    return;
+                }
+                let start_ticks = fork.start_boottime_ns / NS_PER_TICK;
+                if let Some(existing) = self.live.get_mut(&pid) {
+                    if existing.start_ticks == start_ticks {
+                        // Found by the /proc scan after the fork: the same process.
+                        existing.observed_from_start = true;
+                        existing.start_boottime_ns = Some(fork.start_boottime_ns);
+                        return;
+                    }
+                    // The pid was reused: its previous owner is gone.
+                    self.retire(pid, forget);
+                }
+                let parent = self.live.get(&fork.parent_tgid);
+                let mut process = Process::new(pid, start_ticks);
+                process.start_boottime_ns = Some(fork.start_boottime_ns);
+                process.ppid = fork.parent_tgid;
+                process.comm = c_string(&fork.comm);
+                process.exe = parent.and_then(|p| p.exe.clone());
+                process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
+                process.uid = Some(fork.uid);
+                process.cgroup_id = Some(fork.cgroup_id);
+                process.cgroup_path = self.cgroups.path_of(fork.cgroup_id);
+                process.observed_from_start = true;
+                process.threads.insert(pid, Thread::default());
+                process.threads_started = 1;
+                self.counters.processes_started += 1;
+                self.insert_live(process);
+            }
+            Event::Exec(exec) => self.apply_exec(*exec),
+            Event::Exit(exit) => {
+                let polls = self.polls;
+                let Some(process) = self.live.get_mut(&exit.header.tgid) else {
+                    return;
+                };
+                process
+                    .threads
+                    .entry(exit.header.pid)
+                    .or_default()
+                    .exited_after_poll = Some(polls);
+                if exit.group_dead != 0 {
+                    process.exit = Some(ExitStatus::from_raw(exit.exit_code));
+                    process.exit_time_ns = Some(exit.header.ts_ns);
+                    process.exit_seen_after_poll = Some(polls);
+                }
+            }
+            Event::SlowSyscall(slow) => {
+                let max = self.config.max_slow_syscalls;
+                if let Some(process) = self.live.get_mut(&slow.header.tgid) {
+                    if process.slow_syscalls.len() >= max {
+                        process.slow_syscalls.pop_front();
+                    }
+                    process.slow_syscalls.push_back(slow);
+                }
+            }
+        }
+    }
+
+    fn apply_exec(&mut self, exec: Exec) {
+        let tgid = exec.header.tgid;
+        let cgroup_path = self.cgroups.path_of(exec.cgroup_id);
+        let polls = self.polls;
+        let Some(process) = self.live_or_proc(tgid) else {
+            return;
+        };
+        // The exe link is absolute and resolved; the filename passed to execve may be relative.
+        process.exe = procfs::read_exe(tgid).or(Some(exec.filename));
+        process.comm = exec.comm;
+        process.cmdline = exec.args;
+        process.cmdline_truncated = exec.args_truncated;
+        process.uid = Some(exec.uid);
+        process.cgroup_id = Some(exec.cgroup_id);
+        process.cgroup_path = cgroup_path;
+        if exec.old_pid != exec.header.pid {
+            // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
+            process
+                .threads
+                .entry(exec.old_pid)
+                .or_default()
+                .exited_after_poll = Some(polls);
+        }
+    }
+
+    /// Applies a read of the kernel maps; returns the map entries that are no longer needed.
+    pub fn apply_kernel(&mut self, snapshot: KernelSnapshot) -> Forget {
+        self.polls += 1;
+        self.counters.polls = self.polls;
+        let polls = self.polls;
+        let mut forget = Forget::default();
+
+        for (tid, task) in snapshot.tasks {
+            if task.tgid == 0 {
+                continue;
+            }
+            if let Some(process) = self.live_or_proc(task.tgid) {
+                process.threads.entry(tid).or_default().sched = Some(task);
+            }
+        }
+        for (key, stats) in snapshot.syscalls {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.syscalls.insert(key.nr, stats);
+            }
+        }
+        for (key, count) in snapshot.errnos {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.errnos.insert((key.nr, key.errno), count);
+            }
+        }
+        for (key, io) in snapshot.process_io {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.io.insert(key.op, io);
+            }
+        }
+        self.cpus = snapshot.cpus;
+        self.device_io = snapshot.device_io;
+        self.kernel_losses = snapshot.losses;
+        self.collected_at_ns = snapshot.taken_at_ns;
+
+        // Fold exited threads and retire exited processes once their final values are in.
+        let due = |after: Option<u64>| after.is_some_and(|a| a + FINAL_READ_POLLS <= polls);
+        let mut retire = Vec::new();
+        for process in self.live.values_mut() {
+            let done: Vec<u32> = process
+                .threads
+                .iter()
+                .filter(|(_, t)| due(t.exited_after_poll))
+                .map(|(&tid, _)| tid)
+                .collect();
+            for tid in done {
+                process.fold_thread(tid, &mut forget);
+            }
+            if due(process.exit_seen_after_poll) {
+                retire.push(process.pid);
+            }
+        }
+        if polls % SWEEP_EVERY_POLLS == 0 {
+            retire.extend(self.vanished());
+        }
+        for pid in retire {
+            self.retire(pid, &mut forget);
+        }
+        self.evict_exited();
+        forget
+    }
+
+    /// Live processes whose pid is gone from /proc or belongs to someone else now.
+    fn vanished(&self) -> Vec<u32> {
+        self.live
+            .values()
+            .filter(|p| p.exit.is_none())
+            .filter(|p| {
+                procfs::read_stat(p.pid).is_none_or(|stat| stat.start_ticks != p.start_ticks)
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    fn evict_exited(&mut self) {
+        let retention = self.config.exited_retention;
+        while self
+            .exited
+            .front()
+            .and_then(|p| p.exited_at)
+            .is_some_and(|t| t.elapsed() > retention)
+        {
+            self.exited.pop_front();
+            self.counters.processes_evicted += 1;
+        }
+    }
+
+    /// Live processes, in pid order.
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.live.values()
+    }
+
+    /// Recently exited processes, oldest first.
+    pub fn exited(&self) -> impl Iterator<Item = &Process> {
+        self.exited.iter()
+    }
+
+    /// Every process with `pid`: the live one first, then exited ones, newest first.
+    pub fn by_pid(&self, pid: u32) -> Vec<&Process> {
+        self.live
+            .get(&pid)
+            .into_iter()
+            .chain(self.exited.iter().rev().filter(|p| p.pid == pid))
+            .collect()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn exited_count(&self) -> usize {
+        self.exited.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskscope_common::{event_kind, EventHeader, ExitEvent, ForkEvent, COMM_LEN};
+
+    fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            cpu: 0,
+            ts_ns: 1,
+            pid,
+            tgid,
+        }
+    }
+
+    fn fork(pid: u32, tgid: u32, parent: u32, start_ns: u64) -> Event {
+        Event::Fork(ForkEvent {
+            header: header(event_kind::FORK, pid, tgid),
+            parent_pid: parent,
+            parent_tgid: parent,
+            is_thread: (pid != tgid) as u32,
+            uid: 0,
+            start_boottime_ns: start_ns,
+            cgroup_id: 0,
+            comm: [b'x'; COMM_LEN],
+        })
+    }
+
+    fn exit(pid: u32, tgid: u32, code: u32, group_dead: bool) -> Event {
+        Event::Exit(ExitEvent {
+            header: header(event_kind::EXIT, pid, tgid),
+            exit_code: code,
+            group_dead: group_dead as u32,
+            start_boottime_ns: 0,
+            comm: [0; COMM_LEN],
+        })
+    }
+
+    fn sched(tgid: u32, on_cpu: u64) -> TaskSched {
+        TaskSched {
+            tgid,
+            _pad: 0,
+            on_cpu_ns: on_cpu,
+            runq_wait_ns: 1,
+            voluntary_switches: 2,
+            involuntary_switches: 3,
+            running_since_ns: 0,
+            queued_since_ns: 0,
+            runq_hist: [0; HIST_BUCKETS],
+        }
+    }
+
+    fn model() -> TaskModel {
+        TaskModel::new(ModelConfig::default(), CgroupResolver::new(None))
+    }
+
+    // Pids far above any real pid so /proc lookups miss.
+    const P: u32 = 4_000_001;
+
+    #[test]
+    fn threads_roll_up_and_survive_their_exit() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, 10 * NS_PER_TICK), &mut forget);
+        m.apply_event(fork(P + 1, P, P, 11 * NS_PER_TICK), &mut forget);
+        let snap = |a, b| KernelSnapshot {
+            tasks: vec![(P, sched(P, a)), (P + 1, sched(P, b))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap(100, 50));
+        let p = &m.by_pid(P)[0];
+        assert_eq!(p.sched(0).on_cpu_ns, 150);
+        assert_eq!(p.sched(0).voluntary_switches, 4);
+        assert_eq!(p.live_threads(), 2);
+        assert_eq!(p.threads_started, 2);
+
+        // The thread exits (not the process): its final value counts and stays counted.
+        m.apply_event(exit(P + 1, P, 0, false), &mut forget);
+        assert!(m.apply_kernel(snap(200, 70)).tids.is_empty());
+        let forget = m.apply_kernel(snap(300, 70));
+        assert_eq!(forget.tids, vec![(P + 1, P)]);
+        let p = &m.by_pid(P)[0];
+        assert_eq!(p.sched(0).on_cpu_ns, 370);
+        assert!(!p.is_exited());
+        assert_eq!(p.threads_exited, 1);
+        // The next read no longer has the thread's entry.
+        m.apply_kernel(KernelSnapshot {
+            tasks: vec![(P, sched(P, 400))],
+            ..Default::default()
+        });
+        assert_eq!(m.by_pid(P)[0].sched(0).on_cpu_ns, 470);
+    }
+
+    #[test]
+    fn process_exit_is_kept_then_retired_with_its_status() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.apply_kernel(KernelSnapshot {
+            tasks: vec![(P, sched(P, 5))],
+            syscalls: vec![(SyscallKey { tgid: P, nr: 0 }, zero_syscalls())],
+            ..Default::default()
+        });
+        m.apply_event(exit(P, P, 3 << 8, true), &mut forget);
+        assert_eq!(m.by_pid(P)[0].exit, Some(ExitStatus::Exited { code: 3 }));
+        m.apply_kernel(KernelSnapshot::default());
+        let forget = m.apply_kernel(KernelSnapshot::default());
+        assert_eq!(forget.tids, vec![(P, P)]);
+        assert_eq!(forget.syscalls, vec![SyscallKey { tgid: P, nr: 0 }]);
+        assert_eq!(m.live_count(), 0);
+        assert_eq!(m.exited_count(), 1);
+        assert_eq!(m.by_pid(P)[0].sched(0).on_cpu_ns, 5);
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_process() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.apply_event(exit(P, P, 0, true), &mut forget);
+        m.apply_event(fork(P, P, 1, 500 * NS_PER_TICK), &mut forget);
+        let all = m.by_pid(P);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].start_ticks, 500);
+        assert!(!all[0].is_exited());
+        assert_eq!(all[1].start_ticks, 1);
+        assert_eq!(all[1].exit, Some(ExitStatus::Exited { code: 0 }));
+        assert_eq!(forget.tids, vec![(P, P)]);
+    }
+
+    #[test]
+    fn exited_processes_are_capped() {
+        let mut m = TaskModel::new(
+            ModelConfig {
+                max_exited: 3,
+                ..ModelConfig::default()
+            },
+            CgroupResolver::new(None),
+        );
+        let mut forget = Forget::default();
+        for i in 0..10 {
+            m.apply_event(fork(P + i, P + i, 1, NS_PER_TICK), &mut forget);
+            m.apply_event(exit(P + i, P + i, 0, true), &mut forget);
+        }
+        m.apply_kernel(KernelSnapshot::default());
+        m.apply_kernel(KernelSnapshot::default());
+        assert_eq!(m.exited_count(), 3);
+        assert_eq!(m.counters.processes_evicted, 7);
+    }
+
+    #[test]
+    fn live_processes_are_capped() {
+        let mut m = TaskModel::new(
+            ModelConfig {
+                max_live: 2,
+                ..ModelConfig::default()
+            },
+            CgroupResolver::new(None),
+        );
+        let mut forget = Forget::default();
+        for i in 0..5 {
+            m.apply_event(fork(P + i, P + i, 1, NS_PER_TICK), &mut forget);
+        }
+        assert_eq!(m.live_count(), 2);
+        assert_eq!(m.counters.processes_dropped, 3);
+    }
+
+    fn zero_syscalls() -> SyscallStats {
+        SyscallStats {
+            count: 1,
+            errors: 0,
+            total_ns: 1,
+            latency_hist: [0; HIST_BUCKETS],
+        }
+    }
+}

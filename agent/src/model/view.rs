@@ -1,0 +1,278 @@
+//! JSON views of the task model, as served by `/api/v1/processes` (schema in docs/api.md).
+
+use serde::Serialize;
+use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
+
+use super::{errno::errno_name, ExitStatus, Process};
+use crate::{collector::poller::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
+
+/// Offsets between the kernel's clocks and wall-clock time, taken once per response.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    pub monotonic_ns: u64,
+    realtime_ns: u64,
+    boottime_ns: u64,
+}
+
+impl Clocks {
+    pub fn now() -> Self {
+        Self {
+            monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
+            realtime_ns: clock_ns(libc::CLOCK_REALTIME),
+            boottime_ns: clock_ns(libc::CLOCK_BOOTTIME),
+        }
+    }
+
+    /// Unix time of a CLOCK_MONOTONIC instant.
+    pub fn monotonic_to_unix(&self, ns: u64) -> u64 {
+        (self.realtime_ns + ns).saturating_sub(self.monotonic_ns)
+    }
+
+    /// Unix time of a CLOCK_BOOTTIME instant.
+    pub fn boottime_to_unix(&self, ns: u64) -> u64 {
+        (self.realtime_ns + ns).saturating_sub(self.boottime_ns)
+    }
+}
+
+/// One non-empty bucket of a log2 histogram: `count` values below `below_ns`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Bucket {
+    /// Exclusive upper bound; `null` for the last (unbounded) bucket.
+    pub below_ns: Option<u64>,
+    pub count: u64,
+}
+
+/// The non-empty buckets of a kernel histogram.
+pub fn buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<Bucket> {
+    hist.iter()
+        .enumerate()
+        .filter(|(_, &count)| count > 0)
+        .map(|(i, &count)| Bucket {
+            below_ns: Some(bucket_upper_bound_ns(i)).filter(|&b| b != u64::MAX),
+            count,
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22); with `pid`, the
+    /// process's identity.
+    pub start_ticks: u64,
+    /// `"<pid>-<start_ticks>"`: unique even when a pid is reused.
+    pub key: String,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub cmdline_truncated: bool,
+    pub uid: Option<u32>,
+    pub cgroup: CgroupView,
+    pub start_time_unix_ns: u64,
+    pub exit_time_unix_ns: Option<u64>,
+    /// `"running"` or `"exited"`.
+    pub state: &'static str,
+    pub exit: Option<ExitStatus>,
+    /// True when the agent saw the process start, so its accumulators cover its whole life;
+    /// false for processes that were already running when the agent started.
+    pub observed_from_start: bool,
+    pub threads: ThreadsView,
+    pub sched: SchedView,
+    pub syscalls: SyscallsView,
+    pub block_io: BlockIoView,
+    pub slow_syscalls: Vec<SlowSyscallView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CgroupView {
+    pub id: Option<u64>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadsView {
+    pub live: usize,
+    pub started: u64,
+    pub exited: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SchedView {
+    pub on_cpu_ns: u64,
+    pub runqueue_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub runqueue_latency: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyscallsView {
+    pub count: u64,
+    pub errors: u64,
+    pub total_latency_ns: u64,
+    pub by_syscall: Vec<SyscallView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyscallView {
+    pub nr: u32,
+    pub name: Option<&'static str>,
+    pub count: u64,
+    pub errors: u64,
+    pub total_latency_ns: u64,
+    pub errnos: Vec<ErrnoView>,
+    pub latency: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrnoView {
+    pub errno: u32,
+    pub name: Option<&'static str>,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct BlockIoView {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_requests: u64,
+    pub write_requests: u64,
+    /// Flushes, discards and other non-data requests.
+    pub other_requests: u64,
+    pub total_latency_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlowSyscallView {
+    pub tid: u32,
+    pub nr: u32,
+    pub name: Option<&'static str>,
+    pub duration_ns: u64,
+    pub ret: i64,
+    pub time_unix_ns: u64,
+}
+
+impl ProcessView {
+    pub fn new(p: &Process, clocks: &Clocks) -> Self {
+        let sched = p.sched(clocks.monotonic_ns);
+        let mut block_io = BlockIoView::default();
+        for (&op, io) in &p.io {
+            block_io.total_latency_ns += io.total_latency_ns;
+            match op {
+                block_op::READ => {
+                    block_io.read_bytes += io.bytes;
+                    block_io.read_requests += io.requests;
+                }
+                block_op::WRITE => {
+                    block_io.write_bytes += io.bytes;
+                    block_io.write_requests += io.requests;
+                }
+                _ => block_io.other_requests += io.requests,
+            }
+        }
+        let by_syscall: Vec<SyscallView> = p
+            .syscalls
+            .iter()
+            .map(|(&nr, s)| SyscallView {
+                nr,
+                name: syscall_name(nr),
+                count: s.count,
+                errors: s.errors,
+                total_latency_ns: s.total_ns,
+                errnos: p
+                    .errnos
+                    .range((nr, 0)..=(nr, u32::MAX))
+                    .map(|(&(_, errno), &count)| ErrnoView {
+                        errno,
+                        name: errno_name(errno),
+                        count,
+                    })
+                    .collect(),
+                latency: buckets(&s.latency_hist),
+            })
+            .collect();
+        let start_boottime = p.start_boottime_ns.unwrap_or(p.start_ticks * NS_PER_TICK);
+        ProcessView {
+            pid: p.pid,
+            start_ticks: p.start_ticks,
+            key: format!("{}-{}", p.pid, p.start_ticks),
+            ppid: p.ppid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            cmdline_truncated: p.cmdline_truncated,
+            uid: p.uid,
+            cgroup: CgroupView {
+                id: p.cgroup_id,
+                path: p.cgroup_path.clone(),
+            },
+            start_time_unix_ns: clocks.boottime_to_unix(start_boottime),
+            exit_time_unix_ns: p.exit_time_ns.map(|t| clocks.monotonic_to_unix(t)),
+            state: if p.is_exited() { "exited" } else { "running" },
+            exit: p.exit,
+            observed_from_start: p.observed_from_start,
+            threads: ThreadsView {
+                live: p.live_threads(),
+                started: p.threads_started,
+                exited: p.threads_exited,
+            },
+            sched: SchedView {
+                on_cpu_ns: sched.on_cpu_ns,
+                runqueue_wait_ns: sched.runq_wait_ns,
+                voluntary_switches: sched.voluntary_switches,
+                involuntary_switches: sched.involuntary_switches,
+                runqueue_latency: buckets(&sched.runq_hist),
+            },
+            syscalls: SyscallsView {
+                count: by_syscall.iter().map(|s| s.count).sum(),
+                errors: by_syscall.iter().map(|s| s.errors).sum(),
+                total_latency_ns: by_syscall.iter().map(|s| s.total_latency_ns).sum(),
+                by_syscall,
+            },
+            block_io,
+            slow_syscalls: p
+                .slow_syscalls
+                .iter()
+                .map(|s| SlowSyscallView {
+                    tid: s.header.pid,
+                    nr: s.nr,
+                    name: syscall_name(s.nr),
+                    duration_ns: s.duration_ns,
+                    ret: s.ret,
+                    time_unix_ns: clocks.monotonic_to_unix(s.header.ts_ns),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_empty_buckets_are_listed() {
+        let mut hist = [0; HIST_BUCKETS];
+        hist[0] = 1;
+        hist[11] = 4;
+        hist[HIST_BUCKETS - 1] = 2;
+        assert_eq!(
+            buckets(&hist),
+            vec![
+                Bucket {
+                    below_ns: Some(1),
+                    count: 1
+                },
+                Bucket {
+                    below_ns: Some(2048),
+                    count: 4
+                },
+                Bucket {
+                    below_ns: None,
+                    count: 2
+                },
+            ]
+        );
+    }
+}

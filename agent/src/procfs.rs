@@ -1,0 +1,235 @@
+//! Metadata from /proc and cgroupfs: what the kernel programs do not carry (or could not see
+//! for processes that were running before the agent started).
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::collector::events::split_args;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
+pub const USER_HZ: u64 = 100;
+/// Nanoseconds per clock tick, as the kernel converts `start_boottime` for procfs.
+pub const NS_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
+
+/// Fields of `/proc/<pid>/stat` the task model uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    /// Start time in clock ticks since boot (field 22).
+    pub start_ticks: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The comm (field 2) may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text.get(..open)?.trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state), so field N is rest[N - 3].
+    Some(Stat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Real uid from the `Uid:` line of `/proc/<pid>/status`.
+pub fn parse_status_uid(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn read_uid(pid: u32) -> Option<u32> {
+    parse_status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+pub fn read_cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| split_args(&b))
+        .unwrap_or_default()
+}
+
+pub fn read_exe(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The cgroup v2 path of a process, from the `0::` line of `/proc/<pid>/cgroup`.
+pub fn parse_cgroup_v2(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+pub fn read_cgroup_v2(pid: u32) -> Option<String> {
+    parse_cgroup_v2(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// Thread group ids of every process (numeric entries of /proc).
+pub fn list_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones; read from mountinfo rather than guessed.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    parse_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// Maps cgroup v2 ids (the inode numbers of cgroup directories, as `bpf_get_current_cgroup_id`
+/// returns them) to paths. Unknown ids trigger a rescan of the hierarchy, at most once per
+/// `min_rescan`; the cache is capped.
+pub struct CgroupResolver {
+    root: Option<PathBuf>,
+    by_id: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+    min_rescan: Duration,
+    max_entries: usize,
+}
+
+impl CgroupResolver {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            by_id: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_secs(1),
+            max_entries: 65536,
+        }
+    }
+
+    /// The cgroup id of a path relative to the cgroup v2 root (as in `/proc/<pid>/cgroup`).
+    pub fn id_of(&mut self, path: &str) -> Option<u64> {
+        let root = self.root.as_ref()?;
+        let ino = fs::metadata(root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        if self.by_id.len() < self.max_entries {
+            self.by_id.insert(ino, path.to_string());
+        }
+        Some(ino)
+    }
+
+    /// The path of cgroup `id`, rescanning the hierarchy when it is unknown.
+    pub fn path_of(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(path) = self.by_id.get(&id) {
+            return Some(path.clone());
+        }
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.min_rescan);
+        if due {
+            self.rescan();
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        self.by_id.clear();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            if self.by_id.len() >= self.max_entries {
+                break;
+            }
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+            self.by_id
+                .insert(meta.ino(), format!("/{}", relative.to_string_lossy()));
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_comm() {
+        let text = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(stat.pid, 1234);
+        assert_eq!(stat.comm, "my (odd) prog");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.start_ticks, 98765);
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S"), None);
+    }
+
+    #[test]
+    fn status_uid_cgroup_and_mount() {
+        assert_eq!(
+            parse_status_uid("Name:\tbash\nUid:\t1000\t1000\t1000\t1000\n"),
+            Some(1000)
+        );
+        assert_eq!(parse_status_uid("Name: x\n"), None);
+        assert_eq!(
+            parse_cgroup_v2("12:memory:/foo\n0::/system.slice/ssh.service\n"),
+            Some("/system.slice/ssh.service".into())
+        );
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                         35 30 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        let stat = read_stat(me).unwrap();
+        assert_eq!(stat.pid, me);
+        assert!(!read_cmdline(me).is_empty());
+        assert!(read_cgroup_v2(me).is_some());
+    }
+}
