@@ -1,1 +1,294 @@
+//! Harness for the end-to-end tests: start the real agent (real kernel programs), run known
+//! workloads, and read both the agent's API and the kernel's own accounting in /proc.
+//!
+//! The agent binary is `$TASKSCOPE_BIN`, or `target/release/taskscope` (built by
+//! `cargo xtask test`).
 
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Path of the agent binary under test.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TASKSCOPE_BIN") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/taskscope")
+}
+
+/// Path of the workload binary: cargo builds it next to the `deps/` folder that holds the
+/// test executables.
+pub fn workload_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    profile_dir.join("workload")
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits for `check` to return `Some`, polling every 50 ms; panics with `what` after `limit`.
+/// A synchronisation helper, not a timing assertion: `limit` is generous.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of the agent's `collected_at_monotonic_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A running agent, stopped with SIGTERM when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `taskscope run` with a short poll interval plus `extra` flags, and waits until
+    /// its API answers.
+    pub fn start(extra: &[&str]) -> Agent {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log =
+            std::env::temp_dir().join(format!("taskscope-e2e-{}.log", addr.replace(':', "-")));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(agent_binary())
+            .args([
+                "run",
+                "--listen",
+                &addr,
+                "--poll-interval",
+                "200ms",
+                "--log-format",
+                "text",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", agent_binary().display()));
+        let mut agent = Agent { child, addr, log };
+        wait_for("the agent's API", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("the agent exited with {status}: {}", agent.log_text());
+            }
+            http_get(&agent.addr, "/api/v1/status")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        });
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET a JSON document; panics on a non-200 answer.
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = http_get(&self.addr, path).expect("GET");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// The newest process with `pid`, from an answer whose kernel read started after `after_ns`
+    /// (CLOCK_MONOTONIC), so that it includes everything the kernel had counted by then.
+    pub fn process_after(&self, pid: u32, after_ns: u64) -> Value {
+        wait_for(
+            &format!("pid {pid} in a read after {after_ns}"),
+            Duration::from_secs(20),
+            || {
+                let (status, body) =
+                    http_get(&self.addr, &format!("/api/v1/processes/{pid}")).ok()?;
+                if status != 200 {
+                    return None;
+                }
+                let answer: Value = serde_json::from_str(&body).ok()?;
+                (answer["collected_at_monotonic_ns"].as_u64()? > after_ns)
+                    .then(|| answer["processes"][0].clone())
+            },
+        )
+    }
+
+    /// Every process, after a kernel read later than `after_ns`.
+    pub fn processes_after(&self, after_ns: u64) -> Vec<Value> {
+        wait_for("a fresh process list", Duration::from_secs(20), || {
+            let answer = self.get("/api/v1/processes");
+            (answer["collected_at_monotonic_ns"].as_u64()? > after_ns)
+                .then(|| answer["processes"].as_array().cloned().unwrap_or_default())
+        })
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the agent")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A workload process (see src/bin/workload.rs) that has done its work and is blocked.
+pub struct Workload {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    /// What it printed after `ready`.
+    pub output: String,
+}
+
+impl Workload {
+    /// Starts a workload and waits until it is `ready`.
+    pub fn run(args: &[&str]) -> Workload {
+        let mut child = Command::new(workload_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready");
+        let output = line
+            .strip_prefix("ready")
+            .unwrap_or_else(|| panic!("workload {args:?} said {line:?}"))
+            .trim()
+            .to_string();
+        let stdin = child.stdin.take();
+        Workload {
+            child,
+            stdin,
+            output,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it exit and reaps it.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// `/proc/<pid>/schedstat`: (ns on CPU, ns waiting on a run queue, timeslices).
+pub fn schedstat(pid: u32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+/// A numeric field of `/proc/<pid>/status` (e.g. `voluntary_ctxt_switches`).
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A field of `/proc/<pid>/io` (e.g. `write_bytes`).
+pub fn io_field(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("io");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/io"))
+}
+
+/// Asserts `measured` is within `tolerance` (a fraction) of `truth`, printing both.
+pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
+    let diff = measured.abs_diff(truth) as f64;
+    let allowed = (truth as f64 * tolerance).max(0.0);
+    let ratio = if truth == 0 { 0.0 } else { diff / truth as f64 };
+    println!(
+        "{what}: taskscope {measured}, kernel {truth}, difference {:.3}% (allowed {:.1}%)",
+        ratio * 100.0,
+        tolerance * 100.0
+    );
+    assert!(
+        diff <= allowed,
+        "{what}: taskscope {measured} vs kernel {truth}: off by {:.3}%, allowed {:.1}%",
+        ratio * 100.0,
+        tolerance * 100.0
+    );
+}
+
+/// Asserts two counts agree within `tolerance`, rounding the allowance up to a whole count.
+pub fn assert_count_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
+    let allowed = (truth as f64 * tolerance).ceil() as u64;
+    println!("{what}: taskscope {measured}, kernel {truth}, allowed difference {allowed}");
+    assert!(
+        measured.abs_diff(truth) <= allowed,
+        "{what}: taskscope {measured} vs kernel {truth}: more than {allowed} apart"
+    );
+}

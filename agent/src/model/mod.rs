@@ -374,7 +374,8 @@ impl TaskModel {
                 }
                 let start_ticks = fork.start_boottime_ns / NS_PER_TICK;
                 if let Some(existing) = self.live.get_mut(&pid) {
-                    if existing.start_ticks == start_ticks {
+                    let found_by_scan = existing.exit.is_none() && !existing.observed_from_start;
+                    if found_by_scan && existing.start_ticks == start_ticks {
                         // Found by the /proc scan after the fork: the same process.
                         existing.observed_from_start = true;
                         existing.start_boottime_ns = Some(fork.start_boottime_ns);

@@ -1,0 +1,156 @@
+//! Workloads whose behaviour is known exactly, for the end-to-end tests.
+//!
+//! Every workload does its work, prints `ready` (and any ids the test needs) on stdout, then
+//! blocks reading stdin, so that the test can compare the agent's numbers with the kernel's own
+//! while nothing changes. Closing stdin lets it exit.
+
+use std::{
+    alloc::{alloc_zeroed, dealloc, Layout},
+    ffi::CString,
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+fn ready(extra: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {extra}").expect("stdout");
+    out.flush().expect("stdout");
+}
+
+fn block_until_stdin_closes() {
+    let mut buf = [0u8; 64];
+    while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Spins until this thread has used `ms` milliseconds of CPU.
+fn burn(ms: u64) {
+    let until = thread_cpu_ns() + ms * 1_000_000;
+    let mut x = 0u64;
+    while thread_cpu_ns() < until {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+fn arg(args: &[String], i: usize, what: &str) -> u64 {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("missing or bad argument {i}: {what}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        // cpu-burn MS: MS milliseconds of CPU time.
+        Some("cpu-burn") => {
+            burn(arg(&args, 2, "milliseconds"));
+            ready("");
+        }
+        // syscalls N M: exactly N getpgid calls, the last M of which fail with ESRCH.
+        Some("syscalls") => {
+            let n = arg(&args, 2, "calls");
+            let m = arg(&args, 3, "failures");
+            let mut failures = 0;
+            for i in 0..n {
+                // pid_max is at most 2^22, so this pid never exists.
+                let pid: libc::c_long = if i >= n - m { 1 << 30 } else { 0 };
+                // SAFETY: getpgid takes a pid and touches no memory.
+                let ret = unsafe { libc::syscall(libc::SYS_getpgid, pid) };
+                if ret < 0 {
+                    assert_eq!(
+                        std::io::Error::last_os_error().raw_os_error(),
+                        Some(libc::ESRCH)
+                    );
+                    failures += 1;
+                }
+            }
+            assert_eq!(failures, m);
+            ready("");
+        }
+        // direct-write PATH BYTES: BYTES written with O_DIRECT in 1 MiB blocks, then fsync.
+        Some("direct-write") => {
+            let path = CString::new(args.get(2).expect("path").as_str()).expect("path");
+            let total = arg(&args, 3, "bytes") as usize;
+            const BLOCK: usize = 1 << 20;
+            assert_eq!(total % BLOCK, 0, "bytes must be a multiple of 1 MiB");
+            let layout = Layout::from_size_align(BLOCK, 4096).expect("layout");
+            // SAFETY: non-zero size; freed below.
+            let buf = unsafe { alloc_zeroed(layout) };
+            assert!(!buf.is_null());
+            // SAFETY: plain libc calls on a buffer we own.
+            unsafe {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECT,
+                    0o600,
+                );
+                assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+                let mut written = 0;
+                while written < total {
+                    let n = libc::write(fd, buf.cast(), BLOCK);
+                    assert_eq!(
+                        n,
+                        BLOCK as isize,
+                        "write: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    written += BLOCK;
+                }
+                assert_eq!(libc::fsync(fd), 0);
+                libc::close(fd);
+                dealloc(buf, layout);
+            }
+            ready("");
+        }
+        // threads N MS: N threads that each burn MS ms of CPU; prints their tids.
+        Some("threads") => {
+            let n = arg(&args, 2, "threads");
+            let ms = arg(&args, 3, "milliseconds");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        // SAFETY: gettid has no preconditions.
+                        tx.send(unsafe { libc::gettid() }).expect("send");
+                        burn(ms);
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("thread");
+            }
+            let tids: Vec<String> = rx.try_iter().map(|t| t.to_string()).collect();
+            ready(&tids.join(","));
+        }
+        // sleep MS: one nanosleep of MS milliseconds.
+        Some("sleep") => {
+            std::thread::sleep(Duration::from_millis(arg(&args, 2, "milliseconds")));
+            ready("");
+        }
+        // exit CODE: exits at once with CODE (no stdin wait).
+        Some("exit") => std::process::exit(arg(&args, 2, "code") as i32),
+        // spin-for MS: burns wall time (no stdin wait), for load generation.
+        Some("spin-for") => {
+            let until = Instant::now() + Duration::from_millis(arg(&args, 2, "milliseconds"));
+            while Instant::now() < until {
+                std::hint::black_box(0u64);
+            }
+            return;
+        }
+        other => panic!("unknown workload {other:?}"),
+    }
+    block_until_stdin_closes();
+}

@@ -1,0 +1,146 @@
+//! The agent as a program: `check`, shutdown, and clear errors with a non-zero exit code.
+
+use std::{process::Command, time::Duration};
+
+use taskscope_e2e::{agent_binary, free_port, wait_for, Agent};
+
+fn loaded_taskscope_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" name ts_"))
+        .count()
+}
+
+/// The kernel frees a program shortly after its last reference goes (RCU), so counts are
+/// awaited rather than read once.
+fn await_loaded_programs(count: usize, when: &str) {
+    wait_for(
+        &format!("{count} taskscope programs loaded {when}"),
+        Duration::from_secs(30),
+        || (loaded_taskscope_programs() == count).then_some(()),
+    );
+}
+
+#[test]
+fn sigterm_leaves_nothing_attached_or_loaded() {
+    // Earlier tests' agents (and `check`) may still be on their way out.
+    await_loaded_programs(0, "before the agent starts");
+    let mut agent = Agent::start(&[]);
+    let during = loaded_taskscope_programs();
+    let status = agent.stop();
+    println!("taskscope programs loaded while running: {during}");
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        agent.log_text()
+    );
+    assert_eq!(during, 10, "one program per hook");
+    await_loaded_programs(0, "after SIGTERM");
+    assert!(agent.log_text().contains("nothing is left attached"));
+}
+
+#[test]
+fn check_reports_every_requirement_and_succeeds_here() {
+    let out = Command::new(agent_binary())
+        .arg("check")
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    for name in [
+        "kernel version",
+        "kernel BTF",
+        "capabilities",
+        "attach type tp_btf",
+        "attach type raw_tp",
+        "tracefs",
+        "bpffs",
+        "bpf_stats",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(name) && (l.starts_with("ok") || l.starts_with("missing"))),
+            "no line for {name}"
+        );
+    }
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let port = free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let out = Command::new(agent_binary())
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen"));
+}
+
+#[test]
+fn without_capabilities_run_fails_and_check_says_why() {
+    // setpriv (util-linux) drops to nobody with no capabilities at all.
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let run = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(agent_binary())
+        .args(["run", "--listen", &addr])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    println!("{stderr}");
+    assert!(!run.status.success());
+    assert!(stderr.contains("needs CAP_BPF and CAP_PERFMON"), "{stderr}");
+
+    let check = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(agent_binary())
+        .arg("check")
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&check.stdout);
+    println!("{text}");
+    assert!(!check.status.success());
+    assert!(
+        text.lines().any(|l| l.starts_with("missing  capabilities")),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_flags_are_rejected_with_the_reason() {
+    let out = Command::new(agent_binary())
+        .args(["run", "--poll-interval", "5 parsecs"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("unknown unit 'parsecs'") || stderr.contains("unknown unit ' parsecs'"),
+        "{stderr}"
+    );
+}
