@@ -1,1 +1,252 @@
-fn main() {}
+//! Orchestration: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Everything a fresh machine needs is installed here, idempotently: the nightly toolchain's
+//! `rust-src` (for `-Z build-std=core` on the BPF target), `bpf-linker` built against the
+//! nightly's own LLVM, and, for tests and benchmarks, Debian's bpftool, libbpf-tools and
+//! rt-tests.
+
+mod bench;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (and, with --for-tests, the test and benchmark tools).
+    Setup {
+        #[arg(long)]
+        for_tests: bool,
+    },
+    /// Build the agent (release) with its kernel programs.
+    Build,
+    /// Build and run the agent as root: `cargo xtask run -- --listen 0.0.0.0:9720`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build and run every test (unit tests, then end-to-end tests against the kernel), then
+    /// the format and lint checks.
+    Test,
+    /// Measure per-program BPF cost, agent CPU and memory against libbpf-tools.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup { for_tests } => setup(for_tests),
+        Task::Build => {
+            setup(false)?;
+            build()
+        }
+        Task::Run { args } => {
+            setup(false)?;
+            build()?;
+            require_root("taskscope run loads programs into the kernel")?;
+            let mut cmd = Command::new(agent_binary());
+            cmd.arg("run").args(args);
+            println!("xtask: {cmd:?}");
+            // exec() so that signals reach the agent directly.
+            use std::os::unix::process::CommandExt;
+            Err(cmd.exec()).context("cannot exec the agent")
+        }
+        Task::Test => {
+            setup(true)?;
+            build()?;
+            test()
+        }
+        Task::Bench(args) => {
+            setup(true)?;
+            build()?;
+            require_root("the benchmark loads programs into the kernel")?;
+            bench::run(&args, &agent_binary())
+        }
+    }
+}
+
+/// The repository root (xtask lives one level down).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn agent_binary() -> PathBuf {
+    root().join("target/release/taskscope")
+}
+
+/// Where the tools this project builds for itself live (bpf-linker and its LLVM link).
+fn tools_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("TASKSCOPE_TOOLS") {
+        return PathBuf::from(dir);
+    }
+    let home = env::var_os("HOME").unwrap_or_else(|| OsString::from("/root"));
+    PathBuf::from(home).join(".cache/taskscope")
+}
+
+/// PATH with the project's tools first.
+fn tool_path() -> OsString {
+    let mut paths = vec![tools_dir().join("bin")];
+    if let Some(existing) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&existing));
+    }
+    env::join_paths(paths).unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    println!("xtask: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions. (Avoids a libc dependency for one call.)
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{why}: run this as root (for example with sudo -E)");
+    }
+    Ok(())
+}
+
+fn setup(for_tests: bool) -> Result<()> {
+    let sysroot = PathBuf::from(output(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    )
+    .context("the nightly toolchain is needed to build the kernel programs")?);
+
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    let tools = tools_dir();
+    let linker = tools.join("bin/bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        // bpf-linker must use the same LLVM as the nightly that emits the bitcode: link it
+        // against the nightly's own libLLVM (its file name varies with the toolchain).
+        let lib = std::fs::read_dir(sysroot.join("lib"))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|name| name.starts_with("libLLVM.so."))
+            .context("the nightly toolchain has no libLLVM.so.* to build bpf-linker against")?;
+        let prefix = tools.join("llvm");
+        std::fs::create_dir_all(prefix.join("lib"))?;
+        let link = prefix.join("lib/libLLVM.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &link)?;
+        let llvm_major = lib
+            .trim_start_matches("libLLVM.so.")
+            .split('.')
+            .next()
+            .unwrap_or("22")
+            .to_string();
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "=0.13.0", "--locked"])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"))
+            .arg("--root")
+            .arg(&tools)
+            .env("LLVM_PREFIX", &prefix))?;
+    }
+
+    if for_tests {
+        let needed = [
+            ("bpftool", "bpftool"),
+            ("runqlat", "libbpf-tools"),
+            ("syscount", "libbpf-tools"),
+            ("hackbench", "rt-tests"),
+        ];
+        let mut missing: Vec<&str> = needed
+            .iter()
+            .filter(|(cmd, _)| !on_path(cmd))
+            .map(|(_, package)| *package)
+            .collect();
+        missing.dedup();
+        if !missing.is_empty() {
+            require_root("installing test tools with apt-get")?;
+            run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+    }
+    Ok(())
+}
+
+fn on_path(command: &str) -> bool {
+    env::var_os("PATH")
+        .map(|p| {
+            env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|dir| dir.join(command).is_file())
+        })
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root()).env("PATH", tool_path());
+    cmd
+}
+
+fn build() -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "taskscope"]))
+}
+
+fn test() -> Result<()> {
+    require_root("the end-to-end tests load programs into the kernel")?;
+    // Unit tests: pure logic, no privileges needed.
+    run(cargo().args(["test", "--release", "--workspace", "--exclude", "taskscope-e2e"]))?;
+    // End-to-end: one at a time, so that no test's agent or workload disturbs another's
+    // numbers; --nocapture so that every compared pair of numbers is in the log.
+    run(cargo()
+        .args(["test", "--release", "--package", "taskscope-e2e", "--"])
+        .args(["--test-threads=1", "--nocapture"])
+        .env("TASKSCOPE_BIN", agent_binary()))?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! `cargo xtask bench`: what the agent costs, in figures, next to libbpf-tools.
+//!
+//! With the kernel's BPF run statistics on (`kernel.bpf_stats_enabled=1`), runs a
+//! context-switch-heavy workload (hackbench) and a syscall-heavy one (dd with 1-byte blocks)
+//! under the agent, then under libbpf-tools `runqlat` and `syscount`, and prints per program
+//! runs and ns per run, the agent's CPU time and peak RSS, and the agent's RSS with many live
+//! tasks. Figures, not pass/fail: the targets are printed beside them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// hackbench loops (`hackbench -g 10 -l N`).
+    #[arg(long, default_value_t = 1000)]
+    hackbench_loops: u32,
+    /// Bytes copied by `dd bs=1` (two syscalls per byte).
+    #[arg(long, default_value_t = 1_000_000)]
+    dd_bytes: u64,
+    /// Live threads for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    live_tasks: usize,
+}
+
+/// Run statistics of one BPF program.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProgStats {
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+/// Every loaded BPF program: id -> (name, stats). Debian's bpftool cannot tell which process
+/// owns a program, so a tool's programs are the ids that appear when it starts.
+fn all_programs() -> Result<BTreeMap<u64, (String, ProgStats)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool")?;
+    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let stats = ProgStats {
+                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+            };
+            Some((p["id"].as_u64()?, (p["name"].as_str()?.to_string(), stats)))
+        })
+        .collect())
+}
+
+/// Stats of the programs `ids`, summed by name.
+fn prog_stats(ids: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgStats>> {
+    let mut stats: BTreeMap<String, ProgStats> = BTreeMap::new();
+    for (id, (name, s)) in all_programs()? {
+        if ids.contains(&id) {
+            let entry = stats.entry(name).or_default();
+            entry.run_cnt += s.run_cnt;
+            entry.run_time_ns += s.run_time_ns;
+        }
+    }
+    Ok(stats)
+}
+
+/// Ids of programs loaded since `before`.
+fn new_programs(before: &BTreeSet<u64>) -> Result<BTreeSet<u64>> {
+    Ok(all_programs()?
+        .into_keys()
+        .filter(|id| !before.contains(id))
+        .collect())
+}
+
+fn program_ids() -> Result<BTreeSet<u64>> {
+    Ok(all_programs()?.into_keys().collect())
+}
+
+fn delta(
+    before: &BTreeMap<String, ProgStats>,
+    after: &BTreeMap<String, ProgStats>,
+) -> BTreeMap<String, ProgStats> {
+    after
+        .iter()
+        .map(|(name, a)| {
+            let b = before.get(name).copied().unwrap_or_default();
+            (
+                name.clone(),
+                ProgStats {
+                    run_cnt: a.run_cnt.saturating_sub(b.run_cnt),
+                    run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+                },
+            )
+        })
+        .collect()
+}
+
+fn ns_per_run(s: &ProgStats) -> f64 {
+    if s.run_cnt == 0 {
+        0.0
+    } else {
+        s.run_time_ns as f64 / s.run_cnt as f64
+    }
+}
+
+fn print_programs(title: &str, stats: &BTreeMap<String, ProgStats>) {
+    println!("  {title}");
+    for (name, s) in stats.iter().filter(|(_, s)| s.run_cnt > 0) {
+        println!(
+            "    {name:<24} {:>12} runs  {:>8.1} ns/run",
+            s.run_cnt,
+            ns_per_run(s)
+        );
+    }
+}
+
+/// (utime + stime) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(ticks as f64 / 100.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn http_ok(addr: &str, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    if write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.starts_with("HTTP/1.1 200")
+}
+
+struct Agent {
+    child: Child,
+    programs: BTreeSet<u64>,
+}
+
+impl Agent {
+    fn start(binary: &Path) -> Result<Self> {
+        let addr = "127.0.0.1:9799";
+        let before = program_ids()?;
+        let child = Command::new(binary)
+            .args(["run", "--listen", addr, "--log-format", "text", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the agent")?;
+        let start = Instant::now();
+        while !http_ok(addr, "/api/v1/status") {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("the agent did not answer on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let programs = new_programs(&before)?;
+        Ok(Agent { child, programs })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        unsafe { kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a libbpf-tools program and waits until its BPF programs are loaded.
+fn start_tool(args: &[&str]) -> Result<(Child, BTreeSet<u64>)> {
+    let before = program_ids()?;
+    let child = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", args[0]))?;
+    let start = Instant::now();
+    loop {
+        // Loaded and attached a moment later: wait for the set to stop growing.
+        let first = new_programs(&before)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let programs = new_programs(&before)?;
+        if !programs.is_empty() && programs == first {
+            return Ok((child, programs));
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{} loaded no programs", args[0]);
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs when it is not; returns whether it did.
+fn mount_tracefs() -> Result<bool> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(false);
+    }
+    crate::run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))?;
+    Ok(true)
+}
+
+fn hackbench(loops: u32) -> Result<Duration> {
+    let start = Instant::now();
+    crate::run(
+        Command::new("hackbench")
+            .args(["-g", "10", "-l", &loops.to_string()])
+            .stdout(Stdio::null()),
+    )?;
+    Ok(start.elapsed())
+}
+
+fn dd(bytes: u64) -> Result<Duration> {
+    let start = Instant::now();
+    crate::run(
+        Command::new("dd")
+            .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
+            .arg(format!("count={bytes}"))
+            .stderr(Stdio::null()),
+    )?;
+    Ok(start.elapsed())
+}
+
+/// Measures one workload under a tool: its programs' stats and its CPU time.
+fn measure(
+    owner: u32,
+    programs: &BTreeSet<u64>,
+    workload: impl FnOnce() -> Result<Duration>,
+) -> Result<(BTreeMap<String, ProgStats>, Duration, f64)> {
+    let before = prog_stats(programs)?;
+    let cpu_before = cpu_seconds(owner)?;
+    let wall = workload()?;
+    let cpu = cpu_seconds(owner)? - cpu_before;
+    Ok((delta(&before, &prog_stats(programs)?), wall, cpu))
+}
+
+fn sum<'a>(stats: &'a BTreeMap<String, ProgStats>, names: &[&str]) -> ProgStats {
+    names
+        .iter()
+        .filter_map(|n| stats.get(*n))
+        .fold(ProgStats::default(), |acc, s| ProgStats {
+            run_cnt: acc.run_cnt + s.run_cnt,
+            run_time_ns: acc.run_time_ns + s.run_time_ns,
+        })
+}
+
+pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
+    let result = run_inner(args, agent_binary);
+    let _ = std::fs::write(STATS, previous.trim());
+    result
+}
+
+fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
+    println!("== taskscope agent");
+    let agent = Agent::start(agent_binary)?;
+    let (hb, hb_wall, hb_cpu) = measure(agent.pid(), &agent.programs, || hackbench(args.hackbench_loops))?;
+    print_programs(&format!("hackbench -g 10 -l {} ({:.2?})", args.hackbench_loops, hb_wall), &hb);
+    let (sc, sc_wall, sc_cpu) = measure(agent.pid(), &agent.programs, || dd(args.dd_bytes))?;
+    print_programs(&format!("dd bs=1 count={} ({:.2?})", args.dd_bytes, sc_wall), &sc);
+    let agent_switch = sum(&hb, &["ts_switch_btf", "ts_switch_raw"]);
+    let agent_enter = sum(&sc, &["ts_sys_enter_btf", "ts_sys_enter_raw"]);
+    let agent_exit = sum(&sc, &["ts_sys_exit_btf", "ts_sys_exit_raw"]);
+    let agent_hwm = status_kib(agent.pid(), "VmHWM");
+    drop(agent);
+
+    println!("== libbpf-tools runqlat (same hackbench)");
+    let (runqlat, programs) = start_tool(&["runqlat", "3600", "1"])?;
+    let (rq, rq_wall, _) = measure(runqlat.id(), &programs, || hackbench(args.hackbench_loops))?;
+    print_programs(&format!("hackbench ({rq_wall:.2?})"), &rq);
+    stop(runqlat);
+    let runqlat_switch = sum(&rq, &["handle_sched_switch", "sched_switch"]);
+
+    println!("== libbpf-tools syscount -L (same dd; it counts and times syscalls, like taskscope)");
+    // syscount attaches classic tracepoints, which need tracefs.
+    let mounted_tracefs = mount_tracefs()?;
+    let started = start_tool(&["syscount", "-L", "-i", "3600"]);
+    if mounted_tracefs {
+        // Keep it mounted only while syscount needs it: attached links survive the unmount.
+        let _ = Command::new("umount").arg(TRACEFS).status();
+    }
+    let (syscount, programs) = started?;
+    let (sy, sy_wall, _) = measure(syscount.id(), &programs, || dd(args.dd_bytes))?;
+    print_programs(&format!("dd ({sy_wall:.2?})"), &sy);
+    stop(syscount);
+    let syscount_total: ProgStats = sy.values().fold(ProgStats::default(), |a, s| ProgStats {
+        run_cnt: a.run_cnt + s.run_cnt,
+        run_time_ns: a.run_time_ns + s.run_time_ns,
+    });
+
+    println!("== agent memory with {} live tasks", args.live_tasks);
+    let (live_hwm, live_rss, seen) = live_tasks_rss(agent_binary, args.live_tasks)?;
+
+    let per_syscall = if agent_enter.run_cnt == 0 {
+        0.0
+    } else {
+        (agent_enter.run_time_ns + agent_exit.run_time_ns) as f64 / agent_enter.run_cnt as f64
+    };
+    let syscount_per_syscall = if syscount_total.run_cnt == 0 {
+        0.0
+    } else {
+        // syscount runs two programs (enter and exit) per syscall.
+        2.0 * syscount_total.run_time_ns as f64 / syscount_total.run_cnt as f64
+    };
+    println!();
+    println!("== summary (target in brackets)");
+    println!(
+        "context switch: taskscope {:.1} ns/run, runqlat {:.1} ns/run [<= 150 and below runqlat]",
+        ns_per_run(&agent_switch),
+        ns_per_run(&runqlat_switch)
+    );
+    println!(
+        "syscall enter+exit: taskscope {per_syscall:.1} ns/syscall, syscount {syscount_per_syscall:.1} ns/syscall [<= 120]"
+    );
+    println!(
+        "agent CPU during hackbench: {:.3} s over {:.2?} = {:.2}% of one core [<= 2%]",
+        hb_cpu,
+        hb_wall,
+        100.0 * hb_cpu / hb_wall.as_secs_f64()
+    );
+    println!(
+        "agent CPU during dd: {:.3} s over {:.2?} = {:.2}% of one core",
+        sc_cpu,
+        sc_wall,
+        100.0 * sc_cpu / sc_wall.as_secs_f64()
+    );
+    println!("agent peak RSS over both workloads: {:.1} MiB", agent_hwm as f64 / 1024.0);
+    println!(
+        "agent with {seen} live tasks in its model: RSS {:.1} MiB, peak {:.1} MiB [<= 64 MiB]",
+        live_rss as f64 / 1024.0,
+        live_hwm as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Starts `count` sleeping threads in this process, lets the agent see them, and returns the
+/// agent's (peak RSS KiB, RSS KiB, tasks it reported).
+fn live_tasks_rss(agent_binary: &Path, count: usize) -> Result<(u64, u64, u64)> {
+    let agent = Agent::start(agent_binary)?;
+    let release = Arc::new(Barrier::new(count + 1));
+    let mut threads = Vec::with_capacity(count);
+    for _ in 0..count {
+        let release = Arc::clone(&release);
+        threads.push(
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    release.wait();
+                })
+                .context("spawn a thread (raise the thread limit?)")?,
+        );
+    }
+    // Two polls, then a full API answer (the largest thing the agent builds).
+    std::thread::sleep(Duration::from_secs(3));
+    let me = std::process::id();
+    let mut seen = 0;
+    if let Ok(mut stream) = TcpStream::connect("127.0.0.1:9799") {
+        let _ = write!(
+            stream,
+            "GET /api/v1/processes/{me} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        if let Some((_, json)) = body.split_once("\r\n\r\n") {
+            let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+            seen = v["processes"][0]["threads"]["live"].as_u64().unwrap_or(0);
+        }
+    }
+    http_ok("127.0.0.1:9799", "/api/v1/processes");
+    let hwm = status_kib(agent.pid(), "VmHWM");
+    let rss = status_kib(agent.pid(), "VmRSS");
+    release.wait();
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(agent);
+    Ok((hwm, rss, seen))
+}
