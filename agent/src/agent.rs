@@ -124,9 +124,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let _ = shutdown_tx.send(true);
     // The collector owns the programs: when it returns, they are detached and unloaded.
     let _ = collector.await;
-    match server.await {
-        Ok(Err(err)) => return Err(RunError::Serve(err)),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(err)) = server.await {
+        return Err(RunError::Serve(err));
     }
     info!("stopped; nothing is left attached");
     Ok(())

@@ -296,7 +296,7 @@ mod tests {
             r.to_string(),
             "missing  tracefs (optional): not mounted. To fix: mount it"
         );
-        assert!(can_run(&[r.clone()]));
+        assert!(can_run(std::slice::from_ref(&r)));
         assert!(!can_run(&[Requirement {
             required: true,
             ..r

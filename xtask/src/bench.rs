@@ -151,7 +151,12 @@ fn http_ok(addr: &str, path: &str) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    if write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return false;
     }
     let mut body = String::new();
@@ -169,7 +174,15 @@ impl Agent {
         let addr = "127.0.0.1:9799";
         let before = program_ids()?;
         let child = Command::new(binary)
-            .args(["run", "--listen", addr, "--log-format", "text", "--log-level", "warn"])
+            .args([
+                "run",
+                "--listen",
+                addr,
+                "--log-format",
+                "text",
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .context("start the agent")?;
@@ -274,7 +287,7 @@ fn measure(
     Ok((delta(&before, &prog_stats(programs)?), wall, cpu))
 }
 
-fn sum<'a>(stats: &'a BTreeMap<String, ProgStats>, names: &[&str]) -> ProgStats {
+fn sum(stats: &BTreeMap<String, ProgStats>, names: &[&str]) -> ProgStats {
     names
         .iter()
         .filter_map(|n| stats.get(*n))
@@ -296,10 +309,21 @@ pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
 fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
     println!("== taskscope agent");
     let agent = Agent::start(agent_binary)?;
-    let (hb, hb_wall, hb_cpu) = measure(agent.pid(), &agent.programs, || hackbench(args.hackbench_loops))?;
-    print_programs(&format!("hackbench -g 10 -l {} ({:.2?})", args.hackbench_loops, hb_wall), &hb);
+    let (hb, hb_wall, hb_cpu) = measure(agent.pid(), &agent.programs, || {
+        hackbench(args.hackbench_loops)
+    })?;
+    print_programs(
+        &format!(
+            "hackbench -g 10 -l {} ({:.2?})",
+            args.hackbench_loops, hb_wall
+        ),
+        &hb,
+    );
     let (sc, sc_wall, sc_cpu) = measure(agent.pid(), &agent.programs, || dd(args.dd_bytes))?;
-    print_programs(&format!("dd bs=1 count={} ({:.2?})", args.dd_bytes, sc_wall), &sc);
+    print_programs(
+        &format!("dd bs=1 count={} ({:.2?})", args.dd_bytes, sc_wall),
+        &sc,
+    );
     let agent_switch = sum(&hb, &["ts_switch_btf", "ts_switch_raw"]);
     let agent_enter = sum(&sc, &["ts_sys_enter_btf", "ts_sys_enter_raw"]);
     let agent_exit = sum(&sc, &["ts_sys_exit_btf", "ts_sys_exit_raw"]);
@@ -366,7 +390,10 @@ fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
         sc_wall,
         100.0 * sc_cpu / sc_wall.as_secs_f64()
     );
-    println!("agent peak RSS over both workloads: {:.1} MiB", agent_hwm as f64 / 1024.0);
+    println!(
+        "agent peak RSS over both workloads: {:.1} MiB",
+        agent_hwm as f64 / 1024.0
+    );
     println!(
         "agent with {seen} live tasks in its model: RSS {:.1} MiB, peak {:.1} MiB [<= 64 MiB]",
         live_rss as f64 / 1024.0,

@@ -148,13 +148,19 @@ fn require_root(why: &str) -> Result<()> {
 }
 
 fn setup(for_tests: bool) -> Result<()> {
-    let sysroot = PathBuf::from(output(
-        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
-    )
-    .context("the nightly toolchain is needed to build the kernel programs")?);
+    let sysroot = PathBuf::from(
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .context("the nightly toolchain is needed to build the kernel programs")?,
+    );
 
     if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     let tools = tools_dir();
@@ -206,7 +212,9 @@ fn setup(for_tests: bool) -> Result<()> {
         missing.dedup();
         if !missing.is_empty() {
             require_root("installing test tools with apt-get")?;
-            run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+            run(Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
             run(Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends"])
                 .args(&missing)
@@ -239,7 +247,13 @@ fn build() -> Result<()> {
 fn test() -> Result<()> {
     require_root("the end-to-end tests load programs into the kernel")?;
     // Unit tests: pure logic, no privileges needed.
-    run(cargo().args(["test", "--release", "--workspace", "--exclude", "taskscope-e2e"]))?;
+    run(cargo().args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "taskscope-e2e",
+    ]))?;
     // End-to-end: one at a time, so that no test's agent or workload disturbs another's
     // numbers; --nocapture so that every compared pair of numbers is in the log.
     run(cargo()
@@ -247,6 +261,14 @@ fn test() -> Result<()> {
         .args(["--test-threads=1", "--nocapture"])
         .env("TASKSCOPE_BIN", agent_binary()))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     Ok(())
 }

@@ -506,7 +506,7 @@ impl TaskModel {
                 retire.push(process.pid);
             }
         }
-        if polls % SWEEP_EVERY_POLLS == 0 {
+        if polls.is_multiple_of(SWEEP_EVERY_POLLS) {
             retire.extend(self.vanished());
         }
         for pid in retire {
