@@ -62,6 +62,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         max_tasks: args.max_tasks,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         force_raw_tp: args.attach == AttachMode::RawTp,
+        kernel_btf: args.kernel.kernel_btf.clone(),
     })?;
     for hook in &probes.hooks {
         match hook.attach_type {

@@ -2,7 +2,7 @@
 
 use std::{fmt, fs, path::Path};
 
-use crate::probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes, KERNEL_BTF};
+use crate::probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes};
 
 /// Capability bits (linux/capability.h).
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -91,7 +91,7 @@ fn kernel_release() -> String {
 }
 
 /// Runs every check. Attach checks load the real programs (and unload them again).
-pub fn run_checks() -> Vec<Requirement> {
+pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
     let mut out = Vec::new();
 
     let release = kernel_release();
@@ -104,7 +104,8 @@ pub fn run_checks() -> Vec<Requirement> {
         fix: Some("upgrade the kernel".into()),
     });
 
-    let btf = fs::read(KERNEL_BTF)
+    let shown = kernel_btf.display();
+    let btf = fs::read(kernel_btf)
         .map_err(|e| e.to_string())
         .and_then(|data| Btf::parse(&data).map_err(|e| e.to_string()))
         .and_then(|btf| KernelOffsets::from_btf(&btf).map_err(|e| e.to_string()));
@@ -113,10 +114,10 @@ pub fn run_checks() -> Vec<Requirement> {
         ok: btf.is_ok(),
         required: true,
         detail: match &btf {
-            Ok(o) => format!("{KERNEL_BTF}: {} struct offsets found", o.globals.len()),
-            Err(e) => format!("{KERNEL_BTF}: {e}"),
+            Ok(o) => format!("{shown}: {} struct offsets found", o.globals.len()),
+            Err(e) => format!("{shown}: {e}"),
         },
-        fix: Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
+        fix: Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y, or pass its BTF file with --kernel-btf".into()),
     });
 
     let missing = missing_capabilities(effective_caps());
@@ -142,6 +143,7 @@ pub fn run_checks() -> Vec<Requirement> {
                 max_tasks: 1024,
                 ring_buffer_bytes: 64 * 1024,
                 force_raw_tp,
+                kernel_btf: kernel_btf.to_path_buf(),
             })
             .map(|probes| {
                 let want = if force_raw_tp { "raw_tp" } else { "tp_btf" };

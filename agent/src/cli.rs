@@ -1,6 +1,6 @@
 //! Command-line interface (every flag is documented in docs/configuration.md).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -74,13 +74,26 @@ pub struct RunArgs {
     pub attach: AttachMode,
 
     #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// The running kernel's BTF, where struct offsets are read from.
+    #[arg(long, default_value = crate::probes::KERNEL_BTF)]
+    pub kernel_btf: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => {
             init_logging(&args.log);
-            let requirements = run_checks();
+            let requirements = run_checks(&args.kernel.kernel_btf);
             for requirement in &requirements {
                 println!("{requirement}");
             }

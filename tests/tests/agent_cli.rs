@@ -144,3 +144,31 @@ fn bad_flags_are_rejected_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_kernel_without_btf_is_a_clear_error() {
+    let out = Command::new(agent_binary())
+        .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--kernel-btf", "/nonexistent/vmlinux"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot read kernel BTF at /nonexistent/vmlinux"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+
+    let check = Command::new(agent_binary())
+        .args(["check", "--kernel-btf", "/nonexistent/vmlinux"])
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success());
+    assert!(
+        text.lines().any(|l| l.starts_with("missing  kernel BTF")),
+        "{text}"
+    );
+}

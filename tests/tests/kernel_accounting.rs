@@ -130,11 +130,43 @@ fn syscall_counts_and_errors_are_exact() {
     child.finish();
 }
 
+/// (sectors read, sectors written) of device `major:minor` from /proc/diskstats.
+fn diskstats(device: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/diskstats").expect("diskstats");
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if format!("{}:{}", f[0], f[1]) == device {
+            return (
+                f[5].parse().expect("sectors"),
+                f[9].parse().expect("sectors"),
+            );
+        }
+    }
+    panic!("device {device} not in /proc/diskstats");
+}
+
+fn device_written_bytes(node: &serde_json::Value, device: &str) -> u64 {
+    node["block_devices"]
+        .as_array()
+        .expect("block_devices")
+        .iter()
+        .filter(|d| d["device"] == device && d["op"] == "write")
+        .map(|d| d["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 #[test]
-fn direct_writes_are_attributed_to_the_writer_within_1_percent() {
+fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() {
+    use std::os::unix::fs::MetadataExt;
     let agent = Agent::start(&[]);
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("direct-write.bin");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("direct-write.bin");
+    let dev = std::fs::metadata(dir).expect("target dir").dev();
+    let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let bytes: u64 = 32 << 20;
+
+    let node_before = wait_fresh_node(&agent);
+    let (_, sectors_before) = diskstats(&device);
     let child = Workload::run(&[
         "direct-write",
         path.to_str().expect("path"),
@@ -142,6 +174,9 @@ fn direct_writes_are_attributed_to_the_writer_within_1_percent() {
     ]);
     let proc_write_bytes = io_field(child.pid(), "write_bytes");
     let process = agent.process_after(child.pid(), monotonic_ns());
+    let (_, sectors_after) = diskstats(&device);
+    let node_after = wait_fresh_node(&agent);
+
     let measured = process["block_io"]["write_bytes"]
         .as_u64()
         .expect("write_bytes");
@@ -158,8 +193,77 @@ fn direct_writes_are_attributed_to_the_writer_within_1_percent() {
         0.01,
     );
     assert!(process["block_io"]["write_requests"].as_u64().unwrap_or(0) > 0);
+    // Everyone's writes to the device in the window (journal and writeback too), both ways.
+    assert_close(
+        &format!("device {device} bytes written vs /proc/diskstats"),
+        device_written_bytes(&node_after, &device) - device_written_bytes(&node_before, &device),
+        (sectors_after - sectors_before) * 512,
+        0.01,
+    );
     child.finish();
     let _ = std::fs::remove_file(path);
+}
+
+/// /api/v1/node from a kernel read that started after now.
+fn wait_fresh_node(agent: &Agent) -> serde_json::Value {
+    let after = monotonic_ns();
+    taskscope_e2e::wait_for(
+        "a fresh node read",
+        std::time::Duration::from_secs(20),
+        || {
+            let node = agent.get("/api/v1/node");
+            (node["collected_at_monotonic_ns"].as_u64()? > after).then_some(node)
+        },
+    )
+}
+
+/// Per-CPU (busy, idle) ticks from /proc/stat; idle includes iowait.
+fn proc_stat_cpus() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            let idle = f[3] + f[4];
+            let busy: u64 = f[..8].iter().sum::<u64>() - idle;
+            (busy, idle)
+        })
+        .collect()
+}
+
+#[test]
+fn per_cpu_busy_share_matches_proc_stat() {
+    // Every request reads the kernel afresh, so that the agent's window and /proc/stat's
+    // line up to within a request's latency.
+    let agent = Agent::start(&["--max-staleness", "0ns"]);
+    let stat_before = proc_stat_cpus();
+    let before = wait_fresh_node(&agent);
+    // One core's worth of work for a while, so that busy and idle both move.
+    let child = Workload::run(&["cpu-burn", "1500"]);
+    let stat_after = proc_stat_cpus();
+    let after = wait_fresh_node(&agent);
+    child.finish();
+    for (cpu, ((b0, i0), (b1, i1))) in stat_before.iter().zip(&stat_after).enumerate() {
+        let get = |node: &serde_json::Value, key: &str| node["cpus"][cpu][key].as_u64().expect(key);
+        let busy = get(&after, "busy_ns") - get(&before, "busy_ns");
+        let idle = get(&after, "idle_ns") - get(&before, "idle_ns");
+        let agent_share = busy as f64 / (busy + idle) as f64;
+        let stat_share = (b1 - b0) as f64 / ((b1 - b0) + (i1 - i0)) as f64;
+        println!(
+            "cpu {cpu}: busy share taskscope {:.2}% ({busy} ns busy, {idle} ns idle), /proc/stat {:.2}% (allowed 3 points)",
+            agent_share * 100.0,
+            stat_share * 100.0
+        );
+        assert!(
+            (agent_share - stat_share).abs() <= 0.03,
+            "cpu {cpu}: busy share {agent_share:.4} vs /proc/stat {stat_share:.4}"
+        );
+        assert!(after["cpus"][cpu]["observed"] == true);
+    }
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))
+        .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
         .fallback(not_found)
         .with_state(state)
@@ -64,11 +65,19 @@ async fn ask<T>(
     rx.await.map_err(|_| unavailable())
 }
 
-async fn processes(State(state): State<ApiState>) -> Response {
-    match ask(&state, Query::Processes).await {
+/// Asks the collector and serves its answer as JSON.
+async fn answer<T: Serialize>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Query,
+) -> Response {
+    match ask(state, make).await {
         Ok(answer) => Json(answer).into_response(),
         Err(response) => response,
     }
+}
+
+async fn processes(State(state): State<ApiState>) -> Response {
+    answer(&state, Query::Processes).await
 }
 
 async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Response {
@@ -88,16 +97,17 @@ async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Resp
     }
 }
 
+async fn node(State(state): State<ApiState>) -> Response {
+    answer(&state, Query::Node).await
+}
+
 async fn status(State(state): State<ApiState>) -> Response {
-    match ask(&state, Query::Status).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(response) => response,
-    }
+    answer(&state, Query::Status).await
 }
 
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see /api/v1/processes, /api/v1/processes/{pid}, /api/v1/status",
+        "no such endpoint; see /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status",
     )
 }

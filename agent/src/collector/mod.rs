@@ -27,7 +27,7 @@ use self::{
 };
 use crate::{
     model::{
-        view::{Clocks, ProcessView},
+        view::{Clocks, NodeView, ProcessView},
         ModelCounters, TaskModel,
     },
     probes::{HookStatus, Probes},
@@ -39,8 +39,18 @@ pub enum Query {
     Processes(oneshot::Sender<ProcessesResponse>),
     /// Every process with this pid (the live one first, then exited ones, newest first).
     Process(u32, oneshot::Sender<ProcessesResponse>),
+    /// Per-CPU busy/idle and per-device block IO.
+    Node(oneshot::Sender<NodeResponse>),
     /// Attach state, losses and counters.
     Status(oneshot::Sender<StatusResponse>),
+}
+
+/// Answer to a node query.
+#[derive(Debug, Serialize)]
+pub struct NodeResponse {
+    pub collected_at_monotonic_ns: u64,
+    #[serde(flatten)]
+    pub node: NodeView,
 }
 
 /// Answer to a process query.
@@ -220,6 +230,14 @@ impl Collector {
             Query::Process(pid, reply) => {
                 self.refresh_if_stale();
                 let _ = reply.send(self.processes(Some(pid)));
+            }
+            Query::Node(reply) => {
+                self.refresh_if_stale();
+                let read_at = self.model.collected_at_ns;
+                let _ = reply.send(NodeResponse {
+                    collected_at_monotonic_ns: read_at,
+                    node: NodeView::new(&self.model.cpus, &self.model.device_io, read_at),
+                });
             }
             Query::Status(reply) => {
                 let _ = reply.send(self.status());

@@ -276,3 +276,108 @@ mod tests {
         );
     }
 }
+
+/// Per-CPU and per-device figures (`/api/v1/node`).
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub cpus: Vec<CpuView>,
+    pub block_devices: Vec<BlockDeviceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CpuView {
+    pub cpu: usize,
+    /// False until the CPU's first context switch after the agent started.
+    pub observed: bool,
+    /// Busy and idle time since the agent started (the current period closed at the read).
+    pub busy_ns: u64,
+    pub idle_ns: u64,
+    /// Closed idle periods by length: `count` periods, `idle_ns` of idle time in them.
+    pub idle_periods: Vec<IdleBucket>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct IdleBucket {
+    pub below_ns: Option<u64>,
+    pub count: u64,
+    pub idle_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockDeviceView {
+    /// `major:minor`.
+    pub device: String,
+    pub op: String,
+    pub requests: u64,
+    pub bytes: u64,
+    pub total_latency_ns: u64,
+    pub latency: Vec<Bucket>,
+}
+
+/// Name of a kernel `REQ_OP_*` value.
+pub fn block_op_name(op: u32) -> String {
+    match op {
+        block_op::READ => "read".into(),
+        block_op::WRITE => "write".into(),
+        block_op::FLUSH => "flush".into(),
+        block_op::DISCARD => "discard".into(),
+        5 => "secure_erase".into(),
+        9 => "write_zeroes".into(),
+        other => format!("op_{other}"),
+    }
+}
+
+impl NodeView {
+    /// `read_at_ns` is the CLOCK_MONOTONIC of the kernel read the figures come from.
+    pub fn new(
+        cpus: &[taskscope_common::CpuStats],
+        devices: &[(taskscope_common::DeviceIoKey, taskscope_common::DeviceIo)],
+        read_at_ns: u64,
+    ) -> Self {
+        let since = |start: u64| {
+            if start == 0 {
+                0
+            } else {
+                read_at_ns.saturating_sub(start)
+            }
+        };
+        let cpus = cpus
+            .iter()
+            .enumerate()
+            .map(|(cpu, c)| CpuView {
+                cpu,
+                observed: c.busy_since_ns != 0 || c.idle_since_ns != 0,
+                busy_ns: c.busy_ns + since(c.busy_since_ns),
+                idle_ns: c.idle_ns + since(c.idle_since_ns),
+                idle_periods: c
+                    .idle_periods
+                    .iter()
+                    .zip(&c.idle_ns_by_bucket)
+                    .enumerate()
+                    .filter(|(_, (&count, _))| count > 0)
+                    .map(|(i, (&count, &idle_ns))| IdleBucket {
+                        below_ns: Some(bucket_upper_bound_ns(i)).filter(|&b| b != u64::MAX),
+                        count,
+                        idle_ns,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut block_devices: Vec<BlockDeviceView> = devices
+            .iter()
+            .map(|(key, io)| BlockDeviceView {
+                device: format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff),
+                op: block_op_name(key.op),
+                requests: io.requests,
+                bytes: io.bytes,
+                total_latency_ns: io.total_latency_ns,
+                latency: buckets(&io.latency_hist),
+            })
+            .collect();
+        block_devices.sort_by(|a, b| (&a.device, &a.op).cmp(&(&b.device, &b.op)));
+        NodeView {
+            cpus,
+            block_devices,
+        }
+    }
+}

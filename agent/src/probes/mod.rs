@@ -7,7 +7,7 @@
 pub mod btf;
 pub mod offsets;
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use aya::{
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
@@ -21,7 +21,7 @@ use self::{btf::Btf, offsets::KernelOffsets};
 pub static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/taskscope-probes"));
 
-/// Path of the running kernel's BTF.
+/// Where the running kernel publishes its BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// A family of hooks that is reported (and, later, switched) together.
@@ -178,15 +178,25 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Try only raw tracepoints (for testing the fallback).
     pub force_raw_tp: bool,
+    /// The running kernel's BTF ([`KERNEL_BTF`] unless the kernel publishes it elsewhere).
+    pub kernel_btf: PathBuf,
 }
 
 /// Why the programs could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read kernel BTF at {KERNEL_BTF}: {0}. The kernel needs CONFIG_DEBUG_INFO_BTF=y (run `taskscope check`)")]
-    NoBtf(std::io::Error),
-    #[error("cannot parse kernel BTF at {KERNEL_BTF}: {0}")]
-    BadBtf(#[from] btf::BtfError),
+    #[error("cannot read kernel BTF at {path}: {source}. The kernel needs CONFIG_DEBUG_INFO_BTF=y, or pass its BTF file with --kernel-btf (run `taskscope check`)")]
+    NoBtf {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse kernel BTF at {path}: {source}")]
+    BadBtf {
+        path: PathBuf,
+        #[source]
+        source: btf::BtfError,
+    },
     #[error("cannot take kernel struct offsets from BTF: {0}")]
     Offsets(#[from] offsets::OffsetsError),
     #[error("cannot load the kernel programs' maps: {0}. Is the agent running as root, or with CAP_BPF and CAP_PERFMON? (run `taskscope check`)")]
@@ -229,9 +239,19 @@ pub fn describe_program_error(program: &str, err: &ProgramError) -> String {
 impl Probes {
     /// Loads the kernel object with offsets from the running kernel and attaches every hook.
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
-        let btf_bytes = std::fs::read(KERNEL_BTF).map_err(LoadError::NoBtf)?;
-        let offsets = KernelOffsets::from_btf(&Btf::parse(&btf_bytes)?)?;
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
+        let path = &options.kernel_btf;
+        let btf_bytes = std::fs::read(path).map_err(|source| LoadError::NoBtf {
+            path: path.clone(),
+            source,
+        })?;
+        let btf = Btf::parse(&btf_bytes).map_err(|source| LoadError::BadBtf {
+            path: path.clone(),
+            source,
+        })?;
+        let offsets = KernelOffsets::from_btf(&btf)?;
+        drop((btf, btf_bytes));
+        let aya_btf = aya::Btf::parse_file(path, aya::Endianness::default())
+            .map_err(|e| LoadError::Object(e.into()))?;
 
         let exit_has_group_dead = u32::from(offsets.exit_has_group_dead);
         let mut loader = EbpfLoader::new();
@@ -322,4 +342,34 @@ fn attach(
         attach_type,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verifier_rejection_names_the_program_and_shows_the_log_tail() {
+        let log: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let err = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let text = describe_program_error("ts_switch_btf", &err);
+        println!("{text}");
+        assert!(text.starts_with("the verifier rejected program ts_switch_btf"));
+        assert!(text.contains("line 30"));
+        assert!(text.contains("line 19"));
+        assert!(!text.contains("line 18\n"));
+    }
+
+    #[test]
+    fn every_hook_has_both_programs_in_the_object() {
+        let object = aya_obj::Object::parse(PROBES_OBJECT).expect("kernel object");
+        for hook in HOOKS {
+            for name in [hook.btf_program, hook.raw_program] {
+                assert!(object.programs.contains_key(name), "{name} missing");
+            }
+        }
+    }
 }

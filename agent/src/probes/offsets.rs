@@ -24,7 +24,11 @@ const MEMBERS: &[(&str, &str, &str)] = &[
     ("OFF_BPRM_FILENAME", "linux_binprm", "filename"),
     ("OFF_RQ_CMD_FLAGS", "request", "cmd_flags"),
     ("OFF_RQ_DATA_LEN", "request", "__data_len"),
-    ("OFF_RQ_PART", "request", "part"),
+    ("OFF_RQ_BIO", "request", "bio"),
+    ("OFF_BIO_BDEV", "bio", "bi_bdev"),
+    ("OFF_RQ_Q", "request", "q"),
+    ("OFF_Q_DISK", "request_queue", "disk"),
+    ("OFF_DISK_PART0", "gendisk", "part0"),
     ("OFF_BDEV_DEV", "block_device", "bd_dev"),
 ];
 

@@ -13,8 +13,8 @@ use taskscope_common::{
 };
 
 use super::kernel::{
-    add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_rq_cmd_flags,
-    off_rq_data_len, off_rq_part, read,
+    add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_bio_bdev, off_disk_part0,
+    off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read,
 };
 
 /// Requests in flight, keyed by `struct request *`. LRU: a request whose completion is never
@@ -31,6 +31,19 @@ pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.
 const REQ_OP_MASK: u32 = 0xff;
 
+/// The block device (partition) a request is for. `rq->part` is set only after the
+/// `block_io_start` tracepoint, so take it where the kernel will: the first bio's `bi_bdev`, or
+/// the disk's whole-device `part0` for a request without a bio (a flush).
+#[inline(always)]
+fn request_bdev(rq: u64) -> u64 {
+    if let Some(bio) = read::<u64>(rq, off_rq_bio()).filter(|&b| b != 0) {
+        return read::<u64>(bio, off_bio_bdev()).unwrap_or(0);
+    }
+    let queue = read::<u64>(rq, off_rq_q()).unwrap_or(0);
+    let disk = read::<u64>(queue, off_q_disk()).unwrap_or(0);
+    read::<u64>(disk, off_disk_part0()).unwrap_or(0)
+}
+
 /// `block_io_start(struct request *rq)`.
 #[inline(always)]
 pub fn on_start(ctx: *const u64) {
@@ -38,8 +51,7 @@ pub fn on_start(ctx: *const u64) {
     let (_, tgid) = current_ids();
     let op = read::<u32>(rq, off_rq_cmd_flags()).unwrap_or(0) & REQ_OP_MASK;
     let bytes = read::<u32>(rq, off_rq_data_len()).unwrap_or(0) as u64;
-    let part = read::<u64>(rq, off_rq_part()).unwrap_or(0);
-    let dev = read::<u32>(part, off_bdev_dev()).unwrap_or(0);
+    let dev = read::<u32>(request_bdev(rq), off_bdev_dev()).unwrap_or(0);
     let start = IoStart {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,

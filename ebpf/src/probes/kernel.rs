@@ -40,7 +40,15 @@ static OFF_RQ_CMD_FLAGS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_RQ_DATA_LEN: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
-static OFF_RQ_PART: Global<u32> = Global::new(0);
+static OFF_RQ_BIO: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_BIO_BDEV: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RQ_Q: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_Q_DISK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_DISK_PART0: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_BDEV_DEV: Global<u32> = Global::new(0);
 /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+); else `signal->live` is read.
@@ -98,8 +106,24 @@ pub fn off_rq_data_len() -> u32 {
     OFF_RQ_DATA_LEN.load()
 }
 #[inline(always)]
-pub fn off_rq_part() -> u32 {
-    OFF_RQ_PART.load()
+pub fn off_rq_bio() -> u32 {
+    OFF_RQ_BIO.load()
+}
+#[inline(always)]
+pub fn off_bio_bdev() -> u32 {
+    OFF_BIO_BDEV.load()
+}
+#[inline(always)]
+pub fn off_rq_q() -> u32 {
+    OFF_RQ_Q.load()
+}
+#[inline(always)]
+pub fn off_q_disk() -> u32 {
+    OFF_Q_DISK.load()
+}
+#[inline(always)]
+pub fn off_disk_part0() -> u32 {
+    OFF_DISK_PART0.load()
 }
 #[inline(always)]
 pub fn off_bdev_dev() -> u32 {
