@@ -219,3 +219,35 @@ fn the_default_attach_type_is_tp_btf_on_this_kernel() {
         status["lost"]
     );
 }
+
+#[test]
+fn a_full_ring_buffer_is_counted_not_silent() {
+    // The smallest ring buffer, and an agent that cannot drain it: stopped with SIGSTOP while
+    // 300 processes start and exit (each makes fork, exec and exit events).
+    let agent = Agent::start(&["--ring-buffer-kib", "64"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("for i in $(seq 300); do /bin/true; done")
+        .status();
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    assert!(status.expect("sh").success());
+    let lost = wait_for("the loss to be reported", Duration::from_secs(20), || {
+        let status = agent.get("/api/v1/status");
+        status["lost"]
+            .as_array()?
+            .iter()
+            .find(|l| l["source"] == "ringbuf" && l["reason"] == "buffer_full")?["count"]
+            .as_u64()
+            .filter(|&n| n > 0)
+    });
+    let events = agent.get("/api/v1/status")["events"].clone();
+    println!("ring buffer reservations that failed: {lost}; events received: {events}");
+    // 300 x (fork + exec + exit) = 900 events were made; what did not fit is counted.
+    let received: u64 = ["fork", "exec", "exit"]
+        .iter()
+        .map(|k| events[k].as_u64().unwrap_or(0))
+        .sum();
+    assert!(received + lost >= 900, "received {received} + lost {lost} < 900 made");
+}
