@@ -2,7 +2,10 @@
 
 use std::{fmt, fs, path::Path};
 
-use crate::probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes};
+use crate::{
+    probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes},
+    procfs::{mount_point, mountinfo},
+};
 
 /// Capability bits (linux/capability.h).
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -76,12 +79,24 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
     missing
 }
 
-fn is_mounted(mountinfo: &str, fstype: &str) -> Option<String> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == fstype)
-            .then(|| left.split_whitespace().nth(4).unwrap_or("?").to_string())
-    })
+/// An optional requirement met by a mounted filesystem.
+fn mount_requirement(
+    mounts: &str,
+    (name, fstype): (&'static str, &str),
+    missing: &str,
+    fix: &str,
+) -> Requirement {
+    let at = mount_point(mounts, fstype);
+    Requirement {
+        name,
+        ok: at.is_some(),
+        required: false,
+        detail: match at {
+            Some(at) => format!("mounted at {}", at.display()),
+            None => missing.to_string(),
+        },
+        fix: Some(fix.to_string()),
+    }
 }
 
 fn kernel_release() -> String {
@@ -191,41 +206,25 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
         ),
     });
 
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let tracefs = is_mounted(&mountinfo, "tracefs");
-    out.push(Requirement {
-        name: "tracefs",
-        ok: tracefs.is_some(),
-        required: false,
-        detail: match &tracefs {
-            Some(at) => format!("mounted at {at}"),
-            None => "not mounted; taskscope does not need it (tp_btf and raw_tp attach without it)"
-                .into(),
-        },
-        fix: Some("mount -t tracefs nodev /sys/kernel/tracing (only for other tools)".into()),
-    });
-    let bpffs = is_mounted(&mountinfo, "bpf");
-    out.push(Requirement {
-        name: "bpffs",
-        ok: bpffs.is_some(),
-        required: false,
-        detail: match &bpffs {
-            Some(at) => format!("mounted at {at}"),
-            None => "not mounted; taskscope pins nothing, so it does not need it".into(),
-        },
-        fix: Some("mount -t bpf bpf /sys/fs/bpf (only for pinning)".into()),
-    });
-    let cgroup2 = is_mounted(&mountinfo, "cgroup2");
-    out.push(Requirement {
-        name: "cgroup v2",
-        ok: cgroup2.is_some(),
-        required: false,
-        detail: match &cgroup2 {
-            Some(at) => format!("mounted at {at}"),
-            None => "not mounted: processes get cgroup ids but no cgroup paths".into(),
-        },
-        fix: Some("mount -t cgroup2 none /sys/fs/cgroup/unified".into()),
-    });
+    let mounts = mountinfo();
+    out.push(mount_requirement(
+        &mounts,
+        ("tracefs", "tracefs"),
+        "not mounted; taskscope does not need it (tp_btf and raw_tp attach without it)",
+        "mount -t tracefs nodev /sys/kernel/tracing (only for other tools)",
+    ));
+    out.push(mount_requirement(
+        &mounts,
+        ("bpffs", "bpf"),
+        "not mounted; taskscope pins nothing, so it does not need it",
+        "mount -t bpf bpf /sys/fs/bpf (only for pinning)",
+    ));
+    out.push(mount_requirement(
+        &mounts,
+        ("cgroup v2", "cgroup2"),
+        "not mounted: processes get cgroup ids but no cgroup paths",
+        "mount -t cgroup2 none /sys/fs/cgroup/unified",
+    ));
     let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .map(|s| s.trim() == "1")
         .unwrap_or(false);

@@ -93,20 +93,26 @@ pub fn list_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
-/// hybrid ones; read from mountinfo rather than guessed.
-pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+/// Where the first filesystem of type `fstype` is mounted, from `/proc/self/mountinfo` text.
+pub fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
+        if right.split_whitespace().next()? != fstype {
             return None;
         }
         left.split_whitespace().nth(4).map(PathBuf::from)
     })
 }
 
+/// This process's view of the mounts (empty when unreadable).
+pub fn mountinfo() -> String {
+    fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones; read from mountinfo rather than guessed.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    parse_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+    mount_point(&mountinfo(), "cgroup2")
 }
 
 /// Maps cgroup v2 ids (the inode numbers of cgroup directories, as `bpf_get_current_cgroup_id`
@@ -219,9 +225,10 @@ mod tests {
         let mountinfo = "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                          35 30 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            parse_cgroup2_mount(mountinfo),
+            mount_point(mountinfo, "cgroup2"),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+        assert_eq!(mount_point(mountinfo, "bpf"), None);
     }
 
     #[test]

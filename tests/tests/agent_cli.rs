@@ -88,40 +88,27 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(stderr.contains("--listen"));
 }
 
+/// The agent as `nobody` with no capabilities at all (setpriv, from util-linux).
+fn unprivileged_agent(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(agent_binary())
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
 #[test]
 fn without_capabilities_run_fails_and_check_says_why() {
-    // setpriv (util-linux) drops to nobody with no capabilities at all.
-    let port = free_port().to_string();
-    let addr = format!("127.0.0.1:{port}");
-    let run = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(agent_binary())
-        .args(["run", "--listen", &addr])
-        .output()
-        .expect("setpriv");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let run = unprivileged_agent(&["run", "--listen", &addr]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     println!("{stderr}");
     assert!(!run.status.success());
     assert!(stderr.contains("needs CAP_BPF and CAP_PERFMON"), "{stderr}");
 
-    let check = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(agent_binary())
-        .arg("check")
-        .output()
-        .expect("setpriv");
+    let check = unprivileged_agent(&["check"]);
     let text = String::from_utf8_lossy(&check.stdout);
     println!("{text}");
     assert!(!check.status.success());

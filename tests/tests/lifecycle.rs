@@ -249,5 +249,8 @@ fn a_full_ring_buffer_is_counted_not_silent() {
         .iter()
         .map(|k| events[k].as_u64().unwrap_or(0))
         .sum();
-    assert!(received + lost >= 900, "received {received} + lost {lost} < 900 made");
+    assert!(
+        received + lost >= 900,
+        "received {received} + lost {lost} < 900 made"
+    );
 }
