@@ -98,6 +98,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         CollectorConfig {
             poll_interval: args.poll_interval,
             max_staleness: args.max_staleness,
+            drain_interval: args.drain_interval,
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);

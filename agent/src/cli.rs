@@ -49,6 +49,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub max_staleness: Duration,
 
+    /// How often lifecycle events are read from the ring buffer when the kernel has not woken
+    /// the agent (it does when an eighth of the ring is full).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
     /// Syscalls at least this long are reported one by one.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub slow_syscall: Duration,

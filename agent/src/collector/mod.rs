@@ -91,6 +91,9 @@ pub struct CollectorConfig {
     pub poll_interval: Duration,
     /// A query is answered from a kernel read at most this old (else the maps are read again).
     pub max_staleness: Duration,
+    /// How often the ring buffer is drained when the kernel has not woken the reader (it
+    /// wakes it only when an eighth of the ring is pending).
+    pub drain_interval: Duration,
 }
 
 /// Owner of the maps, the ring buffer and the model.
@@ -155,6 +158,9 @@ impl Collector {
         self.poll();
         let mut tick = tokio::time::interval(self.config.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Draining happens at the top of every loop turn: this timer only makes a turn.
+        let mut drain_tick = tokio::time::interval(self.config.drain_interval);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain();
             tokio::select! {
@@ -167,6 +173,7 @@ impl Collector {
                     }
                 },
                 _ = tick.tick() => self.poll(),
+                _ = drain_tick.tick() => {}
                 query = queries.recv() => match query {
                     Some(query) => self.answer(query),
                     None => break,

@@ -254,12 +254,16 @@ impl Probes {
             .map_err(|e| LoadError::Object(e.into()))?;
 
         let exit_has_group_dead = u32::from(offsets.exit_has_group_dead);
+        // Wake the reader when an eighth of the ring is pending; below that it drains on its
+        // own timer (see collector::CollectorConfig::drain_interval).
+        let wakeup_bytes = u64::from(options.ring_buffer_bytes / 8);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
             .override_global("AGENT_TGID", &options.agent_tgid, true)
             .override_global("SLOW_SYSCALL_NS", &options.slow_syscall_ns, true)
             .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("TASKS", options.max_tasks)
             .map_max_entries("EVENTS", options.ring_buffer_bytes);
         for (name, value) in &offsets.globals {

@@ -8,6 +8,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::RingBuf,
+    Global,
 };
 use taskscope_common::{
     event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, Loss, ARGS_LEN, COMM_LEN,
@@ -24,6 +25,27 @@ use super::syscalls::SYSCALL_STARTS;
 /// Lifecycle and over-threshold events. Its size is set by the loader.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Pending bytes from which a submit wakes the reader (set by the loader to a fraction of the
+/// ring). Below it the reader is not woken: it drains on its own timer. A wakeup is an
+/// irq_work self-IPI, which costs microseconds (far more in a VM) on the submitting task.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA` (uapi/linux/bpf.h).
+const RB_NO_WAKEUP: u64 = 1;
+const RB_FORCE_WAKEUP: u64 = 2;
+const RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for submitting an event: wake the reader only when enough is pending.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        RB_FORCE_WAKEUP
+    } else {
+        RB_NO_WAKEUP
+    }
+}
 
 #[inline(always)]
 pub fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
@@ -69,7 +91,7 @@ pub fn on_fork(ctx: *const u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: current_comm(),
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// `sched_process_exec(task_struct *p, pid_t old_pid, linux_binprm *bprm)`, in p's context
@@ -124,7 +146,7 @@ pub fn on_exec(ctx: *const u64) {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// `sched_process_exit(task_struct *p[, bool group_dead])`, in p's context.
@@ -153,5 +175,5 @@ pub fn on_exit(ctx: *const u64) {
         start_boottime_ns: read(task, off_task_start_boottime()).unwrap_or(0),
         comm: current_comm(),
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

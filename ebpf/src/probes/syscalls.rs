@@ -10,7 +10,7 @@ use taskscope_common::{
 };
 
 use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init};
-use super::lifecycle::{header, EVENTS};
+use super::lifecycle::{header, submit_flags, EVENTS};
 
 /// Syscalls at least this long (ns) are sent to userspace one by one.
 #[unsafe(no_mangle)]
@@ -102,6 +102,6 @@ pub fn on_exit(ctx: *const u64) {
             ret,
             duration_ns: duration,
         });
-        entry.submit(0);
+        entry.submit(submit_flags());
     }
 }
