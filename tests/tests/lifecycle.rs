@@ -41,14 +41,16 @@ fn a_known_process_tree_has_the_right_parents_exit_codes_signals_and_threads() {
     let root = status.id();
     let output = status.wait_with_output().expect("wait");
     assert!(output.status.success());
-    let thread_tids: Vec<u64> = std::fs::read_to_string(&threads_out)
-        .expect("thread ids")
-        .trim()
-        .trim_start_matches("ready")
-        .trim()
+    // "ready <tid,tid,tid> <process CPU ns>" (CLOCK_PROCESS_CPUTIME_ID at the end).
+    let threads_line = std::fs::read_to_string(&threads_out).expect("thread ids");
+    let mut fields = threads_line.split_whitespace().skip(1);
+    let thread_tids: Vec<u64> = fields
+        .next()
+        .expect("tids")
         .split(',')
         .map(|t| t.parse().expect("tid"))
         .collect();
+    let threaded_cpu_ns: u64 = fields.next().expect("cpu").parse().expect("cpu ns");
     let _ = std::fs::remove_file(&threads_out);
 
     let processes = agent.processes_after(monotonic_ns());
@@ -103,10 +105,11 @@ fn a_known_process_tree_has_the_right_parents_exit_codes_signals_and_threads() {
         Some(4),
         "main + 3 threads"
     );
-    assert!(
-        threaded["sched"]["on_cpu_ns"].as_u64().unwrap_or(0) >= 150_000_000,
-        "3 threads x 50 ms of CPU roll up into the process: {}",
-        threaded["sched"]
+    taskscope_e2e::assert_close(
+        "on-CPU ns of 3 threads rolled up into their process vs CLOCK_PROCESS_CPUTIME_ID",
+        threaded["sched"]["on_cpu_ns"].as_u64().expect("on_cpu_ns"),
+        threaded_cpu_ns,
+        0.02,
     );
     for tid in thread_tids {
         assert!(

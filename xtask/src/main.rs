@@ -270,5 +270,25 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The kernel programs as the BPF target sees them (the host build of ebpf/ is a stub).
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "-Z",
+            "build-std=core",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "--bin",
+            "taskscope-probes",
+        ])
+        .args(["--", "-D", "warnings"])
+        .current_dir(root().join("ebpf"))
+        .env("PATH", tool_path()))?;
     Ok(())
 }

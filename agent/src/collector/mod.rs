@@ -219,7 +219,10 @@ impl Collector {
         self.maps.forget(&forget);
     }
 
+    /// Applies pending events (always: they are cheap and the answer must not lag the ring),
+    /// and reads the maps again if the last read is too old.
     fn refresh_if_stale(&mut self) {
+        self.drain();
         let stale = self
             .last_poll
             .is_none_or(|t| t.elapsed() >= self.config.max_staleness);

@@ -146,6 +146,8 @@ pub struct Process {
     pub io: BTreeMap<u32, ProcessIo>,
     pub slow_syscalls: VecDeque<SlowSyscallEvent>,
     exited_at: Option<Instant>,
+    /// Gone from /proc at the last sweep, with no exit event yet.
+    missing_at_sweep: bool,
 }
 
 impl Process {
@@ -175,6 +177,7 @@ impl Process {
             io: BTreeMap::new(),
             slow_syscalls: VecDeque::new(),
             exited_at: None,
+            missing_at_sweep: false,
         }
     }
 
@@ -509,6 +512,8 @@ impl TaskModel {
         if polls.is_multiple_of(SWEEP_EVERY_POLLS) {
             retire.extend(self.vanished());
         }
+        retire.sort_unstable();
+        retire.dedup();
         for pid in retire {
             self.retire(pid, &mut forget);
         }
@@ -516,16 +521,21 @@ impl TaskModel {
         forget
     }
 
-    /// Live processes whose pid is gone from /proc or belongs to someone else now.
-    fn vanished(&self) -> Vec<u32> {
-        self.live
-            .values()
-            .filter(|p| p.exit.is_none())
-            .filter(|p| {
-                procfs::read_stat(p.pid).is_none_or(|stat| stat.start_ticks != p.start_ticks)
-            })
-            .map(|p| p.pid)
-            .collect()
+    /// Live processes that were already gone from /proc (or whose pid belonged to someone else)
+    /// at the previous sweep and whose exit event still has not come: it was lost. A process
+    /// missing for the first time is only marked, because its exit event may be in the ring
+    /// buffer, not yet read.
+    fn vanished(&mut self) -> Vec<u32> {
+        let mut lost = Vec::new();
+        for p in self.live.values_mut().filter(|p| p.exit.is_none()) {
+            let gone =
+                procfs::read_stat(p.pid).is_none_or(|stat| stat.start_ticks != p.start_ticks);
+            if gone && p.missing_at_sweep {
+                lost.push(p.pid);
+            }
+            p.missing_at_sweep = gone;
+        }
+        lost
     }
 
     fn evict_exited(&mut self) {
@@ -734,6 +744,28 @@ mod tests {
         }
         assert_eq!(m.live_count(), 2);
         assert_eq!(m.counters.processes_dropped, 3);
+    }
+
+    #[test]
+    fn a_process_gone_from_proc_is_lost_only_if_its_exit_never_comes() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        // Two processes /proc does not know (pids above pid_max).
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.apply_event(fork(P + 1, P + 1, 1, NS_PER_TICK), &mut forget);
+        for _ in 0..SWEEP_EVERY_POLLS {
+            m.apply_kernel(KernelSnapshot::default());
+        }
+        // First sweep: both only marked.
+        assert_eq!(m.live_count(), 2);
+        // Its exit event was late, not lost.
+        m.apply_event(exit(P, P, 0, true), &mut forget);
+        for _ in 0..SWEEP_EVERY_POLLS {
+            m.apply_kernel(KernelSnapshot::default());
+        }
+        assert_eq!(m.by_pid(P)[0].exit, Some(ExitStatus::Exited { code: 0 }));
+        assert_eq!(m.by_pid(P + 1)[0].exit, Some(ExitStatus::Unknown));
+        assert_eq!(m.counters.processes_lost, 1);
     }
 
     fn zero_syscalls() -> SyscallStats {

@@ -59,7 +59,7 @@ pub fn on_start(ctx: *const u64) {
         op,
         _pad: 0,
     };
-    if IO_STARTS.insert(&rq, &start, 0).is_err() {
+    if IO_STARTS.insert(rq, start, 0).is_err() {
         count_loss(Loss::IoStartsMapFull);
     }
     let key = ProcessIoKey { tgid, op };
@@ -81,16 +81,16 @@ pub fn on_start(ctx: *const u64) {
 pub fn on_complete(ctx: *const u64) {
     let rq = arg(ctx, 0);
     // SAFETY: the entry is copied out before it is removed.
-    let Some(start) = (unsafe { IO_STARTS.get(&rq) }).copied() else {
+    let Some(start) = (unsafe { IO_STARTS.get(rq) }).copied() else {
         return;
     };
-    let _ = IO_STARTS.remove(&rq);
+    let _ = IO_STARTS.remove(rq);
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
     let key = DeviceIoKey {
         dev: start.dev,
         op: start.op,
     };
-    if let Some(io) = DEVICE_IO.get_ptr_mut(&key) {
+    if let Some(io) = DEVICE_IO.get_ptr_mut(key) {
         let io = unsafe { &mut *io };
         add(&mut io.total_latency_ns, latency);
         if let Some(slot) = io.latency_hist.get_mut(log2_bucket(latency)) {
@@ -101,7 +101,7 @@ pub fn on_complete(ctx: *const u64) {
         tgid: start.tgid,
         op: start.op,
     };
-    if let Some(io) = PROCESS_IO.get_ptr_mut(&key) {
+    if let Some(io) = PROCESS_IO.get_ptr_mut(key) {
         add(unsafe { &mut (*io).total_latency_ns }, latency);
     }
 }

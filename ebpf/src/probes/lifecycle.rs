@@ -75,8 +75,8 @@ pub fn on_fork(ctx: *const u64) {
         return;
     };
     // A reused tid starts from zero, whatever the agent has not cleaned up yet.
-    let _ = TASKS.remove(&pid);
-    let _ = SYSCALL_STARTS.remove(&pid);
+    let _ = TASKS.remove(pid);
+    let _ = SYSCALL_STARTS.remove(pid);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_loss(Loss::RingBufFull);
         return;

@@ -54,7 +54,7 @@ pub fn on_exit(ctx: *const u64) {
         return;
     }
     let ret = arg(ctx, 1) as i64;
-    let Some(start) = SYSCALL_STARTS.get_ptr_mut(&pid) else {
+    let Some(start) = SYSCALL_STARTS.get_ptr_mut(pid) else {
         return;
     };
     // SAFETY: this task's own entry.
