@@ -39,26 +39,30 @@ pub fn bucket_upper_bound_ns(index: usize) -> u64 {
     }
 }
 
-/// Scheduler accumulators of one task (thread), keyed by tid in the `TASKS` map.
+/// Scheduler figures of one task (thread), keyed by tid in the `TASKS` map.
+///
+/// The totals are the kernel's own counters (the ones `/proc/<pid>/schedstat` and `status`
+/// print), copied from the `task_struct` at each switch-out of the task and at its exit. Copying
+/// them rather than adding up intervals between events means a context switch the programs do
+/// not see cannot make them drift.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskSched {
     /// Thread group (process) id of the task.
     pub tgid: u32,
     pub _pad: u32,
-    /// Time spent running on a CPU, closed slices only (see `running_since_ns`).
+    /// `se.sum_exec_runtime`: time on a CPU, as of the last switch-out.
     pub on_cpu_ns: u64,
-    /// Time spent runnable but waiting for a CPU (run-queue latency), completed waits only.
+    /// `sched_info.run_delay`: time runnable but waiting for a CPU, completed waits.
     pub runq_wait_ns: u64,
-    /// Switches away while blocking (matches `voluntary_ctxt_switches` in `/proc/<pid>/status`).
+    /// `nvcsw`: switches away while blocking.
     pub voluntary_switches: u64,
-    /// Switches away while still runnable (preempted; `nonvoluntary_ctxt_switches`).
+    /// `nivcsw`: switches away while still runnable (preempted).
     pub involuntary_switches: u64,
-    /// `bpf_ktime_get_ns()` when the task last went on a CPU; 0 while it is off CPU.
-    pub running_since_ns: u64,
-    /// When the task became runnable; 0 when it is not waiting for a CPU.
+    /// When the task became runnable (woken or preempted); 0 when it is not waiting.
     pub queued_since_ns: u64,
-    /// log2 histogram of run-queue waits (nanoseconds).
+    /// log2 histogram of run-queue waits (nanoseconds), measured from wakeup or preemption
+    /// to switch-in.
     pub runq_hist: [u64; HIST_BUCKETS],
 }
 
@@ -79,6 +83,11 @@ pub struct CpuStats {
     /// Idle time (ns) spent in closed idle periods per log2 length bucket: what CPU idle
     /// fragmentation is computed from.
     pub idle_ns_by_bucket: [u64; HIST_BUCKETS],
+    /// The task running on this CPU since the last switch (0: idle, or the agent itself).
+    pub current_pid: u32,
+    pub _pad: u32,
+    /// When it was switched in.
+    pub current_since_ns: u64,
 }
 
 /// Key of the `SYSCALLS` map: one process and one syscall number.
@@ -354,7 +363,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<TaskSched>(), 8 * 7 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<TaskSched>(), 8 * 6 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<CpuStats>(), 8 * 4 + 16 * HIST_BUCKETS + 16);
         assert_eq!(size_of::<ForkEvent>(), 24 + 16 + 16 + COMM_LEN);
         assert_eq!(
             size_of::<ExecEvent>(),

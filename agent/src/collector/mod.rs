@@ -262,13 +262,13 @@ impl Collector {
                 .model
                 .by_pid(pid)
                 .into_iter()
-                .map(|p| ProcessView::new(p, &clocks))
+                .map(|p| ProcessView::new(p, &clocks, &self.model.running))
                 .collect(),
             None => self
                 .model
                 .live()
                 .chain(self.model.exited())
-                .map(|p| ProcessView::new(p, &clocks))
+                .map(|p| ProcessView::new(p, &clocks, &self.model.running))
                 .collect(),
         };
         ProcessesResponse {

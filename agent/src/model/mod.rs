@@ -77,8 +77,8 @@ impl Default for SchedTotals {
 }
 
 impl SchedTotals {
-    /// Adds one thread's accumulators; `now_ns` closes a slice that is still running.
-    pub fn add(&mut self, task: &TaskSched, now_ns: Option<u64>) {
+    /// Adds one thread's figures.
+    pub fn add(&mut self, task: &TaskSched) {
         let TaskSched {
             tgid: _,
             _pad: _,
@@ -86,16 +86,10 @@ impl SchedTotals {
             runq_wait_ns,
             voluntary_switches,
             involuntary_switches,
-            running_since_ns,
             queued_since_ns: _,
             runq_hist,
         } = task;
         self.on_cpu_ns += on_cpu_ns;
-        if let Some(now) = now_ns {
-            if *running_since_ns != 0 {
-                self.on_cpu_ns += now.saturating_sub(*running_since_ns);
-            }
-        }
         self.runq_wait_ns += runq_wait_ns;
         self.voluntary_switches += voluntary_switches;
         self.involuntary_switches += involuntary_switches;
@@ -181,13 +175,17 @@ impl Process {
         }
     }
 
-    /// Scheduler totals over all threads, live slices closed at `now_ns`.
-    pub fn sched(&self, now_ns: u64) -> SchedTotals {
+    /// Scheduler totals over all threads. `running` maps the tids on a CPU right now to when
+    /// they were switched in: the slice they are in is added to their on-CPU time (the kernel's
+    /// counters were copied at their last switch-out).
+    pub fn sched(&self, now_ns: u64, running: &HashMap<u32, u64>) -> SchedTotals {
         let mut totals = self.exited_sched;
-        let running = self.exit.is_none().then_some(now_ns);
-        for thread in self.threads.values() {
+        for (tid, thread) in &self.threads {
             if let Some(sched) = &thread.sched {
-                totals.add(sched, running);
+                totals.add(sched);
+            }
+            if let Some(since) = running.get(tid) {
+                totals.on_cpu_ns += now_ns.saturating_sub(*since);
             }
         }
         totals
@@ -209,7 +207,7 @@ impl Process {
     fn fold_thread(&mut self, tid: u32, forget: &mut Forget) {
         if let Some(thread) = self.threads.remove(&tid) {
             if let Some(sched) = &thread.sched {
-                self.exited_sched.add(sched, None);
+                self.exited_sched.add(sched);
             }
             self.threads_exited += 1;
             forget.tids.push((tid, self.pid));
@@ -241,6 +239,8 @@ pub struct TaskModel {
     pub counters: ModelCounters,
     /// Latest per-CPU accounting.
     pub cpus: Vec<taskscope_common::CpuStats>,
+    /// Tasks on a CPU at the latest read: tid -> when they were switched in.
+    pub running: HashMap<u32, u64>,
     /// Latest per-device IO.
     pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
     /// Kernel-side losses, summed over CPUs.
@@ -266,6 +266,7 @@ impl TaskModel {
             polls: 0,
             counters: ModelCounters::default(),
             cpus: Vec::new(),
+            running: HashMap::new(),
             device_io: Vec::new(),
             kernel_losses: [0; LOSS_KINDS as usize],
             collected_at_ns: 0,
@@ -487,6 +488,12 @@ impl TaskModel {
                 process.io.insert(key.op, io);
             }
         }
+        self.running = snapshot
+            .cpus
+            .iter()
+            .filter(|cpu| cpu.current_pid != 0)
+            .map(|cpu| (cpu.current_pid, cpu.current_since_ns))
+            .collect();
         self.cpus = snapshot.cpus;
         self.device_io = snapshot.device_io;
         self.kernel_losses = snapshot.losses;
@@ -625,7 +632,6 @@ mod tests {
             runq_wait_ns: 1,
             voluntary_switches: 2,
             involuntary_switches: 3,
-            running_since_ns: 0,
             queued_since_ns: 0,
             runq_hist: [0; HIST_BUCKETS],
         }
@@ -650,8 +656,8 @@ mod tests {
         };
         m.apply_kernel(snap(100, 50));
         let p = &m.by_pid(P)[0];
-        assert_eq!(p.sched(0).on_cpu_ns, 150);
-        assert_eq!(p.sched(0).voluntary_switches, 4);
+        assert_eq!(p.sched(0, &HashMap::new()).on_cpu_ns, 150);
+        assert_eq!(p.sched(0, &HashMap::new()).voluntary_switches, 4);
         assert_eq!(p.live_threads(), 2);
         assert_eq!(p.threads_started, 2);
 
@@ -661,7 +667,7 @@ mod tests {
         let forget = m.apply_kernel(snap(300, 70));
         assert_eq!(forget.tids, vec![(P + 1, P)]);
         let p = &m.by_pid(P)[0];
-        assert_eq!(p.sched(0).on_cpu_ns, 370);
+        assert_eq!(p.sched(0, &HashMap::new()).on_cpu_ns, 370);
         assert!(!p.is_exited());
         assert_eq!(p.threads_exited, 1);
         // The next read no longer has the thread's entry.
@@ -669,7 +675,7 @@ mod tests {
             tasks: vec![(P, sched(P, 400))],
             ..Default::default()
         });
-        assert_eq!(m.by_pid(P)[0].sched(0).on_cpu_ns, 470);
+        assert_eq!(m.by_pid(P)[0].sched(0, &HashMap::new()).on_cpu_ns, 470);
     }
 
     #[test]
@@ -690,7 +696,7 @@ mod tests {
         assert_eq!(forget.syscalls, vec![SyscallKey { tgid: P, nr: 0 }]);
         assert_eq!(m.live_count(), 0);
         assert_eq!(m.exited_count(), 1);
-        assert_eq!(m.by_pid(P)[0].sched(0).on_cpu_ns, 5);
+        assert_eq!(m.by_pid(P)[0].sched(0, &HashMap::new()).on_cpu_ns, 5);
     }
 
     #[test]

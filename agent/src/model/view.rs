@@ -1,5 +1,7 @@
 //! JSON views of the task model, as served by `/api/v1/processes` (schema in docs/api.md).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
 
@@ -154,8 +156,9 @@ pub struct SlowSyscallView {
 }
 
 impl ProcessView {
-    pub fn new(p: &Process, clocks: &Clocks) -> Self {
-        let sched = p.sched(clocks.monotonic_ns);
+    /// `running`: tids on a CPU now, with their switch-in time (see [`Process::sched`]).
+    pub fn new(p: &Process, clocks: &Clocks, running: &HashMap<u32, u64>) -> Self {
+        let sched = p.sched(clocks.monotonic_ns, running);
         let mut block_io = BlockIoView::default();
         for (&op, io) in &p.io {
             block_io.total_latency_ns += io.total_latency_ns;

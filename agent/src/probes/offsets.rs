@@ -11,8 +11,9 @@ pub struct KernelOffsets {
     pub exit_has_group_dead: bool,
 }
 
-/// (global, struct, member) for every offset.
+/// (global, struct, member) for every offset of a direct member.
 const MEMBERS: &[(&str, &str, &str)] = &[
+    ("OFF_TASK_NVCSW", "task_struct", "nvcsw"),
     ("OFF_TASK_PID", "task_struct", "pid"),
     ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
     ("OFF_TASK_START_BOOTTIME", "task_struct", "start_boottime"),
@@ -32,25 +33,60 @@ const MEMBERS: &[(&str, &str, &str)] = &[
     ("OFF_BDEV_DEV", "block_device", "bd_dev"),
 ];
 
+/// (global, struct, member, its struct type, member of that): offsets of nested members.
+const NESTED: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "OFF_TASK_SUM_EXEC_RUNTIME",
+        "task_struct",
+        "se",
+        "sched_entity",
+        "sum_exec_runtime",
+    ),
+    (
+        "OFF_TASK_RUN_DELAY",
+        "task_struct",
+        "sched_info",
+        "sched_info",
+        "run_delay",
+    ),
+];
+
 /// Why the offsets could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
     #[error(transparent)]
     Btf(#[from] BtfError),
-    #[error("task_struct.tgid is not right after task_struct.pid (pid at {pid}, tgid at {tgid}); this kernel layout is not supported")]
-    PidTgidNotAdjacent { pid: u32, tgid: u32 },
+    #[error("task_struct.{second} is not right after task_struct.{first} (at {first_at} and {second_at}); this kernel layout is not supported")]
+    NotAdjacent {
+        first: &'static str,
+        second: &'static str,
+        first_at: u32,
+        second_at: u32,
+    },
 }
 
 impl KernelOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, OffsetsError> {
-        let mut globals = Vec::with_capacity(MEMBERS.len());
+        let mut globals = Vec::with_capacity(MEMBERS.len() + NESTED.len());
         for (global, strukt, member) in MEMBERS {
             globals.push((*global, btf.member_offset(strukt, member)?));
         }
-        let pid = btf.member_offset("task_struct", "pid")?;
-        let tgid = btf.member_offset("task_struct", "tgid")?;
-        if tgid != pid + 4 {
-            return Err(OffsetsError::PidTgidNotAdjacent { pid, tgid });
+        for (global, outer, member, inner, field) in NESTED {
+            let offset = btf.member_offset(outer, member)? + btf.member_offset(inner, field)?;
+            globals.push((*global, offset));
+        }
+        // The programs read these pairs with one access each.
+        for (first, second, size) in [("pid", "tgid", 4), ("nvcsw", "nivcsw", 8)] {
+            let first_at = btf.member_offset("task_struct", first)?;
+            let second_at = btf.member_offset("task_struct", second)?;
+            if second_at != first_at + size {
+                return Err(OffsetsError::NotAdjacent {
+                    first,
+                    second,
+                    first_at,
+                    second_at,
+                });
+            }
         }
         // The typedef's first parameter is the tracepoint's `void *__data`.
         let exit_params = btf.func_typedef_params("btf_trace_sched_process_exit")?;
@@ -69,7 +105,7 @@ mod tests {
     fn running_kernel_offsets_are_complete() {
         let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
         let offsets = KernelOffsets::from_btf(&Btf::parse(&data).unwrap()).unwrap();
-        assert_eq!(offsets.globals.len(), MEMBERS.len());
+        assert_eq!(offsets.globals.len(), MEMBERS.len() + NESTED.len());
         println!("{offsets:?}");
     }
 }

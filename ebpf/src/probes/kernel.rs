@@ -22,6 +22,13 @@ static OFF_TASK_PID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_TASK_EXIT_CODE: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
+static OFF_TASK_SUM_EXEC_RUNTIME: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_RUN_DELAY: Global<u32> = Global::new(0);
+/// `nvcsw`, with `nivcsw` right after it (checked by the loader).
+#[unsafe(no_mangle)]
+static OFF_TASK_NVCSW: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
 static OFF_TASK_START_BOOTTIME: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_TASK_SIGNAL: Global<u32> = Global::new(0);
@@ -68,6 +75,18 @@ pub fn off_task_pid() -> u32 {
 #[inline(always)]
 pub fn off_task_exit_code() -> u32 {
     OFF_TASK_EXIT_CODE.load()
+}
+#[inline(always)]
+pub fn off_task_sum_exec_runtime() -> u32 {
+    OFF_TASK_SUM_EXEC_RUNTIME.load()
+}
+#[inline(always)]
+pub fn off_task_run_delay() -> u32 {
+    OFF_TASK_RUN_DELAY.load()
+}
+#[inline(always)]
+pub fn off_task_nvcsw() -> u32 {
+    OFF_TASK_NVCSW.load()
 }
 #[inline(always)]
 pub fn off_task_start_boottime() -> u32 {

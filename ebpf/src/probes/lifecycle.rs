@@ -19,7 +19,7 @@ use super::kernel::{
     off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
     off_task_signal, off_task_start_boottime, read, task_ids,
 };
-use super::sched::TASKS;
+use super::sched::{copy_counters, TASKS};
 use super::syscalls::SYSCALL_STARTS;
 
 /// Lifecycle and over-threshold events. Its size is set by the loader.
@@ -164,6 +164,10 @@ pub fn on_exit(ctx: *const u64) {
         let signal = read::<u64>(task, off_task_signal()).unwrap_or(0);
         read::<i32>(signal, off_signal_live()) == Some(0)
     };
+    // The counters as of the exit; the task's last switch-out refreshes them once more.
+    if let Some(sched) = TASKS.get_ptr_mut(pid) {
+        copy_counters(unsafe { &mut *sched }, task);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_loss(Loss::RingBufFull);
         return;

@@ -1,17 +1,20 @@
-//! Scheduling: per-task on-CPU time, run-queue wait (and its histogram), voluntary and
-//! involuntary switches; per-CPU busy time and idle periods.
+//! Scheduling: per task, the kernel's own on-CPU time, run-queue wait and switch counts (copied
+//! from the `task_struct` at each switch-out), and a histogram of run-queue waits measured here;
+//! per CPU, busy time, idle periods and the task running now.
 //!
-//! Run-queue wait follows the kernel's own `sched_info` (`/proc/<pid>/schedstat` field 2): a
-//! task starts waiting when it is woken or preempted, the first such time counts, and the wait
-//! ends when it is switched in.
+//! A run-queue wait starts when a task is woken or preempted (the first of these counts, as in
+//! the kernel's `sched_info`) and ends when it is switched in.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray};
 use taskscope_common::{log2_bucket, CpuStats, Loss, TaskSched};
 
-use super::kernel::{agent_tgid, arg, current_ids, get_or_init, task_ids};
+use super::kernel::{
+    agent_tgid, arg, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
+    off_task_sum_exec_runtime, read, task_ids,
+};
 
-/// Scheduler accumulators per task (tid). Entries of exited tasks are removed by the agent
-/// once it has read them.
+/// Scheduler figures per task (tid). Entries of exited tasks are removed by the agent once it
+/// has read them.
 #[map]
 pub static TASKS: HashMap<u32, TaskSched> = HashMap::with_max_entries(32768, 0);
 
@@ -19,10 +22,26 @@ pub static TASKS: HashMap<u32, TaskSched> = HashMap::with_max_entries(32768, 0);
 #[map]
 static CPUS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Copies the kernel's scheduler counters of `task` (a `task_struct *`) into its entry.
+#[inline(always)]
+pub fn copy_counters(entry: &mut TaskSched, task: u64) {
+    if let Some(ns) = read::<u64>(task, off_task_sum_exec_runtime()) {
+        entry.on_cpu_ns = ns;
+    }
+    if let Some(ns) = read::<u64>(task, off_task_run_delay()) {
+        entry.runq_wait_ns = ns;
+    }
+    if let Some([voluntary, involuntary]) = read::<[u64; 2]>(task, off_task_nvcsw()) {
+        entry.voluntary_switches = voluntary;
+        entry.involuntary_switches = involuntary;
+    }
+}
+
 /// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
 #[inline(always)]
 pub fn on_switch(ctx: *const u64) {
     let preempt = arg(ctx, 0) & 0xff != 0;
+    let prev = arg(ctx, 1);
     let next = arg(ctx, 2);
     let prev_state = arg(ctx, 3) as u32;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -31,40 +50,32 @@ pub fn on_switch(ctx: *const u64) {
     let Some((next_pid, next_tgid)) = task_ids(next) else {
         return;
     };
-    account_cpu(now, prev_pid, next_pid);
-
     let agent = agent_tgid();
+    let tracked_next = if next_tgid == agent { 0 } else { next_pid };
+    account_cpu(now, prev_pid, next_pid, tracked_next);
+
     if prev_pid != 0 && prev_tgid != agent {
-        if let Some(task) = get_or_init(&TASKS, &prev_pid, Loss::TasksMapFull) {
+        if let Some(entry) = get_or_init(&TASKS, &prev_pid, Loss::TasksMapFull) {
             // SAFETY: a map value of this task; only this task's switches write these fields.
-            let task = unsafe { &mut *task };
-            task.tgid = prev_tgid;
-            if task.running_since_ns != 0 {
-                task.on_cpu_ns += now.saturating_sub(task.running_since_ns);
-                task.running_since_ns = 0;
-            }
-            // The kernel counts a switch as voluntary when the task blocks: not preempted and
-            // not left in TASK_RUNNING. Otherwise it stays on the run queue: it waits from now.
-            if !preempt && prev_state != 0 {
-                task.voluntary_switches += 1;
-            } else {
-                task.involuntary_switches += 1;
-                if task.queued_since_ns == 0 {
-                    task.queued_since_ns = now;
-                }
+            let entry = unsafe { &mut *entry };
+            entry.tgid = prev_tgid;
+            // update_curr() and the switch count ran before the tracepoint: these are current.
+            copy_counters(entry, prev);
+            // Not blocking (preempted, or yielded): it waits on the run queue from now.
+            let runnable = preempt || prev_state == 0;
+            if runnable && entry.queued_since_ns == 0 {
+                entry.queued_since_ns = now;
             }
         }
     }
-    if next_pid != 0 && next_tgid != agent {
-        if let Some(task) = get_or_init(&TASKS, &next_pid, Loss::TasksMapFull) {
-            let task = unsafe { &mut *task };
-            task.tgid = next_tgid;
-            task.running_since_ns = now;
-            if task.queued_since_ns != 0 {
-                let wait = now.saturating_sub(task.queued_since_ns);
-                task.queued_since_ns = 0;
-                task.runq_wait_ns += wait;
-                if let Some(slot) = task.runq_hist.get_mut(log2_bucket(wait)) {
+    if tracked_next != 0 {
+        // A task never seen waiting has no wait to close: no entry is needed for it yet.
+        if let Some(entry) = TASKS.get_ptr_mut(next_pid) {
+            let entry = unsafe { &mut *entry };
+            if entry.queued_since_ns != 0 {
+                let wait = now.saturating_sub(entry.queued_since_ns);
+                entry.queued_since_ns = 0;
+                if let Some(slot) = entry.runq_hist.get_mut(log2_bucket(wait)) {
                     *slot += 1;
                 }
             }
@@ -82,23 +93,26 @@ pub fn on_wakeup(ctx: *const u64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(task) = get_or_init(&TASKS, &pid, Loss::TasksMapFull) {
-        let task = unsafe { &mut *task };
-        task.tgid = tgid;
-        if task.queued_since_ns == 0 {
-            task.queued_since_ns = now;
+    if let Some(entry) = get_or_init(&TASKS, &pid, Loss::TasksMapFull) {
+        let entry = unsafe { &mut *entry };
+        entry.tgid = tgid;
+        if entry.queued_since_ns == 0 {
+            entry.queued_since_ns = now;
         }
     }
 }
 
 /// Idle is pid 0 on every CPU: a switch from or to it closes a busy or an idle period.
+/// `tracked_next` is the task switched in, or 0 when it is not accounted (idle, the agent).
 #[inline(always)]
-fn account_cpu(now: u64, prev_pid: u32, next_pid: u32) {
+fn account_cpu(now: u64, prev_pid: u32, next_pid: u32, tracked_next: u32) {
     let Some(cpu) = CPUS.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's own slot.
     let cpu = unsafe { &mut *cpu };
+    cpu.current_pid = tracked_next;
+    cpu.current_since_ns = now;
     let prev_idle = prev_pid == 0;
     let next_idle = next_pid == 0;
     if prev_idle && !next_idle {
