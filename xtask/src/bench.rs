@@ -23,7 +23,7 @@ use serde_json::Value;
 #[derive(Args)]
 pub struct BenchArgs {
     /// hackbench loops (`hackbench -g 10 -l N`).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     hackbench_loops: u32,
     /// Bytes copied by `dd bs=1` (two syscalls per byte).
     #[arg(long, default_value_t = 1_000_000)]
@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Live threads for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     live_tasks: usize,
+    /// Rounds of (taskscope, runqlat, syscount); the summary gives medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// Run statistics of one BPF program.
@@ -306,93 +309,134 @@ pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
     result
 }
 
-fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
-    println!("== taskscope agent");
+/// Figures of one round: taskscope and the reference tools on the same workloads.
+struct Round {
+    agent_switch: f64,
+    runqlat_switch: f64,
+    agent_syscall: f64,
+    syscount_syscall: f64,
+    agent_cpu_share: f64,
+    agent_hwm_kib: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// ns per syscall for an enter and an exit program.
+fn per_syscall(enter: &ProgStats, exit: &ProgStats) -> f64 {
+    if enter.run_cnt == 0 {
+        0.0
+    } else {
+        (enter.run_time_ns + exit.run_time_ns) as f64 / enter.run_cnt as f64
+    }
+}
+
+fn round(args: &BenchArgs, agent_binary: &Path, verbose: bool) -> Result<Round> {
+    if verbose {
+        println!("== taskscope agent");
+    }
     let agent = Agent::start(agent_binary)?;
     let (hb, hb_wall, hb_cpu) = measure(agent.pid(), &agent.programs, || {
         hackbench(args.hackbench_loops)
     })?;
-    print_programs(
-        &format!(
-            "hackbench -g 10 -l {} ({:.2?})",
-            args.hackbench_loops, hb_wall
-        ),
-        &hb,
+    let (sc, sc_wall, _) = measure(agent.pid(), &agent.programs, || dd(args.dd_bytes))?;
+    if verbose {
+        let title = format!(
+            "hackbench -g 10 -l {} ({hb_wall:.2?})",
+            args.hackbench_loops
+        );
+        print_programs(&title, &hb);
+        print_programs(
+            &format!("dd bs=1 count={} ({sc_wall:.2?})", args.dd_bytes),
+            &sc,
+        );
+    }
+    let agent_switch = ns_per_run(&sum(&hb, &["ts_switch_btf", "ts_switch_raw"]));
+    let agent_syscall = per_syscall(
+        &sum(&sc, &["ts_sys_enter_btf", "ts_sys_enter_raw"]),
+        &sum(&sc, &["ts_sys_exit_btf", "ts_sys_exit_raw"]),
     );
-    let (sc, sc_wall, sc_cpu) = measure(agent.pid(), &agent.programs, || dd(args.dd_bytes))?;
-    print_programs(
-        &format!("dd bs=1 count={} ({:.2?})", args.dd_bytes, sc_wall),
-        &sc,
-    );
-    let agent_switch = sum(&hb, &["ts_switch_btf", "ts_switch_raw"]);
-    let agent_enter = sum(&sc, &["ts_sys_enter_btf", "ts_sys_enter_raw"]);
-    let agent_exit = sum(&sc, &["ts_sys_exit_btf", "ts_sys_exit_raw"]);
-    let agent_hwm = status_kib(agent.pid(), "VmHWM");
+    let agent_hwm_kib = status_kib(agent.pid(), "VmHWM");
     drop(agent);
 
-    println!("== libbpf-tools runqlat (same hackbench)");
     let (runqlat, programs) = start_tool(&["runqlat", "3600", "1"])?;
     let (rq, rq_wall, _) = measure(runqlat.id(), &programs, || hackbench(args.hackbench_loops))?;
-    print_programs(&format!("hackbench ({rq_wall:.2?})"), &rq);
     stop(runqlat);
-    let runqlat_switch = sum(&rq, &["handle_sched_switch", "sched_switch"]);
+    if verbose {
+        println!("== libbpf-tools runqlat (same hackbench)");
+        print_programs(&format!("hackbench ({rq_wall:.2?})"), &rq);
+    }
 
-    println!("== libbpf-tools syscount -L (same dd; it counts and times syscalls, like taskscope)");
     // syscount attaches classic tracepoints, which need tracefs.
     let mounted_tracefs = mount_tracefs()?;
     let started = start_tool(&["syscount", "-L", "-i", "3600"]);
     if mounted_tracefs {
-        // Keep it mounted only while syscount needs it: attached links survive the unmount.
+        // Mounted only while syscount attaches: attached links survive the unmount.
         let _ = Command::new("umount").arg(TRACEFS).status();
     }
     let (syscount, programs) = started?;
     let (sy, sy_wall, _) = measure(syscount.id(), &programs, || dd(args.dd_bytes))?;
-    print_programs(&format!("dd ({sy_wall:.2?})"), &sy);
     stop(syscount);
-    let syscount_total: ProgStats = sy.values().fold(ProgStats::default(), |a, s| ProgStats {
-        run_cnt: a.run_cnt + s.run_cnt,
-        run_time_ns: a.run_time_ns + s.run_time_ns,
-    });
+    if verbose {
+        println!("== libbpf-tools syscount -L (same dd; it counts and times syscalls too)");
+        print_programs(&format!("dd ({sy_wall:.2?})"), &sy);
+    }
+    Ok(Round {
+        agent_switch,
+        runqlat_switch: ns_per_run(&sum(&rq, &["handle_sched_switch", "sched_switch"])),
+        agent_syscall,
+        syscount_syscall: per_syscall(&sum(&sy, &["sys_enter"]), &sum(&sy, &["sys_exit"])),
+        agent_cpu_share: 100.0 * hb_cpu / hb_wall.as_secs_f64(),
+        agent_hwm_kib,
+    })
+}
+
+fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
+    // This machine is shared and noisy: rounds alternate taskscope and the reference tools,
+    // and the summary compares medians.
+    let mut rounds = Vec::new();
+    for i in 0..args.rounds {
+        let r = round(args, agent_binary, i == 0)?;
+        println!(
+            "round {}: switch taskscope {:.1} / runqlat {:.1} ns/run; syscall taskscope {:.1} / syscount {:.1} ns; agent CPU {:.2}% of a core",
+            i + 1,
+            r.agent_switch,
+            r.runqlat_switch,
+            r.agent_syscall,
+            r.syscount_syscall,
+            r.agent_cpu_share
+        );
+        rounds.push(r);
+    }
 
     println!("== agent memory with {} live tasks", args.live_tasks);
     let (live_hwm, live_rss, seen) = live_tasks_rss(agent_binary, args.live_tasks)?;
 
-    let per_syscall = if agent_enter.run_cnt == 0 {
-        0.0
-    } else {
-        (agent_enter.run_time_ns + agent_exit.run_time_ns) as f64 / agent_enter.run_cnt as f64
-    };
-    let syscount_per_syscall = if syscount_total.run_cnt == 0 {
-        0.0
-    } else {
-        // syscount runs two programs (enter and exit) per syscall.
-        2.0 * syscount_total.run_time_ns as f64 / syscount_total.run_cnt as f64
-    };
+    let med = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let (switch, runqlat) = (med(|r| r.agent_switch), med(|r| r.runqlat_switch));
+    let (syscall, syscount) = (med(|r| r.agent_syscall), med(|r| r.syscount_syscall));
     println!();
-    println!("== summary (target in brackets)");
     println!(
-        "context switch: taskscope {:.1} ns/run, runqlat {:.1} ns/run [<= 150 and below runqlat]",
-        ns_per_run(&agent_switch),
-        ns_per_run(&runqlat_switch)
+        "== summary: medians of {} rounds (target in brackets)",
+        rounds.len()
     );
     println!(
-        "syscall enter+exit: taskscope {per_syscall:.1} ns/syscall, syscount {syscount_per_syscall:.1} ns/syscall [<= 120]"
+        "context switch: taskscope {switch:.1} ns/run, runqlat {runqlat:.1} ns/run, ratio {:.2} [<= 150 and below runqlat]",
+        switch / runqlat
     );
     println!(
-        "agent CPU during hackbench: {:.3} s over {:.2?} = {:.2}% of one core [<= 2%]",
-        hb_cpu,
-        hb_wall,
-        100.0 * hb_cpu / hb_wall.as_secs_f64()
+        "syscall enter+exit: taskscope {syscall:.1} ns/syscall, syscount -L {syscount:.1} ns/syscall, ratio {:.2} [<= 120]",
+        syscall / syscount
     );
     println!(
-        "agent CPU during dd: {:.3} s over {:.2?} = {:.2}% of one core",
-        sc_cpu,
-        sc_wall,
-        100.0 * sc_cpu / sc_wall.as_secs_f64()
+        "agent CPU during hackbench: {:.2}% of one core [<= 2%]",
+        med(|r| r.agent_cpu_share)
     );
     println!(
-        "agent peak RSS over both workloads: {:.1} MiB",
-        agent_hwm as f64 / 1024.0
+        "agent peak RSS over the workloads: {:.1} MiB",
+        med(|r| r.agent_hwm_kib as f64) / 1024.0
     );
     println!(
         "agent with {seen} live tasks in its model: RSS {:.1} MiB, peak {:.1} MiB [<= 64 MiB]",

@@ -187,9 +187,31 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
+/// Reads a `T` at `base + offset` of kernel memory, choosing how: a direct load where `base`
+/// is a BTF-typed pointer (tp_btf arguments; the verifier checks the field and the JIT makes
+/// the load fault-safe, no helper call), `bpf_probe_read_kernel` otherwise (raw_tp).
+#[inline(always)]
+pub fn read_field<const DIRECT: bool, T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if DIRECT {
+        // SAFETY: the verifier only accepts this load at a valid field of the BTF type of
+        // `base`, and the JIT turns a faulting address into a zero read.
+        Some(unsafe {
+            core::ptr::read_volatile((base as *const u8).add(offset as usize) as *const T)
+        })
+    } else {
+        read(base, offset)
+    }
+}
+
 /// (pid, tgid) of a `task_struct`; `pid` and `tgid` are adjacent (checked by the loader).
 #[inline(always)]
-pub fn task_ids(task: u64) -> Option<(u32, u32)> {
+pub fn task_ids<const DIRECT: bool>(task: u64) -> Option<(u32, u32)> {
+    if DIRECT {
+        // Two loads: the verifier accepts a direct load only within one field.
+        let pid = read_field::<true, u32>(task, off_task_pid())?;
+        let tgid = read_field::<true, u32>(task, off_task_pid() + 4)?;
+        return Some((pid, tgid));
+    }
     let ids: u64 = read(task, off_task_pid())?;
     Some((ids as u32, (ids >> 32) as u32))
 }

@@ -71,7 +71,7 @@ pub fn on_fork(ctx: *const u64) {
         return;
     }
     let child = arg(ctx, 1);
-    let Some((pid, tgid)) = task_ids(child) else {
+    let Some((pid, tgid)) = task_ids::<false>(child) else {
         return;
     };
     // A reused tid starts from zero, whatever the agent has not cleaned up yet.
@@ -166,7 +166,7 @@ pub fn on_exit(ctx: *const u64) {
     };
     // The counters as of the exit; the task's last switch-out refreshes them once more.
     if let Some(sched) = TASKS.get_ptr_mut(pid) {
-        copy_counters(unsafe { &mut *sched }, task);
+        copy_counters::<false>(unsafe { &mut *sched }, task);
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_loss(Loss::RingBufFull);

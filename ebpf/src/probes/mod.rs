@@ -8,19 +8,24 @@ pub mod syscalls;
 
 /// Entry points: a `tp_btf` and a `raw_tp` program per hook, sharing one handler.
 macro_rules! hook {
-    ($tp:literal, $btf_name:ident, $raw_name:ident, $handler:path) => {
+    // A handler that reads task fields directly under tp_btf (`::<true>`) and through
+    // bpf_probe_read_kernel under raw_tp (`::<false>`).
+    ($tp:literal, $btf_name:ident, $raw_name:ident, $btf_handler:expr, $raw_handler:expr) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $btf_name(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
-            $handler(aya_ebpf::EbpfContext::as_ptr(&ctx) as *const u64);
+            $btf_handler(aya_ebpf::EbpfContext::as_ptr(&ctx) as *const u64);
             0
         }
 
         #[aya_ebpf::macros::raw_tracepoint(tracepoint = $tp)]
         pub fn $raw_name(ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
             // bpf_raw_tracepoint_args is `__u64 args[0]`: the same layout as tp_btf's context.
-            $handler(aya_ebpf::EbpfContext::as_ptr(&ctx) as *const u64);
+            $raw_handler(aya_ebpf::EbpfContext::as_ptr(&ctx) as *const u64);
             0
         }
+    };
+    ($tp:literal, $btf_name:ident, $raw_name:ident, $handler:path) => {
+        hook!($tp, $btf_name, $raw_name, $handler, $handler);
     };
 }
 
@@ -28,19 +33,22 @@ hook!(
     "sched_switch",
     ts_switch_btf,
     ts_switch_raw,
-    sched::on_switch
+    sched::on_switch::<true>,
+    sched::on_switch::<false>
 );
 hook!(
     "sched_wakeup",
     ts_wakeup_btf,
     ts_wakeup_raw,
-    sched::on_wakeup
+    sched::on_wakeup::<true>,
+    sched::on_wakeup::<false>
 );
 hook!(
     "sched_wakeup_new",
     ts_wakeup_new_btf,
     ts_wakeup_new_raw,
-    sched::on_wakeup
+    sched::on_wakeup::<true>,
+    sched::on_wakeup::<false>
 );
 hook!(
     "sched_process_fork",

@@ -10,7 +10,7 @@ use taskscope_common::{log2_bucket, CpuStats, Loss, TaskSched};
 
 use super::kernel::{
     agent_tgid, arg, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
-    off_task_sum_exec_runtime, read, task_ids,
+    off_task_sum_exec_runtime, read_field, task_ids,
 };
 
 /// Scheduler figures per task (tid). Entries of exited tasks are removed by the agent once it
@@ -24,22 +24,24 @@ static CPUS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies the kernel's scheduler counters of `task` (a `task_struct *`) into its entry.
 #[inline(always)]
-pub fn copy_counters(entry: &mut TaskSched, task: u64) {
-    if let Some(ns) = read::<u64>(task, off_task_sum_exec_runtime()) {
+pub fn copy_counters<const DIRECT: bool>(entry: &mut TaskSched, task: u64) {
+    if let Some(ns) = read_field::<DIRECT, u64>(task, off_task_sum_exec_runtime()) {
         entry.on_cpu_ns = ns;
     }
-    if let Some(ns) = read::<u64>(task, off_task_run_delay()) {
+    if let Some(ns) = read_field::<DIRECT, u64>(task, off_task_run_delay()) {
         entry.runq_wait_ns = ns;
     }
-    if let Some([voluntary, involuntary]) = read::<[u64; 2]>(task, off_task_nvcsw()) {
+    if let Some(voluntary) = read_field::<DIRECT, u64>(task, off_task_nvcsw()) {
         entry.voluntary_switches = voluntary;
+    }
+    if let Some(involuntary) = read_field::<DIRECT, u64>(task, off_task_nvcsw() + 8) {
         entry.involuntary_switches = involuntary;
     }
 }
 
 /// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
 #[inline(always)]
-pub fn on_switch(ctx: *const u64) {
+pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
     let preempt = arg(ctx, 0) & 0xff != 0;
     let prev = arg(ctx, 1);
     let next = arg(ctx, 2);
@@ -47,7 +49,7 @@ pub fn on_switch(ctx: *const u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     // The tracepoint runs in prev's context, so prev's ids cost nothing.
     let (prev_pid, prev_tgid) = current_ids();
-    let Some((next_pid, next_tgid)) = task_ids(next) else {
+    let Some((next_pid, next_tgid)) = task_ids::<DIRECT>(next) else {
         return;
     };
     let agent = agent_tgid();
@@ -60,7 +62,7 @@ pub fn on_switch(ctx: *const u64) {
             let entry = unsafe { &mut *entry };
             entry.tgid = prev_tgid;
             // update_curr() and the switch count ran before the tracepoint: these are current.
-            copy_counters(entry, prev);
+            copy_counters::<DIRECT>(entry, prev);
             // Not blocking (preempted, or yielded): it waits on the run queue from now.
             let runnable = preempt || prev_state == 0;
             if runnable && entry.queued_since_ns == 0 {
@@ -85,8 +87,8 @@ pub fn on_switch(ctx: *const u64) {
 
 /// `sched_wakeup(task_struct *p)` and `sched_wakeup_new(task_struct *p)`: p becomes runnable.
 #[inline(always)]
-pub fn on_wakeup(ctx: *const u64) {
-    let Some((pid, tgid)) = task_ids(arg(ctx, 0)) else {
+pub fn on_wakeup<const DIRECT: bool>(ctx: *const u64) {
+    let Some((pid, tgid)) = task_ids::<DIRECT>(arg(ctx, 0)) else {
         return;
     };
     if pid == 0 || tgid == agent_tgid() {
