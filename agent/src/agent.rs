@@ -36,6 +36,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the collector stopped (see the log line before this one); exiting")]
+    CollectorStopped,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -103,7 +105,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
+    let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
 
     let mut server_shutdown = shutdown_rx;
     let server = axum::serve(
@@ -118,17 +120,30 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let server = tokio::spawn(async move { server.await });
     info!(listen = %args.listen, "taskscope is running");
 
-    let signal_name = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let stopped_early = tokio::select! {
+        _ = sigterm.recv() => {
+            info!(signal = "SIGTERM", "shutting down");
+            false
+        }
+        _ = sigint.recv() => {
+            info!(signal = "SIGINT", "shutting down");
+            false
+        }
+        // The collector stops on its own only when it cannot go on (its reason is logged):
+        // an agent that no longer collects must not look healthy.
+        _ = &mut collector => true,
     };
-    info!(signal = signal_name, "shutting down");
     let _ = shutdown_tx.send(true);
-    // The collector owns the programs: when it returns, they are detached and unloaded.
-    let _ = collector.await;
+    if !stopped_early {
+        // The collector owns the programs: when it returns, they are detached and unloaded.
+        let _ = collector.await;
+    }
     if let Ok(Err(err)) = server.await {
         return Err(RunError::Serve(err));
     }
     info!("stopped; nothing is left attached");
+    if stopped_early {
+        return Err(RunError::CollectorStopped);
+    }
     Ok(())
 }
