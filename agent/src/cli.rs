@@ -119,6 +119,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("'{text}' has no unit: write e.g. 500ms, 2s or 5m"))?;
     let (number, unit) = text.split_at(split);
+    let unit = unit.trim_start();
     let value: u64 = number
         .parse()
         .map_err(|_| format!("'{text}' does not start with a whole number: write e.g. 500ms"))?;

@@ -247,22 +247,14 @@ pub fn schedstat(pid: u32) -> (u64, u64, u64) {
     (f[0], f[1], f[2])
 }
 
-/// A numeric field of `/proc/<pid>/status` (e.g. `voluntary_ctxt_switches`).
-pub fn status_field(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+/// A numeric field of a `/proc/<pid>/<file>` made of `name: value` lines, such as `status`
+/// (`voluntary_ctxt_switches`) or `io` (`write_bytes`).
+pub fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).expect(file);
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// A field of `/proc/<pid>/io` (e.g. `write_bytes`).
-pub fn io_field(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("io");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/io"))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/{file}"))
 }
 
 /// Asserts `measured` is within `tolerance` (a fraction) of `truth`, printing both.

@@ -2,8 +2,7 @@
 //! with the real programs loaded into the running kernel. Run as root (`cargo xtask test`).
 
 use taskscope_e2e::{
-    assert_close, assert_count_close, io_field, monotonic_ns, schedstat, status_field, Agent,
-    Workload,
+    assert_close, assert_count_close, monotonic_ns, proc_field, schedstat, Agent, Workload,
 };
 
 #[test]
@@ -38,8 +37,8 @@ fn runqueue_wait_and_switches_of_competing_processes_match_the_kernel() {
         .map(|c| {
             (
                 schedstat(c.pid()),
-                status_field(c.pid(), "voluntary_ctxt_switches"),
-                status_field(c.pid(), "nonvoluntary_ctxt_switches"),
+                proc_field(c.pid(), "status", "voluntary_ctxt_switches"),
+                proc_field(c.pid(), "status", "nonvoluntary_ctxt_switches"),
             )
         })
         .collect();
@@ -176,7 +175,7 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         path.to_str().expect("path"),
         &bytes.to_string(),
     ]);
-    let proc_write_bytes = io_field(child.pid(), "write_bytes");
+    let proc_write_bytes = proc_field(child.pid(), "io", "write_bytes");
     let process = agent.process_after(child.pid(), monotonic_ns());
     let (_, sectors_after) = diskstats(&device);
     let node_after = wait_fresh_node(&agent);
