@@ -302,6 +302,16 @@ impl Collector {
             reason: "max_live_reached",
             count: self.model.counters.processes_dropped,
         });
+        lost.extend(
+            self.probes
+                .recursion_misses()
+                .into_iter()
+                .map(|(program, count)| LossView {
+                    source: program,
+                    reason: "recursion_miss",
+                    count,
+                }),
+        );
         StatusResponse {
             agent_pid: self.agent_pid,
             hooks: self.probes.hooks.clone(),

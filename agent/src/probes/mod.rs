@@ -7,7 +7,7 @@
 pub mod btf;
 pub mod offsets;
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, os::fd::AsFd, path::PathBuf};
 
 use aya::{
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
@@ -159,6 +159,10 @@ pub const HOOKS: &[Hook] = &[
 pub struct HookStatus {
     pub tracepoint: &'static str,
     pub group: ProbeGroup,
+    #[serde(skip)]
+    pub btf_program: &'static str,
+    #[serde(skip)]
+    pub raw_program: &'static str,
     /// The attach type used, or `None` when the hook is not attached.
     pub attach_type: Option<AttachType>,
     /// Why the cheaper type (or every type) failed, if it did.
@@ -287,6 +291,59 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// Per attached program, how many times the kernel skipped it because it was already
+    /// running on that CPU (`recursion_misses`): events it never saw.
+    pub fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
+        self.hooks
+            .iter()
+            .filter_map(|hook| {
+                let name = match hook.attach_type? {
+                    AttachType::TpBtf => hook.btf_program,
+                    AttachType::RawTp => hook.raw_program,
+                };
+                let fd = self.ebpf.program(name)?.fd().ok()?;
+                Some((name, prog_recursion_misses(fd.as_fd()).ok()?))
+            })
+            .collect()
+    }
+}
+
+/// `recursion_misses` of a loaded program, from `BPF_OBJ_GET_INFO_BY_FD`. aya does not expose
+/// this field; `struct bpf_prog_info` is UAPI (append-only), so its offset is stable.
+fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const RECURSION_MISSES_AT: usize = 208;
+    let mut info = [0u8; RECURSION_MISSES_AT + 8];
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr and the info buffer outlive the call; the kernel writes at most info_len.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut misses = [0u8; 8];
+    misses.copy_from_slice(&info[RECURSION_MISSES_AT..]);
+    Ok(u64::from_ne_bytes(misses))
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
@@ -313,6 +370,8 @@ fn attach(
                 return Ok(HookStatus {
                     tracepoint: hook.tracepoint,
                     group: hook.group,
+                    btf_program: hook.btf_program,
+                    raw_program: hook.raw_program,
                     attach_type: Some(AttachType::TpBtf),
                     errors,
                 })
@@ -343,6 +402,8 @@ fn attach(
     Ok(HookStatus {
         tracepoint: hook.tracepoint,
         group: hook.group,
+        btf_program: hook.btf_program,
+        raw_program: hook.raw_program,
         attach_type,
         errors,
     })
