@@ -257,3 +257,49 @@ fn a_full_ring_buffer_is_counted_not_silent() {
         "received {received} + lost {lost} < 900 made"
     );
 }
+
+#[test]
+fn cgroup_and_uid_come_from_the_exec() {
+    use std::os::unix::fs::MetadataExt;
+    let agent = Agent::start(&[]);
+    let root = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("a cgroup v2 mount");
+    let name = format!("taskscope-e2e-{}", std::process::id());
+    let dir = std::path::Path::new(&root).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    let id = std::fs::metadata(&dir).expect("cgroup").ino();
+    // Join the cgroup, drop to nobody, then exec the workload: the exec carries both.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec setpriv --reuid=65534 --regid=65534 --clear-groups {} sleep 30000",
+        dir.display(),
+        workload_binary().display()
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let pid = child.id();
+    let process = wait_for("the exec into the cgroup", Duration::from_secs(20), || {
+        let p = agent.process_after(pid, monotonic_ns());
+        (p["comm"] == "workload").then_some(p)
+    });
+    println!(
+        "pid {pid}: cgroup {} uid {}",
+        process["cgroup"], process["uid"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(process["cgroup"]["path"], format!("/{name}"));
+    assert_eq!(process["cgroup"]["id"].as_u64(), Some(id));
+    assert_eq!(process["uid"].as_u64(), Some(65534));
+}
