@@ -12,6 +12,7 @@ use crate::{
     check::{effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
     collector::{Collector, CollectorConfig},
+    exporters::prometheus::ExpositionConfig,
     model::{ModelConfig, TaskModel},
     probes::{LoadOptions, Probes},
     procfs::{cgroup2_mount, CgroupResolver},
@@ -101,6 +102,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             poll_interval: args.poll_interval,
             max_staleness: args.max_staleness,
             drain_interval: args.drain_interval,
+            series_ttl: args.series_ttl,
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
@@ -112,6 +114,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         listener,
         api::router(ApiState {
             queries: queries_tx,
+            exposition: Default::default(),
+            exposition_config: ExpositionConfig {
+                max_series: args.max_series,
+                top_syscalls: args.top_syscalls,
+            },
         }),
     )
     .with_graceful_shutdown(async move {

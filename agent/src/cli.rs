@@ -74,6 +74,19 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_exited: usize,
 
+    /// At most this many workload series per /metrics scrape; what is cut is counted in
+    /// taskscope_series_dropped_total.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_series: usize,
+
+    /// Syscalls exported by name per workload (the busiest); the rest as syscall="other".
+    #[arg(long, default_value_t = 10)]
+    pub top_syscalls: usize,
+
+    /// Workloads without live processes stay in /metrics this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub series_ttl: Duration,
+
     /// Attach types to use.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,

@@ -1,7 +1,7 @@
 //! taskscope: a zero-instrumentation observability agent for Linux nodes.
 //!
 //! Data flows one way: [`probes`] (kernel programs) → [`collector`] (ring buffer reader and map
-//! poller) → [`model`] (the task model, one owner) → [`api`] (HTTP JSON API). [`procfs`] supplies
+//! poller) → [`model`] (the task model, one owner) → [`exporters`] and [`api`] (HTTP: JSON and /metrics). [`procfs`] supplies
 //! metadata the kernel programs do not carry.
 
 pub mod agent;
@@ -9,6 +9,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod collector;
+pub mod exporters;
 pub mod model;
 pub mod probes;
 pub mod procfs;

@@ -2,9 +2,11 @@
 //!
 //! Handlers never touch the model: they send a [`Query`] to the collector and serve its answer.
 
+use std::sync::{Arc, Mutex};
+
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -12,12 +14,18 @@ use axum::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::collector::Query;
+use crate::{
+    collector::Query,
+    exporters::prometheus::{Exposition, ExpositionConfig},
+};
 
 /// Handle on the collector for request handlers.
 #[derive(Clone)]
 pub struct ApiState {
     pub queries: mpsc::Sender<Query>,
+    /// Prometheus exposition state (kept across scrapes) and settings.
+    pub exposition: Arc<Mutex<Exposition>>,
+    pub exposition_config: ExpositionConfig,
 }
 
 /// Builds the router.
@@ -27,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -105,9 +114,35 @@ async fn status(State(state): State<ApiState>) -> Response {
     answer(&state, Query::Status).await
 }
 
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let snapshot = match ask(&state, Query::Metrics).await {
+        Ok(snapshot) => snapshot,
+        Err(response) => return response,
+    };
+    // Encoding happens here, off the collector: a scrape does not hold up collection.
+    let config = state.exposition_config;
+    let exposition = Arc::clone(&state.exposition);
+    let encoded = tokio::task::spawn_blocking(move || {
+        exposition
+            .lock()
+            .map(|mut e| e.encode(snapshot, config))
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        encoded,
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status",
+        "no such endpoint; see /metrics, /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status",
     )
 }

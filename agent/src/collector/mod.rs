@@ -26,6 +26,7 @@ use self::{
     poller::{Forget, KernelMaps},
 };
 use crate::{
+    exporters::prometheus::MetricsSnapshot,
     model::{
         view::{Clocks, NodeView, ProcessView},
         ModelCounters, TaskModel,
@@ -43,6 +44,8 @@ pub enum Query {
     Node(oneshot::Sender<NodeResponse>),
     /// Attach state, losses and counters.
     Status(oneshot::Sender<StatusResponse>),
+    /// Everything /metrics exposes.
+    Metrics(oneshot::Sender<MetricsSnapshot>),
 }
 
 /// Answer to a node query.
@@ -94,6 +97,8 @@ pub struct CollectorConfig {
     /// How often the ring buffer is drained when the kernel has not woken the reader (it
     /// wakes it only when an eighth of the ring is pending).
     pub drain_interval: Duration,
+    /// Workloads without live processes stay in /metrics this long.
+    pub series_ttl: Duration,
 }
 
 /// Owner of the maps, the ring buffer and the model.
@@ -251,6 +256,15 @@ impl Collector {
             }
             Query::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Query::Metrics(reply) => {
+                self.refresh_if_stale();
+                let status = self.status();
+                let _ = reply.send(MetricsSnapshot {
+                    workloads: self.model.workload_totals(self.config.series_ttl),
+                    events: status.events,
+                    lost: status.lost,
+                });
             }
         }
     }

@@ -6,9 +6,11 @@
 //! up into their process: its totals are the sum of its live threads' current values and the
 //! final values of its exited threads.
 
+pub mod aggregate;
 pub mod errno;
 pub mod exit;
 pub mod view;
+pub mod workload;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -23,12 +25,16 @@ use taskscope_common::{
 use crate::{
     collector::{
         events::{c_string, Event, Exec},
-        poller::{Forget, KernelSnapshot},
+        poller::{clock_ns, Forget, KernelSnapshot},
     },
     procfs::{self, CgroupResolver, NS_PER_TICK},
 };
 
 pub use self::exit::ExitStatus;
+use self::{
+    aggregate::{WorkloadLedger, WorkloadTotals},
+    workload::Workload,
+};
 
 /// Limits of the task model.
 #[derive(Debug, Clone)]
@@ -77,6 +83,17 @@ impl Default for SchedTotals {
 }
 
 impl SchedTotals {
+    /// Adds another total.
+    pub fn add_totals(&mut self, other: &SchedTotals) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        self.runq_wait_ns += other.runq_wait_ns;
+        self.voluntary_switches += other.voluntary_switches;
+        self.involuntary_switches += other.involuntary_switches;
+        for (total, count) in self.runq_hist.iter_mut().zip(&other.runq_hist) {
+            *total += count;
+        }
+    }
+
     /// Adds one thread's figures.
     pub fn add(&mut self, task: &TaskSched) {
         let TaskSched {
@@ -247,6 +264,8 @@ pub struct TaskModel {
     pub kernel_losses: [u64; LOSS_KINDS as usize],
     /// CLOCK_MONOTONIC of the latest kernel read.
     pub collected_at_ns: u64,
+    /// What retired processes left to their workloads.
+    workloads: WorkloadLedger,
 }
 
 /// Polls after an exit before a thread's or process's final values are read: one poll may
@@ -270,6 +289,7 @@ impl TaskModel {
             device_io: Vec::new(),
             kernel_losses: [0; LOSS_KINDS as usize],
             collected_at_ns: 0,
+            workloads: WorkloadLedger::default(),
         }
     }
 
@@ -353,6 +373,9 @@ impl TaskModel {
             self.counters.processes_lost += 1;
         }
         self.counters.processes_exited += 1;
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let boot_minus_mono = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(now);
+        self.workloads.retire(&process, now, boot_minus_mono);
         process.exited_at = Some(Instant::now());
         self.exited.push_back(process);
         while self.exited.len() > self.config.max_exited {
@@ -575,6 +598,15 @@ impl TaskModel {
             .into_iter()
             .chain(self.exited.iter().rev().filter(|p| p.pid == pid))
             .collect()
+    }
+
+    /// Totals per workload (retired processes and live ones); workloads without live processes
+    /// for `ttl` are dropped.
+    pub fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
+        self.workloads
+            .totals(self.live.values(), now, &self.running, ttl_ns)
     }
 
     pub fn live_count(&self) -> usize {

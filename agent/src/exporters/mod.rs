@@ -1,0 +1,3 @@
+//! Exporters: they read snapshots the collector builds and never touch the kernel or the model.
+
+pub mod prometheus;

@@ -1,0 +1,544 @@
+//! Prometheus exposition of the task model (metric reference: docs/metrics.md).
+//!
+//! The collector hands over a [`MetricsSnapshot`] (plain data, built at scrape time from the
+//! model and a fresh read of the kernel maps); this module turns it into OpenMetrics text with
+//! the official client (`prometheus-client`), keeping the number of workload series under a cap.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use taskscope_common::{SyscallStats, HIST_BUCKETS};
+
+use crate::{
+    collector::LossView,
+    model::{
+        aggregate::WorkloadTotals, errno::errno_name, view::block_op_name, workload::Workload,
+    },
+    syscall_names::syscall_name,
+};
+
+/// What one scrape exposes.
+#[derive(Debug, Default)]
+pub struct MetricsSnapshot {
+    pub workloads: Vec<(Workload, WorkloadTotals)>,
+    /// Ring-buffer events received, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+    pub lost: Vec<LossView>,
+}
+
+/// Exposition settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpositionConfig {
+    /// At most this many workload series per scrape; the rest is cut and counted.
+    pub max_series: usize,
+    /// Syscalls exported by name per workload (the busiest); the rest are `syscall="other"`.
+    pub top_syscalls: usize,
+}
+
+/// Upper bounds (ns) of exported histogram buckets: every second log2 bucket from 1 µs
+/// (2^10 ns) to ~17 s (2^34 ns), then +Inf. Exact: each bound is a log2 bucket boundary.
+const EXPORTED_BOUNDS_LOG2: [usize; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34];
+
+/// Folds a kernel log2 histogram (bucket `j` counts values below 2^j) into exported buckets
+/// of seconds, per-bucket counts (the encoder makes them cumulative).
+pub fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = EXPORTED_BOUNDS_LOG2
+        .iter()
+        .map(|&i| ((1u64 << i) as f64 / 1e9, 0))
+        .collect();
+    out.push((f64::INFINITY, 0));
+    for (j, &count) in hist.iter().enumerate() {
+        // Values in bucket j are below 2^j ns: the first bound >= 2^j holds them all.
+        let slot = EXPORTED_BOUNDS_LOG2
+            .iter()
+            .position(|&i| j <= i && j + 1 < HIST_BUCKETS)
+            .unwrap_or(EXPORTED_BOUNDS_LOG2.len());
+        out[slot].1 += count;
+    }
+    out
+}
+
+const WORKLOAD_LABELS: [&str; 5] = ["namespace", "pod", "container", "container_id", "cgroup"];
+
+fn workload_labels(w: &Workload) -> Vec<(&'static str, String)> {
+    // Without the Kubernetes API, the pod is known by its UID and containers by their id.
+    let values = [
+        String::new(),
+        w.pod_uid.clone().unwrap_or_default(),
+        String::new(),
+        w.container_id.clone().unwrap_or_default(),
+        w.cgroup.clone(),
+    ];
+    WORKLOAD_LABELS.iter().copied().zip(values).collect()
+}
+
+fn with(
+    base: &[(&'static str, String)],
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    base.iter().chain(extra).cloned().collect()
+}
+
+/// The busiest `k` syscalls by name, then the rest folded into `other`.
+fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<(String, SyscallStats, Vec<(u32, u64)>)> {
+    let mut by_count: Vec<(&u32, &SyscallStats)> = totals.syscalls.iter().collect();
+    by_count.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    let errnos_of = |nr: u32| -> Vec<(u32, u64)> {
+        totals
+            .errnos
+            .range((nr, 0)..=(nr, u32::MAX))
+            .map(|(&(_, errno), &count)| (errno, count))
+            .collect()
+    };
+    let mut out: Vec<(String, SyscallStats, Vec<(u32, u64)>)> = Vec::new();
+    let mut other: Option<(SyscallStats, BTreeMap<u32, u64>)> = None;
+    for (index, (&nr, stats)) in by_count.into_iter().enumerate() {
+        if index < k {
+            let name = syscall_name(nr).map_or_else(|| format!("syscall_{nr}"), str::to_string);
+            out.push((name, *stats, errnos_of(nr)));
+            continue;
+        }
+        let (sum, errnos) = other.get_or_insert_with(|| {
+            (
+                SyscallStats {
+                    count: 0,
+                    errors: 0,
+                    total_ns: 0,
+                    latency_hist: [0; HIST_BUCKETS],
+                },
+                BTreeMap::new(),
+            )
+        });
+        sum.count += stats.count;
+        sum.errors += stats.errors;
+        sum.total_ns += stats.total_ns;
+        for (a, b) in sum.latency_hist.iter_mut().zip(&stats.latency_hist) {
+            *a += b;
+        }
+        for (errno, count) in errnos_of(nr) {
+            *errnos.entry(errno).or_default() += count;
+        }
+    }
+    if let Some((sum, errnos)) = other {
+        out.push(("other".to_string(), sum, errnos.into_iter().collect()));
+    }
+    out
+}
+
+/// Series one workload contributes (for the cap and `taskscope_series`), per family.
+fn series_of(
+    totals: &WorkloadTotals,
+    syscalls: &[(String, SyscallStats, Vec<(u32, u64)>)],
+) -> [(&'static str, usize); 9] {
+    let histogram = EXPORTED_BOUNDS_LOG2.len() + 3; // buckets, +Inf, _sum, _count
+    [
+        ("taskscope_cpu_seconds", 1),
+        ("taskscope_context_switches", 2),
+        ("taskscope_runqueue_latency_seconds", histogram),
+        ("taskscope_syscalls", syscalls.len()),
+        (
+            "taskscope_syscall_errors",
+            syscalls.iter().map(|s| s.2.len()).sum(),
+        ),
+        (
+            "taskscope_syscall_latency_seconds",
+            syscalls.len() * histogram,
+        ),
+        ("taskscope_block_io", totals.io.len() * 2),
+        ("taskscope_tasks", 1 + 3 + 1),
+        ("taskscope_task_duration_seconds", histogram),
+    ]
+}
+
+/// One scrape's worth of metrics, encoded by [`Collector::encode`].
+#[derive(Debug)]
+struct Scrape {
+    /// Workloads kept under the cap, with their top syscalls.
+    kept: Vec<(
+        Vec<(&'static str, String)>,
+        WorkloadTotals,
+        Vec<(String, SyscallStats, Vec<(u32, u64)>)>,
+    )>,
+    series: BTreeMap<&'static str, usize>,
+    events: BTreeMap<&'static str, u64>,
+    lost: Vec<(&'static str, &'static str, u64)>,
+    previous_scrape_seconds: f64,
+    dropped_series_total: u64,
+}
+
+fn describe<'a>(
+    encoder: &'a mut DescriptorEncoder,
+    name: &'a str,
+    help: &str,
+    metric_type: MetricType,
+) -> Result<prometheus_client::encoding::MetricEncoder<'a>, std::fmt::Error> {
+    encoder.encode_descriptor(name, help, None, metric_type)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let secs = |ns: u64| ns as f64 / 1e9;
+
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_cpu_seconds",
+            "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
+            MetricType::Counter,
+        )?;
+        for (labels, t, _) in &self.kept {
+            ConstCounter::new(secs(t.sched.on_cpu_ns)).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = describe(&mut encoder, "taskscope_context_switches", "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).", MetricType::Counter)?;
+        for (labels, t, _) in &self.kept {
+            for (kind, value) in [
+                ("voluntary", t.sched.voluntary_switches),
+                ("involuntary", t.sched.involuntary_switches),
+            ] {
+                ConstCounter::new(value)
+                    .encode(family.encode_family(&with(labels, &[("kind", kind.to_string())]))?)?;
+            }
+        }
+        let mut family = describe(&mut encoder, "taskscope_runqueue_latency_seconds", "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.", MetricType::Histogram)?;
+        for (labels, t, _) in &self.kept {
+            let buckets = export_buckets(&t.sched.runq_hist);
+            let count = buckets.iter().map(|b| b.1).sum();
+            family
+                .encode_family(labels)?
+                .encode_histogram::<Vec<(&str, String)>>(
+                    secs(t.sched.runq_wait_ns),
+                    count,
+                    &buckets,
+                    None,
+                )?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_syscalls",
+            "Syscalls made, by name (the busiest per workload; the rest as other).",
+            MetricType::Counter,
+        )?;
+        for (labels, _, syscalls) in &self.kept {
+            for (name, stats, _) in syscalls {
+                ConstCounter::new(stats.count)
+                    .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_syscall_errors",
+            "Syscalls that returned an error, by name and errno.",
+            MetricType::Counter,
+        )?;
+        for (labels, _, syscalls) in &self.kept {
+            for (name, _, errnos) in syscalls {
+                for (errno, count) in errnos {
+                    let errno =
+                        errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
+                    ConstCounter::new(*count).encode(family.encode_family(&with(
+                        labels,
+                        &[("syscall", name.clone()), ("errno", errno)],
+                    ))?)?;
+                }
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_syscall_latency_seconds",
+            "Syscall durations, entry to exit.",
+            MetricType::Histogram,
+        )?;
+        for (labels, _, syscalls) in &self.kept {
+            for (name, stats, _) in syscalls {
+                let buckets = export_buckets(&stats.latency_hist);
+                family
+                    .encode_family(&with(labels, &[("syscall", name.clone())]))?
+                    .encode_histogram::<Vec<(&str, String)>>(
+                        secs(stats.total_ns),
+                        stats.count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_block_io_bytes",
+            "Bytes of block IO the workload's processes issued, counted at issue.",
+            MetricType::Counter,
+        )?;
+        for (labels, t, _) in &self.kept {
+            for (op, io) in &t.io {
+                ConstCounter::new(io.bytes).encode(family.encode_family(&with(
+                    labels,
+                    &[("device", String::new()), ("op", block_op_name(*op))],
+                ))?)?;
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_block_io_requests",
+            "Block IO requests the workload's processes issued.",
+            MetricType::Counter,
+        )?;
+        for (labels, t, _) in &self.kept {
+            for (op, io) in &t.io {
+                ConstCounter::new(io.requests).encode(family.encode_family(&with(
+                    labels,
+                    &[("device", String::new()), ("op", block_op_name(*op))],
+                ))?)?;
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_tasks_started",
+            "Processes started in the workload while the agent ran.",
+            MetricType::Counter,
+        )?;
+        for (labels, t, _) in &self.kept {
+            ConstCounter::new(t.started).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_tasks_exited",
+            "Processes that exited: success (code 0), failure (other codes) or signal.",
+            MetricType::Counter,
+        )?;
+        for (labels, t, _) in &self.kept {
+            for (outcome, value) in [
+                ("success", t.exited_success),
+                ("failure", t.exited_failure),
+                ("signal", t.exited_signal),
+            ] {
+                ConstCounter::new(value).encode(
+                    family.encode_family(&with(labels, &[("outcome", outcome.to_string())]))?,
+                )?;
+            }
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_tasks_running",
+            "Live processes in the workload.",
+            MetricType::Gauge,
+        )?;
+        for (labels, t, _) in &self.kept {
+            ConstGauge::new(t.running as i64).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_task_duration_seconds",
+            "Lifetimes of processes seen from start to exit.",
+            MetricType::Histogram,
+        )?;
+        for (labels, t, _) in &self.kept {
+            let buckets = export_buckets(&t.durations);
+            let count = buckets.iter().map(|b| b.1).sum();
+            family
+                .encode_family(labels)?
+                .encode_histogram::<Vec<(&str, String)>>(
+                    secs(t.durations_sum_ns),
+                    count,
+                    &buckets,
+                    None,
+                )?;
+        }
+
+        // The agent about itself.
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_events",
+            "Ring-buffer events received, by kind.",
+            MetricType::Counter,
+        )?;
+        for (source, count) in &self.events {
+            ConstCounter::new(*count).encode(family.encode_family(&[("source", *source)])?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_events_lost",
+            "Data lost, by where and why (see docs/api.md).",
+            MetricType::Counter,
+        )?;
+        for (source, reason, count) in &self.lost {
+            ConstCounter::new(*count)
+                .encode(family.encode_family(&[("source", *source), ("reason", *reason)])?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_series",
+            "Workload series in this scrape, by family.",
+            MetricType::Gauge,
+        )?;
+        for (name, count) in &self.series {
+            ConstGauge::new(*count as i64).encode(family.encode_family(&[("family", *name)])?)?;
+        }
+        let family = describe(
+            &mut encoder,
+            "taskscope_series_dropped",
+            "Workload series cut by the series cap, summed over scrapes.",
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.dropped_series_total).encode(family)?;
+        let family = describe(
+            &mut encoder,
+            "taskscope_scrape_duration_seconds",
+            "How long the previous scrape took to build.",
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.previous_scrape_seconds).encode(family)?;
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_build",
+            "Build of the agent.",
+            MetricType::Info,
+        )?;
+        family.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        let (cpu, rss) = self_usage();
+        let family = describe(
+            &mut encoder,
+            "process_cpu_seconds",
+            "CPU time of the agent (user + system).",
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(cpu).encode(family)?;
+        let family = describe(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory of the agent.",
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(rss as i64).encode(family)?;
+        Ok(())
+    }
+}
+
+/// (CPU seconds, resident bytes) of this process, from /proc/self.
+fn self_usage() -> (f64, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let ticks: u64 =
+                rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / crate::procfs::USER_HZ as f64)
+        })
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page);
+    (cpu, rss)
+}
+
+/// Encoder state kept across scrapes.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    dropped_series_total: u64,
+    previous_scrape_seconds: f64,
+}
+
+impl Exposition {
+    /// Encodes a snapshot as OpenMetrics text.
+    pub fn encode(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> String {
+        let started = std::time::Instant::now();
+        let mut workloads = snapshot.workloads;
+        // Under the cap, the busiest workloads are the ones kept.
+        workloads.sort_by(|a, b| {
+            b.1.sched
+                .on_cpu_ns
+                .cmp(&a.1.sched.on_cpu_ns)
+                .then(a.0.cgroup.cmp(&b.0.cgroup))
+        });
+        let mut kept = Vec::new();
+        let mut series: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut used = 0usize;
+        let mut dropped = 0u64;
+        for (workload, totals) in workloads {
+            let syscalls = top_syscalls(&totals, config.top_syscalls);
+            let counts = series_of(&totals, &syscalls);
+            let total: usize = counts.iter().map(|c| c.1).sum();
+            if used + total > config.max_series {
+                dropped += total as u64;
+                continue;
+            }
+            used += total;
+            for (family, count) in counts {
+                *series.entry(family).or_default() += count;
+            }
+            kept.push((workload_labels(&workload), totals, syscalls));
+        }
+        self.dropped_series_total += dropped;
+        let scrape = Scrape {
+            kept,
+            series,
+            events: snapshot.events,
+            lost: snapshot
+                .lost
+                .iter()
+                .map(|l| (l.source, l.reason, l.count))
+                .collect(),
+            previous_scrape_seconds: self.previous_scrape_seconds,
+            dropped_series_total: self.dropped_series_total,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+            let _ = writeln!(text, "# taskscope: encoding failed\n# EOF");
+        }
+        self.previous_scrape_seconds = started.elapsed().as_secs_f64();
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_fold_exactly_at_log2_boundaries() {
+        let mut hist = [0u64; HIST_BUCKETS];
+        hist[0] = 1; // 0 ns
+        hist[10] = 2; // [512, 1024) ns: below 1 µs
+        hist[11] = 3; // [1024, 2048): below 4.096 µs
+        hist[12] = 4; // [2048, 4096): below 4.096 µs
+        hist[34] = 5; // below 2^34 ns
+        hist[HIST_BUCKETS - 1] = 6; // open-ended
+        let b = export_buckets(&hist);
+        assert_eq!(b.len(), EXPORTED_BOUNDS_LOG2.len() + 1);
+        assert_eq!(b[0], (1024.0 / 1e9, 3));
+        assert_eq!(b[1], (4096.0 / 1e9, 7));
+        assert_eq!(b[12], ((1u64 << 34) as f64 / 1e9, 5));
+        assert_eq!(b[13], (f64::INFINITY, 6));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 21);
+    }
+
+    #[test]
+    fn busiest_syscalls_by_name_then_other() {
+        let mut t = WorkloadTotals::default();
+        for (nr, count) in [(0u32, 50u64), (1, 10), (2, 30), (3, 5)] {
+            t.syscalls.insert(
+                nr,
+                SyscallStats {
+                    count,
+                    errors: 0,
+                    total_ns: count,
+                    latency_hist: [0; HIST_BUCKETS],
+                },
+            );
+        }
+        t.errnos.insert((3, 2), 4);
+        let top = top_syscalls(&t, 2);
+        let names: Vec<&str> = top.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, vec!["read", "open", "other"]);
+        assert_eq!(top[2].1.count, 15);
+        assert_eq!(top[2].2, vec![(2, 4)]);
+    }
+}

@@ -1,0 +1,188 @@
+//! Totals per workload (container, else cgroup), for the metrics exporters.
+//!
+//! A workload's counters must never go down while it exists, although its processes come and
+//! go: what a process accumulated is kept in the workload's retired totals when the process is
+//! retired, and live processes are added on top at read time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use taskscope_common::{log2_bucket, ProcessIo, SyscallStats, HIST_BUCKETS};
+
+use super::{workload::Workload, ExitStatus, Process, SchedTotals};
+
+/// Everything exported about one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadTotals {
+    pub sched: SchedTotals,
+    pub syscalls: BTreeMap<u32, SyscallStats>,
+    pub errnos: BTreeMap<(u32, u32), u64>,
+    /// Block IO by operation (`REQ_OP_*`).
+    pub io: BTreeMap<u32, ProcessIo>,
+    /// Processes seen starting (fork) while the agent ran.
+    pub started: u64,
+    pub exited_success: u64,
+    pub exited_failure: u64,
+    pub exited_signal: u64,
+    /// Live processes (filled in at read time).
+    pub running: u64,
+    /// Lifetimes of exited processes seen from their start: log2 buckets of ns, and the sum.
+    pub durations: [u64; HIST_BUCKETS],
+    pub durations_sum_ns: u64,
+}
+
+impl Default for WorkloadTotals {
+    fn default() -> Self {
+        Self {
+            sched: SchedTotals::default(),
+            syscalls: BTreeMap::new(),
+            errnos: BTreeMap::new(),
+            io: BTreeMap::new(),
+            started: 0,
+            exited_success: 0,
+            exited_failure: 0,
+            exited_signal: 0,
+            running: 0,
+            durations: [0; HIST_BUCKETS],
+            durations_sum_ns: 0,
+        }
+    }
+}
+
+fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
+    into.count += from.count;
+    into.errors += from.errors;
+    into.total_ns += from.total_ns;
+    for (a, b) in into.latency_hist.iter_mut().zip(&from.latency_hist) {
+        *a += b;
+    }
+}
+
+impl WorkloadTotals {
+    /// Adds scheduler, syscall and IO figures (a process's, or another total's).
+    fn add_figures(
+        &mut self,
+        sched: &SchedTotals,
+        syscalls: &BTreeMap<u32, SyscallStats>,
+        errnos: &BTreeMap<(u32, u32), u64>,
+        io: &BTreeMap<u32, ProcessIo>,
+    ) {
+        self.sched.add_totals(sched);
+        for (nr, stats) in syscalls {
+            match self.syscalls.get_mut(nr) {
+                Some(total) => add_syscalls(total, stats),
+                None => {
+                    self.syscalls.insert(*nr, *stats);
+                }
+            }
+        }
+        for (key, count) in errnos {
+            *self.errnos.entry(*key).or_default() += count;
+        }
+        for (op, from) in io {
+            let total = self.io.entry(*op).or_default();
+            total.bytes += from.bytes;
+            total.requests += from.requests;
+            total.total_latency_ns += from.total_latency_ns;
+        }
+    }
+
+    /// Adds what `process` accumulated (its running slices included, via `running`).
+    pub fn add_process(&mut self, p: &Process, now_ns: u64, running: &HashMap<u32, u64>) {
+        self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
+        if p.observed_from_start {
+            self.started += 1;
+        }
+        match p.exit {
+            None => self.running += 1,
+            Some(ExitStatus::Exited { code: 0 }) => self.exited_success += 1,
+            Some(ExitStatus::Exited { .. }) => self.exited_failure += 1,
+            Some(ExitStatus::Signaled { .. }) => self.exited_signal += 1,
+            // Its exit was lost (counted in the agent's losses): no outcome to report.
+            Some(ExitStatus::Unknown) => {}
+        }
+    }
+
+    /// Adds another total (retired processes into live ones).
+    fn merge(&mut self, from: &WorkloadTotals) {
+        self.add_figures(&from.sched, &from.syscalls, &from.errnos, &from.io);
+        self.started += from.started;
+        self.exited_success += from.exited_success;
+        self.exited_failure += from.exited_failure;
+        self.exited_signal += from.exited_signal;
+        for (a, b) in self.durations.iter_mut().zip(&from.durations) {
+            *a += b;
+        }
+        self.durations_sum_ns += from.durations_sum_ns;
+    }
+}
+
+/// Retired totals per workload, with when each last had live processes (CLOCK_MONOTONIC).
+#[derive(Debug, Default)]
+pub struct WorkloadLedger {
+    retired: HashMap<String, (Workload, WorkloadTotals, u64)>,
+}
+
+impl WorkloadLedger {
+    /// Keeps what a retired process accumulated. `boot_minus_mono_ns` converts its exit time
+    /// (CLOCK_MONOTONIC) to the clock of its start time (CLOCK_BOOTTIME).
+    pub fn retire(&mut self, p: &Process, now_ns: u64, boot_minus_mono_ns: u64) {
+        let workload = Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/"));
+        let entry = self
+            .retired
+            .entry(workload.key().to_string())
+            .or_insert_with(|| (workload, WorkloadTotals::default(), now_ns));
+        entry.1.add_process(p, now_ns, &HashMap::new());
+        entry.2 = now_ns;
+        if let (true, Some(start), Some(exit)) =
+            (p.observed_from_start, p.start_boottime_ns, p.exit_time_ns)
+        {
+            let lifetime = (exit + boot_minus_mono_ns).saturating_sub(start);
+            if let Some(slot) = entry.1.durations.get_mut(log2_bucket(lifetime)) {
+                *slot += 1;
+            }
+            entry.1.durations_sum_ns += lifetime;
+        }
+    }
+
+    /// Every workload's totals: retired ones plus the live processes. Workloads with no live
+    /// process that have not had one for `ttl_ns` are forgotten first.
+    pub fn totals<'a>(
+        &mut self,
+        live: impl Iterator<Item = &'a Process>,
+        now_ns: u64,
+        running: &HashMap<u32, u64>,
+        ttl_ns: u64,
+    ) -> Vec<(Workload, WorkloadTotals)> {
+        let mut out: HashMap<String, (Workload, WorkloadTotals)> = HashMap::new();
+        for p in live {
+            let workload = Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/"));
+            let key = workload.key().to_string();
+            out.entry(key)
+                .or_insert_with(|| (workload, WorkloadTotals::default()))
+                .1
+                .add_process(p, now_ns, running);
+        }
+        for (key, (_, _, seen)) in self.retired.iter_mut() {
+            if out.contains_key(key) {
+                *seen = now_ns;
+            }
+        }
+        self.retired
+            .retain(|_, (_, _, seen)| now_ns.saturating_sub(*seen) < ttl_ns);
+        for (key, (workload, retired, _)) in &self.retired {
+            out.entry(key.clone())
+                .or_insert_with(|| (workload.clone(), WorkloadTotals::default()))
+                .1
+                .merge(retired);
+        }
+        out.into_values().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.retired.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.retired.is_empty()
+    }
+}
