@@ -203,6 +203,8 @@ fn setup(for_tests: bool) -> Result<()> {
             ("runqlat", "libbpf-tools"),
             ("syscount", "libbpf-tools"),
             ("hackbench", "rt-tests"),
+            ("prometheus", "prometheus"),
+            ("promtool", "prometheus"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()

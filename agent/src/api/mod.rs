@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::{
     extract::{Path, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     collector::Query,
-    exporters::prometheus::{Exposition, ExpositionConfig},
+    exporters::prometheus::{
+        to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
+        OPENMETRICS_CONTENT_TYPE,
+    },
 };
 
 /// Handle on the collector for request handlers.
@@ -114,7 +117,7 @@ async fn status(State(state): State<ApiState>) -> Response {
     answer(&state, Query::Status).await
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let snapshot = match ask(&state, Query::Metrics).await {
         Ok(snapshot) => snapshot,
         Err(response) => return response,
@@ -130,14 +133,19 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     })
     .await
     .unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        encoded,
-    )
-        .into_response()
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], encoded).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
+            to_classic(&encoded),
+        )
+            .into_response()
+    }
 }
 
 async fn not_found() -> Response {

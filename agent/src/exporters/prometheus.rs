@@ -65,7 +65,27 @@ pub fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
 
 const WORKLOAD_LABELS: [&str; 5] = ["namespace", "pod", "container", "container_id", "cgroup"];
 
-fn workload_labels(w: &Workload) -> Vec<(&'static str, String)> {
+/// A label set as the client encodes it.
+type Labels = Vec<(&'static str, String)>;
+
+/// One syscall (or `other`) of a workload, as exported.
+#[derive(Debug)]
+struct NamedSyscall {
+    name: String,
+    stats: SyscallStats,
+    /// (errno, failures)
+    errnos: Vec<(u32, u64)>,
+}
+
+/// A workload kept under the series cap.
+#[derive(Debug)]
+struct KeptWorkload {
+    labels: Labels,
+    totals: WorkloadTotals,
+    syscalls: Vec<NamedSyscall>,
+}
+
+fn workload_labels(w: &Workload) -> Labels {
     // Without the Kubernetes API, the pod is known by its UID and containers by their id.
     let values = [
         String::new(),
@@ -77,15 +97,12 @@ fn workload_labels(w: &Workload) -> Vec<(&'static str, String)> {
     WORKLOAD_LABELS.iter().copied().zip(values).collect()
 }
 
-fn with(
-    base: &[(&'static str, String)],
-    extra: &[(&'static str, String)],
-) -> Vec<(&'static str, String)> {
+fn with(base: &[(&'static str, String)], extra: &[(&'static str, String)]) -> Labels {
     base.iter().chain(extra).cloned().collect()
 }
 
 /// The busiest `k` syscalls by name, then the rest folded into `other`.
-fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<(String, SyscallStats, Vec<(u32, u64)>)> {
+fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<NamedSyscall> {
     let mut by_count: Vec<(&u32, &SyscallStats)> = totals.syscalls.iter().collect();
     by_count.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
     let errnos_of = |nr: u32| -> Vec<(u32, u64)> {
@@ -95,12 +112,16 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<(String, SyscallStats,
             .map(|(&(_, errno), &count)| (errno, count))
             .collect()
     };
-    let mut out: Vec<(String, SyscallStats, Vec<(u32, u64)>)> = Vec::new();
+    let mut out: Vec<NamedSyscall> = Vec::new();
     let mut other: Option<(SyscallStats, BTreeMap<u32, u64>)> = None;
     for (index, (&nr, stats)) in by_count.into_iter().enumerate() {
         if index < k {
             let name = syscall_name(nr).map_or_else(|| format!("syscall_{nr}"), str::to_string);
-            out.push((name, *stats, errnos_of(nr)));
+            out.push(NamedSyscall {
+                name,
+                stats: *stats,
+                errnos: errnos_of(nr),
+            });
             continue;
         }
         let (sum, errnos) = other.get_or_insert_with(|| {
@@ -125,16 +146,17 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<(String, SyscallStats,
         }
     }
     if let Some((sum, errnos)) = other {
-        out.push(("other".to_string(), sum, errnos.into_iter().collect()));
+        out.push(NamedSyscall {
+            name: "other".to_string(),
+            stats: sum,
+            errnos: errnos.into_iter().collect(),
+        });
     }
     out
 }
 
 /// Series one workload contributes (for the cap and `taskscope_series`), per family.
-fn series_of(
-    totals: &WorkloadTotals,
-    syscalls: &[(String, SyscallStats, Vec<(u32, u64)>)],
-) -> [(&'static str, usize); 9] {
+fn series_of(totals: &WorkloadTotals, syscalls: &[NamedSyscall]) -> [(&'static str, usize); 9] {
     let histogram = EXPORTED_BOUNDS_LOG2.len() + 3; // buckets, +Inf, _sum, _count
     [
         ("taskscope_cpu_seconds", 1),
@@ -143,7 +165,7 @@ fn series_of(
         ("taskscope_syscalls", syscalls.len()),
         (
             "taskscope_syscall_errors",
-            syscalls.iter().map(|s| s.2.len()).sum(),
+            syscalls.iter().map(|s| s.errnos.len()).sum(),
         ),
         (
             "taskscope_syscall_latency_seconds",
@@ -159,11 +181,7 @@ fn series_of(
 #[derive(Debug)]
 struct Scrape {
     /// Workloads kept under the cap, with their top syscalls.
-    kept: Vec<(
-        Vec<(&'static str, String)>,
-        WorkloadTotals,
-        Vec<(String, SyscallStats, Vec<(u32, u64)>)>,
-    )>,
+    kept: Vec<KeptWorkload>,
     series: BTreeMap<&'static str, usize>,
     events: BTreeMap<&'static str, u64>,
     lost: Vec<(&'static str, &'static str, u64)>,
@@ -190,11 +208,17 @@ impl Collector for Scrape {
             "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
             MetricType::Counter,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             ConstCounter::new(secs(t.sched.on_cpu_ns)).encode(family.encode_family(labels)?)?;
         }
         let mut family = describe(&mut encoder, "taskscope_context_switches", "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).", MetricType::Counter)?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             for (kind, value) in [
                 ("voluntary", t.sched.voluntary_switches),
                 ("involuntary", t.sched.involuntary_switches),
@@ -204,17 +228,18 @@ impl Collector for Scrape {
             }
         }
         let mut family = describe(&mut encoder, "taskscope_runqueue_latency_seconds", "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.", MetricType::Histogram)?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             let buckets = export_buckets(&t.sched.runq_hist);
             let count = buckets.iter().map(|b| b.1).sum();
-            family
-                .encode_family(labels)?
-                .encode_histogram::<Vec<(&str, String)>>(
-                    secs(t.sched.runq_wait_ns),
-                    count,
-                    &buckets,
-                    None,
-                )?;
+            family.encode_family(labels)?.encode_histogram::<Labels>(
+                secs(t.sched.runq_wait_ns),
+                count,
+                &buckets,
+                None,
+            )?;
         }
         let mut family = describe(
             &mut encoder,
@@ -222,8 +247,11 @@ impl Collector for Scrape {
             "Syscalls made, by name (the busiest per workload; the rest as other).",
             MetricType::Counter,
         )?;
-        for (labels, _, syscalls) in &self.kept {
-            for (name, stats, _) in syscalls {
+        for KeptWorkload {
+            labels, syscalls, ..
+        } in &self.kept
+        {
+            for NamedSyscall { name, stats, .. } in syscalls {
                 ConstCounter::new(stats.count)
                     .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
             }
@@ -234,8 +262,11 @@ impl Collector for Scrape {
             "Syscalls that returned an error, by name and errno.",
             MetricType::Counter,
         )?;
-        for (labels, _, syscalls) in &self.kept {
-            for (name, _, errnos) in syscalls {
+        for KeptWorkload {
+            labels, syscalls, ..
+        } in &self.kept
+        {
+            for NamedSyscall { name, errnos, .. } in syscalls {
                 for (errno, count) in errnos {
                     let errno =
                         errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
@@ -252,12 +283,15 @@ impl Collector for Scrape {
             "Syscall durations, entry to exit.",
             MetricType::Histogram,
         )?;
-        for (labels, _, syscalls) in &self.kept {
-            for (name, stats, _) in syscalls {
+        for KeptWorkload {
+            labels, syscalls, ..
+        } in &self.kept
+        {
+            for NamedSyscall { name, stats, .. } in syscalls {
                 let buckets = export_buckets(&stats.latency_hist);
                 family
                     .encode_family(&with(labels, &[("syscall", name.clone())]))?
-                    .encode_histogram::<Vec<(&str, String)>>(
+                    .encode_histogram::<Labels>(
                         secs(stats.total_ns),
                         stats.count,
                         &buckets,
@@ -271,7 +305,10 @@ impl Collector for Scrape {
             "Bytes of block IO the workload's processes issued, counted at issue.",
             MetricType::Counter,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             for (op, io) in &t.io {
                 ConstCounter::new(io.bytes).encode(family.encode_family(&with(
                     labels,
@@ -285,7 +322,10 @@ impl Collector for Scrape {
             "Block IO requests the workload's processes issued.",
             MetricType::Counter,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             for (op, io) in &t.io {
                 ConstCounter::new(io.requests).encode(family.encode_family(&with(
                     labels,
@@ -299,7 +339,10 @@ impl Collector for Scrape {
             "Processes started in the workload while the agent ran.",
             MetricType::Counter,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             ConstCounter::new(t.started).encode(family.encode_family(labels)?)?;
         }
         let mut family = describe(
@@ -308,7 +351,10 @@ impl Collector for Scrape {
             "Processes that exited: success (code 0), failure (other codes) or signal.",
             MetricType::Counter,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             for (outcome, value) in [
                 ("success", t.exited_success),
                 ("failure", t.exited_failure),
@@ -325,7 +371,10 @@ impl Collector for Scrape {
             "Live processes in the workload.",
             MetricType::Gauge,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             ConstGauge::new(t.running as i64).encode(family.encode_family(labels)?)?;
         }
         let mut family = describe(
@@ -334,17 +383,18 @@ impl Collector for Scrape {
             "Lifetimes of processes seen from start to exit.",
             MetricType::Histogram,
         )?;
-        for (labels, t, _) in &self.kept {
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in &self.kept
+        {
             let buckets = export_buckets(&t.durations);
             let count = buckets.iter().map(|b| b.1).sum();
-            family
-                .encode_family(labels)?
-                .encode_histogram::<Vec<(&str, String)>>(
-                    secs(t.durations_sum_ns),
-                    count,
-                    &buckets,
-                    None,
-                )?;
+            family.encode_family(labels)?.encode_histogram::<Labels>(
+                secs(t.durations_sum_ns),
+                count,
+                &buckets,
+                None,
+            )?;
         }
 
         // The agent about itself.
@@ -471,7 +521,11 @@ impl Exposition {
             for (family, count) in counts {
                 *series.entry(family).or_default() += count;
             }
-            kept.push((workload_labels(&workload), totals, syscalls));
+            kept.push(KeptWorkload {
+                labels: workload_labels(&workload),
+                totals,
+                syscalls,
+            });
         }
         self.dropped_series_total += dropped;
         let scrape = Scrape {
@@ -498,9 +552,77 @@ impl Exposition {
     }
 }
 
+/// Content type of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text format.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics (as Prometheus servers do).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    accept.contains("application/openmetrics-text")
+}
+
+/// Rewrites OpenMetrics text into the classic text format (0.0.4): counter and info families
+/// are named by their samples (`x_total`, `x_info`, info becoming a gauge), `# EOF` and
+/// `# UNIT` lines go.
+pub fn to_classic(openmetrics: &str) -> String {
+    let mut types: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name, kind);
+            }
+        }
+    }
+    let renamed = |name: &str| -> (String, Option<&'static str>) {
+        match types.get(name) {
+            Some(&"counter") => (format!("{name}_total"), None),
+            Some(&"info") => (format!("{name}_info"), Some("gauge")),
+            _ => (name.to_string(), None),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            format!("# HELP {} {help}", renamed(name).0)
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, new_kind) = renamed(name);
+            format!("# TYPE {name} {}", new_kind.unwrap_or(kind))
+        } else {
+            line.to_string()
+        };
+        out.push_str(&rewritten);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classic_format_names_families_by_their_samples() {
+        let om = "# HELP a_seconds Time.\n# TYPE a_seconds counter\na_seconds_total{x=\"1\"} 2\n\
+                  # HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n\
+                  # HELP c Gauge.\n# TYPE c gauge\nc 3\n# EOF\n";
+        assert_eq!(
+            to_classic(om),
+            "# HELP a_seconds_total Time.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"1\"} 2\n\
+             # HELP b_info Build.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n\
+             # HELP c Gauge.\n# TYPE c gauge\nc 3\n"
+        );
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        ));
+        assert!(!wants_openmetrics("*/*"));
+    }
 
     #[test]
     fn buckets_fold_exactly_at_log2_boundaries() {
@@ -536,9 +658,9 @@ mod tests {
         }
         t.errnos.insert((3, 2), 4);
         let top = top_syscalls(&t, 2);
-        let names: Vec<&str> = top.iter().map(|s| s.0.as_str()).collect();
+        let names: Vec<&str> = top.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["read", "open", "other"]);
-        assert_eq!(top[2].1.count, 15);
-        assert_eq!(top[2].2, vec![(2, 4)]);
+        assert_eq!(top[2].stats.count, 15);
+        assert_eq!(top[2].errnos, vec![(2, 4)]);
     }
 }

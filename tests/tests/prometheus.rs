@@ -1,0 +1,226 @@
+//! The agent scraped by a real Prometheus server (Debian's `prometheus`, installed by
+//! `cargo xtask setup --for-tests`), and its exposition checked by `promtool`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use taskscope_e2e::{free_port, http_get, schedstat, wait_for, workload_binary, Agent};
+
+/// A Prometheus server on loopback scraping `target` every second; killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("taskscope-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: taskscope\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, installed by cargo xtask setup --for-tests)");
+        let server = Prometheus {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        wait_for("Prometheus to be ready", Duration::from_secs(60), || {
+            http_get(&server.addr, "/-/ready")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        });
+        // Its scrape manager starts scraping a few seconds after it is ready.
+        wait_for("Prometheus's first scrape", Duration::from_secs(60), || {
+            let up = server.query_at("up{job=\"taskscope\"}", unix_now());
+            up.first().filter(|u| u["value"][1] == "1").map(|_| ())
+        });
+        server
+    }
+
+    /// An instant query evaluated at `time` (unix seconds); the result vector.
+    fn query_at(&self, promql: &str, time: f64) -> Vec<Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let path = format!("/api/v1/query?query={encoded}&time={time:.3}");
+        let (status, body) = http_get(&self.addr, &path).expect("query");
+        assert_eq!(status, 200, "{promql}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A counter of Prometheus itself, from its own /metrics.
+    fn own_counter(&self, name: &str) -> f64 {
+        let (_, body) = http_get(&self.addr, "/metrics").expect("prometheus /metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wall-clock seconds, the time base of Prometheus samples and queries.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn cgroup2_root() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("a cgroup v2 mount")
+}
+
+#[test]
+fn prometheus_sees_one_cpu_of_a_cpu_bound_cgroup() {
+    let agent = Agent::start(&[]);
+    let prometheus = Prometheus::start(&agent.addr);
+    let name = format!("taskscope-prom-{}", std::process::id());
+    let dir = std::path::Path::new(&cgroup2_root()).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    // One thread spinning for 12 s, in its own cgroup.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} spin-for 12000",
+        dir.display(),
+        workload_binary().display()
+    );
+    let mut spinner = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("sh");
+    let query = format!("rate(taskscope_cpu_seconds_total{{cgroup=\"/{name}\"}}[5s])");
+    // The kernel's own CPU time of the spinner (sh exec'd it, same pid) over a 5 s window that
+    // ends when Prometheus evaluates the rate.
+    let spinner_pid = spinner.id();
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu_start, at_start) = (schedstat(spinner_pid).0, unix_now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu_end, at_end) = (schedstat(spinner_pid).0, unix_now());
+    // Let the scrape after the window's end land before evaluating at that time.
+    std::thread::sleep(Duration::from_millis(1500));
+    let result = prometheus.query_at(&query, at_end);
+    let up = prometheus.query_at("up{job=\"taskscope\"}", at_end);
+    let samples = prometheus.query_at(
+        &format!("taskscope_cpu_seconds_total{{cgroup=\"/{name}\"}}[6s]"),
+        at_end,
+    );
+    let _ = spinner.wait();
+    let _ = std::fs::remove_dir(&dir);
+
+    println!("{query} = {result:?}");
+    println!("samples in the last 6 s: {samples:?}");
+    let rate: f64 = result
+        .first()
+        .and_then(|r| r["value"][1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no series for {query}: {result:?}"));
+    let kernel_rate = (cpu_end - cpu_start) as f64 / 1e9 / (at_end - at_start);
+    println!(
+        "CPUs used by a one-thread spinner over 5 s: Prometheus rate {rate:.4}, kernel (schedstat) {kernel_rate:.4}, allowed 5% apart"
+    );
+    assert!(
+        (rate - kernel_rate).abs() <= 0.05 * kernel_rate,
+        "Prometheus {rate} vs kernel {kernel_rate}"
+    );
+    assert!(
+        kernel_rate > 0.5,
+        "the spinner hardly ran ({kernel_rate} CPUs)"
+    );
+    assert_eq!(
+        up.first().map(|u| u["value"][1].clone()),
+        Some(Value::from("1")),
+        "{up:?}"
+    );
+    let rejected = prometheus.own_counter("prometheus_target_scrapes_sample_out_of_order_total")
+        + prometheus.own_counter("prometheus_target_scrapes_sample_duplicate_timestamp_total")
+        + prometheus.own_counter("prometheus_target_scrapes_sample_out_of_bounds_total")
+        + prometheus.own_counter("prometheus_target_scrapes_exceeded_sample_limit_total");
+    println!("samples Prometheus rejected: {rejected}");
+    assert_eq!(rejected, 0.0);
+}
+
+#[test]
+fn promtool_finds_nothing_to_say_about_a_live_scrape() {
+    let agent = Agent::start(&[]);
+    let (status, body) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "promtool check metrics on {} lines: {:?}",
+        body.lines().count(),
+        said
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "{said}");
+}
