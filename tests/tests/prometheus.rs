@@ -224,3 +224,82 @@ fn promtool_finds_nothing_to_say_about_a_live_scrape() {
     assert!(out.status.success(), "{said}");
     assert!(said.trim().is_empty(), "{said}");
 }
+
+/// The value of the first sample of `family` whose labels contain every `label="value"` given.
+fn sample(scrape: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn containers_and_pods_are_named_from_real_cgroups() {
+    let agent = Agent::start(&[]);
+    let root = cgroup2_root();
+    let id = |n: u8| format!("{:064x}", u128::from(n) * 0x1111_1111_1111_1111);
+    let uid = "0f8e7d6c-5b4a-4938-8271-605f4e3d2c1b";
+    let uid_ = uid.replace('-', "_");
+    let tag = std::process::id();
+    // (cgroup path, expected pod label, expected container_id label)
+    let cases = [
+        (format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{}.scope", id(1)), uid.to_string(), id(1)),
+        (format!("kubepods/besteffort/pod{uid}/{}", id(2)), uid.to_string(), id(2)),
+        (format!("system.slice/crio-{}.scope", id(3)), String::new(), id(3)),
+        (format!("system.slice/docker-{}.scope", id(4)), String::new(), id(4)),
+        (format!("machine.slice/libpod-{}.scope", id(5)), String::new(), id(5)),
+        (format!("taskscope-plain-{tag}"), String::new(), String::new()),
+    ];
+    let mut children = Vec::new();
+    for (path, _, _) in &cases {
+        let dir = std::path::Path::new(&root).join(path);
+        std::fs::create_dir_all(&dir).expect("create cgroup");
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} sleep 60000",
+            dir.display(),
+            workload_binary().display()
+        );
+        children.push(
+            Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("sh"),
+        );
+    }
+    let scrape = wait_for("every cgroup in /metrics", Duration::from_secs(20), || {
+        let (_, body) = http_get(&agent.addr, "/metrics").ok()?;
+        cases
+            .iter()
+            .all(|(path, _, _)| body.contains(&format!("cgroup=\"/{path}\"")))
+            .then_some(body)
+    });
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for (path, pod, container_id) in &cases {
+        let running = sample(
+            &scrape,
+            "taskscope_tasks_running",
+            &[
+                &format!("cgroup=\"/{path}\""),
+                &format!("pod=\"{pod}\""),
+                &format!("container_id=\"{container_id}\""),
+            ],
+        );
+        println!("/{path}: pod {pod:?} container_id {container_id:?} running {running:?}");
+        assert_eq!(running, Some(1.0), "/{path} not attributed as expected");
+    }
+    // Remove the cgroups, deepest first, once their processes are gone.
+    for (path, _, _) in &cases {
+        let mut dir = std::path::PathBuf::from(&root).join(path);
+        while dir != std::path::Path::new(&root) {
+            let _ = std::fs::remove_dir(&dir);
+            dir.pop();
+        }
+    }
+}

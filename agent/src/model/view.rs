@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
 
-use super::{errno::errno_name, ExitStatus, Process};
+use super::{errno::errno_name, workload::Workload, ExitStatus, Process};
 use crate::{collector::poller::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 /// Offsets between the kernel's clocks and wall-clock time, taken once per response.
@@ -71,6 +71,8 @@ pub struct ProcessView {
     pub cmdline_truncated: bool,
     pub uid: Option<u32>,
     pub cgroup: CgroupView,
+    /// Container, pod and systemd unit, as far as the cgroup path tells.
+    pub workload: Workload,
     pub start_time_unix_ns: u64,
     pub exit_time_unix_ns: Option<u64>,
     /// `"running"` or `"exited"`.
@@ -210,6 +212,7 @@ impl ProcessView {
                 id: p.cgroup_id,
                 path: p.cgroup_path.clone(),
             },
+            workload: Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/")),
             start_time_unix_ns: clocks.boottime_to_unix(start_boottime),
             exit_time_unix_ns: p.exit_time_ns.map(|t| clocks.monotonic_to_unix(t)),
             state: if p.is_exited() { "exited" } else { "running" },
