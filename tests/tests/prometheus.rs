@@ -303,3 +303,105 @@ fn containers_and_pods_are_named_from_real_cgroups() {
         }
     }
 }
+
+/// Workload families: every sample line of them in a scrape.
+const WORKLOAD_FAMILIES: [&str; 9] = [
+    "taskscope_cpu_seconds",
+    "taskscope_context_switches",
+    "taskscope_runqueue_latency_seconds",
+    "taskscope_syscalls",
+    "taskscope_syscall_errors",
+    "taskscope_syscall_latency_seconds",
+    "taskscope_block_io",
+    "taskscope_tasks",
+    "taskscope_task_duration_seconds",
+];
+
+fn workload_sample_lines(scrape: &str) -> usize {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.contains("cgroup=\""))
+        .filter(|l| WORKLOAD_FAMILIES.iter().any(|f| l.starts_with(f)))
+        .count()
+}
+
+fn gauge_sum(scrape: &str, family: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_series_cap_and_ttl_hold_with_520_cgroups() {
+    let cap = 3000;
+    let agent = Agent::start(&["--max-series", &cap.to_string(), "--series-ttl", "2s"]);
+    let root = cgroup2_root();
+    let base = std::path::Path::new(&root).join(format!("taskscope-many-{}", std::process::id()));
+    std::fs::create_dir(&base).expect("cgroup");
+    let mut children = Vec::new();
+    for i in 0..520 {
+        let dir = base.join(format!("w{i}"));
+        std::fs::create_dir(&dir).expect("cgroup");
+        let script = format!("echo $$ > {}/cgroup.procs && exec sleep 600", dir.display());
+        children.push(
+            Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .spawn()
+                .expect("sh"),
+        );
+    }
+    let prefix = format!(
+        "cgroup=\"{}",
+        base.strip_prefix(&root)
+            .map(|p| format!("/{}", p.display()))
+            .unwrap_or_default()
+    );
+    let first = wait_for("all 520 sleepers running", Duration::from_secs(60), || {
+        let (_, body) = http_get(&agent.addr, "/api/v1/processes").ok()?;
+        (body.matches("\"sleep\",\"600\"").count() >= 520).then_some(())
+    });
+    let _ = first;
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");
+    let exposed = workload_sample_lines(&scrape);
+    let counted = gauge_sum(&scrape, "taskscope_series{");
+    let dropped = gauge_sum(&scrape, "taskscope_series_dropped_total");
+    let kept_cgroups = scrape
+        .lines()
+        .filter(|l| l.starts_with("taskscope_tasks_running{") && l.contains(&prefix))
+        .count();
+    println!(
+        "520 workload cgroups: {exposed} workload series exposed, taskscope_series says {counted}, cap {cap}, dropped {dropped}, test cgroups kept {kept_cgroups}"
+    );
+    assert_eq!(
+        exposed as f64, counted,
+        "taskscope_series counts what is exposed"
+    );
+    assert!(exposed <= cap, "{exposed} series over the cap {cap}");
+    assert!(dropped > 0.0 && kept_cgroups < 520, "the cap cut nothing");
+
+    // Gone workloads expire after the TTL.
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let after = wait_for(
+        "the TTL to expire the gone cgroups",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_get(&agent.addr, "/metrics").ok()?;
+            (!body.contains(&prefix)).then_some(body)
+        },
+    );
+    println!(
+        "after the TTL: {} workload series",
+        workload_sample_lines(&after)
+    );
+    for i in 0..520 {
+        let _ = std::fs::remove_dir(base.join(format!("w{i}")));
+    }
+    let _ = std::fs::remove_dir(&base);
+}

@@ -642,6 +642,70 @@ mod tests {
         assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 21);
     }
 
+    fn synthetic(workloads: usize) -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot::default();
+        for i in 0..workloads {
+            let mut totals = WorkloadTotals::default();
+            totals.sched.on_cpu_ns = i as u64;
+            for nr in 0..(i % 13) as u32 {
+                totals.syscalls.insert(
+                    nr,
+                    SyscallStats {
+                        count: 1 + nr as u64,
+                        errors: 0,
+                        total_ns: 1,
+                        latency_hist: [0; HIST_BUCKETS],
+                    },
+                );
+                totals.errnos.insert((nr, 2), 1);
+            }
+            snapshot
+                .workloads
+                .push((Workload::from_cgroup(&format!("/w{i}")), totals));
+        }
+        snapshot
+    }
+
+    fn value(text: &str, sample: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(sample))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    fn workload_series(text: &str) -> usize {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains("cgroup=\""))
+            .count()
+    }
+
+    #[test]
+    fn the_cap_keeps_whole_workloads_and_counts_the_rest() {
+        let config = |max_series| ExpositionConfig {
+            max_series,
+            top_syscalls: 5,
+        };
+        let all = Exposition::default().encode(synthetic(60), config(usize::MAX));
+        let total = workload_series(&all);
+        let mut capped = Exposition::default();
+        let text = capped.encode(synthetic(60), config(1000));
+        let kept = workload_series(&text);
+        let dropped = value(&text, "taskscope_series_dropped_total");
+        assert!(kept <= 1000, "{kept}");
+        assert_eq!(
+            kept as f64 + dropped,
+            total as f64,
+            "kept {kept} + dropped {dropped} = all {total}"
+        );
+        // The counter adds up over scrapes.
+        let again = capped.encode(synthetic(60), config(1000));
+        assert_eq!(
+            value(&again, "taskscope_series_dropped_total"),
+            2.0 * dropped
+        );
+        assert_eq!(value(&all, "taskscope_series_dropped_total"), 0.0);
+    }
+
     #[test]
     fn busiest_syscalls_by_name_then_other() {
         let mut t = WorkloadTotals::default();
