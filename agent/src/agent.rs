@@ -91,6 +91,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             exited_retention: args.exited_retention,
             max_exited: args.max_exited,
             max_live: args.max_tasks as usize * 2,
+            cpu_window: args.poll_interval,
+            idle_fragment_threshold: args.idle_fragment_threshold,
             ..ModelConfig::default()
         },
         CgroupResolver::new(cgroup_root),

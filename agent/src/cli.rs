@@ -83,6 +83,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10)]
     pub top_syscalls: usize,
 
+    /// Idle periods shorter than this count as fragmented idle CPU time (rounded to the
+    /// nearest power of two nanoseconds).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub idle_fragment_threshold: Duration,
+
     /// Workloads without live processes stay in /metrics this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub series_ttl: Duration,

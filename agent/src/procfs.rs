@@ -115,6 +115,69 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     mount_point(&mountinfo(), "cgroup2")
 }
 
+/// Free blocks of one zone, per order, from `/proc/buddyinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneFreeBlocks {
+    pub node: u32,
+    pub zone: String,
+    /// Free blocks of 2^order pages, by order.
+    pub free_blocks: Vec<u64>,
+}
+
+/// Parses `/proc/buddyinfo` (`Node 0, zone   Normal   7610   3476 ...`).
+pub fn parse_buddyinfo(text: &str) -> Vec<ZoneFreeBlocks> {
+    text.lines()
+        .filter_map(|line| {
+            let (node_part, rest) = line.split_once(',')?;
+            let node = node_part.trim().strip_prefix("Node")?.trim().parse().ok()?;
+            let mut fields = rest.split_whitespace();
+            if fields.next()? != "zone" {
+                return None;
+            }
+            let zone = fields.next()?.to_string();
+            let free_blocks = fields
+                .map(|f| f.parse().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            Some(ZoneFreeBlocks {
+                node,
+                zone,
+                free_blocks,
+            })
+        })
+        .collect()
+}
+
+pub fn read_buddyinfo() -> Vec<ZoneFreeBlocks> {
+    fs::read_to_string("/proc/buddyinfo")
+        .map(|t| parse_buddyinfo(&t))
+        .unwrap_or_default()
+}
+
+/// Total stall time (µs) of one `/proc/pressure/<resource>` file: (`some`, `full`).
+pub fn parse_pressure(text: &str) -> (Option<u64>, Option<u64>) {
+    let total = |kind: &str| {
+        text.lines()
+            .find(|l| l.starts_with(kind))?
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("total="))?
+            .parse()
+            .ok()
+    };
+    (total("some"), total("full"))
+}
+
+/// Stall totals in µs per resource (`cpu`, `memory`, `io`) where the kernel has PSI enabled.
+pub fn read_pressure() -> Vec<(&'static str, Option<u64>, Option<u64>)> {
+    ["cpu", "memory", "io"]
+        .into_iter()
+        .filter_map(|resource| {
+            let text = fs::read_to_string(format!("/proc/pressure/{resource}")).ok()?;
+            let (some, full) = parse_pressure(&text);
+            Some((resource, some, full))
+        })
+        .collect()
+}
+
 /// Maps cgroup v2 ids (the inode numbers of cgroup directories, as `bpf_get_current_cgroup_id`
 /// returns them) to paths. Unknown ids trigger a rescan of the hierarchy, at most once per
 /// `min_rescan`; the cache is capped.
@@ -229,6 +292,22 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(mount_point(mountinfo, "bpf"), None);
+    }
+
+    #[test]
+    fn buddyinfo_and_pressure() {
+        let zones = parse_buddyinfo(
+            "Node 0, zone      DMA      0      0      1\nNode 1, zone   Normal   7610   3476 2\ngarbage\n",
+        );
+        assert_eq!(zones.len(), 2);
+        assert_eq!(zones[1].node, 1);
+        assert_eq!(zones[1].zone, "Normal");
+        assert_eq!(zones[1].free_blocks, vec![7610, 3476, 2]);
+        assert_eq!(
+            parse_pressure("some avg10=0.05 avg60=1.35 avg300=1.61 total=316723093\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"),
+            (Some(316723093), Some(0))
+        );
+        assert_eq!(parse_pressure("some avg10=0.05 total=5\n"), (Some(5), None));
     }
 
     #[test]

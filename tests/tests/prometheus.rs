@@ -360,11 +360,10 @@ fn the_series_cap_and_ttl_hold_with_520_cgroups() {
             .map(|p| format!("/{}", p.display()))
             .unwrap_or_default()
     );
-    let first = wait_for("all 520 sleepers running", Duration::from_secs(60), || {
+    wait_for("all 520 sleepers running", Duration::from_secs(60), || {
         let (_, body) = http_get(&agent.addr, "/api/v1/processes").ok()?;
         (body.matches("\"sleep\",\"600\"").count() >= 520).then_some(())
     });
-    let _ = first;
     let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");
     let exposed = workload_sample_lines(&scrape);
     let counted = gauge_sum(&scrape, "taskscope_series{");

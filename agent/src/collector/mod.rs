@@ -32,6 +32,7 @@ use crate::{
         ModelCounters, TaskModel,
     },
     probes::{HookStatus, Probes},
+    procfs,
 };
 
 /// A question from the API, answered by the collector.
@@ -262,6 +263,9 @@ impl Collector {
                 let status = self.status();
                 let _ = reply.send(MetricsSnapshot {
                     workloads: self.model.workload_totals(self.config.series_ttl),
+                    cpu_windows: self.model.cpu_windows.clone(),
+                    memory_zones: procfs::read_buddyinfo(),
+                    pressure: procfs::read_pressure(),
                     events: status.events,
                     lost: status.lost,
                 });

@@ -17,8 +17,13 @@ use taskscope_common::{SyscallStats, HIST_BUCKETS};
 use crate::{
     collector::LossView,
     model::{
-        aggregate::WorkloadTotals, errno::errno_name, view::block_op_name, workload::Workload,
+        aggregate::WorkloadTotals,
+        errno::errno_name,
+        node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
+        view::block_op_name,
+        workload::Workload,
     },
+    procfs::ZoneFreeBlocks,
     syscall_names::syscall_name,
 };
 
@@ -26,6 +31,12 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct MetricsSnapshot {
     pub workloads: Vec<(Workload, WorkloadTotals)>,
+    /// Per-CPU busy share and idle fragmentation over the latest window.
+    pub cpu_windows: Vec<CpuWindow>,
+    /// Free lists of each memory zone (`/proc/buddyinfo`).
+    pub memory_zones: Vec<ZoneFreeBlocks>,
+    /// (resource, some µs, full µs) from `/proc/pressure`.
+    pub pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
     /// Ring-buffer events received, by kind.
     pub events: BTreeMap<&'static str, u64>,
     pub lost: Vec<LossView>,
@@ -185,6 +196,9 @@ struct Scrape {
     series: BTreeMap<&'static str, usize>,
     events: BTreeMap<&'static str, u64>,
     lost: Vec<(&'static str, &'static str, u64)>,
+    cpu_windows: Vec<CpuWindow>,
+    memory_zones: Vec<ZoneFreeBlocks>,
+    pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
     previous_scrape_seconds: f64,
     dropped_series_total: u64,
 }
@@ -397,6 +411,38 @@ impl Collector for Scrape {
             )?;
         }
 
+        // The node.
+        let mut family = describe(&mut encoder, "taskscope_node_cpu_busy_ratio", "Share of the latest window (about one poll interval) each CPU ran something other than its idle task.", MetricType::Gauge)?;
+        for w in &self.cpu_windows {
+            ConstGauge::new(w.busy_ratio)
+                .encode(family.encode_family(&[("cpu", w.cpu.to_string())])?)?;
+        }
+        if let Some(ratio) = node_idle_fragmentation(&self.cpu_windows) {
+            let family = describe(&mut encoder, "taskscope_node_cpu_idle_fragmentation_ratio", "Share of the idle CPU time of the latest window that came in idle periods shorter than --idle-fragment-threshold.", MetricType::Gauge)?;
+            ConstGauge::new(ratio).encode(family)?;
+        }
+        let mut family = describe(&mut encoder, "taskscope_node_memory_fragmentation_ratio", "Share of a zone's free memory unusable for an allocation of the order (the kernel's unusable free space index, from /proc/buddyinfo).", MetricType::Gauge)?;
+        for zone in &self.memory_zones {
+            for (order, ratio) in memory_fragmentation(zone).into_iter().enumerate() {
+                let labels = [
+                    ("node", zone.node.to_string()),
+                    ("zone", zone.zone.clone()),
+                    ("order", order.to_string()),
+                ];
+                ConstGauge::new(ratio).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = describe(&mut encoder, "taskscope_node_pressure_stall_seconds", "Time some (or all, kind=full) non-idle tasks stalled on a resource (PSI, /proc/pressure).", MetricType::Counter)?;
+        for (resource, some, full) in &self.pressure {
+            for (kind, micros) in [("some", some), ("full", full)] {
+                if let Some(micros) = micros {
+                    ConstCounter::new(*micros as f64 / 1e6).encode(
+                        family.encode_family(&[("resource", *resource), ("kind", kind)])?,
+                    )?;
+                }
+            }
+        }
+
         // The agent about itself.
         let mut family = describe(
             &mut encoder,
@@ -532,6 +578,9 @@ impl Exposition {
             kept,
             series,
             events: snapshot.events,
+            cpu_windows: snapshot.cpu_windows,
+            memory_zones: snapshot.memory_zones,
+            pressure: snapshot.pressure,
             lost: snapshot
                 .lost
                 .iter()

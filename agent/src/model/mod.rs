@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod errno;
 pub mod exit;
+pub mod node;
 pub mod view;
 pub mod workload;
 
@@ -33,6 +34,7 @@ use crate::{
 pub use self::exit::ExitStatus;
 use self::{
     aggregate::{WorkloadLedger, WorkloadTotals},
+    node::{cpu_windows, CpuTotals, CpuWindow},
     workload::Workload,
 };
 
@@ -47,6 +49,10 @@ pub struct ModelConfig {
     pub max_live: usize,
     /// Slow syscalls remembered per process.
     pub max_slow_syscalls: usize,
+    /// CPU busy share and idle fragmentation are measured over windows at least this long.
+    pub cpu_window: Duration,
+    /// Idle periods shorter than this count as fragmented idle time.
+    pub idle_fragment_threshold: Duration,
 }
 
 impl Default for ModelConfig {
@@ -56,6 +62,8 @@ impl Default for ModelConfig {
             max_exited: 10_000,
             max_live: 65_536,
             max_slow_syscalls: 16,
+            cpu_window: Duration::from_secs(1),
+            idle_fragment_threshold: Duration::from_millis(1),
         }
     }
 }
@@ -266,6 +274,10 @@ pub struct TaskModel {
     pub collected_at_ns: u64,
     /// What retired processes left to their workloads.
     workloads: WorkloadLedger,
+    /// Start of the current CPU window: (CLOCK_MONOTONIC, per-CPU totals).
+    cpu_window_start: Option<(u64, Vec<CpuTotals>)>,
+    /// Busy share and idle fragmentation per CPU over the latest complete window.
+    pub cpu_windows: Vec<CpuWindow>,
 }
 
 /// Polls after an exit before a thread's or process's final values are read: one poll may
@@ -290,6 +302,8 @@ impl TaskModel {
             kernel_losses: [0; LOSS_KINDS as usize],
             collected_at_ns: 0,
             workloads: WorkloadLedger::default(),
+            cpu_window_start: None,
+            cpu_windows: Vec::new(),
         }
     }
 
@@ -518,6 +532,7 @@ impl TaskModel {
             .map(|cpu| (cpu.current_pid, cpu.current_since_ns))
             .collect();
         self.cpus = snapshot.cpus;
+        self.advance_cpu_window(snapshot.taken_at_ns);
         self.device_io = snapshot.device_io;
         self.kernel_losses = snapshot.losses;
         self.collected_at_ns = snapshot.taken_at_ns;
@@ -549,6 +564,25 @@ impl TaskModel {
         }
         self.evict_exited();
         forget
+    }
+
+    /// Closes the CPU window when it is long enough, and starts the next one.
+    fn advance_cpu_window(&mut self, read_at_ns: u64) {
+        let totals: Vec<CpuTotals> = self
+            .cpus
+            .iter()
+            .map(|cpu| CpuTotals::of(cpu, read_at_ns))
+            .collect();
+        let window_ns = self.config.cpu_window.as_nanos() as u64;
+        match &self.cpu_window_start {
+            Some((start, before)) if read_at_ns.saturating_sub(*start) >= window_ns => {
+                let threshold = self.config.idle_fragment_threshold.as_nanos() as u64;
+                self.cpu_windows = cpu_windows(before, &totals, threshold);
+                self.cpu_window_start = Some((read_at_ns, totals));
+            }
+            Some(_) => {}
+            None => self.cpu_window_start = Some((read_at_ns, totals)),
+        }
     }
 
     /// Live processes that were already gone from /proc (or whose pid belonged to someone else)

@@ -149,6 +149,31 @@ fn main() {
             std::thread::sleep(Duration::from_millis(arg(&args, 2, "milliseconds")));
             ready("");
         }
+        // duty CPU RUN_US SLEEP_US MS: on CPU number CPU, spins RUN_US then sleeps SLEEP_US,
+        // for MS milliseconds (no stdin wait): idle gaps of a known length on that CPU.
+        Some("duty") => {
+            let cpu = arg(&args, 2, "cpu") as usize;
+            let run = Duration::from_micros(arg(&args, 3, "run microseconds"));
+            let sleep = Duration::from_micros(arg(&args, 4, "sleep microseconds"));
+            let until = Instant::now() + Duration::from_millis(arg(&args, 5, "milliseconds"));
+            // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                    0
+                );
+            }
+            while Instant::now() < until {
+                let spin_until = Instant::now() + run;
+                while Instant::now() < spin_until {
+                    std::hint::black_box(0u64);
+                }
+                std::thread::sleep(sleep);
+            }
+            return;
+        }
         // exit CODE: exits at once with CODE (no stdin wait).
         Some("exit") => std::process::exit(arg(&args, 2, "code") as i32),
         // spin-for MS: burns wall time (no stdin wait), for load generation.
