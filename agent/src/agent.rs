@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             max_staleness: args.max_staleness,
             drain_interval: args.drain_interval,
             series_ttl: args.series_ttl,
+            process_selectors: args.process_metrics.clone(),
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::selector::ProcessSelector;
+
 /// taskscope: zero-instrumentation observability for every task on a Linux node.
 #[derive(Debug, Parser)]
 #[command(name = "taskscope", version, about)]
@@ -15,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel programs, keep the task model and serve the HTTP API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this host can run the agent: one line per requirement, exit code 0 if it can.
     Check(CheckArgs),
 }
@@ -88,6 +90,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub idle_fragment_threshold: Duration,
 
+    /// Processes that get their own series on /metrics (`taskscope_process_*`, with `pid` and
+    /// `comm`): KEY=PATTERN[,KEY=PATTERN...], KEY one of comm, exe, pid, cgroup, `*` a
+    /// wildcard. Repeat the flag for more selectors.
+    #[arg(long = "process-metrics", value_name = "SELECTOR", value_parser = parse_selector)]
+    pub process_metrics: Vec<ProcessSelector>,
+
     /// Workloads without live processes stay in /metrics this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub series_ttl: Duration,
@@ -158,6 +166,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(nanos_per_unit)
         .map(Duration::from_nanos)
         .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn parse_selector(text: &str) -> Result<ProcessSelector, String> {
+    text.parse()
+        .map_err(|e: crate::model::selector::SelectorError| e.to_string())
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {

@@ -166,3 +166,18 @@ fn a_kernel_without_btf_is_a_clear_error() {
         "{text}"
     );
 }
+
+#[test]
+fn an_invalid_process_selector_is_rejected_at_start_up() {
+    let out = Command::new(agent_binary())
+        .args(["run", "--process-metrics", "name=postgres"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("invalid process selector 'name=postgres': unknown key 'name'"),
+        "{stderr}"
+    );
+}

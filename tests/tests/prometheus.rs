@@ -404,3 +404,36 @@ fn the_series_cap_and_ttl_hold_with_520_cgroups() {
     }
     let _ = std::fs::remove_dir(&base);
 }
+
+#[test]
+fn selected_processes_get_their_own_series() {
+    let agent = Agent::start(&["--process-metrics", "comm=workload,exe=*/workload"]);
+    let child = taskscope_e2e::Workload::run(&["cpu-burn", "300"]);
+    let (kernel_ns, _, _) = schedstat(child.pid());
+    let after = taskscope_e2e::monotonic_ns();
+    // A scrape after the kernel read: its figures include everything up to then.
+    wait_for("a read after the burn", Duration::from_secs(20), || {
+        let p = agent.process_after(child.pid(), after);
+        p["sched"]["on_cpu_ns"].as_u64()
+    });
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");
+    let value = sample(
+        &scrape,
+        "taskscope_process_cpu_seconds_total",
+        &[&format!("pid=\"{}\"", child.pid()), "comm=\"workload\""],
+    )
+    .unwrap_or_else(|| panic!("no series for pid {}", child.pid()));
+    let others = scrape
+        .lines()
+        .filter(|l| l.starts_with("taskscope_process_cpu_seconds_total"))
+        .filter(|l| !l.contains("comm=\"workload\""))
+        .count();
+    child.finish();
+    taskscope_e2e::assert_close(
+        "selected process CPU seconds vs schedstat",
+        (value * 1e9) as u64,
+        kernel_ns,
+        0.02,
+    );
+    assert_eq!(others, 0, "only selected processes get series");
+}

@@ -28,6 +28,7 @@ use self::{
 use crate::{
     exporters::prometheus::MetricsSnapshot,
     model::{
+        selector::ProcessSelector,
         view::{Clocks, NodeView, ProcessView},
         ModelCounters, TaskModel,
     },
@@ -100,6 +101,8 @@ pub struct CollectorConfig {
     pub drain_interval: Duration,
     /// Workloads without live processes stay in /metrics this long.
     pub series_ttl: Duration,
+    /// Processes that get their own series on /metrics.
+    pub process_selectors: Vec<ProcessSelector>,
 }
 
 /// Owner of the maps, the ring buffer and the model.
@@ -263,6 +266,9 @@ impl Collector {
                 let status = self.status();
                 let _ = reply.send(MetricsSnapshot {
                     workloads: self.model.workload_totals(self.config.series_ttl),
+                    processes: self
+                        .model
+                        .selected_processes(&self.config.process_selectors),
                     cpu_windows: self.model.cpu_windows.clone(),
                     memory_zones: procfs::read_buddyinfo(),
                     pressure: procfs::read_pressure(),

@@ -27,10 +27,21 @@ use crate::{
     syscall_names::syscall_name,
 };
 
+/// A process selected by `--process-metrics`, with its own figures.
+#[derive(Debug)]
+pub struct SelectedProcess {
+    pub workload: Workload,
+    pub pid: u32,
+    pub comm: String,
+    pub totals: WorkloadTotals,
+}
+
 /// What one scrape exposes.
 #[derive(Debug, Default)]
 pub struct MetricsSnapshot {
     pub workloads: Vec<(Workload, WorkloadTotals)>,
+    /// Processes selected by `--process-metrics`.
+    pub processes: Vec<SelectedProcess>,
     /// Per-CPU busy share and idle fragmentation over the latest window.
     pub cpu_windows: Vec<CpuWindow>,
     /// Free lists of each memory zone (`/proc/buddyinfo`).
@@ -167,7 +178,11 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<NamedSyscall> {
 }
 
 /// Series one workload contributes (for the cap and `taskscope_series`), per family.
-fn series_of(totals: &WorkloadTotals, syscalls: &[NamedSyscall]) -> [(&'static str, usize); 9] {
+fn series_of(
+    totals: &WorkloadTotals,
+    syscalls: &[NamedSyscall],
+    with_tasks: bool,
+) -> [(&'static str, usize); 9] {
     let histogram = EXPORTED_BOUNDS_LOG2.len() + 3; // buckets, +Inf, _sum, _count
     [
         ("taskscope_cpu_seconds", 1),
@@ -183,8 +198,11 @@ fn series_of(totals: &WorkloadTotals, syscalls: &[NamedSyscall]) -> [(&'static s
             syscalls.len() * histogram,
         ),
         ("taskscope_block_io", totals.io.len() * 2),
-        ("taskscope_tasks", 1 + 3 + 1),
-        ("taskscope_task_duration_seconds", histogram),
+        ("taskscope_tasks", if with_tasks { 1 + 3 + 1 } else { 0 }),
+        (
+            "taskscope_task_duration_seconds",
+            if with_tasks { histogram } else { 0 },
+        ),
     ]
 }
 
@@ -193,6 +211,8 @@ fn series_of(totals: &WorkloadTotals, syscalls: &[NamedSyscall]) -> [(&'static s
 struct Scrape {
     /// Workloads kept under the cap, with their top syscalls.
     kept: Vec<KeptWorkload>,
+    /// Processes selected by --process-metrics.
+    processes: Vec<KeptWorkload>,
     series: BTreeMap<&'static str, usize>,
     events: BTreeMap<&'static str, u64>,
     lost: Vec<(&'static str, &'static str, u64)>,
@@ -212,203 +232,231 @@ fn describe<'a>(
     encoder.encode_descriptor(name, help, None, metric_type)
 }
 
+/// Encodes the per-subject families (workloads, or selected processes) under `prefix`.
+fn encode_subjects(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+    with_tasks: bool,
+) -> Result<(), std::fmt::Error> {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let name = format!("{prefix}cpu_seconds");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        ConstCounter::new(secs(t.sched.on_cpu_ns)).encode(family.encode_family(labels)?)?;
+    }
+    let name = format!("{prefix}context_switches");
+    let mut family = describe(encoder, &name, "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).", MetricType::Counter)?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        for (kind, value) in [
+            ("voluntary", t.sched.voluntary_switches),
+            ("involuntary", t.sched.involuntary_switches),
+        ] {
+            ConstCounter::new(value)
+                .encode(family.encode_family(&with(labels, &[("kind", kind.to_string())]))?)?;
+        }
+    }
+    let name = format!("{prefix}runqueue_latency_seconds");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.",
+        MetricType::Histogram,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        let buckets = export_buckets(&t.sched.runq_hist);
+        let count = buckets.iter().map(|b| b.1).sum();
+        family.encode_family(labels)?.encode_histogram::<Labels>(
+            secs(t.sched.runq_wait_ns),
+            count,
+            &buckets,
+            None,
+        )?;
+    }
+    let name = format!("{prefix}syscalls");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Syscalls made, by name (the busiest per workload; the rest as other).",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, syscalls, ..
+    } in subjects
+    {
+        for NamedSyscall { name, stats, .. } in syscalls {
+            ConstCounter::new(stats.count)
+                .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
+        }
+    }
+    let name = format!("{prefix}syscall_errors");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Syscalls that returned an error, by name and errno.",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, syscalls, ..
+    } in subjects
+    {
+        for NamedSyscall { name, errnos, .. } in syscalls {
+            for (errno, count) in errnos {
+                let errno = errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
+                ConstCounter::new(*count).encode(family.encode_family(&with(
+                    labels,
+                    &[("syscall", name.clone()), ("errno", errno)],
+                ))?)?;
+            }
+        }
+    }
+    let name = format!("{prefix}syscall_latency_seconds");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Syscall durations, entry to exit.",
+        MetricType::Histogram,
+    )?;
+    for KeptWorkload {
+        labels, syscalls, ..
+    } in subjects
+    {
+        for NamedSyscall { name, stats, .. } in syscalls {
+            let buckets = export_buckets(&stats.latency_hist);
+            family
+                .encode_family(&with(labels, &[("syscall", name.clone())]))?
+                .encode_histogram::<Labels>(secs(stats.total_ns), stats.count, &buckets, None)?;
+        }
+    }
+    let name = format!("{prefix}block_io_bytes");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Bytes of block IO the workload's processes issued, counted at issue.",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        for (op, io) in &t.io {
+            ConstCounter::new(io.bytes).encode(family.encode_family(&with(
+                labels,
+                &[("device", String::new()), ("op", block_op_name(*op))],
+            ))?)?;
+        }
+    }
+    let name = format!("{prefix}block_io_requests");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Block IO requests the workload's processes issued.",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        for (op, io) in &t.io {
+            ConstCounter::new(io.requests).encode(family.encode_family(&with(
+                labels,
+                &[("device", String::new()), ("op", block_op_name(*op))],
+            ))?)?;
+        }
+    }
+    if !with_tasks {
+        return Ok(());
+    }
+    let name = format!("{prefix}tasks_started");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Processes started in the workload while the agent ran.",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        ConstCounter::new(t.started).encode(family.encode_family(labels)?)?;
+    }
+    let name = format!("{prefix}tasks_exited");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Processes that exited: success (code 0), failure (other codes) or signal.",
+        MetricType::Counter,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        for (outcome, value) in [
+            ("success", t.exited_success),
+            ("failure", t.exited_failure),
+            ("signal", t.exited_signal),
+        ] {
+            ConstCounter::new(value).encode(
+                family.encode_family(&with(labels, &[("outcome", outcome.to_string())]))?,
+            )?;
+        }
+    }
+    let name = format!("{prefix}tasks_running");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Live processes in the workload.",
+        MetricType::Gauge,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        ConstGauge::new(t.running as i64).encode(family.encode_family(labels)?)?;
+    }
+    let name = format!("{prefix}task_duration_seconds");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Lifetimes of processes seen from start to exit.",
+        MetricType::Histogram,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        let buckets = export_buckets(&t.durations);
+        let count = buckets.iter().map(|b| b.1).sum();
+        family.encode_family(labels)?.encode_histogram::<Labels>(
+            secs(t.durations_sum_ns),
+            count,
+            &buckets,
+            None,
+        )?;
+    }
+
+    Ok(())
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let secs = |ns: u64| ns as f64 / 1e9;
-
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_cpu_seconds",
-            "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            ConstCounter::new(secs(t.sched.on_cpu_ns)).encode(family.encode_family(labels)?)?;
-        }
-        let mut family = describe(&mut encoder, "taskscope_context_switches", "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).", MetricType::Counter)?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            for (kind, value) in [
-                ("voluntary", t.sched.voluntary_switches),
-                ("involuntary", t.sched.involuntary_switches),
-            ] {
-                ConstCounter::new(value)
-                    .encode(family.encode_family(&with(labels, &[("kind", kind.to_string())]))?)?;
-            }
-        }
-        let mut family = describe(&mut encoder, "taskscope_runqueue_latency_seconds", "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.", MetricType::Histogram)?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            let buckets = export_buckets(&t.sched.runq_hist);
-            let count = buckets.iter().map(|b| b.1).sum();
-            family.encode_family(labels)?.encode_histogram::<Labels>(
-                secs(t.sched.runq_wait_ns),
-                count,
-                &buckets,
-                None,
-            )?;
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_syscalls",
-            "Syscalls made, by name (the busiest per workload; the rest as other).",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, syscalls, ..
-        } in &self.kept
-        {
-            for NamedSyscall { name, stats, .. } in syscalls {
-                ConstCounter::new(stats.count)
-                    .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_syscall_errors",
-            "Syscalls that returned an error, by name and errno.",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, syscalls, ..
-        } in &self.kept
-        {
-            for NamedSyscall { name, errnos, .. } in syscalls {
-                for (errno, count) in errnos {
-                    let errno =
-                        errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
-                    ConstCounter::new(*count).encode(family.encode_family(&with(
-                        labels,
-                        &[("syscall", name.clone()), ("errno", errno)],
-                    ))?)?;
-                }
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_syscall_latency_seconds",
-            "Syscall durations, entry to exit.",
-            MetricType::Histogram,
-        )?;
-        for KeptWorkload {
-            labels, syscalls, ..
-        } in &self.kept
-        {
-            for NamedSyscall { name, stats, .. } in syscalls {
-                let buckets = export_buckets(&stats.latency_hist);
-                family
-                    .encode_family(&with(labels, &[("syscall", name.clone())]))?
-                    .encode_histogram::<Labels>(
-                        secs(stats.total_ns),
-                        stats.count,
-                        &buckets,
-                        None,
-                    )?;
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_block_io_bytes",
-            "Bytes of block IO the workload's processes issued, counted at issue.",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            for (op, io) in &t.io {
-                ConstCounter::new(io.bytes).encode(family.encode_family(&with(
-                    labels,
-                    &[("device", String::new()), ("op", block_op_name(*op))],
-                ))?)?;
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_block_io_requests",
-            "Block IO requests the workload's processes issued.",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            for (op, io) in &t.io {
-                ConstCounter::new(io.requests).encode(family.encode_family(&with(
-                    labels,
-                    &[("device", String::new()), ("op", block_op_name(*op))],
-                ))?)?;
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_tasks_started",
-            "Processes started in the workload while the agent ran.",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            ConstCounter::new(t.started).encode(family.encode_family(labels)?)?;
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_tasks_exited",
-            "Processes that exited: success (code 0), failure (other codes) or signal.",
-            MetricType::Counter,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            for (outcome, value) in [
-                ("success", t.exited_success),
-                ("failure", t.exited_failure),
-                ("signal", t.exited_signal),
-            ] {
-                ConstCounter::new(value).encode(
-                    family.encode_family(&with(labels, &[("outcome", outcome.to_string())]))?,
-                )?;
-            }
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_tasks_running",
-            "Live processes in the workload.",
-            MetricType::Gauge,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            ConstGauge::new(t.running as i64).encode(family.encode_family(labels)?)?;
-        }
-        let mut family = describe(
-            &mut encoder,
-            "taskscope_task_duration_seconds",
-            "Lifetimes of processes seen from start to exit.",
-            MetricType::Histogram,
-        )?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in &self.kept
-        {
-            let buckets = export_buckets(&t.durations);
-            let count = buckets.iter().map(|b| b.1).sum();
-            family.encode_family(labels)?.encode_histogram::<Labels>(
-                secs(t.durations_sum_ns),
-                count,
-                &buckets,
-                None,
-            )?;
+        encode_subjects(&mut encoder, "taskscope_", &self.kept, true)?;
+        if !self.processes.is_empty() {
+            encode_subjects(&mut encoder, "taskscope_process_", &self.processes, false)?;
         }
 
         // The node.
@@ -557,7 +605,7 @@ impl Exposition {
         let mut dropped = 0u64;
         for (workload, totals) in workloads {
             let syscalls = top_syscalls(&totals, config.top_syscalls);
-            let counts = series_of(&totals, &syscalls);
+            let counts = series_of(&totals, &syscalls, true);
             let total: usize = counts.iter().map(|c| c.1).sum();
             if used + total > config.max_series {
                 dropped += total as u64;
@@ -573,9 +621,30 @@ impl Exposition {
                 syscalls,
             });
         }
+        let mut processes = Vec::new();
+        for p in snapshot.processes {
+            let syscalls = top_syscalls(&p.totals, config.top_syscalls);
+            let total: usize = series_of(&p.totals, &syscalls, false)
+                .iter()
+                .map(|c| c.1)
+                .sum();
+            if used + total > config.max_series {
+                dropped += total as u64;
+                continue;
+            }
+            used += total;
+            *series.entry("taskscope_process").or_default() += total;
+            let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+            processes.push(KeptWorkload {
+                labels: with(&workload_labels(&p.workload), &extra),
+                totals: p.totals,
+                syscalls,
+            });
+        }
         self.dropped_series_total += dropped;
         let scrape = Scrape {
             kept,
+            processes,
             series,
             events: snapshot.events,
             cpu_windows: snapshot.cpu_windows,

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod errno;
 pub mod exit;
 pub mod node;
+pub mod selector;
 pub mod view;
 pub mod workload;
 
@@ -28,6 +29,7 @@ use crate::{
         events::{c_string, Event, Exec},
         poller::{clock_ns, Forget, KernelSnapshot},
     },
+    exporters::prometheus::SelectedProcess,
     procfs::{self, CgroupResolver, NS_PER_TICK},
 };
 
@@ -35,6 +37,7 @@ pub use self::exit::ExitStatus;
 use self::{
     aggregate::{WorkloadLedger, WorkloadTotals},
     node::{cpu_windows, CpuTotals, CpuWindow},
+    selector::ProcessSelector,
     workload::Workload,
 };
 
@@ -641,6 +644,28 @@ impl TaskModel {
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         self.workloads
             .totals(self.live.values(), now, &self.running, ttl_ns)
+    }
+
+    /// Live processes any of `selectors` matches, each with its own totals.
+    pub fn selected_processes(&self, selectors: &[ProcessSelector]) -> Vec<SelectedProcess> {
+        if selectors.is_empty() {
+            return Vec::new();
+        }
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        self.live
+            .values()
+            .filter(|p| selectors.iter().any(|s| s.matches(p)))
+            .map(|p| {
+                let mut totals = WorkloadTotals::default();
+                totals.add_process(p, now, &self.running);
+                SelectedProcess {
+                    workload: Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/")),
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    totals,
+                }
+            })
+            .collect()
     }
 
     pub fn live_count(&self) -> usize {
