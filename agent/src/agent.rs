@@ -14,7 +14,7 @@ use crate::{
     collector::{Collector, CollectorConfig},
     exporters::prometheus::ExpositionConfig,
     model::{ModelConfig, TaskModel},
-    probes::{LoadOptions, Probes},
+    probes::{BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, CgroupResolver},
 };
 
@@ -85,6 +85,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     }
 
+    // Held until the agent stops: statistics go off again with it (unless someone else on
+    // the host keeps them on).
+    let _bpf_stats = if args.bpf_stats {
+        match BpfStatsGuard::enable() {
+            Ok(guard) => Some(guard),
+            Err(err) => {
+                warn!(%err, "cannot turn on BPF run statistics; taskscope_bpf_program_* stay at 0");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let cgroup_root = cgroup2_mount();
     let model = TaskModel::new(
         ModelConfig {

@@ -100,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub series_ttl: Duration,
 
+    /// Turn on the kernel's BPF run statistics while the agent runs, for
+    /// taskscope_bpf_program_runs_total and _run_seconds_total (about 20 ns per program run).
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// Attach types to use.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,

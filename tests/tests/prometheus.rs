@@ -437,3 +437,38 @@ fn selected_processes_get_their_own_series() {
     );
     assert_eq!(others, 0, "only selected processes get series");
 }
+
+#[test]
+fn bpf_program_statistics_are_exported_only_when_asked_for() {
+    let runs = |scrape: &str| {
+        sample(
+            scrape,
+            "taskscope_bpf_program_runs_total",
+            &["program=\"ts_switch_btf\""],
+        )
+    };
+    let quiet = Agent::start(&[]);
+    let (_, scrape) = http_get(&quiet.addr, "/metrics").expect("scrape");
+    assert_eq!(runs(&scrape), Some(0.0), "statistics are off by default");
+    drop(quiet);
+
+    let agent = Agent::start(&["--bpf-stats"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");
+    let ours = runs(&scrape).expect("runs of ts_switch_btf");
+    // The kernel's own figure, read after the scrape: at least as large.
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let kernel = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "ts_switch_btf")
+        .filter_map(|p| p["run_cnt"].as_f64())
+        .fold(0.0, f64::max);
+    println!("ts_switch_btf runs: /metrics {ours}, bpftool afterwards {kernel}");
+    assert!(ours > 0.0 && ours <= kernel, "{ours} vs {kernel}");
+}

@@ -274,6 +274,7 @@ impl Collector {
                     pressure: procfs::read_pressure(),
                     events: status.events,
                     lost: status.lost,
+                    programs: self.probes.program_stats(),
                 });
             }
         }
@@ -328,12 +329,12 @@ impl Collector {
         });
         lost.extend(
             self.probes
-                .recursion_misses()
+                .program_stats()
                 .into_iter()
-                .map(|(program, count)| LossView {
+                .map(|(program, stats)| LossView {
                     source: program,
                     reason: "recursion_miss",
-                    count,
+                    count: stats.recursion_misses,
                 }),
         );
         StatusResponse {

@@ -23,6 +23,7 @@ use crate::{
         view::block_op_name,
         workload::Workload,
     },
+    probes::ProgramStats,
     procfs::ZoneFreeBlocks,
     syscall_names::syscall_name,
 };
@@ -48,6 +49,8 @@ pub struct MetricsSnapshot {
     pub memory_zones: Vec<ZoneFreeBlocks>,
     /// (resource, some µs, full µs) from `/proc/pressure`.
     pub pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
+    /// Kernel run statistics of each attached program.
+    pub programs: Vec<(&'static str, ProgramStats)>,
     /// Ring-buffer events received, by kind.
     pub events: BTreeMap<&'static str, u64>,
     pub lost: Vec<LossView>,
@@ -219,6 +222,7 @@ struct Scrape {
     cpu_windows: Vec<CpuWindow>,
     memory_zones: Vec<ZoneFreeBlocks>,
     pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
+    programs: Vec<(&'static str, ProgramStats)>,
     previous_scrape_seconds: f64,
     dropped_series_total: u64,
 }
@@ -494,6 +498,26 @@ impl Collector for Scrape {
         // The agent about itself.
         let mut family = describe(
             &mut encoder,
+            "taskscope_bpf_program_runs",
+            "Runs of each kernel program, counted while BPF statistics are on (--bpf-stats).",
+            MetricType::Counter,
+        )?;
+        for (program, stats) in &self.programs {
+            ConstCounter::new(stats.run_cnt)
+                .encode(family.encode_family(&[("program", *program)])?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_bpf_program_run_seconds",
+            "Time each kernel program ran, counted while BPF statistics are on (--bpf-stats).",
+            MetricType::Counter,
+        )?;
+        for (program, stats) in &self.programs {
+            ConstCounter::new(stats.run_time_ns as f64 / 1e9)
+                .encode(family.encode_family(&[("program", *program)])?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
             "taskscope_events",
             "Ring-buffer events received, by kind.",
             MetricType::Counter,
@@ -650,6 +674,7 @@ impl Exposition {
             cpu_windows: snapshot.cpu_windows,
             memory_zones: snapshot.memory_zones,
             pressure: snapshot.pressure,
+            programs: snapshot.programs,
             lost: snapshot
                 .lost
                 .iter()
