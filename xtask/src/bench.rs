@@ -174,6 +174,10 @@ struct Agent {
 
 impl Agent {
     fn start(binary: &Path) -> Result<Self> {
+        Self::start_with(binary, &[])
+    }
+
+    fn start_with(binary: &Path, extra: &[&str]) -> Result<Self> {
         let addr = "127.0.0.1:9799";
         let before = program_ids()?;
         let child = Command::new(binary)
@@ -186,6 +190,7 @@ impl Agent {
                 "--log-level",
                 "warn",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .context("start the agent")?;
@@ -488,4 +493,91 @@ fn live_tasks_rss(agent_binary: &Path, count: usize) -> Result<(u64, u64, u64)> 
     }
     drop(agent);
     Ok((hwm, rss, seen))
+}
+
+#[derive(Args)]
+pub struct ScrapeArgs {
+    /// Workloads: cgroups, each with one sleeping process.
+    #[arg(long, default_value_t = 1000)]
+    workloads: usize,
+    /// Scrapes timed per configuration.
+    #[arg(long, default_value_t = 20)]
+    scrapes: usize,
+}
+
+/// One GET of /metrics as Prometheus asks for it: (duration, body bytes).
+fn timed_scrape() -> Result<(Duration, usize)> {
+    let start = Instant::now();
+    let mut stream = TcpStream::connect("127.0.0.1:9799")?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body)?;
+    Ok((start.elapsed(), body.len()))
+}
+
+/// `cargo xtask bench-scrape`: /metrics with many workloads, all families populated.
+pub fn scrape(args: &ScrapeArgs, agent_binary: &Path) -> Result<()> {
+    let root = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .context("no cgroup v2 mount")?;
+    let base = Path::new(&root).join(format!("taskscope-bench-{}", std::process::id()));
+    std::fs::create_dir(&base)?;
+    let mut sleepers = Vec::new();
+    for i in 0..args.workloads {
+        let dir = base.join(format!("w{i}"));
+        std::fs::create_dir(&dir)?;
+        // A shell that moves itself, reads a file (syscalls, errors), then sleeps.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs; cat /nonexistent 2>/dev/null; exec sleep 3600",
+            dir.display()
+        );
+        sleepers.push(Command::new("sh").arg("-c").arg(script).spawn()?);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let result = (|| -> Result<()> {
+        for (title, extra) in [
+            ("default cap (--max-series 10000)", vec![]),
+            (
+                "no cap (--max-series 100000000)",
+                vec!["--max-series", "100000000"],
+            ),
+        ] {
+            let agent = Agent::start_with(agent_binary, &extra)?;
+            timed_scrape()?; // warm-up
+            let mut times = Vec::new();
+            let mut size = 0;
+            for _ in 0..args.scrapes {
+                let (time, bytes) = timed_scrape()?;
+                times.push(time.as_secs_f64() * 1000.0);
+                size = bytes;
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{} workloads, {title}: scrape median {:.1} ms, max {:.1} ms, {:.1} KiB [target <= 20 ms]",
+                args.workloads,
+                times[times.len() / 2],
+                times[times.len() - 1],
+                size as f64 / 1024.0
+            );
+            drop(agent);
+        }
+        Ok(())
+    })();
+    for mut s in sleepers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    for i in 0..args.workloads {
+        let _ = std::fs::remove_dir(base.join(format!("w{i}")));
+    }
+    let _ = std::fs::remove_dir(&base);
+    result
 }

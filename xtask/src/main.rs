@@ -43,6 +43,8 @@ enum Task {
     Test,
     /// Measure per-program BPF cost, agent CPU and memory against libbpf-tools.
     Bench(bench::BenchArgs),
+    /// Measure /metrics scrape time and size with many workloads.
+    BenchScrape(bench::ScrapeArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,6 +69,12 @@ fn main() -> Result<()> {
             setup(true)?;
             build()?;
             test()
+        }
+        Task::BenchScrape(args) => {
+            setup(false)?;
+            build()?;
+            require_root("the benchmark loads programs into the kernel")?;
+            bench::scrape(&args, &agent_binary())
         }
         Task::Bench(args) => {
             setup(true)?;
