@@ -145,12 +145,15 @@ pub struct IoStart {
     pub _pad: u32,
 }
 
-/// Key of `PROCESS_IO`: block IO issued by one process, per operation.
+/// Key of `PROCESS_IO`: block IO issued by one process, per device and operation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessIoKey {
     pub tgid: u32,
     pub op: u32,
+    /// Kernel `dev_t` (`MAJOR << 20 | MINOR`) of the device or partition.
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 /// Block IO accumulators of one process and operation, counted when the request is issued.

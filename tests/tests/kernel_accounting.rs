@@ -196,6 +196,21 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         0.01,
     );
     assert!(process["block_io"]["write_requests"].as_u64().unwrap_or(0) > 0);
+    // The same bytes on /metrics, labelled with the device, in the writer's workload.
+    let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
+    let cgroup = process["cgroup"]["path"]
+        .as_str()
+        .unwrap_or("/")
+        .to_string();
+    let on_metrics: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("taskscope_block_io_bytes_total{"))
+        .filter(|l| l.contains(&format!("cgroup=\"{cgroup}\"")))
+        .filter(|l| l.contains(&format!("device=\"{device}\"")) && l.contains("op=\"write\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("taskscope_block_io_bytes_total{{cgroup=\"{cgroup}\",device=\"{device}\",op=\"write\"}} = {on_metrics}");
+    assert!(on_metrics >= bytes as f64, "{on_metrics} < {bytes}");
     // Everyone's writes to the device in the window (journal and writeback too), both ways.
     assert_close(
         &format!("device {device} bytes written vs /proc/diskstats"),

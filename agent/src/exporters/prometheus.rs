@@ -20,7 +20,7 @@ use crate::{
         aggregate::WorkloadTotals,
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
-        view::block_op_name,
+        view::{block_op_name, device_name},
         workload::Workload,
     },
     probes::ProgramStats,
@@ -357,10 +357,10 @@ fn encode_subjects(
         labels, totals: t, ..
     } in subjects
     {
-        for (op, io) in &t.io {
+        for ((dev, op), io) in &t.io {
             ConstCounter::new(io.bytes).encode(family.encode_family(&with(
                 labels,
-                &[("device", String::new()), ("op", block_op_name(*op))],
+                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
             ))?)?;
         }
     }
@@ -375,10 +375,10 @@ fn encode_subjects(
         labels, totals: t, ..
     } in subjects
     {
-        for (op, io) in &t.io {
+        for ((dev, op), io) in &t.io {
             ConstCounter::new(io.requests).encode(family.encode_family(&with(
                 labels,
-                &[("device", String::new()), ("op", block_op_name(*op))],
+                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
             ))?)?;
         }
     }

@@ -16,8 +16,8 @@ pub struct WorkloadTotals {
     pub sched: SchedTotals,
     pub syscalls: BTreeMap<u32, SyscallStats>,
     pub errnos: BTreeMap<(u32, u32), u64>,
-    /// Block IO by operation (`REQ_OP_*`).
-    pub io: BTreeMap<u32, ProcessIo>,
+    /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
+    pub io: BTreeMap<(u32, u32), ProcessIo>,
     /// Processes seen starting (fork) while the agent ran.
     pub started: u64,
     pub exited_success: u64,
@@ -64,7 +64,7 @@ impl WorkloadTotals {
         sched: &SchedTotals,
         syscalls: &BTreeMap<u32, SyscallStats>,
         errnos: &BTreeMap<(u32, u32), u64>,
-        io: &BTreeMap<u32, ProcessIo>,
+        io: &BTreeMap<(u32, u32), ProcessIo>,
     ) {
         self.sched.add_totals(sched);
         for (nr, stats) in syscalls {

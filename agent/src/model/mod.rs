@@ -164,8 +164,8 @@ pub struct Process {
     exited_sched: SchedTotals,
     pub syscalls: BTreeMap<u32, SyscallStats>,
     pub errnos: BTreeMap<(u32, u32), u64>,
-    /// Block IO by operation (`REQ_OP_*`).
-    pub io: BTreeMap<u32, ProcessIo>,
+    /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
+    pub io: BTreeMap<(u32, u32), ProcessIo>,
     pub slow_syscalls: VecDeque<SlowSyscallEvent>,
     exited_at: Option<Instant>,
     /// Gone from /proc at the last sweep, with no exit event yet.
@@ -384,7 +384,12 @@ impl TaskModel {
             }));
         forget
             .process_io
-            .extend(process.io.keys().map(|&op| ProcessIoKey { tgid: pid, op }));
+            .extend(process.io.keys().map(|&(dev, op)| ProcessIoKey {
+                tgid: pid,
+                op,
+                dev,
+                _pad: 0,
+            }));
         if process.exit.is_none() {
             process.exit = Some(ExitStatus::Unknown);
             self.counters.processes_lost += 1;
@@ -525,7 +530,7 @@ impl TaskModel {
         }
         for (key, io) in snapshot.process_io {
             if let Some(process) = self.live.get_mut(&key.tgid) {
-                process.io.insert(key.op, io);
+                process.io.insert((key.dev, key.op), io);
             }
         }
         self.running = snapshot

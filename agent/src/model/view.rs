@@ -162,7 +162,7 @@ impl ProcessView {
     pub fn new(p: &Process, clocks: &Clocks, running: &HashMap<u32, u64>) -> Self {
         let sched = p.sched(clocks.monotonic_ns, running);
         let mut block_io = BlockIoView::default();
-        for (&op, io) in &p.io {
+        for (&(_, op), io) in &p.io {
             block_io.total_latency_ns += io.total_latency_ns;
             match op {
                 block_op::READ => {
@@ -320,6 +320,11 @@ pub struct BlockDeviceView {
     pub latency: Vec<Bucket>,
 }
 
+/// `major:minor` of a kernel `dev_t` (`MAJOR << 20 | MINOR`), as in `/proc/diskstats`.
+pub fn device_name(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
 /// Name of a kernel `REQ_OP_*` value.
 pub fn block_op_name(op: u32) -> String {
     match op {
@@ -372,7 +377,7 @@ impl NodeView {
         let mut block_devices: Vec<BlockDeviceView> = devices
             .iter()
             .map(|(key, io)| BlockDeviceView {
-                device: format!("{}:{}", key.dev >> 20, key.dev & 0xf_ffff),
+                device: device_name(key.dev),
                 op: block_op_name(key.op),
                 requests: io.requests,
                 bytes: io.bytes,

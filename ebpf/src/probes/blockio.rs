@@ -62,7 +62,12 @@ pub fn on_start(ctx: *const u64) {
     if IO_STARTS.insert(rq, start, 0).is_err() {
         count_loss(Loss::IoStartsMapFull);
     }
-    let key = ProcessIoKey { tgid, op };
+    let key = ProcessIoKey {
+        tgid,
+        op,
+        dev,
+        _pad: 0,
+    };
     if let Some(io) = get_or_init(&PROCESS_IO, &key, Loss::ProcessIoMapFull) {
         let io = unsafe { &mut *io };
         add(&mut io.bytes, bytes);
@@ -100,6 +105,8 @@ pub fn on_complete(ctx: *const u64) {
     let key = ProcessIoKey {
         tgid: start.tgid,
         op: start.op,
+        dev: start.dev,
+        _pad: 0,
     };
     if let Some(io) = PROCESS_IO.get_ptr_mut(key) {
         add(unsafe { &mut (*io).total_latency_ns }, latency);
