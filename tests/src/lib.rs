@@ -33,6 +33,19 @@ pub fn workload_binary() -> PathBuf {
     profile_dir.join("workload")
 }
 
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("a cgroup v2 mount")
+}
+
 /// A free TCP port on localhost.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

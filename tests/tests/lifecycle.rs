@@ -262,15 +262,7 @@ fn a_full_ring_buffer_is_counted_not_silent() {
 fn cgroup_and_uid_come_from_the_exec() {
     use std::os::unix::fs::MetadataExt;
     let agent = Agent::start(&[]);
-    let root = std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
-        })
-        .expect("a cgroup v2 mount");
+    let root = taskscope_e2e::cgroup2_root();
     let name = format!("taskscope-e2e-{}", std::process::id());
     let dir = std::path::Path::new(&root).join(&name);
     std::fs::create_dir(&dir).expect("create a cgroup");

@@ -7,7 +7,9 @@ use std::{
 };
 
 use serde_json::Value;
-use taskscope_e2e::{free_port, http_get, schedstat, wait_for, workload_binary, Agent};
+use taskscope_e2e::{
+    cgroup2_root, free_port, http_get, schedstat, wait_for, workload_binary, Agent,
+};
 
 /// A Prometheus server on loopback scraping `target` every second; killed when dropped.
 struct Prometheus {
@@ -109,18 +111,6 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn cgroup2_root() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
-        })
-        .expect("a cgroup v2 mount")
 }
 
 #[test]

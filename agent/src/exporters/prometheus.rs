@@ -236,6 +236,9 @@ fn describe<'a>(
     encoder.encode_descriptor(name, help, None, metric_type)
 }
 
+/// Which figure of a process's block IO a family exports.
+type IoField = fn(&taskscope_common::ProcessIo) -> u64;
+
 /// Encodes the per-subject families (workloads, or selected processes) under `prefix`.
 fn encode_subjects(
     encoder: &mut DescriptorEncoder,
@@ -346,40 +349,32 @@ fn encode_subjects(
                 .encode_histogram::<Labels>(secs(stats.total_ns), stats.count, &buckets, None)?;
         }
     }
-    let name = format!("{prefix}block_io_bytes");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Bytes of block IO the workload's processes issued, counted at issue.",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        for ((dev, op), io) in &t.io {
-            ConstCounter::new(io.bytes).encode(family.encode_family(&with(
-                labels,
-                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
-            ))?)?;
-        }
-    }
-    let name = format!("{prefix}block_io_requests");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Block IO requests the workload's processes issued.",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        for ((dev, op), io) in &t.io {
-            ConstCounter::new(io.requests).encode(family.encode_family(&with(
-                labels,
-                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
-            ))?)?;
+    let block_io: [(&str, &str, IoField); 2] = [
+        (
+            "block_io_bytes",
+            "Bytes of block IO the workload's processes issued, counted at issue.",
+            |io| io.bytes,
+        ),
+        (
+            "block_io_requests",
+            "Block IO requests the workload's processes issued.",
+            |io| io.requests,
+        ),
+    ];
+    for (suffix, help, value) in block_io {
+        let name = format!("{prefix}{suffix}");
+        let mut family = describe(encoder, &name, help, MetricType::Counter)?;
+        for KeptWorkload {
+            labels, totals: t, ..
+        } in subjects
+        {
+            for ((dev, op), io) in &t.io {
+                let labels = with(
+                    labels,
+                    &[("device", device_name(*dev)), ("op", block_op_name(*op))],
+                );
+                ConstCounter::new(value(io)).encode(family.encode_family(&labels)?)?;
+            }
         }
     }
     if !with_tasks {
