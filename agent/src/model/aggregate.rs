@@ -86,9 +86,74 @@ impl WorkloadTotals {
         }
     }
 
-    /// Adds what `process` accumulated (its running slices included, via `running`).
+    /// The scheduler, syscall and IO figures `process` has accumulated (no counts).
+    pub fn figures_of(p: &Process, now_ns: u64, running: &HashMap<u32, u64>) -> WorkloadTotals {
+        let mut figures = WorkloadTotals::default();
+        figures.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
+        figures
+    }
+
+    /// These figures less `base` (what was already credited elsewhere), never below zero.
+    pub fn figures_minus(&self, base: &WorkloadTotals) -> WorkloadTotals {
+        let sub = |a: u64, b: u64| a.saturating_sub(b);
+        let mut out = WorkloadTotals {
+            sched: SchedTotals {
+                on_cpu_ns: sub(self.sched.on_cpu_ns, base.sched.on_cpu_ns),
+                runq_wait_ns: sub(self.sched.runq_wait_ns, base.sched.runq_wait_ns),
+                voluntary_switches: sub(
+                    self.sched.voluntary_switches,
+                    base.sched.voluntary_switches,
+                ),
+                involuntary_switches: sub(
+                    self.sched.involuntary_switches,
+                    base.sched.involuntary_switches,
+                ),
+                runq_hist: std::array::from_fn(|i| {
+                    sub(self.sched.runq_hist[i], base.sched.runq_hist[i])
+                }),
+            },
+            ..WorkloadTotals::default()
+        };
+        for (nr, stats) in &self.syscalls {
+            let mut left = *stats;
+            if let Some(b) = base.syscalls.get(nr) {
+                left.count = sub(left.count, b.count);
+                left.errors = sub(left.errors, b.errors);
+                left.total_ns = sub(left.total_ns, b.total_ns);
+                for (a, b) in left.latency_hist.iter_mut().zip(&b.latency_hist) {
+                    *a = sub(*a, *b);
+                }
+            }
+            out.syscalls.insert(*nr, left);
+        }
+        for (key, count) in &self.errnos {
+            let b = base.errnos.get(key).copied().unwrap_or(0);
+            out.errnos.insert(*key, sub(*count, b));
+        }
+        for (key, io) in &self.io {
+            let b = base.io.get(key).copied().unwrap_or_default();
+            out.io.insert(
+                *key,
+                ProcessIo {
+                    bytes: sub(io.bytes, b.bytes),
+                    requests: sub(io.requests, b.requests),
+                    total_latency_ns: sub(io.total_latency_ns, b.total_latency_ns),
+                },
+            );
+        }
+        out
+    }
+
+    /// Adds what `process` accumulated in its current workload (its running slices included,
+    /// via `running`): all of it, or what came after it moved here from another cgroup.
     pub fn add_process(&mut self, p: &Process, now_ns: u64, running: &HashMap<u32, u64>) {
-        self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
+        match &p.moved_baseline {
+            None => self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io),
+            Some(base) => {
+                let own = WorkloadTotals::figures_of(p, now_ns, running).figures_minus(base);
+                self.add_figures(&own.sched, &own.syscalls, &own.errnos, &own.io);
+            }
+        }
         if p.observed_from_start {
             self.started += 1;
         }
@@ -142,6 +207,22 @@ impl WorkloadLedger {
             }
             entry.1.durations_sum_ns += lifetime;
         }
+    }
+
+    /// Credits a workload with figures a process accumulated there before it moved away.
+    pub fn credit(&mut self, cgroup_path: &str, figures: &WorkloadTotals, now_ns: u64) {
+        let workload = Workload::from_cgroup(cgroup_path);
+        let entry = self
+            .retired
+            .entry(workload.key().to_string())
+            .or_insert_with(|| (workload, WorkloadTotals::default(), now_ns));
+        entry.1.add_figures(
+            &figures.sched,
+            &figures.syscalls,
+            &figures.errnos,
+            &figures.io,
+        );
+        entry.2 = now_ns;
     }
 
     /// Every workload's totals: retired ones plus the live processes. Workloads with no live

@@ -170,6 +170,9 @@ pub struct Process {
     exited_at: Option<Instant>,
     /// Gone from /proc at the last sweep, with no exit event yet.
     missing_at_sweep: bool,
+    /// Its figures when it last moved to another cgroup: they belong to the workloads it
+    /// left, its current workload counts only what came after.
+    pub moved_baseline: Option<Box<WorkloadTotals>>,
 }
 
 impl Process {
@@ -200,6 +203,7 @@ impl Process {
             slow_syscalls: VecDeque::new(),
             exited_at: None,
             missing_at_sweep: false,
+            moved_baseline: None,
         }
     }
 
@@ -492,7 +496,6 @@ impl TaskModel {
         process.cmdline_truncated = exec.args_truncated;
         process.uid = Some(exec.uid);
         process.cgroup_id = Some(exec.cgroup_id);
-        process.cgroup_path = cgroup_path;
         if exec.old_pid != exec.header.pid {
             // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
             process
@@ -500,6 +503,33 @@ impl TaskModel {
                 .entry(exec.old_pid)
                 .or_default()
                 .exited_after_poll = Some(polls);
+        }
+        self.set_cgroup(tgid, cgroup_path);
+    }
+
+    /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
+    /// workload it leaves, so that no workload's counter ever goes down.
+    fn set_cgroup(&mut self, pid: u32, path: Option<String>) {
+        let Some(process) = self.live.get(&pid) else {
+            return;
+        };
+        if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
+            if old != new {
+                let now = clock_ns(libc::CLOCK_MONOTONIC);
+                let figures = WorkloadTotals::figures_of(process, now, &self.running);
+                let credit = match &process.moved_baseline {
+                    Some(base) => figures.figures_minus(base),
+                    None => figures.clone(),
+                };
+                let old = old.clone();
+                self.workloads.credit(&old, &credit, now);
+                if let Some(process) = self.live.get_mut(&pid) {
+                    process.moved_baseline = Some(Box::new(figures));
+                }
+            }
+        }
+        if let Some(process) = self.live.get_mut(&pid) {
+            process.cgroup_path = path;
         }
     }
 
@@ -868,6 +898,41 @@ mod tests {
         assert_eq!(m.by_pid(P)[0].exit, Some(ExitStatus::Exited { code: 0 }));
         assert_eq!(m.by_pid(P + 1)[0].exit, Some(ExitStatus::Unknown));
         assert_eq!(m.counters.processes_lost, 1);
+    }
+
+    #[test]
+    fn a_process_moving_cgroup_leaves_its_past_behind() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.set_cgroup(P, Some("/a".into()));
+        let snap = |on_cpu| KernelSnapshot {
+            tasks: vec![(P, sched(P, on_cpu))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap(100));
+        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
+            m.workload_totals(Duration::from_secs(60))
+                .iter()
+                .find(|(w, _)| w.cgroup == cgroup)
+                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
+        };
+        assert_eq!(cpu_of(&mut m, "/a"), 100);
+        m.set_cgroup(P, Some("/b".into()));
+        m.apply_kernel(snap(150));
+        assert_eq!(cpu_of(&mut m, "/a"), 100, "what it used in /a stays there");
+        assert_eq!(cpu_of(&mut m, "/b"), 50, "/b counts only what came after");
+        m.set_cgroup(P, Some("/a".into()));
+        m.apply_kernel(snap(170));
+        assert_eq!(cpu_of(&mut m, "/b"), 50);
+        assert_eq!(cpu_of(&mut m, "/a"), 120);
+        // And after it exits and is retired.
+        m.apply_event(exit(P, P, 0, true), &mut forget);
+        m.apply_kernel(snap(170));
+        m.apply_kernel(KernelSnapshot::default());
+        assert_eq!(m.live_count(), 0);
+        assert_eq!(cpu_of(&mut m, "/a"), 120);
+        assert_eq!(cpu_of(&mut m, "/b"), 50);
     }
 
     fn zero_syscalls() -> SyscallStats {
