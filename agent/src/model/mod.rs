@@ -116,14 +116,14 @@ impl SchedTotals {
             involuntary_switches,
             queued_since_ns: _,
             runq_hist,
-        } = task;
-        self.on_cpu_ns += on_cpu_ns;
-        self.runq_wait_ns += runq_wait_ns;
-        self.voluntary_switches += voluntary_switches;
-        self.involuntary_switches += involuntary_switches;
-        for (total, count) in self.runq_hist.iter_mut().zip(runq_hist) {
-            *total += count;
-        }
+        } = *task;
+        self.add_totals(&SchedTotals {
+            on_cpu_ns,
+            runq_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            runq_hist,
+        });
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
 
-use super::{errno::errno_name, workload::Workload, ExitStatus, Process};
+use super::{errno::errno_name, node::CpuTotals, workload::Workload, ExitStatus, Process};
 use crate::{collector::poller::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 /// Offsets between the kernel's clocks and wall-clock time, taken once per response.
@@ -44,13 +44,18 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// Exclusive upper bound of log2 bucket `index`; `None` for the open-ended last one.
+fn below_ns(index: usize) -> Option<u64> {
+    Some(bucket_upper_bound_ns(index)).filter(|&b| b != u64::MAX)
+}
+
 /// The non-empty buckets of a kernel histogram.
 pub fn buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<Bucket> {
     hist.iter()
         .enumerate()
         .filter(|(_, &count)| count > 0)
         .map(|(i, &count)| Bucket {
-            below_ns: Some(bucket_upper_bound_ns(i)).filter(|&b| b != u64::MAX),
+            below_ns: below_ns(i),
             count,
         })
         .collect()
@@ -345,33 +350,29 @@ impl NodeView {
         devices: &[(taskscope_common::DeviceIoKey, taskscope_common::DeviceIo)],
         read_at_ns: u64,
     ) -> Self {
-        let since = |start: u64| {
-            if start == 0 {
-                0
-            } else {
-                read_at_ns.saturating_sub(start)
-            }
-        };
         let cpus = cpus
             .iter()
             .enumerate()
-            .map(|(cpu, c)| CpuView {
-                cpu,
-                observed: c.busy_since_ns != 0 || c.idle_since_ns != 0,
-                busy_ns: c.busy_ns + since(c.busy_since_ns),
-                idle_ns: c.idle_ns + since(c.idle_since_ns),
-                idle_periods: c
-                    .idle_periods
-                    .iter()
-                    .zip(&c.idle_ns_by_bucket)
-                    .enumerate()
-                    .filter(|(_, (&count, _))| count > 0)
-                    .map(|(i, (&count, &idle_ns))| IdleBucket {
-                        below_ns: Some(bucket_upper_bound_ns(i)).filter(|&b| b != u64::MAX),
-                        count,
-                        idle_ns,
-                    })
-                    .collect(),
+            .map(|(cpu, c)| {
+                let totals = CpuTotals::of(c, read_at_ns);
+                CpuView {
+                    cpu,
+                    observed: c.busy_since_ns != 0 || c.idle_since_ns != 0,
+                    busy_ns: totals.busy_ns,
+                    idle_ns: totals.idle_ns,
+                    idle_periods: c
+                        .idle_periods
+                        .iter()
+                        .zip(&c.idle_ns_by_bucket)
+                        .enumerate()
+                        .filter(|(_, (&count, _))| count > 0)
+                        .map(|(i, (&count, &idle_ns))| IdleBucket {
+                            below_ns: below_ns(i),
+                            count,
+                            idle_ns,
+                        })
+                        .collect(),
+                }
             })
             .collect();
         let mut block_devices: Vec<BlockDeviceView> = devices
