@@ -1,5 +1,7 @@
 //! `taskscope run`: wiring the pipeline together and shutting it down cleanly.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
@@ -12,10 +14,10 @@ use crate::{
     check::{effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
     collector::{Collector, CollectorConfig},
-    exporters::prometheus::ExpositionConfig,
+    exporters::prometheus::{Exposition, ExpositionConfig},
     model::{ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
-    procfs::{cgroup2_mount, CgroupResolver},
+    procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
 };
 
 /// Why `run` could not start.
@@ -130,7 +132,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         listener,
         api::router(ApiState {
             queries: queries_tx,
-            exposition: Default::default(),
+            exposition: Arc::new(Mutex::new(Exposition::new(
+                CgroupMemoryReader::from_mounts(&mountinfo()),
+            ))),
             exposition_config: ExpositionConfig {
                 max_series: args.max_series,
                 top_syscalls: args.top_syscalls,

@@ -115,6 +115,83 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     mount_point(&mountinfo(), "cgroup2")
 }
 
+/// Where the cgroup v1 hierarchy holding `controller` is mounted, from mountinfo text.
+pub fn cgroup_v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = right.split_whitespace();
+        if fields.next()? != "cgroup" {
+            return None;
+        }
+        let super_options = fields.nth(1)?;
+        if !super_options.split(',').any(|o| o == controller) {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Memory charged to a cgroup and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupMemory {
+    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1): page cache included, as the
+    /// kernel charges it.
+    pub usage_bytes: u64,
+    /// `memory.max` (v2) or `memory.limit_in_bytes` (v1); `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+}
+
+/// v1 writes "unlimited" as the largest page-aligned `i64`; anything this large is no limit.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// Reads the memory of cgroups by their v2 path: from cgroup v2 where the memory controller
+/// is enabled there, else from the v1 memory hierarchy at the same path (hybrid hosts, where
+/// systemd and runc create the same path in every hierarchy).
+#[derive(Debug, Clone, Default)]
+pub struct CgroupMemoryReader {
+    v2_root: Option<PathBuf>,
+    v1_memory_root: Option<PathBuf>,
+}
+
+impl CgroupMemoryReader {
+    /// A reader for the hierarchies mounted on this host.
+    pub fn from_mounts(mountinfo: &str) -> Self {
+        Self {
+            v2_root: mount_point(mountinfo, "cgroup2"),
+            v1_memory_root: cgroup_v1_mount(mountinfo, "memory"),
+        }
+    }
+
+    /// Memory of the cgroup at `path` (relative to the v2 root, as in `/proc/<pid>/cgroup`);
+    /// `None` when no hierarchy accounts memory for it, and for the root cgroup (v2 keeps no
+    /// figure for it; v1's is the whole host's, not its own processes').
+    pub fn read(&self, path: &str) -> Option<CgroupMemory> {
+        let relative = path.trim_start_matches('/');
+        if relative.is_empty() {
+            return None;
+        }
+        let read_u64 =
+            |file: PathBuf| -> Option<u64> { fs::read_to_string(file).ok()?.trim().parse().ok() };
+        if let Some(dir) = self.v2_root.as_ref().map(|root| root.join(relative)) {
+            if let Some(usage_bytes) = read_u64(dir.join("memory.current")) {
+                // "max" (no limit) does not parse as a number.
+                let limit_bytes = read_u64(dir.join("memory.max"));
+                return Some(CgroupMemory {
+                    usage_bytes,
+                    limit_bytes,
+                });
+            }
+        }
+        let dir = self.v1_memory_root.as_ref()?.join(relative);
+        let usage_bytes = read_u64(dir.join("memory.usage_in_bytes"))?;
+        let limit_bytes = read_u64(dir.join("memory.limit_in_bytes")).filter(|&l| l < V1_UNLIMITED);
+        Some(CgroupMemory {
+            usage_bytes,
+            limit_bytes,
+        })
+    }
+}
+
 /// Free blocks of one zone, per order, from `/proc/buddyinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneFreeBlocks {
@@ -292,6 +369,15 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(mount_point(mountinfo, "bpf"), None);
+        let hybrid = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                      35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                      40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+        assert_eq!(
+            cgroup_v1_mount(hybrid, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(cgroup_v1_mount(hybrid, "blkio"), None);
+        assert_eq!(cgroup_v1_mount(mountinfo, "memory"), None);
     }
 
     #[test]

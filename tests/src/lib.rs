@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -215,8 +215,26 @@ pub struct Workload {
 impl Workload {
     /// Starts a workload and waits until it is `ready`.
     pub fn run(args: &[&str]) -> Workload {
-        let mut child = Command::new(workload_binary())
-            .args(args)
+        let mut command = Command::new(workload_binary());
+        command.args(args);
+        Self::start(command, args)
+    }
+
+    /// Starts a workload inside the cgroups at `dirs` (one per hierarchy: the shell moves
+    /// itself there, then execs the workload) and waits until it is `ready`.
+    pub fn run_in_cgroups(dirs: &[&Path], args: &[&str]) -> Workload {
+        let mut script = String::new();
+        for dir in dirs {
+            script += &format!("echo $$ > {}/cgroup.procs && ", dir.display());
+        }
+        script += &format!("exec {} {}", workload_binary().display(), args.join(" "));
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        Self::start(command, args)
+    }
+
+    fn start(mut command: Command, args: &[&str]) -> Workload {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

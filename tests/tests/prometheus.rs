@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 use taskscope_e2e::{
-    cgroup2_root, free_port, http_get, schedstat, wait_for, workload_binary, Agent,
+    cgroup2_root, free_port, http_get, schedstat, wait_for, workload_binary, Agent, Workload,
 };
 
 /// A Prometheus server on loopback scraping `target` every second; killed when dropped.
@@ -294,8 +294,131 @@ fn containers_and_pods_are_named_from_real_cgroups() {
     }
 }
 
+/// A memory cgroup for a test: on cgroup v2 where its memory controller is available, else in
+/// the v1 memory hierarchy at the same path (hybrid hosts, like this one). Removed on drop.
+struct MemoryCgroup {
+    /// The v2 cgroup (always: it is the workload's identity) and the v1 memory one, if used.
+    v2: std::path::PathBuf,
+    v1: Option<std::path::PathBuf>,
+}
+
+impl MemoryCgroup {
+    fn create(name: &str) -> MemoryCgroup {
+        let root = std::path::PathBuf::from(cgroup2_root());
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let v2 = root.join(name);
+        std::fs::create_dir(&v2).expect("create v2 cgroup");
+        if controllers.split_whitespace().any(|c| c == "memory") {
+            std::fs::write(root.join("cgroup.subtree_control"), "+memory").expect("enable memory");
+            return MemoryCgroup { v2, v1: None };
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let v1_root = mounts
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let mut f = right.split_whitespace();
+                (f.next()? == "cgroup" && f.nth(1)?.split(',').any(|o| o == "memory"))
+                    .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+            })
+            .expect("no memory controller on cgroup v2 nor a v1 memory hierarchy");
+        let v1 = v1_root.join(name);
+        std::fs::create_dir(&v1).expect("create v1 memory cgroup");
+        MemoryCgroup { v2, v1: Some(v1) }
+    }
+
+    /// Sets the limit (`None`: unlimited), through whichever hierarchy accounts memory.
+    fn set_limit(&self, bytes: Option<u64>) {
+        let result = match &self.v1 {
+            Some(v1) => std::fs::write(
+                v1.join("memory.limit_in_bytes"),
+                bytes.map_or("-1".to_string(), |b| b.to_string()),
+            ),
+            None => std::fs::write(
+                self.v2.join("memory.max"),
+                bytes.map_or("max".to_string(), |b| b.to_string()),
+            ),
+        };
+        result.expect("set memory limit");
+    }
+
+    /// The kernel's own figure of the memory charged to the cgroup.
+    fn usage(&self) -> u64 {
+        let file = match &self.v1 {
+            Some(v1) => v1.join("memory.usage_in_bytes"),
+            None => self.v2.join("memory.current"),
+        };
+        std::fs::read_to_string(file)
+            .expect("memory usage")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    fn dirs(&self) -> Vec<&std::path::Path> {
+        std::iter::once(self.v2.as_path())
+            .chain(self.v1.as_deref())
+            .collect()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn workload_memory_and_its_limit_match_the_cgroup() {
+    const HELD_MIB: u64 = 64;
+    const LIMIT: u64 = 256 << 20;
+    let agent = Agent::start(&[]);
+    let name = format!("taskscope-memory-{}", std::process::id());
+    let cgroup = MemoryCgroup::create(&name);
+    cgroup.set_limit(Some(LIMIT));
+    let held = Workload::run_in_cgroups(&cgroup.dirs(), &["hold-memory", &HELD_MIB.to_string()]);
+    let label = format!("cgroup=\"/{name}\"");
+    let scrape_for = |what: &str, family: &'static str| {
+        wait_for(what, Duration::from_secs(10), || {
+            let (_, body) = http_get(&agent.addr, "/metrics").ok()?;
+            let kernel = cgroup.usage();
+            sample(&body, family, &[&label]).map(|v| (v, kernel, body))
+        })
+    };
+    let (usage, kernel, scrape) =
+        scrape_for("the memory of the cgroup", "taskscope_memory_usage_bytes");
+    let limit = sample(&scrape, "taskscope_memory_limit_bytes", &[&label]);
+    println!(
+        "memory of /{name} ({}): taskscope {usage} B, kernel {kernel} B read just after (tolerance 5%); {HELD_MIB} MiB written by the workload; limit {limit:?} vs {LIMIT} set",
+        if cgroup.v1.is_some() { "cgroup v1 memory hierarchy" } else { "cgroup v2" }
+    );
+    assert!(
+        (usage - kernel as f64).abs() <= 0.05 * kernel as f64,
+        "usage {usage} vs kernel {kernel}"
+    );
+    assert!(
+        usage >= (HELD_MIB << 20) as f64,
+        "{usage} B is less than the {HELD_MIB} MiB held"
+    );
+    assert_eq!(limit, Some(LIMIT as f64));
+
+    // Unlimited: no limit series (a ratio to it would be meaningless).
+    cgroup.set_limit(None);
+    let (_, _, scrape) = scrape_for(
+        "the cgroup after lifting its limit",
+        "taskscope_memory_usage_bytes",
+    );
+    let limit = sample(&scrape, "taskscope_memory_limit_bytes", &[&label]);
+    println!("after lifting the limit: taskscope_memory_limit_bytes {limit:?}");
+    assert_eq!(limit, None);
+    held.finish();
+}
+
 /// Workload families: every sample line of them in a scrape.
-const WORKLOAD_FAMILIES: [&str; 9] = [
+const WORKLOAD_FAMILIES: [&str; 10] = [
     "taskscope_cpu_seconds",
     "taskscope_context_switches",
     "taskscope_runqueue_latency_seconds",
@@ -305,6 +428,7 @@ const WORKLOAD_FAMILIES: [&str; 9] = [
     "taskscope_block_io",
     "taskscope_tasks",
     "taskscope_task_duration_seconds",
+    "taskscope_memory",
 ];
 
 fn workload_sample_lines(scrape: &str) -> usize {

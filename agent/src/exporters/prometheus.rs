@@ -24,7 +24,7 @@ use crate::{
         workload::Workload,
     },
     probes::ProgramStats,
-    procfs::ZoneFreeBlocks,
+    procfs::{CgroupMemory, CgroupMemoryReader, ZoneFreeBlocks},
     syscall_names::syscall_name,
 };
 
@@ -108,6 +108,8 @@ struct KeptWorkload {
     labels: Labels,
     totals: WorkloadTotals,
     syscalls: Vec<NamedSyscall>,
+    /// The workload cgroup's memory (workloads only, not selected processes).
+    memory: Option<CgroupMemory>,
 }
 
 fn workload_labels(w: &Workload) -> Labels {
@@ -185,7 +187,8 @@ fn series_of(
     totals: &WorkloadTotals,
     syscalls: &[NamedSyscall],
     with_tasks: bool,
-) -> [(&'static str, usize); 9] {
+    memory: Option<&CgroupMemory>,
+) -> [(&'static str, usize); 10] {
     let histogram = EXPORTED_BOUNDS_LOG2.len() + 3; // buckets, +Inf, _sum, _count
     [
         ("taskscope_cpu_seconds", 1),
@@ -205,6 +208,10 @@ fn series_of(
         (
             "taskscope_task_duration_seconds",
             if with_tasks { histogram } else { 0 },
+        ),
+        (
+            "taskscope_memory",
+            memory.map_or(0, |m| 1 + usize::from(m.limit_bytes.is_some())),
         ),
     ]
 }
@@ -447,7 +454,32 @@ fn encode_subjects(
             None,
         )?;
     }
-
+    if with_tasks {
+        let name = format!("{prefix}memory_usage_bytes");
+        let mut family = describe(
+            encoder,
+            &name,
+            "Memory charged to the workload's cgroup, page cache included (memory.current, or memory.usage_in_bytes on cgroup v1).",
+            MetricType::Gauge,
+        )?;
+        for KeptWorkload { labels, memory, .. } in subjects {
+            if let Some(m) = memory {
+                ConstGauge::new(m.usage_bytes as i64).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let name = format!("{prefix}memory_limit_bytes");
+        let mut family = describe(
+            encoder,
+            &name,
+            "Memory limit of the workload's cgroup (memory.max, or memory.limit_in_bytes on cgroup v1); absent when unlimited.",
+            MetricType::Gauge,
+        )?;
+        for KeptWorkload { labels, memory, .. } in subjects {
+            if let Some(limit) = memory.and_then(|m| m.limit_bytes) {
+                ConstGauge::new(limit as i64).encode(family.encode_family(labels)?)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -604,9 +636,19 @@ fn self_usage() -> (f64, u64) {
 pub struct Exposition {
     dropped_series_total: u64,
     previous_scrape_seconds: f64,
+    /// Reads workload memory from cgroupfs at scrape time (off the collector).
+    memory: CgroupMemoryReader,
 }
 
 impl Exposition {
+    /// An encoder reading workload memory with `memory`.
+    pub fn new(memory: CgroupMemoryReader) -> Self {
+        Self {
+            memory,
+            ..Self::default()
+        }
+    }
+
     /// Encodes a snapshot as OpenMetrics text.
     pub fn encode(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> String {
         let started = std::time::Instant::now();
@@ -624,7 +666,8 @@ impl Exposition {
         let mut dropped = 0u64;
         for (workload, totals) in workloads {
             let syscalls = top_syscalls(&totals, config.top_syscalls);
-            let counts = series_of(&totals, &syscalls, true);
+            let memory = self.memory.read(&workload.cgroup);
+            let counts = series_of(&totals, &syscalls, true, memory.as_ref());
             let total: usize = counts.iter().map(|c| c.1).sum();
             if used + total > config.max_series {
                 dropped += total as u64;
@@ -638,12 +681,13 @@ impl Exposition {
                 labels: workload_labels(&workload),
                 totals,
                 syscalls,
+                memory,
             });
         }
         let mut processes = Vec::new();
         for p in snapshot.processes {
             let syscalls = top_syscalls(&p.totals, config.top_syscalls);
-            let total: usize = series_of(&p.totals, &syscalls, false)
+            let total: usize = series_of(&p.totals, &syscalls, false, None)
                 .iter()
                 .map(|c| c.1)
                 .sum();
@@ -658,6 +702,7 @@ impl Exposition {
                 labels: with(&workload_labels(&p.workload), &extra),
                 totals: p.totals,
                 syscalls,
+                memory: None,
             });
         }
         self.dropped_series_total += dropped;

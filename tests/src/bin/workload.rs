@@ -174,6 +174,20 @@ fn main() {
             }
             return;
         }
+        // hold-memory MIB: allocates MIB mebibytes and writes every page, so exactly that much
+        // anonymous memory is charged to its cgroup, then waits.
+        Some("hold-memory") => {
+            let bytes = arg(&args, 2, "mebibytes") as usize * 1024 * 1024;
+            let mut held = vec![0u8; bytes];
+            for page in held.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            std::hint::black_box(&held);
+            ready("");
+            block_until_stdin_closes();
+            drop(held);
+            return;
+        }
         // exit CODE: exits at once with CODE (no stdin wait).
         Some("exit") => std::process::exit(arg(&args, 2, "code") as i32),
         // spin-for MS: burns wall time (no stdin wait), for load generation.
