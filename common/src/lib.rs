@@ -156,14 +156,28 @@ pub struct ProcessIoKey {
     pub _pad: u32,
 }
 
-/// Block IO accumulators of one process and operation, counted when the request is issued.
+/// Block IO accumulators of one process and operation: bytes and requests counted when the
+/// request is issued, latency (issue to completion) when it completes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessIo {
     pub bytes: u64,
     pub requests: u64,
     /// Sum of completion latencies of this process's requests.
     pub total_latency_ns: u64,
+    /// Completion latencies, log2 buckets of ns (see [`log2_bucket`]).
+    pub latency_hist: [u64; HIST_BUCKETS],
+}
+
+impl Default for ProcessIo {
+    fn default() -> Self {
+        Self {
+            bytes: 0,
+            requests: 0,
+            total_latency_ns: 0,
+            latency_hist: [0; HIST_BUCKETS],
+        }
+    }
 }
 
 /// Key of `DEVICE_IO`: one device (kernel `dev_t`, `MAJOR << 20 | MINOR`) and operation.

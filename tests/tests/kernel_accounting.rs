@@ -134,7 +134,8 @@ fn syscall_counts_and_errors_are_exact() {
 }
 
 /// (sectors read, sectors written) of device `major:minor` from /proc/diskstats.
-fn diskstats(device: &str) -> (u64, u64) {
+/// `/proc/diskstats` of `device`: (sectors read, sectors written, ms spent writing).
+fn diskstats(device: &str) -> (u64, u64, u64) {
     let text = std::fs::read_to_string("/proc/diskstats").expect("diskstats");
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -142,6 +143,7 @@ fn diskstats(device: &str) -> (u64, u64) {
             return (
                 f[5].parse().expect("sectors"),
                 f[9].parse().expect("sectors"),
+                f[10].parse().expect("ms writing"),
             );
         }
     }
@@ -168,16 +170,24 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
     let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let bytes: u64 = 32 << 20;
 
+    // In a cgroup of its own, so that its workload's series are the writer's alone.
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-direct-write-{}", std::process::id()));
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+
     let node_before = wait_fresh_node(&agent);
-    let (_, sectors_before) = diskstats(&device);
-    let child = Workload::run(&[
-        "direct-write",
-        path.to_str().expect("path"),
-        &bytes.to_string(),
-    ]);
+    let (_, sectors_before, write_ms_before) = diskstats(&device);
+    let child = Workload::run_in_cgroups(
+        &[&cgroup_dir],
+        &[
+            "direct-write",
+            path.to_str().expect("path"),
+            &bytes.to_string(),
+        ],
+    );
     let proc_write_bytes = proc_field(child.pid(), "io", "write_bytes");
     let process = agent.process_after(child.pid(), monotonic_ns());
-    let (_, sectors_after) = diskstats(&device);
+    let (_, sectors_after, write_ms_after) = diskstats(&device);
     let node_after = wait_fresh_node(&agent);
 
     let measured = process["block_io"]["write_bytes"]
@@ -211,6 +221,29 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         .sum();
     println!("taskscope_block_io_bytes_total{{cgroup=\"{cgroup}\",device=\"{device}\",op=\"write\"}} = {on_metrics}");
     assert!(on_metrics >= bytes as f64, "{on_metrics} < {bytes}");
+    // Its requests' latency: every one completed (fsync waited), so the histogram counts them
+    // all; their summed latency is part of the device's write time in /proc/diskstats.
+    let series = |family: &str| -> f64 {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with(family)
+                    && l.contains(&format!("cgroup=\"{cgroup}\""))
+                    && l.contains(&format!("device=\"{device}\""))
+                    && l.contains("op=\"write\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let requests = series("taskscope_block_io_requests_total{");
+    let completed = series("taskscope_block_io_latency_seconds_count{");
+    let latency_ms = series("taskscope_block_io_latency_seconds_sum{") * 1e3;
+    let device_ms = write_ms_after - write_ms_before;
+    println!(
+        "workload write requests {requests}, latency histogram count {completed}; its latency sum {latency_ms:.1} ms vs {device_ms} ms the device spent writing in the window (/proc/diskstats, all writers): must be at most that (+1 ms of rounding) and at least half of it"
+    );
+    assert_eq!(completed, requests);
+    assert!(latency_ms <= device_ms as f64 + 1.0 && latency_ms >= 0.5 * device_ms as f64);
     // Everyone's writes to the device in the window (journal and writeback too), both ways.
     assert_close(
         &format!("device {device} bytes written vs /proc/diskstats"),
@@ -220,6 +253,7 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
     );
     child.finish();
     let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_dir(&cgroup_dir);
 }
 
 /// /api/v1/node from a kernel read that started after now.

@@ -17,7 +17,7 @@ use taskscope_common::{SyscallStats, HIST_BUCKETS};
 use crate::{
     collector::LossView,
     model::{
-        aggregate::WorkloadTotals,
+        aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
         view::{block_op_name, device_name},
@@ -162,12 +162,7 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<NamedSyscall> {
                 BTreeMap::new(),
             )
         });
-        sum.count += stats.count;
-        sum.errors += stats.errors;
-        sum.total_ns += stats.total_ns;
-        for (a, b) in sum.latency_hist.iter_mut().zip(&stats.latency_hist) {
-            *a += b;
-        }
+        add_syscalls(sum, stats);
         for (errno, count) in errnos_of(nr) {
             *errnos.entry(errno).or_default() += count;
         }
@@ -203,7 +198,7 @@ fn series_of(
             "taskscope_syscall_latency_seconds",
             syscalls.len() * histogram,
         ),
-        ("taskscope_block_io", totals.io.len() * 2),
+        ("taskscope_block_io", totals.io.len() * (2 + histogram)),
         ("taskscope_tasks", if with_tasks { 1 + 3 + 1 } else { 0 }),
         (
             "taskscope_task_duration_seconds",
@@ -382,6 +377,32 @@ fn encode_subjects(
                 );
                 ConstCounter::new(value(io)).encode(family.encode_family(&labels)?)?;
             }
+        }
+    }
+    let name = format!("{prefix}block_io_latency_seconds");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Block IO requests of the workload's processes, issue to completion.",
+        MetricType::Histogram,
+    )?;
+    for KeptWorkload {
+        labels, totals: t, ..
+    } in subjects
+    {
+        for ((dev, op), io) in &t.io {
+            let labels = with(
+                labels,
+                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
+            );
+            let buckets = export_buckets(&io.latency_hist);
+            let count = buckets.iter().map(|b| b.1).sum();
+            family.encode_family(&labels)?.encode_histogram::<Labels>(
+                secs(io.total_latency_ns),
+                count,
+                &buckets,
+                None,
+            )?;
         }
     }
     if !with_tasks {

@@ -48,13 +48,24 @@ impl Default for WorkloadTotals {
     }
 }
 
-fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
+/// Adds histogram `from` into `into`, bucket by bucket.
+pub fn add_hist(into: &mut [u64; HIST_BUCKETS], from: &[u64; HIST_BUCKETS]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+/// Histogram `a` less `b`, bucket by bucket, never below zero.
+fn sub_hist(a: &[u64; HIST_BUCKETS], b: &[u64; HIST_BUCKETS]) -> [u64; HIST_BUCKETS] {
+    std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+}
+
+/// Adds syscall statistics `from` into `into`.
+pub fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
     into.count += from.count;
     into.errors += from.errors;
     into.total_ns += from.total_ns;
-    for (a, b) in into.latency_hist.iter_mut().zip(&from.latency_hist) {
-        *a += b;
-    }
+    add_hist(&mut into.latency_hist, &from.latency_hist);
 }
 
 impl WorkloadTotals {
@@ -83,6 +94,7 @@ impl WorkloadTotals {
             total.bytes += from.bytes;
             total.requests += from.requests;
             total.total_latency_ns += from.total_latency_ns;
+            add_hist(&mut total.latency_hist, &from.latency_hist);
         }
     }
 
@@ -108,9 +120,7 @@ impl WorkloadTotals {
                     self.sched.involuntary_switches,
                     base.sched.involuntary_switches,
                 ),
-                runq_hist: std::array::from_fn(|i| {
-                    sub(self.sched.runq_hist[i], base.sched.runq_hist[i])
-                }),
+                runq_hist: sub_hist(&self.sched.runq_hist, &base.sched.runq_hist),
             },
             ..WorkloadTotals::default()
         };
@@ -120,9 +130,7 @@ impl WorkloadTotals {
                 left.count = sub(left.count, b.count);
                 left.errors = sub(left.errors, b.errors);
                 left.total_ns = sub(left.total_ns, b.total_ns);
-                for (a, b) in left.latency_hist.iter_mut().zip(&b.latency_hist) {
-                    *a = sub(*a, *b);
-                }
+                left.latency_hist = sub_hist(&left.latency_hist, &b.latency_hist);
             }
             out.syscalls.insert(*nr, left);
         }
@@ -138,6 +146,7 @@ impl WorkloadTotals {
                     bytes: sub(io.bytes, b.bytes),
                     requests: sub(io.requests, b.requests),
                     total_latency_ns: sub(io.total_latency_ns, b.total_latency_ns),
+                    latency_hist: sub_hist(&io.latency_hist, &b.latency_hist),
                 },
             );
         }

@@ -100,9 +100,7 @@ impl SchedTotals {
         self.runq_wait_ns += other.runq_wait_ns;
         self.voluntary_switches += other.voluntary_switches;
         self.involuntary_switches += other.involuntary_switches;
-        for (total, count) in self.runq_hist.iter_mut().zip(&other.runq_hist) {
-            *total += count;
-        }
+        aggregate::add_hist(&mut self.runq_hist, &other.runq_hist);
     }
 
     /// Adds one thread's figures.

@@ -1,4 +1,4 @@
-//! Block IO: bytes and requests per issuing process, latency per device and operation.
+//! Block IO: bytes, requests and latency per issuing process and per device, by operation.
 //!
 //! A request is attributed when it starts (`block_io_start`, in the submitter's context), not at
 //! completion, which runs in interrupt context on behalf of nobody in particular.
@@ -109,6 +109,10 @@ pub fn on_complete(ctx: *const u64) {
         _pad: 0,
     };
     if let Some(io) = PROCESS_IO.get_ptr_mut(key) {
-        add(unsafe { &mut (*io).total_latency_ns }, latency);
+        let io = unsafe { &mut *io };
+        add(&mut io.total_latency_ns, latency);
+        if let Some(slot) = io.latency_hist.get_mut(log2_bucket(latency)) {
+            add(slot, 1);
+        }
     }
 }
