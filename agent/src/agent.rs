@@ -15,6 +15,7 @@ use crate::{
     cli::{AttachMode, RunArgs},
     collector::{Collector, CollectorConfig},
     exporters::prometheus::{Exposition, ExpositionConfig},
+    metadata::{PodDirectory, SharedPods},
     model::{ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
@@ -39,8 +40,57 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Kubernetes(String),
     #[error("the collector stopped (see the log line before this one); exiting")]
     CollectorStopped,
+}
+
+/// With `--kubernetes`, starts watching this node's pods; without, an empty directory.
+#[cfg(feature = "kubernetes")]
+async fn start_kubernetes(
+    args: &RunArgs,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SharedPods, RunError> {
+    use crate::metadata::{kubernetes, SourceState};
+    if !args.kubernetes {
+        return Ok(PodDirectory::disabled());
+    }
+    let fail = |e: kubernetes::KubernetesError| RunError::Kubernetes(e.to_string());
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or(kubernetes::KubernetesError::NoNodeName)
+        .map_err(fail)?;
+    let client = kubernetes::client().await.map_err(fail)?;
+    let pods: SharedPods = Arc::new(std::sync::RwLock::new(PodDirectory::new(
+        args.kubernetes_max_pods,
+        SourceState::Connecting,
+    )));
+    info!(node = %node, "watching this node's pods in the Kubernetes API");
+    tokio::spawn(kubernetes::watch_pods(
+        client,
+        node,
+        Arc::clone(&pods),
+        args.kubernetes_max_pods,
+        shutdown,
+    ));
+    Ok(pods)
+}
+
+/// Built without the Kubernetes client: `--kubernetes` is an error.
+#[cfg(not(feature = "kubernetes"))]
+async fn start_kubernetes(
+    args: &RunArgs,
+    _shutdown: watch::Receiver<bool>,
+) -> Result<SharedPods, RunError> {
+    if args.kubernetes {
+        return Err(RunError::Kubernetes(
+            "--kubernetes: this taskscope was built without the `kubernetes` cargo feature; rebuild with it".into(),
+        ));
+    }
+    Ok(PodDirectory::disabled())
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -58,6 +108,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             addr: args.listen,
             source,
         })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pods = start_kubernetes(&args, shutdown_rx.clone()).await?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
 
@@ -124,7 +176,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
 
     let mut server_shutdown = shutdown_rx;
@@ -134,7 +185,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             queries: queries_tx,
             exposition: Arc::new(Mutex::new(Exposition::new(
                 CgroupMemoryReader::from_mounts(&mountinfo()),
+                Arc::clone(&pods),
             ))),
+            pods,
             exposition_config: ExpositionConfig {
                 max_series: args.max_series,
                 top_syscalls: args.top_syscalls,

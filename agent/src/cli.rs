@@ -109,6 +109,20 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
 
+    /// Name pods, namespaces and containers from the Kubernetes API (pods of this node only,
+    /// watched). Credentials: the pod's service account, or KUBECONFIG.
+    #[arg(long, env = "TASKSCOPE_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// This node's name, for --kubernetes (set NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// At most this many pods' names are cached (a node runs at most a few hundred); pods
+    /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
+    #[arg(long, default_value_t = 2048)]
+    pub kubernetes_max_pods: usize,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 

@@ -1,8 +1,8 @@
 //! taskscope: a zero-instrumentation observability agent for Linux nodes.
 //!
 //! Data flows one way: [`probes`] (kernel programs) → [`collector`] (ring buffer reader and map
-//! poller) → [`model`] (the task model, one owner) → [`exporters`] and [`api`] (HTTP: JSON and /metrics). [`procfs`] supplies
-//! metadata the kernel programs do not carry.
+//! poller) → [`model`] (the task model, one owner) → [`exporters`] and [`api`] (HTTP: JSON and /metrics). [`procfs`] and [`metadata`]
+//! (the Kubernetes API) supply what the kernel programs do not carry.
 
 pub mod agent;
 pub mod api;
@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod exporters;
+pub mod metadata;
 pub mod model;
 pub mod probes;
 pub mod procfs;

@@ -114,6 +114,11 @@ impl Agent {
     /// Starts `taskscope run` with a short poll interval plus `extra` flags, and waits until
     /// its API answers.
     pub fn start(extra: &[&str]) -> Agent {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let addr = format!("127.0.0.1:{}", free_port());
         let log =
             std::env::temp_dir().join(format!("taskscope-e2e-{}.log", addr.replace(':', "-")));
@@ -129,6 +134,7 @@ impl Agent {
                 "text",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

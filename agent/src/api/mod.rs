@@ -15,11 +15,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    collector::Query,
+    collector::{Query, StatusResponse},
     exporters::prometheus::{
         to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
         OPENMETRICS_CONTENT_TYPE,
     },
+    metadata::{DirectoryStatus, SharedPods},
 };
 
 /// Handle on the collector for request handlers.
@@ -29,6 +30,8 @@ pub struct ApiState {
     /// Prometheus exposition state (kept across scrapes) and settings.
     pub exposition: Arc<Mutex<Exposition>>,
     pub exposition_config: ExpositionConfig,
+    /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
+    pub pods: SharedPods,
 }
 
 /// Builds the router.
@@ -113,8 +116,30 @@ async fn node(State(state): State<ApiState>) -> Response {
     answer(&state, Query::Node).await
 }
 
+/// The collector's status plus the metadata sources'.
+#[derive(Serialize)]
+struct FullStatus {
+    #[serde(flatten)]
+    collector: StatusResponse,
+    kubernetes: DirectoryStatus,
+}
+
 async fn status(State(state): State<ApiState>) -> Response {
-    answer(&state, Query::Status).await
+    match ask(&state, Query::Status).await {
+        Ok(collector) => {
+            let kubernetes = state
+                .pods
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .status();
+            Json(FullStatus {
+                collector,
+                kubernetes,
+            })
+            .into_response()
+        }
+        Err(response) => response,
+    }
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {

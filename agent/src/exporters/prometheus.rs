@@ -4,7 +4,7 @@
 //! model and a fresh read of the kernel maps); this module turns it into OpenMetrics text with
 //! the official client (`prometheus-client`), keeping the number of workload series under a cap.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -16,6 +16,7 @@ use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
 use crate::{
     collector::LossView,
+    metadata::{PodDirectory, SharedPods, SourceState},
     model::{
         aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
@@ -112,12 +113,17 @@ struct KeptWorkload {
     memory: Option<CgroupMemory>,
 }
 
-fn workload_labels(w: &Workload) -> Labels {
-    // Without the Kubernetes API, the pod is known by its UID and containers by their id.
+fn workload_labels(w: &Workload, pods: &PodDirectory) -> Labels {
+    let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
+    // Without the Kubernetes API (or before it knows the pod), the pod is known by its UID.
     let values = [
-        String::new(),
-        w.pod_uid.clone().unwrap_or_default(),
-        String::new(),
+        names.namespace.unwrap_or_default().to_string(),
+        names
+            .pod
+            .or(w.pod_uid.as_deref())
+            .unwrap_or_default()
+            .to_string(),
+        names.container.unwrap_or_default().to_string(),
         w.container_id.clone().unwrap_or_default(),
         w.cgroup.clone(),
     ];
@@ -227,6 +233,8 @@ struct Scrape {
     programs: Vec<(&'static str, ProgramStats)>,
     previous_scrape_seconds: f64,
     dropped_series_total: u64,
+    /// With `--kubernetes`: whether the pod list is synced.
+    kubernetes_synced: Option<bool>,
 }
 
 fn describe<'a>(
@@ -599,6 +607,15 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.dropped_series_total).encode(family)?;
+        if let Some(synced) = self.kubernetes_synced {
+            let family = describe(
+                &mut encoder,
+                "taskscope_kubernetes_synced",
+                "1 when the pods of this node are listed and watched from the Kubernetes API; 0 while labels fall back to the cgroup's (--kubernetes only).",
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(synced)).encode(family)?;
+        }
         let family = describe(
             &mut encoder,
             "taskscope_scrape_duration_seconds",
@@ -653,20 +670,30 @@ fn self_usage() -> (f64, u64) {
 }
 
 /// Encoder state kept across scrapes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Exposition {
     dropped_series_total: u64,
     previous_scrape_seconds: f64,
     /// Reads workload memory from cgroupfs at scrape time (off the collector).
     memory: CgroupMemoryReader,
+    /// Pod and container names (empty without `--kubernetes`).
+    pods: SharedPods,
+}
+
+impl Default for Exposition {
+    fn default() -> Self {
+        Self::new(CgroupMemoryReader::default(), PodDirectory::disabled())
+    }
 }
 
 impl Exposition {
-    /// An encoder reading workload memory with `memory`.
-    pub fn new(memory: CgroupMemoryReader) -> Self {
+    /// An encoder reading workload memory with `memory` and naming pods from `pods`.
+    pub fn new(memory: CgroupMemoryReader, pods: SharedPods) -> Self {
         Self {
+            dropped_series_total: 0,
+            previous_scrape_seconds: 0.0,
             memory,
-            ..Self::default()
+            pods,
         }
     }
 
@@ -681,6 +708,8 @@ impl Exposition {
                 .cmp(&a.1.sched.on_cpu_ns)
                 .then(a.0.cgroup.cmp(&b.0.cgroup))
         });
+        let pods = Arc::clone(&self.pods);
+        let pods = pods.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut kept = Vec::new();
         let mut series: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut used = 0usize;
@@ -699,7 +728,7 @@ impl Exposition {
                 *series.entry(family).or_default() += count;
             }
             kept.push(KeptWorkload {
-                labels: workload_labels(&workload),
+                labels: workload_labels(&workload, &pods),
                 totals,
                 syscalls,
                 memory,
@@ -720,7 +749,7 @@ impl Exposition {
             *series.entry("taskscope_process").or_default() += total;
             let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
             processes.push(KeptWorkload {
-                labels: with(&workload_labels(&p.workload), &extra),
+                labels: with(&workload_labels(&p.workload, &pods), &extra),
                 totals: p.totals,
                 syscalls,
                 memory: None,
@@ -740,7 +769,17 @@ impl Exposition {
                 .lost
                 .iter()
                 .map(|l| (l.source, l.reason, l.count))
+                .chain((pods.state != SourceState::Disabled).then_some((
+                    "kubernetes_pods",
+                    "cache_full",
+                    pods.dropped_total,
+                )))
                 .collect(),
+            kubernetes_synced: match pods.state {
+                SourceState::Disabled => None,
+                SourceState::Synced => Some(true),
+                _ => Some(false),
+            },
             previous_scrape_seconds: self.previous_scrape_seconds,
             dropped_series_total: self.dropped_series_total,
         };

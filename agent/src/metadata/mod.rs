@@ -1,0 +1,191 @@
+//! Names of workloads the cgroup path does not carry: pod name, namespace and container name,
+//! from the Kubernetes API (`--kubernetes`, see [`kubernetes`]). Without the API, workloads
+//! keep what the cgroup gives (pod UID, container id), and `/api/v1/status` says why.
+
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use serde::Serialize;
+
+/// What is kept of one pod: only the names, so that the cache stays small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNames {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// (container id without the runtime scheme, container name).
+    pub containers: Vec<(String, String)>,
+}
+
+/// The state of the Kubernetes metadata source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum SourceState {
+    /// `--kubernetes` not given: labels come from the cgroup path only.
+    Disabled,
+    /// Listing pods for the first time.
+    Connecting,
+    /// The pod list is complete and being watched.
+    Synced,
+    /// The API cannot be reached or refused us; names already known are kept, the watch is
+    /// retried with backoff.
+    Failing(String),
+}
+
+/// Names of the pods on this node, by pod UID. One writer (the watch task), read at scrape time.
+#[derive(Debug)]
+pub struct PodDirectory {
+    pods: HashMap<String, PodNames>,
+    /// Container name by container id, across all pods.
+    containers: HashMap<String, String>,
+    max_pods: usize,
+    /// Pods not cached because the directory was full.
+    pub dropped_total: u64,
+    pub state: SourceState,
+}
+
+/// The directory as shared between the watch task and readers.
+pub type SharedPods = Arc<RwLock<PodDirectory>>;
+
+/// What the directory knows of a workload.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KubernetesNames<'a> {
+    pub pod: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub container: Option<&'a str>,
+}
+
+/// A status summary for `/api/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryStatus {
+    #[serde(flatten)]
+    pub state: SourceState,
+    pub pods: usize,
+    pub max_pods: usize,
+    pub dropped_total: u64,
+}
+
+impl PodDirectory {
+    /// An empty directory holding at most `max_pods` pods.
+    pub fn new(max_pods: usize, state: SourceState) -> Self {
+        Self {
+            pods: HashMap::new(),
+            containers: HashMap::new(),
+            max_pods,
+            dropped_total: 0,
+            state,
+        }
+    }
+
+    /// A directory that will stay empty (no Kubernetes API).
+    pub fn disabled() -> SharedPods {
+        Arc::new(RwLock::new(Self::new(0, SourceState::Disabled)))
+    }
+
+    /// Adds or updates a pod; a new pod beyond `max_pods` is counted and left out.
+    pub fn apply(&mut self, pod: PodNames) {
+        if !self.pods.contains_key(&pod.uid) && self.pods.len() >= self.max_pods {
+            self.dropped_total += 1;
+            return;
+        }
+        self.remove(&pod.uid);
+        for (id, name) in &pod.containers {
+            self.containers.insert(id.clone(), name.clone());
+        }
+        self.pods.insert(pod.uid.clone(), pod);
+    }
+
+    /// Forgets a pod and its containers.
+    pub fn remove(&mut self, uid: &str) {
+        if let Some(old) = self.pods.remove(uid) {
+            for (id, _) in &old.containers {
+                self.containers.remove(id);
+            }
+        }
+    }
+
+    /// Replaces everything with a complete list (after a (re)list of the API).
+    pub fn replace_all(&mut self, pods: Vec<PodNames>) {
+        self.pods.clear();
+        self.containers.clear();
+        for pod in pods {
+            self.apply(pod);
+        }
+    }
+
+    /// Names for a workload known by pod UID and container id (from its cgroup).
+    pub fn names(&self, pod_uid: Option<&str>, container_id: Option<&str>) -> KubernetesNames<'_> {
+        let pod = pod_uid.and_then(|uid| self.pods.get(uid));
+        KubernetesNames {
+            pod: pod.map(|p| p.name.as_str()),
+            namespace: pod.map(|p| p.namespace.as_str()),
+            container: container_id
+                .and_then(|id| self.containers.get(id))
+                .map(String::as_str),
+        }
+    }
+
+    pub fn status(&self) -> DirectoryStatus {
+        DirectoryStatus {
+            state: self.state.clone(),
+            pods: self.pods.len(),
+            max_pods: self.max_pods,
+            dropped_total: self.dropped_total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, name: &str, containers: &[(&str, &str)]) -> PodNames {
+        PodNames {
+            uid: uid.into(),
+            name: name.into(),
+            namespace: "shop".into(),
+            containers: containers
+                .iter()
+                .map(|(id, n)| (id.to_string(), n.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn names_by_uid_and_container_id() {
+        let mut d = PodDirectory::new(10, SourceState::Synced);
+        d.apply(pod("u1", "web-0", &[("c1", "nginx"), ("c2", "sidecar")]));
+        let names = d.names(Some("u1"), Some("c2"));
+        assert_eq!(names.pod, Some("web-0"));
+        assert_eq!(names.namespace, Some("shop"));
+        assert_eq!(names.container, Some("sidecar"));
+        assert_eq!(d.names(Some("u2"), None), KubernetesNames::default());
+        // An update replaces the containers (a restarted container has a new id).
+        d.apply(pod("u1", "web-0", &[("c3", "nginx")]));
+        assert_eq!(d.names(Some("u1"), Some("c1")).container, None);
+        assert_eq!(d.names(Some("u1"), Some("c3")).container, Some("nginx"));
+        d.remove("u1");
+        assert_eq!(d.names(Some("u1"), Some("c3")), KubernetesNames::default());
+    }
+
+    #[test]
+    fn the_ceiling_holds_and_counts_what_it_left_out() {
+        let mut d = PodDirectory::new(2, SourceState::Synced);
+        for i in 0..5 {
+            d.apply(pod(&format!("u{i}"), "p", &[]));
+        }
+        assert_eq!(d.status().pods, 2);
+        assert_eq!(d.dropped_total, 3);
+        // Updates of cached pods still apply at the ceiling.
+        d.apply(pod("u0", "renamed", &[]));
+        assert_eq!(d.names(Some("u0"), None).pod, Some("renamed"));
+        d.replace_all(vec![pod("u9", "q", &[("c", "main")])]);
+        assert_eq!(d.status().pods, 1);
+        assert_eq!(d.names(Some("u0"), None).pod, None);
+    }
+}
