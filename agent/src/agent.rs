@@ -117,6 +117,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         agent_tgid: std::process::id(),
         slow_syscall_ns: args.slow_syscall.as_nanos().min(u64::MAX as u128) as u64,
         max_tasks: args.max_tasks,
+        max_syscall_entries: args.max_syscall_entries,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         force_raw_tp: args.attach == AttachMode::RawTp,
         kernel_btf: args.kernel.kernel_btf.clone(),

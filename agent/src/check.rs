@@ -156,6 +156,7 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
                 agent_tgid: std::process::id(),
                 slow_syscall_ns: u64::MAX,
                 max_tasks: 1024,
+                max_syscall_entries: 1024,
                 ring_buffer_bytes: 64 * 1024,
                 force_raw_tp,
                 kernel_btf: kernel_btf.to_path_buf(),

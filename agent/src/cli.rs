@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_tasks: u32,
 
+    /// Capacity of the kernel's per-(process, syscall) table (the errno table gets half).
+    /// Entries of exited processes are freed two polls after their exit.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub max_syscall_entries: u32,
+
     /// Ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,

@@ -289,8 +289,27 @@ impl CgroupResolver {
         Some(ino)
     }
 
+    /// The path of cgroup `id`, which process `pid` was seen in: from the cache, else from
+    /// `/proc/<pid>/cgroup` if the process is still there (one stat to confirm the id), else by
+    /// a rescan. A burst of new cgroups (containers starting) is thus resolved one process at
+    /// a time without waiting out the rescan rate limit.
+    pub fn path_of_process(&mut self, id: u64, pid: u32) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(path) = self.by_id.get(&id) {
+            return Some(path.clone());
+        }
+        if let Some(path) = read_cgroup_v2(pid) {
+            if self.id_of(&path) == Some(id) {
+                return Some(path);
+            }
+        }
+        self.path_of(id)
+    }
+
     /// The path of cgroup `id`, rescanning the hierarchy when it is unknown.
-    pub fn path_of(&mut self, id: u64) -> Option<String> {
+    fn path_of(&mut self, id: u64) -> Option<String> {
         if id == 0 {
             return None;
         }

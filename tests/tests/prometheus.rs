@@ -417,6 +417,86 @@ fn workload_memory_and_its_limit_match_the_cgroup() {
     held.finish();
 }
 
+#[test]
+fn a_burst_of_new_cgroups_is_attributed_at_once() {
+    // Containers starting together: many cgroups created within the resolver's rescan limit.
+    const CGROUPS: usize = 200;
+    let agent = Agent::start(&["--max-series", "100000000"]);
+    let burst = CgroupSleepers::start(&format!("taskscope-burst-{}", std::process::id()), CGROUPS);
+    let prefix = format!("cgroup=\"/{}/", burst.name);
+    let counted = |scrape: &str| {
+        scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("taskscope_tasks_running{")
+                    && l.contains(&prefix)
+                    && l.ends_with(" 1")
+            })
+            .count()
+    };
+    let seen = wait_for(
+        "every new cgroup in /metrics",
+        Duration::from_secs(15),
+        || {
+            let (_, scrape) = http_get(&agent.addr, "/metrics").ok()?;
+            let n = counted(&scrape);
+            (n == CGROUPS).then_some(n)
+        },
+    );
+    println!("{CGROUPS} cgroups created in a burst: {seen} with their process attributed");
+}
+
+/// `count` cgroups under `/<name>` with one sleeping process each; all removed on drop, also
+/// when a test fails.
+struct CgroupSleepers {
+    name: String,
+    base: std::path::PathBuf,
+    children: Vec<Child>,
+}
+
+impl CgroupSleepers {
+    fn start(name: &str, count: usize) -> CgroupSleepers {
+        let base = std::path::Path::new(&cgroup2_root()).join(name);
+        std::fs::create_dir(&base).expect("cgroup");
+        let mut sleepers = CgroupSleepers {
+            name: name.to_string(),
+            base,
+            children: Vec::new(),
+        };
+        for i in 0..count {
+            let dir = sleepers.base.join(format!("c{i}"));
+            std::fs::create_dir(&dir).expect("cgroup");
+            let script = format!("echo $$ > {}/cgroup.procs && exec sleep 600", dir.display());
+            sleepers.children.push(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .spawn()
+                    .expect("sh"),
+            );
+        }
+        sleepers
+    }
+
+    /// Ends the processes (the cgroups stay until drop).
+    fn kill(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for CgroupSleepers {
+    fn drop(&mut self) {
+        self.kill();
+        for i in 0..self.children.len() {
+            let _ = std::fs::remove_dir(self.base.join(format!("c{i}")));
+        }
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
 /// Workload families: every sample line of them in a scrape.
 const WORKLOAD_FAMILIES: [&str; 10] = [
     "taskscope_cpu_seconds",
@@ -452,28 +532,8 @@ fn gauge_sum(scrape: &str, family: &str) -> f64 {
 fn the_series_cap_and_ttl_hold_with_520_cgroups() {
     let cap = 3000;
     let agent = Agent::start(&["--max-series", &cap.to_string(), "--series-ttl", "2s"]);
-    let root = cgroup2_root();
-    let base = std::path::Path::new(&root).join(format!("taskscope-many-{}", std::process::id()));
-    std::fs::create_dir(&base).expect("cgroup");
-    let mut children = Vec::new();
-    for i in 0..520 {
-        let dir = base.join(format!("w{i}"));
-        std::fs::create_dir(&dir).expect("cgroup");
-        let script = format!("echo $$ > {}/cgroup.procs && exec sleep 600", dir.display());
-        children.push(
-            Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .spawn()
-                .expect("sh"),
-        );
-    }
-    let prefix = format!(
-        "cgroup=\"{}",
-        base.strip_prefix(&root)
-            .map(|p| format!("/{}", p.display()))
-            .unwrap_or_default()
-    );
+    let mut many = CgroupSleepers::start(&format!("taskscope-many-{}", std::process::id()), 520);
+    let prefix = format!("cgroup=\"/{}/", many.name);
     wait_for("all 520 sleepers running", Duration::from_secs(60), || {
         let (_, body) = http_get(&agent.addr, "/api/v1/processes").ok()?;
         (body.matches("\"sleep\",\"600\"").count() >= 520).then_some(())
@@ -497,10 +557,7 @@ fn the_series_cap_and_ttl_hold_with_520_cgroups() {
     assert!(dropped > 0.0 && kept_cgroups < 520, "the cap cut nothing");
 
     // Gone workloads expire after the TTL.
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    many.kill();
     let after = wait_for(
         "the TTL to expire the gone cgroups",
         Duration::from_secs(30),
@@ -513,10 +570,6 @@ fn the_series_cap_and_ttl_hold_with_520_cgroups() {
         "after the TTL: {} workload series",
         workload_sample_lines(&after)
     );
-    for i in 0..520 {
-        let _ = std::fs::remove_dir(base.join(format!("w{i}")));
-    }
-    let _ = std::fs::remove_dir(&base);
 }
 
 #[test]

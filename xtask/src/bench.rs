@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Barrier},
     time::{Duration, Instant},
@@ -507,6 +507,11 @@ pub struct ScrapeArgs {
 
 /// One GET of /metrics as Prometheus asks for it: (duration, body bytes).
 fn timed_scrape() -> Result<(Duration, usize)> {
+    scrape_text().map(|(time, body)| (time, body.len()))
+}
+
+/// One GET of /metrics: (duration, body).
+fn scrape_text() -> Result<(Duration, String)> {
     let start = Instant::now();
     let mut stream = TcpStream::connect("127.0.0.1:9799")?;
     write!(
@@ -515,7 +520,94 @@ fn timed_scrape() -> Result<(Duration, usize)> {
     )?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body)?;
-    Ok((start.elapsed(), body.len()))
+    Ok((start.elapsed(), String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Cgroups with one process each, for bench-scrape; removed on drop.
+struct BenchWorkloads {
+    base: PathBuf,
+    v1_base: Option<PathBuf>,
+    io_dir: PathBuf,
+    count: usize,
+    sleepers: Vec<Child>,
+}
+
+impl BenchWorkloads {
+    /// `count` cgroups under the cgroup v2 `root`, each with a process that makes a failing
+    /// syscall and one direct 4 KiB block write, then sleeps; with a memory limit.
+    fn start(root: &Path, count: usize) -> Result<BenchWorkloads> {
+        let name = format!("taskscope-bench-{}", std::process::id());
+        let base = root.join(&name);
+        std::fs::create_dir(&base)?;
+        // Memory accounting: cgroup v2's controller where it is available, else the v1 memory
+        // hierarchy at the same paths (hybrid hosts), so the memory families are populated.
+        let v2_has_memory = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "memory");
+        let v1_base = if v2_has_memory {
+            std::fs::write(root.join("cgroup.subtree_control"), "+memory")?;
+            std::fs::write(base.join("cgroup.subtree_control"), "+memory")?;
+            None
+        } else {
+            let v1_base = Path::new("/sys/fs/cgroup/memory").join(&name);
+            std::fs::create_dir(&v1_base).ok().map(|_| v1_base)
+        };
+        let io_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(&name);
+        std::fs::create_dir_all(&io_dir)?;
+        let mut workloads = BenchWorkloads {
+            base,
+            v1_base,
+            io_dir,
+            count: 0,
+            sleepers: Vec::new(),
+        };
+        for i in 0..count {
+            let dir = workloads.base.join(format!("w{i}"));
+            std::fs::create_dir(&dir)?;
+            workloads.count += 1;
+            let mut script = format!("echo $$ > {}/cgroup.procs; ", dir.display());
+            match &workloads.v1_base {
+                Some(v1_base) => {
+                    let v1 = v1_base.join(format!("w{i}"));
+                    std::fs::create_dir(&v1)?;
+                    std::fs::write(v1.join("memory.limit_in_bytes"), "67108864")?;
+                    script += &format!("echo $$ > {}/cgroup.procs; ", v1.display());
+                }
+                None => std::fs::write(dir.join("memory.max"), "67108864")?,
+            }
+            script += &format!(
+                "cat /nonexistent 2>/dev/null; dd if=/dev/zero of={}/w{i} bs=4096 count=1 oflag=direct 2>/dev/null; exec sleep 3600",
+                workloads.io_dir.display()
+            );
+            workloads
+                .sleepers
+                .push(Command::new("sh").arg("-c").arg(script).spawn()?);
+        }
+        Ok(workloads)
+    }
+}
+
+impl Drop for BenchWorkloads {
+    fn drop(&mut self) {
+        for s in &mut self.sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for i in 0..self.count {
+            let _ = std::fs::remove_dir(self.base.join(format!("w{i}")));
+            if let Some(v1_base) = &self.v1_base {
+                let _ = std::fs::remove_dir(v1_base.join(format!("w{i}")));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.base);
+        if let Some(v1_base) = &self.v1_base {
+            let _ = std::fs::remove_dir(v1_base);
+        }
+        let _ = std::fs::remove_dir_all(&self.io_dir);
+    }
 }
 
 /// `cargo xtask bench-scrape`: /metrics with many workloads, all families populated.
@@ -525,59 +617,46 @@ pub fn scrape(args: &ScrapeArgs, agent_binary: &Path) -> Result<()> {
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .context("no cgroup v2 mount")?;
-    let base = Path::new(&root).join(format!("taskscope-bench-{}", std::process::id()));
-    std::fs::create_dir(&base)?;
-    let mut sleepers = Vec::new();
-    for i in 0..args.workloads {
-        let dir = base.join(format!("w{i}"));
-        std::fs::create_dir(&dir)?;
-        // A shell that moves itself, reads a file (syscalls, errors), then sleeps.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs; cat /nonexistent 2>/dev/null; exec sleep 3600",
-            dir.display()
-        );
-        sleepers.push(Command::new("sh").arg("-c").arg(script).spawn()?);
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let result = (|| -> Result<()> {
-        for (title, extra) in [
-            ("default cap (--max-series 10000)", vec![]),
-            (
-                "no cap (--max-series 100000000)",
-                vec!["--max-series", "100000000"],
-            ),
-        ] {
-            let agent = Agent::start_with(agent_binary, &extra)?;
-            timed_scrape()?; // warm-up
-            let mut times = Vec::new();
-            let mut size = 0;
-            for _ in 0..args.scrapes {
-                let (time, bytes) = timed_scrape()?;
-                times.push(time.as_secs_f64() * 1000.0);
-                size = bytes;
-            }
-            times.sort_by(f64::total_cmp);
-            println!(
-                "{} workloads, {title}: scrape median {:.1} ms, max {:.1} ms, {:.1} KiB [target <= 20 ms]",
-                args.workloads,
-                times[times.len() / 2],
-                times[times.len() - 1],
-                size as f64 / 1024.0
-            );
-            drop(agent);
+    for (title, extra) in [
+        ("default cap (--max-series 10000)", vec![]),
+        (
+            "no cap (--max-series 100000000)",
+            vec!["--max-series", "100000000"],
+        ),
+    ] {
+        // The agent first, so that it sees the workloads' syscalls and IO.
+        let agent = Agent::start_with(agent_binary, &extra)?;
+        let workloads = BenchWorkloads::start(&root, args.workloads)?;
+        std::thread::sleep(Duration::from_secs(5));
+        timed_scrape()?; // warm-up
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..args.scrapes {
+            let (time, bytes) = timed_scrape()?;
+            times.push(time.as_secs_f64() * 1000.0);
+            size = bytes;
         }
-        Ok(())
-    })();
-    for mut s in sleepers {
-        let _ = s.kill();
-        let _ = s.wait();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{} workloads, {title}: scrape median {:.1} ms, max {:.1} ms, {:.1} KiB [target <= 20 ms]",
+            args.workloads,
+            times[times.len() / 2],
+            times[times.len() - 1],
+            size as f64 / 1024.0
+        );
+        // What was in it: series per family (taskscope_series).
+        let (_, body) = scrape_text()?;
+        let families: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("taskscope_series{family=\"taskscope_"))
+            .map(|l| l.replacen("\"} ", "=", 1))
+            .collect();
+        println!("  series per family: {}", families.join(", "));
+        drop(workloads);
+        drop(agent);
     }
-    for i in 0..args.workloads {
-        let _ = std::fs::remove_dir(base.join(format!("w{i}")));
-    }
-    let _ = std::fs::remove_dir(&base);
-    result
+    Ok(())
 }

@@ -444,7 +444,7 @@ impl TaskModel {
                 process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
                 process.uid = Some(fork.uid);
                 process.cgroup_id = Some(fork.cgroup_id);
-                process.cgroup_path = self.cgroups.path_of(fork.cgroup_id);
+                process.cgroup_path = self.cgroups.path_of_process(fork.cgroup_id, pid);
                 process.observed_from_start = true;
                 process.threads.insert(pid, Thread::default());
                 process.threads_started = 1;
@@ -482,7 +482,7 @@ impl TaskModel {
 
     fn apply_exec(&mut self, exec: Exec) {
         let tgid = exec.header.tgid;
-        let cgroup_path = self.cgroups.path_of(exec.cgroup_id);
+        let cgroup_path = self.cgroups.path_of_process(exec.cgroup_id, tgid);
         let polls = self.polls;
         let Some(process) = self.live_or_proc(tgid) else {
             return;
@@ -506,11 +506,15 @@ impl TaskModel {
     }
 
     /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
-    /// workload it leaves, so that no workload's counter ever goes down.
+    /// workload it leaves, so that no workload's counter ever goes down. An unresolved path
+    /// (`None`) keeps the one known.
     fn set_cgroup(&mut self, pid: u32, path: Option<String>) {
         let Some(process) = self.live.get(&pid) else {
             return;
         };
+        if path.is_none() && process.cgroup_path.is_some() {
+            return;
+        }
         if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
             if old != new {
                 let now = clock_ns(libc::CLOCK_MONOTONIC);

@@ -178,6 +178,8 @@ pub struct LoadOptions {
     pub slow_syscall_ns: u64,
     /// Capacity of the per-task map.
     pub max_tasks: u32,
+    /// Capacity of the per-(process, syscall) map; the errno map gets half.
+    pub max_syscall_entries: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
     /// Try only raw tracepoints (for testing the fallback).
@@ -269,6 +271,8 @@ impl Probes {
             .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("TASKS", options.max_tasks)
+            .map_max_entries("SYSCALLS", options.max_syscall_entries)
+            .map_max_entries("SYSCALL_ERRNOS", options.max_syscall_entries / 2)
             .map_max_entries("EVENTS", options.ring_buffer_bytes);
         for (name, value) in &offsets.globals {
             loader.override_global(name, value, true);
