@@ -154,10 +154,15 @@ pub struct CgroupMemoryReader {
 }
 
 impl CgroupMemoryReader {
-    /// A reader for the hierarchies mounted on this host.
+    /// A reader for the hierarchies mounted on this host. Cgroup v2 is asked only when its
+    /// root offers the memory controller (on hybrid hosts it is bound to v1).
     pub fn from_mounts(mountinfo: &str) -> Self {
+        let v2_root = mount_point(mountinfo, "cgroup2").filter(|root| {
+            fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        });
         Self {
-            v2_root: mount_point(mountinfo, "cgroup2"),
+            v2_root,
             v1_memory_root: cgroup_v1_mount(mountinfo, "memory"),
         }
     }

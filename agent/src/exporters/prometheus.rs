@@ -674,6 +674,7 @@ fn self_usage() -> (f64, u64) {
 pub struct Exposition {
     dropped_series_total: u64,
     previous_scrape_seconds: f64,
+    previous_len: usize,
     /// Reads workload memory from cgroupfs at scrape time (off the collector).
     memory: CgroupMemoryReader,
     /// Pod and container names (empty without `--kubernetes`).
@@ -692,6 +693,7 @@ impl Exposition {
         Self {
             dropped_series_total: 0,
             previous_scrape_seconds: 0.0,
+            previous_len: 0,
             memory,
             pods,
         }
@@ -716,8 +718,16 @@ impl Exposition {
         let mut dropped = 0u64;
         for (workload, totals) in workloads {
             let syscalls = top_syscalls(&totals, config.top_syscalls);
+            let mut counts = series_of(&totals, &syscalls, true, None);
+            let without_memory: usize = counts.iter().map(|c| c.1).sum();
+            if used + without_memory > config.max_series {
+                // Cut without reading its memory (reads cost a scrape most with many
+                // workloads): its memory series are not in the dropped count.
+                dropped += without_memory as u64;
+                continue;
+            }
             let memory = self.memory.read(&workload.cgroup);
-            let counts = series_of(&totals, &syscalls, true, memory.as_ref());
+            counts = series_of(&totals, &syscalls, true, memory.as_ref());
             let total: usize = counts.iter().map(|c| c.1).sum();
             if used + total > config.max_series {
                 dropped += total as u64;
@@ -785,12 +795,14 @@ impl Exposition {
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));
-        let mut text = String::new();
+        // About as long as the last one: no copying while the text grows.
+        let mut text = String::with_capacity(self.previous_len + self.previous_len / 8);
         if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
             text.clear();
             let _ = writeln!(text, "# taskscope: encoding failed\n# EOF");
         }
         self.previous_scrape_seconds = started.elapsed().as_secs_f64();
+        self.previous_len = text.len();
         text
     }
 }
