@@ -1,7 +1,9 @@
 //! Reading the kernel's accumulator maps, and removing the entries of tasks and processes the
 //! task model has finished with.
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use taskscope_common::{
     CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey, SyscallKey,
     SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
@@ -88,13 +90,87 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Every entry of a hash map: in batches where the kernel can (one syscall per few thousand
+/// entries), else one entry at a time (two syscalls per entry).
 fn collect<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     errors: &mut u64,
 ) -> Vec<(K, V)> {
+    if let Ok(entries) = lookup_batch(map.map().fd().as_fd()) {
+        return entries;
+    }
     map.iter()
         .filter_map(|entry| entry.map_err(|_| *errors += 1).ok())
         .collect()
+}
+
+/// `bpf_attr` for the `BPF_MAP_*_BATCH` commands (`include/uapi/linux/bpf.h`).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH` (Linux 5.6). Entries inserted or removed
+/// meanwhile may or may not be seen, as with one-at-a-time iteration.
+fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(K, V)>> {
+    const CHUNK: usize = 4096;
+    let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<V> = Vec::with_capacity(CHUNK);
+    let mut out = Vec::new();
+    // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+    let mut token_in = 0u64;
+    let mut token_out = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw mut token_in as u64 },
+            out_batch: &raw mut token_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attr points at buffers of CHUNK keys and values of the map's own key and
+        // value types (aya checked their sizes against the map's when it typed it), and at
+        // two 8-byte tokens; the kernel writes at most `count` entries.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        let done = match &err {
+            None => false,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        let filled = (attr.count as usize).min(CHUNK);
+        // SAFETY: the kernel initialised the first `filled` entries of both buffers.
+        unsafe {
+            keys.set_len(filled);
+            values.set_len(filled);
+        }
+        out.extend(keys.drain(..).zip(values.drain(..)));
+        if done {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 impl KernelMaps {

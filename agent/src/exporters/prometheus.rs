@@ -483,30 +483,28 @@ fn encode_subjects(
             None,
         )?;
     }
-    if with_tasks {
-        let name = format!("{prefix}memory_usage_bytes");
-        let mut family = describe(
-            encoder,
-            &name,
-            "Memory charged to the workload's cgroup, page cache included (memory.current, or memory.usage_in_bytes on cgroup v1).",
-            MetricType::Gauge,
-        )?;
-        for KeptWorkload { labels, memory, .. } in subjects {
-            if let Some(m) = memory {
-                ConstGauge::new(m.usage_bytes as i64).encode(family.encode_family(labels)?)?;
-            }
+    let name = format!("{prefix}memory_usage_bytes");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Memory charged to the workload's cgroup, page cache included (memory.current, or memory.usage_in_bytes on cgroup v1).",
+        MetricType::Gauge,
+    )?;
+    for KeptWorkload { labels, memory, .. } in subjects {
+        if let Some(m) = memory {
+            ConstGauge::new(m.usage_bytes as i64).encode(family.encode_family(labels)?)?;
         }
-        let name = format!("{prefix}memory_limit_bytes");
-        let mut family = describe(
-            encoder,
-            &name,
-            "Memory limit of the workload's cgroup (memory.max, or memory.limit_in_bytes on cgroup v1); absent when unlimited.",
-            MetricType::Gauge,
-        )?;
-        for KeptWorkload { labels, memory, .. } in subjects {
-            if let Some(limit) = memory.and_then(|m| m.limit_bytes) {
-                ConstGauge::new(limit as i64).encode(family.encode_family(labels)?)?;
-            }
+    }
+    let name = format!("{prefix}memory_limit_bytes");
+    let mut family = describe(
+        encoder,
+        &name,
+        "Memory limit of the workload's cgroup (memory.max, or memory.limit_in_bytes on cgroup v1); absent when unlimited.",
+        MetricType::Gauge,
+    )?;
+    for KeptWorkload { labels, memory, .. } in subjects {
+        if let Some(limit) = memory.and_then(|m| m.limit_bytes) {
+            ConstGauge::new(limit as i64).encode(family.encode_family(labels)?)?;
         }
     }
     Ok(())

@@ -107,49 +107,14 @@ impl WorkloadTotals {
 
     /// These figures less `base` (what was already credited elsewhere), never below zero.
     pub fn figures_minus(&self, base: &WorkloadTotals) -> WorkloadTotals {
-        let sub = |a: u64, b: u64| a.saturating_sub(b);
         let mut out = WorkloadTotals {
-            sched: SchedTotals {
-                on_cpu_ns: sub(self.sched.on_cpu_ns, base.sched.on_cpu_ns),
-                runq_wait_ns: sub(self.sched.runq_wait_ns, base.sched.runq_wait_ns),
-                voluntary_switches: sub(
-                    self.sched.voluntary_switches,
-                    base.sched.voluntary_switches,
-                ),
-                involuntary_switches: sub(
-                    self.sched.involuntary_switches,
-                    base.sched.involuntary_switches,
-                ),
-                runq_hist: sub_hist(&self.sched.runq_hist, &base.sched.runq_hist),
-            },
+            sched: self.sched,
+            syscalls: self.syscalls.clone(),
+            errnos: self.errnos.clone(),
+            io: self.io.clone(),
             ..WorkloadTotals::default()
         };
-        for (nr, stats) in &self.syscalls {
-            let mut left = *stats;
-            if let Some(b) = base.syscalls.get(nr) {
-                left.count = sub(left.count, b.count);
-                left.errors = sub(left.errors, b.errors);
-                left.total_ns = sub(left.total_ns, b.total_ns);
-                left.latency_hist = sub_hist(&left.latency_hist, &b.latency_hist);
-            }
-            out.syscalls.insert(*nr, left);
-        }
-        for (key, count) in &self.errnos {
-            let b = base.errnos.get(key).copied().unwrap_or(0);
-            out.errnos.insert(*key, sub(*count, b));
-        }
-        for (key, io) in &self.io {
-            let b = base.io.get(key).copied().unwrap_or_default();
-            out.io.insert(
-                *key,
-                ProcessIo {
-                    bytes: sub(io.bytes, b.bytes),
-                    requests: sub(io.requests, b.requests),
-                    total_latency_ns: sub(io.total_latency_ns, b.total_latency_ns),
-                    latency_hist: sub_hist(&io.latency_hist, &b.latency_hist),
-                },
-            );
-        }
+        out.subtract_figures(base);
         out
     }
 
@@ -159,8 +124,10 @@ impl WorkloadTotals {
         match &p.moved_baseline {
             None => self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io),
             Some(base) => {
-                let own = WorkloadTotals::figures_of(p, now_ns, running).figures_minus(base);
-                self.add_figures(&own.sched, &own.syscalls, &own.errnos, &own.io);
+                // In place (no allocation per scrape): the process's figures only grow, so
+                // they hold at least the baseline taken from them.
+                self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
+                self.subtract_figures(base);
             }
         }
         if p.observed_from_start {
@@ -176,6 +143,41 @@ impl WorkloadTotals {
         }
     }
 
+    /// Takes `base`'s scheduler, syscall and IO figures off these, never below zero.
+    fn subtract_figures(&mut self, base: &WorkloadTotals) {
+        let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+        let sched = &mut self.sched;
+        sub(&mut sched.on_cpu_ns, base.sched.on_cpu_ns);
+        sub(&mut sched.runq_wait_ns, base.sched.runq_wait_ns);
+        sub(&mut sched.voluntary_switches, base.sched.voluntary_switches);
+        sub(
+            &mut sched.involuntary_switches,
+            base.sched.involuntary_switches,
+        );
+        sched.runq_hist = sub_hist(&sched.runq_hist, &base.sched.runq_hist);
+        for (nr, b) in &base.syscalls {
+            if let Some(t) = self.syscalls.get_mut(nr) {
+                sub(&mut t.count, b.count);
+                sub(&mut t.errors, b.errors);
+                sub(&mut t.total_ns, b.total_ns);
+                t.latency_hist = sub_hist(&t.latency_hist, &b.latency_hist);
+            }
+        }
+        for (key, b) in &base.errnos {
+            if let Some(t) = self.errnos.get_mut(key) {
+                sub(t, *b);
+            }
+        }
+        for (key, b) in &base.io {
+            if let Some(t) = self.io.get_mut(key) {
+                sub(&mut t.bytes, b.bytes);
+                sub(&mut t.requests, b.requests);
+                sub(&mut t.total_latency_ns, b.total_latency_ns);
+                t.latency_hist = sub_hist(&t.latency_hist, &b.latency_hist);
+            }
+        }
+    }
+
     /// Adds another total (retired processes into live ones).
     fn merge(&mut self, from: &WorkloadTotals) {
         self.add_figures(&from.sched, &from.syscalls, &from.errnos, &from.io);
@@ -183,9 +185,7 @@ impl WorkloadTotals {
         self.exited_success += from.exited_success;
         self.exited_failure += from.exited_failure;
         self.exited_signal += from.exited_signal;
-        for (a, b) in self.durations.iter_mut().zip(&from.durations) {
-            *a += b;
-        }
+        add_hist(&mut self.durations, &from.durations);
         self.durations_sum_ns += from.durations_sum_ns;
     }
 }
