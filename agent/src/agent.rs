@@ -14,7 +14,10 @@ use crate::{
     check::{effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
     collector::{Collector, CollectorConfig},
-    exporters::prometheus::{Exposition, ExpositionConfig},
+    exporters::{
+        otlp::{self, OtlpConfig},
+        prometheus::{Exposition, ExpositionConfig},
+    },
     metadata::{PodDirectory, SharedPods},
     model::{ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
@@ -42,6 +45,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     Kubernetes(String),
+    #[error("{0}")]
+    Otlp(String),
     #[error("the collector stopped (see the log line before this one); exiting")]
     CollectorStopped,
 }
@@ -153,6 +158,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         None
     };
+    let span_sink = if args.otlp_endpoint.is_some() || otlp::endpoint_from_environment() {
+        let sink = otlp::start(
+            OtlpConfig {
+                endpoint: args.otlp_endpoint.clone(),
+                queue: args.otlp_queue,
+                batch: 512,
+                retry_for: args.otlp_retry_for,
+            },
+            Arc::clone(&pods),
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| RunError::Otlp(e.to_string()))?;
+        info!(endpoint = ?args.otlp_endpoint, "exporting task spans over OTLP/HTTP");
+        Some(sink)
+    } else {
+        None
+    };
     let cgroup_root = cgroup2_mount();
     let model = TaskModel::new(
         ModelConfig {
@@ -174,6 +196,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             drain_interval: args.drain_interval,
             series_ttl: args.series_ttl,
             process_selectors: args.process_metrics.clone(),
+            span_sink,
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);

@@ -123,6 +123,22 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Export task spans (one per process, a process tree per trace) over OTLP/HTTP to this
+    /// collector base URL (`/v1/traces` is appended). Without it, spans are exported when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, env = "TASKSCOPE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Spans waiting for export at most; more are dropped and counted
+    /// (taskscope_events_lost_total{source="otlp_spans",reason="queue_full"}).
+    #[arg(long, default_value_t = 4096)]
+    pub otlp_queue: usize,
+
+    /// A failed export is retried with backoff this long, then its spans are dropped and
+    /// counted (reason="export_failed").
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub otlp_retry_for: Duration,
+
     /// At most this many pods' names are cached (a node runs at most a few hundred); pods
     /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
     #[arg(long, default_value_t = 2048)]

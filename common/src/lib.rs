@@ -61,6 +61,8 @@ pub struct TaskSched {
     pub involuntary_switches: u64,
     /// When the task became runnable (woken or preempted); 0 when it is not waiting.
     pub queued_since_ns: u64,
+    /// When it last left a CPU (`bpf_ktime_get_ns`): after its exit, when it really ended.
+    pub last_switch_out_ns: u64,
     /// log2 histogram of run-queue waits (nanoseconds), measured from wakeup or preemption
     /// to switch-in.
     pub runq_hist: [u64; HIST_BUCKETS],

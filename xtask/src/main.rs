@@ -230,8 +230,25 @@ fn setup(for_tests: bool) -> Result<()> {
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
+        // The OTLP test receiver decodes with the official OpenTelemetry protobuf definitions
+        // (PyPI opentelemetry-proto), kept in the tools directory, not in the system Python.
+        let python_lib = python_lib_dir();
+        if !python_lib.join("opentelemetry/proto").exists() {
+            run(Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&python_lib)
+                .arg(format!("opentelemetry-proto=={OTEL_PROTO_VERSION}")))?;
+        }
     }
     Ok(())
+}
+
+/// The PyPI `opentelemetry-proto` the OTLP test receiver uses.
+const OTEL_PROTO_VERSION: &str = "1.45.2";
+
+/// Where Python packages for the tests are installed.
+fn python_lib_dir() -> PathBuf {
+    tools_dir().join("python")
 }
 
 fn on_path(command: &str) -> bool {
@@ -269,7 +286,8 @@ fn test() -> Result<()> {
     run(cargo()
         .args(["test", "--release", "--package", "taskscope-e2e", "--"])
         .args(["--test-threads=1", "--nocapture"])
-        .env("TASKSCOPE_BIN", agent_binary()))?;
+        .env("TASKSCOPE_BIN", agent_binary())
+        .env("TASKSCOPE_PYTHON_LIB", python_lib_dir()))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query as UrlQuery, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    collector::{Query, StatusResponse},
+    collector::{Query, SpanFilter, StatusResponse},
     exporters::prometheus::{
         to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
         OPENMETRICS_CONTENT_TYPE,
@@ -41,6 +41,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/spans", get(spans))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -112,6 +113,36 @@ async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Resp
     }
 }
 
+/// Query of `/api/v1/spans`.
+#[derive(Debug, serde::Deserialize)]
+struct SpansQuery {
+    trace_id: Option<String>,
+    pid: Option<u32>,
+    limit: Option<usize>,
+}
+
+async fn spans(State(state): State<ApiState>, query: UrlQuery<SpansQuery>) -> Response {
+    let trace_id =
+        match query
+            .trace_id
+            .as_deref()
+            .map(|t| u128::from_str_radix(t, 16))
+        {
+            None => None,
+            Some(Ok(id)) if query.trace_id.as_ref().is_some_and(|t| t.len() == 32) => Some(id),
+            Some(_) => return error(
+                StatusCode::BAD_REQUEST,
+                "trace_id must be 32 hex digits (as in /api/v1/spans answers and W3C traceparent)",
+            ),
+        };
+    let filter = SpanFilter {
+        trace_id,
+        pid: query.pid,
+        limit: query.limit.unwrap_or(1000).min(10_000),
+    };
+    answer(&state, |tx| Query::Spans(filter, tx)).await
+}
+
 async fn node(State(state): State<ApiState>) -> Response {
     answer(&state, Query::Node).await
 }
@@ -176,6 +207,6 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see /metrics, /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status",
+        "no such endpoint; see /metrics, /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status, /api/v1/spans",
     )
 }

@@ -26,7 +26,8 @@ use self::{
     poller::{Forget, KernelMaps},
 };
 use crate::{
-    exporters::prometheus::MetricsSnapshot,
+    exporters::{otlp::SpanSink, prometheus::MetricsSnapshot},
+    model::span::TaskSpan,
     model::{
         selector::ProcessSelector,
         view::{Clocks, NodeView, ProcessView},
@@ -48,6 +49,24 @@ pub enum Query {
     Status(oneshot::Sender<StatusResponse>),
     /// Everything /metrics exposes.
     Metrics(oneshot::Sender<MetricsSnapshot>),
+    /// Recent spans of one trace (by trace id, or the trace of a pid's latest span).
+    Spans(SpanFilter, oneshot::Sender<SpansResponse>),
+}
+
+/// Which spans `/api/v1/spans` returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanFilter {
+    pub trace_id: Option<u128>,
+    /// The trace of this process's latest span.
+    pub pid: Option<u32>,
+    /// At most this many, the latest.
+    pub limit: usize,
+}
+
+/// Answer to a spans query.
+#[derive(Debug, Serialize)]
+pub struct SpansResponse {
+    pub spans: Vec<TaskSpan>,
 }
 
 /// Answer to a node query.
@@ -81,6 +100,19 @@ pub struct StatusResponse {
     pub model: ModelCounters,
     pub live_processes: usize,
     pub exited_processes: usize,
+    /// The OTLP span exporter, when configured.
+    pub otlp: Option<OtlpStatus>,
+}
+
+/// The OTLP exporter's counters (its losses are in `lost`).
+#[derive(Debug, Serialize)]
+pub struct OtlpStatus {
+    /// Spans the collector accepted.
+    pub exported: u64,
+    /// Export requests that failed (each retry counts).
+    pub failed_requests: u64,
+    /// The latest request succeeded.
+    pub up: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +135,8 @@ pub struct CollectorConfig {
     pub series_ttl: Duration,
     /// Processes that get their own series on /metrics.
     pub process_selectors: Vec<ProcessSelector>,
+    /// Where finished spans go for OTLP export (none: they stay in the API only).
+    pub span_sink: Option<SpanSink>,
 }
 
 /// Owner of the maps, the ring buffer and the model.
@@ -207,6 +241,11 @@ impl Collector {
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
         self.last_poll = Some(Instant::now());
+        for span in self.model.take_new_spans() {
+            if let Some(sink) = &self.config.span_sink {
+                sink.offer(span);
+            }
+        }
     }
 
     /// Applies every event already in the ring buffer.
@@ -261,6 +300,10 @@ impl Collector {
             Query::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Query::Spans(filter, reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.spans(filter));
+            }
             Query::Metrics(reply) => {
                 self.refresh_if_stale();
                 let status = self.status();
@@ -305,6 +348,37 @@ impl Collector {
         }
     }
 
+    fn spans(&self, filter: SpanFilter) -> SpansResponse {
+        let trace_id = filter.trace_id.or_else(|| {
+            let pid = filter.pid?;
+            self.model
+                .spans()
+                .rev()
+                .find(|s| s.pid == pid)
+                .map(|s| s.trace_id)
+        });
+        let mut spans: Vec<TaskSpan> = match trace_id {
+            Some(trace_id) => self
+                .model
+                .spans()
+                .rev()
+                .filter(|s| s.trace_id == trace_id)
+                .take(filter.limit)
+                .cloned()
+                .collect(),
+            None if filter.pid.is_some() => Vec::new(),
+            None => self
+                .model
+                .spans()
+                .rev()
+                .take(filter.limit)
+                .cloned()
+                .collect(),
+        };
+        spans.reverse();
+        SpansResponse { spans }
+    }
+
     fn status(&self) -> StatusResponse {
         let mut lost: Vec<LossView> = Loss::ALL
             .iter()
@@ -337,7 +411,31 @@ impl Collector {
                     count: stats.recursion_misses,
                 }),
         );
+        if let Some(sink) = &self.config.span_sink {
+            let stats = sink.stats();
+            for (reason, count) in [
+                ("queue_full", &stats.dropped_queue_full),
+                ("export_failed", &stats.dropped_export_failed),
+            ] {
+                lost.push(LossView {
+                    source: "otlp_spans",
+                    reason,
+                    count: count.load(std::sync::atomic::Ordering::Relaxed),
+                });
+            }
+        }
         StatusResponse {
+            otlp: self.config.span_sink.as_ref().map(|s| OtlpStatus {
+                exported: s
+                    .stats()
+                    .exported
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                failed_requests: s
+                    .stats()
+                    .failed_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                up: s.stats().up.load(std::sync::atomic::Ordering::Relaxed),
+            }),
             agent_pid: self.agent_pid,
             hooks: self.probes.hooks.clone(),
             lost,

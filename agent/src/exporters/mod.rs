@@ -1,3 +1,4 @@
 //! Exporters: they read snapshots the collector builds and never touch the kernel or the model.
 
+pub mod otlp;
 pub mod prometheus;

@@ -11,6 +11,7 @@ pub mod errno;
 pub mod exit;
 pub mod node;
 pub mod selector;
+pub mod span;
 pub mod view;
 pub mod workload;
 
@@ -38,6 +39,8 @@ use self::{
     aggregate::{WorkloadLedger, WorkloadTotals},
     node::{cpu_windows, CpuTotals, CpuWindow},
     selector::ProcessSelector,
+    span::{SpanIdSource, SpanIds, TaskSpan},
+    view::Clocks,
     workload::Workload,
 };
 
@@ -113,6 +116,7 @@ impl SchedTotals {
             voluntary_switches,
             involuntary_switches,
             queued_since_ns: _,
+            last_switch_out_ns: _,
             runq_hist,
         } = *task;
         self.add_totals(&SchedTotals {
@@ -171,6 +175,12 @@ pub struct Process {
     /// Its figures when it last moved to another cgroup: they belong to the workloads it
     /// left, its current workload counts only what came after.
     pub moved_baseline: Option<Box<WorkloadTotals>>,
+    /// Its place in a trace, when its fork was seen.
+    pub span_ids: Option<SpanIds>,
+    /// CLOCK_MONOTONIC of its latest exec.
+    pub exec_time_ns: Option<u64>,
+    /// CLOCK_MONOTONIC of the last time one of its threads left a CPU.
+    pub last_switch_out_ns: u64,
 }
 
 impl Process {
@@ -202,6 +212,9 @@ impl Process {
             exited_at: None,
             missing_at_sweep: false,
             moved_baseline: None,
+            span_ids: None,
+            exec_time_ns: None,
+            last_switch_out_ns: 0,
         }
     }
 
@@ -257,6 +270,10 @@ pub struct ModelCounters {
     pub processes_dropped: u64,
     pub events: u64,
     pub polls: u64,
+    /// Spans of exited processes made.
+    pub spans: u64,
+    /// Spans not handed to the exporters because nobody took them in time.
+    pub spans_dropped: u64,
 }
 
 /// The task model.
@@ -283,6 +300,11 @@ pub struct TaskModel {
     cpu_window_start: Option<(u64, Vec<CpuTotals>)>,
     /// Busy share and idle fragmentation per CPU over the latest complete window.
     pub cpu_windows: Vec<CpuWindow>,
+    span_ids: SpanIdSource,
+    /// Spans of the latest exited processes (at most `max_exited`), for the API.
+    spans: VecDeque<TaskSpan>,
+    /// Spans not yet taken by the exporters (at most `max_exited`).
+    new_spans: Vec<TaskSpan>,
 }
 
 /// Polls after an exit before a thread's or process's final values are read: one poll may
@@ -309,7 +331,20 @@ impl TaskModel {
             workloads: WorkloadLedger::default(),
             cpu_window_start: None,
             cpu_windows: Vec::new(),
+            span_ids: SpanIdSource::default(),
+            spans: VecDeque::new(),
+            new_spans: Vec::new(),
         }
+    }
+
+    /// Spans made since the last call (for the exporters).
+    pub fn take_new_spans(&mut self) -> Vec<TaskSpan> {
+        std::mem::take(&mut self.new_spans)
+    }
+
+    /// Recent spans, oldest first.
+    pub fn spans(&self) -> impl DoubleEndedIterator<Item = &TaskSpan> {
+        self.spans.iter()
     }
 
     /// Adds every process in /proc (those that started before the agent).
@@ -400,6 +435,18 @@ impl TaskModel {
         let now = clock_ns(libc::CLOCK_MONOTONIC);
         let boot_minus_mono = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(now);
         self.workloads.retire(&process, now, boot_minus_mono);
+        if let Some(span) = TaskSpan::of(&process, &Clocks::now()) {
+            self.counters.spans += 1;
+            if self.new_spans.len() < self.config.max_exited {
+                self.new_spans.push(span.clone());
+            } else {
+                self.counters.spans_dropped += 1;
+            }
+            self.spans.push_back(span);
+            while self.spans.len() > self.config.max_exited {
+                self.spans.pop_front();
+            }
+        }
         process.exited_at = Some(Instant::now());
         self.exited.push_back(process);
         while self.exited.len() > self.config.max_exited {
@@ -437,6 +484,12 @@ impl TaskModel {
                 }
                 let parent = self.live.get(&fork.parent_tgid);
                 let mut process = Process::new(pid, start_ticks);
+                let parent_ids = parent.and_then(|p| p.span_ids);
+                process.span_ids = Some(self.span_ids.ids(
+                    pid,
+                    fork.start_boottime_ns,
+                    parent_ids.as_ref(),
+                ));
                 process.start_boottime_ns = Some(fork.start_boottime_ns);
                 process.ppid = fork.parent_tgid;
                 process.comm = c_string(&fork.comm);
@@ -494,6 +547,7 @@ impl TaskModel {
         process.cmdline_truncated = exec.args_truncated;
         process.uid = Some(exec.uid);
         process.cgroup_id = Some(exec.cgroup_id);
+        process.exec_time_ns = Some(exec.header.ts_ns);
         if exec.old_pid != exec.header.pid {
             // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
             process
@@ -547,6 +601,8 @@ impl TaskModel {
                 continue;
             }
             if let Some(process) = self.live_or_proc(task.tgid) {
+                process.last_switch_out_ns =
+                    process.last_switch_out_ns.max(task.last_switch_out_ns);
                 process.threads.entry(tid).or_default().sched = Some(task);
             }
         }
@@ -761,6 +817,7 @@ mod tests {
             voluntary_switches: 2,
             involuntary_switches: 3,
             queued_since_ns: 0,
+            last_switch_out_ns: 0,
             runq_hist: [0; HIST_BUCKETS],
         }
     }

@@ -152,7 +152,7 @@ pub struct BlockIoView {
     pub total_latency_ns: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SlowSyscallView {
     pub tid: u32,
     pub nr: u32,
@@ -160,6 +160,19 @@ pub struct SlowSyscallView {
     pub duration_ns: u64,
     pub ret: i64,
     pub time_unix_ns: u64,
+}
+
+impl SlowSyscallView {
+    pub fn new(s: &taskscope_common::SlowSyscallEvent, clocks: &Clocks) -> Self {
+        Self {
+            tid: s.header.pid,
+            nr: s.nr,
+            name: syscall_name(s.nr),
+            duration_ns: s.duration_ns,
+            ret: s.ret,
+            time_unix_ns: clocks.monotonic_to_unix(s.header.ts_ns),
+        }
+    }
 }
 
 impl ProcessView {
@@ -245,14 +258,7 @@ impl ProcessView {
             slow_syscalls: p
                 .slow_syscalls
                 .iter()
-                .map(|s| SlowSyscallView {
-                    tid: s.header.pid,
-                    nr: s.nr,
-                    name: syscall_name(s.nr),
-                    duration_ns: s.duration_ns,
-                    ret: s.ret,
-                    time_unix_ns: clocks.monotonic_to_unix(s.header.ts_ns),
-                })
+                .map(|s| SlowSyscallView::new(s, clocks))
                 .collect(),
         }
     }

@@ -63,6 +63,7 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
             entry.tgid = prev_tgid;
             // update_curr() and the switch count ran before the tracepoint: these are current.
             copy_counters::<DIRECT>(entry, prev);
+            entry.last_switch_out_ns = now;
             // Not blocking (preempted, or yielded): it waits on the run queue from now.
             let runnable = preempt || prev_state == 0;
             if runnable && entry.queued_since_ns == 0 {

@@ -188,6 +188,23 @@ fn main() {
             drop(held);
             return;
         }
+        // sleep-report MS FILE / spin-report MS FILE: sleeps (or burns CPU) for MS ms, then
+        // writes its own /proc/self/schedstat ("on-CPU ns, run-queue ns, slices") to FILE and
+        // exits (no stdin wait): the kernel's figures for a process that is gone when compared.
+        Some(kind @ ("sleep-report" | "spin-report")) => {
+            let ms = arg(&args, 2, "milliseconds");
+            if kind == "sleep-report" {
+                std::thread::sleep(Duration::from_millis(ms));
+            } else {
+                let until = Instant::now() + Duration::from_millis(ms);
+                while Instant::now() < until {
+                    std::hint::black_box(0u64);
+                }
+            }
+            let schedstat = std::fs::read_to_string("/proc/self/schedstat").expect("schedstat");
+            std::fs::write(args.get(3).expect("file"), schedstat).expect("write report");
+            return;
+        }
         // exit CODE: exits at once with CODE (no stdin wait).
         Some("exit") => std::process::exit(arg(&args, 2, "code") as i32),
         // spin-for MS: burns wall time (no stdin wait), for load generation.

@@ -1,0 +1,351 @@
+//! Task spans to an OpenTelemetry collector over OTLP (HTTP/protobuf), with the official
+//! exporter (`opentelemetry-otlp`). Spans are built by the model with their own ids and times,
+//! so they go to the exporter as span data directly, not through a tracer.
+//!
+//! Nothing here blocks collection: the collector offers spans to a bounded queue and counts
+//! what does not fit; the export task retries a failed batch with backoff for a while, then
+//! drops it (counted), and carries on when the collector is back.
+
+use std::{
+    borrow::Cow,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry::{
+    trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+    Resource,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::{
+    metadata::SharedPods,
+    model::{exit::ExitStatus, span::TaskSpan},
+};
+
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// Base URL (`http://collector:4318`); `/v1/traces` is appended. `None`: from the
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` environment.
+    pub endpoint: Option<String>,
+    /// Spans waiting for export; more are dropped (counted).
+    pub queue: usize,
+    /// Spans per export request.
+    pub batch: usize,
+    /// A failed batch is retried (backoff from 1 s, doubling, at most 8 s) for this long, then
+    /// dropped (counted).
+    pub retry_for: Duration,
+}
+
+/// What the exporter did, for /metrics and /api/v1/status.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct OtlpStats {
+    pub exported: AtomicU64,
+    /// Spans offered while the queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Spans of batches still failing after `retry_for`.
+    pub dropped_export_failed: AtomicU64,
+    /// Export requests that failed (each retry counts).
+    pub failed_requests: AtomicU64,
+    /// The last request succeeded.
+    pub up: AtomicBool,
+}
+
+/// The collector's end of the export queue.
+#[derive(Debug, Clone)]
+pub struct SpanSink {
+    tx: mpsc::Sender<TaskSpan>,
+    stats: Arc<OtlpStats>,
+}
+
+impl SpanSink {
+    /// What the exporter did so far.
+    pub fn stats(&self) -> &OtlpStats {
+        &self.stats
+    }
+
+    /// Queues a span, or counts it dropped when the queue is full. Never waits.
+    pub fn offer(&self, span: TaskSpan) {
+        if self.tx.try_send(span).is_err() {
+            self.stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why the exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter: {0}; set --otlp-endpoint to the collector's OTLP/HTTP address (e.g. http://otel-collector:4318)")]
+pub struct OtlpError(String);
+
+/// Whether the environment names an OTLP endpoint.
+pub fn endpoint_from_environment() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|e| !e.is_empty()))
+}
+
+/// Builds the exporter and starts the export task.
+pub fn start(
+    config: OtlpConfig,
+    pods: SharedPods,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SpanSink, OtlpError> {
+    use opentelemetry_otlp::WithExportConfig;
+    // Headers (OTEL_EXPORTER_OTLP_HEADERS, ..._TRACES_HEADERS) are read by the exporter itself.
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_timeout(Duration::from_secs(10));
+    if let Some(base) = &config.endpoint {
+        builder = builder.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
+    }
+    let mut exporter = builder.build().map_err(|e| OtlpError(e.to_string()))?;
+    exporter.set_resource(
+        &Resource::builder()
+            .with_service_name("taskscope")
+            .with_attributes([KeyValue::new("host.name", host_name())])
+            .build(),
+    );
+    let (tx, rx) = mpsc::channel(config.queue.max(1));
+    let stats = Arc::new(OtlpStats::default());
+    tokio::spawn(export_loop(
+        exporter,
+        rx,
+        config,
+        pods,
+        Arc::clone(&stats),
+        shutdown,
+    ));
+    Ok(SpanSink { tx, stats })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<TaskSpan>,
+    config: OtlpConfig,
+    pods: SharedPods,
+    stats: Arc<OtlpStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let scope = InstrumentationScope::builder("taskscope")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            span = rx.recv() => match span {
+                Some(span) => span,
+                None => return,
+            },
+        };
+        let mut spans = vec![first];
+        while spans.len() < config.batch {
+            match rx.try_recv() {
+                Ok(span) => spans.push(span),
+                Err(_) => break,
+            }
+        }
+        let batch: Vec<SpanData> = {
+            let pods = pods.read().unwrap_or_else(|p| p.into_inner());
+            spans
+                .iter()
+                .map(|s| span_data(s, &pods, scope.clone()))
+                .collect()
+        };
+        let count = batch.len() as u64;
+        let mut backoff = Duration::from_secs(1);
+        let give_up = tokio::time::Instant::now() + config.retry_for;
+        loop {
+            match exporter.export(batch.clone()).await {
+                Ok(()) => {
+                    stats.exported.fetch_add(count, Ordering::Relaxed);
+                    if !stats.up.swap(true, Ordering::Relaxed) {
+                        info!("OTLP export working");
+                    }
+                    break;
+                }
+                Err(err) => {
+                    stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    if stats.up.swap(false, Ordering::Relaxed)
+                        || stats.failed_requests.load(Ordering::Relaxed) == 1
+                    {
+                        warn!(error = %err, "OTLP export failing; retrying with backoff, spans that do not fit the queue are dropped and counted");
+                    }
+                    if tokio::time::Instant::now() + backoff > give_up {
+                        stats
+                            .dropped_export_failed
+                            .fetch_add(count, Ordering::Relaxed);
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(8));
+                }
+            }
+        }
+    }
+}
+
+fn unix(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// A task span as OTLP span data, with OpenTelemetry semantic-convention attributes.
+pub fn span_data(
+    s: &TaskSpan,
+    pods: &crate::metadata::PodDirectory,
+    scope: InstrumentationScope,
+) -> SpanData {
+    let mut attributes = vec![
+        KeyValue::new("process.pid", i64::from(s.pid)),
+        KeyValue::new("process.parent_pid", i64::from(s.ppid)),
+        KeyValue::new("process.executable.name", s.name.clone()),
+        KeyValue::new("process.command_line", s.command_line.join(" ")),
+        KeyValue::new("taskscope.on_cpu_seconds", secs(s.time.on_cpu_ns)),
+        KeyValue::new(
+            "taskscope.runqueue_wait_seconds",
+            secs(s.time.runqueue_wait_ns),
+        ),
+        KeyValue::new("taskscope.blocked_seconds", secs(s.time.blocked_ns)),
+        KeyValue::new("taskscope.block_io_seconds", secs(s.time.block_io_ns)),
+        KeyValue::new("taskscope.syscalls", s.time.syscalls as i64),
+        KeyValue::new("taskscope.syscall_seconds", secs(s.time.syscall_ns)),
+        KeyValue::new("taskscope.io.read_bytes", s.time.read_bytes as i64),
+        KeyValue::new("taskscope.io.write_bytes", s.time.write_bytes as i64),
+        KeyValue::new(
+            "taskscope.context_switches.voluntary",
+            s.time.voluntary_switches as i64,
+        ),
+        KeyValue::new(
+            "taskscope.context_switches.involuntary",
+            s.time.involuntary_switches as i64,
+        ),
+    ];
+    if let Some(exe) = &s.exe {
+        attributes.push(KeyValue::new("process.executable.path", exe.clone()));
+    }
+    if let Some(uid) = s.uid {
+        attributes.push(KeyValue::new("process.user.id", i64::from(uid)));
+    }
+    match s.exit {
+        ExitStatus::Exited { code } => {
+            attributes.push(KeyValue::new("process.exit.code", i64::from(code)));
+        }
+        ExitStatus::Signaled {
+            signal,
+            signal_name,
+            ..
+        } => {
+            attributes.push(KeyValue::new("process.exit.signal", i64::from(signal)));
+            attributes.push(KeyValue::new("process.exit.signal_name", signal_name));
+        }
+        ExitStatus::Unknown => {}
+    }
+    if let Some(w) = &s.workload {
+        attributes.push(KeyValue::new("taskscope.cgroup", w.cgroup.clone()));
+        if let Some(id) = &w.container_id {
+            attributes.push(KeyValue::new("container.id", id.clone()));
+        }
+        if let Some(uid) = &w.pod_uid {
+            attributes.push(KeyValue::new("k8s.pod.uid", uid.clone()));
+        }
+        let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
+        if let Some(name) = names.pod {
+            attributes.push(KeyValue::new("k8s.pod.name", name.to_string()));
+        }
+        if let Some(namespace) = names.namespace {
+            attributes.push(KeyValue::new("k8s.namespace.name", namespace.to_string()));
+        }
+        if let Some(container) = names.container {
+            attributes.push(KeyValue::new("k8s.container.name", container.to_string()));
+        }
+    }
+    let mut events = Vec::new();
+    if let Some(at) = s.exec_unix_ns {
+        let mut exec_attributes = Vec::new();
+        if let Some(exe) = &s.exe {
+            exec_attributes.push(KeyValue::new("process.executable.path", exe.clone()));
+        }
+        events.push(Event::new("exec", unix(at), exec_attributes, 0));
+    }
+    for slow in &s.slow_syscalls {
+        let mut slow_attributes = vec![
+            KeyValue::new(
+                "syscall.name",
+                slow.name
+                    .map_or_else(|| slow.nr.to_string(), str::to_string),
+            ),
+            KeyValue::new("syscall.duration_seconds", secs(slow.duration_ns)),
+            KeyValue::new("thread.id", i64::from(slow.tid)),
+        ];
+        if slow.ret < 0 {
+            let errno = (-slow.ret) as u32;
+            slow_attributes.push(KeyValue::new(
+                "syscall.errno",
+                crate::model::errno::errno_name(errno)
+                    .map_or_else(|| errno.to_string(), str::to_string),
+            ));
+        }
+        events.push(Event::new(
+            "slow_syscall",
+            unix(slow.time_unix_ns.saturating_sub(slow.duration_ns)),
+            slow_attributes,
+            0,
+        ));
+    }
+    // Non-exhaustive: built from the default, then filled.
+    let mut span_events = SpanEvents::default();
+    span_events.events = events;
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(s.trace_id.to_be_bytes()),
+            SpanId::from_bytes(s.span_id.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: s
+            .parent_span_id
+            .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: Cow::Owned(s.name.clone()),
+        start_time: unix(s.start_unix_ns),
+        end_time: unix(s.end_unix_ns),
+        attributes,
+        dropped_attributes_count: 0,
+        events: span_events,
+        links: SpanLinks::default(),
+        status: if s.error {
+            Status::error(s.status_message.clone())
+        } else {
+            Status::Unset
+        },
+        instrumentation_scope: scope,
+    }
+}

@@ -1,0 +1,224 @@
+//! Task spans: each process seen from its fork to its exit, as a span of a trace whose shape
+//! is the process tree (docs/spans.md).
+//!
+//! A process whose parent the agent saw start belongs to its parent's trace, as a child of the
+//! parent's span; any other process (its parent was already running: a daemon, a login shell)
+//! starts a trace of its own. Ids are derived from (pid, start time) with a per-agent random
+//! key, so they are stable for the life of the agent and need no table.
+
+use std::hash::{BuildHasher, RandomState};
+
+use serde::{Serialize, Serializer};
+use taskscope_common::block_op;
+
+use super::{
+    exit::ExitStatus,
+    view::{Clocks, SlowSyscallView},
+    workload::Workload,
+    Process,
+};
+
+/// Where a span sits in its trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+}
+
+/// Makes span and trace ids.
+#[derive(Debug, Default)]
+pub struct SpanIdSource {
+    key: RandomState,
+}
+
+impl SpanIdSource {
+    /// The ids of a process started at `start_ns` (CLOCK_BOOTTIME) whose parent's ids are
+    /// `parent` when the parent's start was seen too.
+    pub fn ids(&self, pid: u32, start_ns: u64, parent: Option<&SpanIds>) -> SpanIds {
+        // Never zero: an all-zero id is invalid in W3C trace context and OTLP.
+        let span_id = self.key.hash_one((pid, start_ns, 0u8)) | 1;
+        match parent {
+            Some(parent) => SpanIds {
+                trace_id: parent.trace_id,
+                span_id,
+                parent_span_id: Some(parent.span_id),
+            },
+            None => {
+                let high = u128::from(self.key.hash_one((pid, start_ns, 1u8)));
+                SpanIds {
+                    trace_id: (high << 64) | u128::from(span_id),
+                    span_id,
+                    parent_span_id: None,
+                }
+            }
+        }
+    }
+}
+
+fn hex128<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:032x}"))
+}
+
+fn hex64<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+fn hex64_opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => hex64(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// One finished process as a span.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSpan {
+    #[serde(serialize_with = "hex128")]
+    pub trace_id: u128,
+    #[serde(serialize_with = "hex64")]
+    pub span_id: u64,
+    #[serde(serialize_with = "hex64_opt")]
+    pub parent_span_id: Option<u64>,
+    /// The executable's name (`comm`).
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub duration_ns: u64,
+    /// Unix time of its (last) exec, if it exec'd.
+    pub exec_unix_ns: Option<u64>,
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: Option<String>,
+    pub command_line: Vec<String>,
+    pub uid: Option<u32>,
+    pub workload: Option<Workload>,
+    pub exit: ExitStatus,
+    /// Error for a non-zero exit or a fatal signal.
+    pub error: bool,
+    /// "exit code 3", "killed by SIGTERM".
+    pub status_message: String,
+    pub time: SpanTime,
+    pub slow_syscalls: Vec<SlowSyscallView>,
+}
+
+/// Where the span's wall time went (docs/spans.md: how they add up).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct SpanTime {
+    /// On a CPU, all threads.
+    pub on_cpu_ns: u64,
+    /// Runnable, waiting for a CPU, all threads.
+    pub runqueue_wait_ns: u64,
+    /// The rest of the duration: sleeping or blocked (for a single thread, exactly
+    /// duration - on CPU - run-queue wait; never below zero).
+    pub blocked_ns: u64,
+    /// Completion latency of the block IO it issued (part of `blocked_ns` when it waited).
+    pub block_io_ns: u64,
+    pub syscalls: u64,
+    pub syscall_ns: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+impl TaskSpan {
+    /// The span of a retired process; `None` unless its fork and exit were both seen.
+    pub fn of(p: &Process, clocks: &Clocks) -> Option<TaskSpan> {
+        let ids = p.span_ids?;
+        let start_boot = p.start_boottime_ns?;
+        let exit_mono = p.exit_time_ns?;
+        let exit = p.exit?;
+        if exit == ExitStatus::Unknown {
+            return None;
+        }
+        let start_unix_ns = clocks.boottime_to_unix(start_boot);
+        // A process still runs after its exit event (tearing down its memory and files): it
+        // ends when it last leaves a CPU, which its CPU time includes.
+        let end_mono = exit_mono.max(p.last_switch_out_ns);
+        let end_unix_ns = clocks.monotonic_to_unix(end_mono).max(start_unix_ns);
+        let duration_ns = end_unix_ns - start_unix_ns;
+        let sched = p.sched(end_mono, &Default::default());
+        let mut time = SpanTime {
+            on_cpu_ns: sched.on_cpu_ns,
+            runqueue_wait_ns: sched.runq_wait_ns,
+            blocked_ns: duration_ns.saturating_sub(sched.on_cpu_ns + sched.runq_wait_ns),
+            voluntary_switches: sched.voluntary_switches,
+            involuntary_switches: sched.involuntary_switches,
+            ..SpanTime::default()
+        };
+        for s in p.syscalls.values() {
+            time.syscalls += s.count;
+            time.syscall_ns += s.total_ns;
+        }
+        for (&(_, op), io) in &p.io {
+            time.block_io_ns += io.total_latency_ns;
+            match op {
+                block_op::READ => time.read_bytes += io.bytes,
+                block_op::WRITE => time.write_bytes += io.bytes,
+                _ => {}
+            }
+        }
+        let status_message = match exit {
+            ExitStatus::Exited { code } => format!("exit code {code}"),
+            ExitStatus::Signaled {
+                signal_name,
+                core_dumped,
+                ..
+            } => format!(
+                "killed by {signal_name}{}",
+                if core_dumped { " (core dumped)" } else { "" }
+            ),
+            ExitStatus::Unknown => String::new(),
+        };
+        Some(TaskSpan {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
+            name: p.comm.clone(),
+            start_unix_ns,
+            end_unix_ns,
+            duration_ns,
+            exec_unix_ns: p.exec_time_ns.map(|t| clocks.monotonic_to_unix(t)),
+            pid: p.pid,
+            ppid: p.ppid,
+            exe: p.exe.clone(),
+            command_line: p.cmdline.clone(),
+            uid: p.uid,
+            workload: p.cgroup_path.as_deref().map(Workload::from_cgroup),
+            exit,
+            error: exit.is_failure(),
+            status_message,
+            time,
+            slow_syscalls: p
+                .slow_syscalls
+                .iter()
+                .map(|s| SlowSyscallView::new(s, clocks))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_share_the_trace_and_point_at_their_parent() {
+        let source = SpanIdSource::default();
+        let root = source.ids(100, 5_000, None);
+        let child = source.ids(101, 6_000, Some(&root));
+        let grandchild = source.ids(102, 7_000, Some(&child));
+        assert_eq!(root.parent_span_id, None);
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_eq!(grandchild.trace_id, root.trace_id);
+        assert_eq!(child.parent_span_id, Some(root.span_id));
+        assert_eq!(grandchild.parent_span_id, Some(child.span_id));
+        assert_ne!(child.span_id, grandchild.span_id);
+        // The same process gets the same ids; a reused pid does not.
+        assert_eq!(source.ids(100, 5_000, None), root);
+        assert_ne!(source.ids(100, 9_000, None).trace_id, root.trace_id);
+        assert_ne!(root.span_id, 0);
+        assert_ne!(root.trace_id >> 64, 0);
+    }
+}

@@ -1,0 +1,76 @@
+"""An OTLP/HTTP trace receiver for the end-to-end tests, built on the official OpenTelemetry
+protobuf definitions (PyPI opentelemetry-proto), not on taskscope's types.
+
+Usage: otlp_receiver.py PORT OUT_FILE
+Every span received is appended to OUT_FILE as one JSON object per line. POST /v1/traces
+only (protobuf); anything else is refused.
+"""
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+
+def value(any_value):
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+def attributes(kvs):
+    return {kv.key: value(kv.value) for kv in kvs}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+            self.send_response(400)
+            self.end_headers()
+            return
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        with open(OUT, "a") as out:
+            for resource_spans in request.resource_spans:
+                resource = attributes(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        out.write(json.dumps({
+                            "resource": resource,
+                            "scope": scope_spans.scope.name,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent_span_id": span.parent_span_id.hex(),
+                            "name": span.name,
+                            "start_unix_nano": span.start_time_unix_nano,
+                            "end_unix_nano": span.end_time_unix_nano,
+                            "status_code": Status.StatusCode.Name(span.status.code),
+                            "status_message": span.status.message,
+                            "attributes": attributes(span.attributes),
+                            "events": [
+                                {"name": e.name, "time_unix_nano": e.time_unix_nano,
+                                 "attributes": attributes(e.attributes)}
+                                for e in span.events
+                            ],
+                        }) + "\n")
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    PORT, OUT = int(sys.argv[1]), sys.argv[2]
+    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    print("listening", flush=True)
+    server.serve_forever()

@@ -1,0 +1,268 @@
+//! Task spans: a known process tree arrives as one trace at an OTLP receiver built on the
+//! official OpenTelemetry protobuf definitions (tests/otlp_receiver.py, PyPI
+//! opentelemetry-proto, installed by `cargo xtask setup --for-tests`), and in /api/v1/spans.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use taskscope_e2e::{free_port, wait_for, workload_binary, Agent};
+
+/// The receiver, killed when dropped.
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path) -> Receiver {
+        let port = free_port();
+        let out = dir.join(format!("otlp-spans-{port}.jsonl"));
+        let _ = std::fs::remove_file(&out);
+        let python_lib = std::env::var("TASKSCOPE_PYTHON_LIB").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/taskscope/python",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&out)
+            .env("PYTHONPATH", &python_lib)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("receiver output");
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "the OTLP receiver did not start (opentelemetry-proto in {python_lib}? run `cargo xtask setup --for-tests`)"
+        );
+        Receiver { child, port, out }
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// `/proc/<pid>/schedstat` as a process wrote it about itself: (on-CPU ns, run-queue ns).
+fn report(path: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).expect("schedstat report");
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().expect("number"));
+    (
+        fields.next().expect("on-CPU"),
+        fields.next().expect("run-queue"),
+    )
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn seconds(span: &Value, key: &str) -> f64 {
+    attr(span, key).as_f64().unwrap_or(f64::NAN)
+}
+
+fn duration_s(span: &Value) -> f64 {
+    (span["end_unix_nano"].as_u64().unwrap_or(0) as f64
+        - span["start_unix_nano"].as_u64().unwrap_or(0) as f64)
+        / 1e9
+}
+
+fn within(what: &str, measured: f64, truth: f64, tolerance: f64) {
+    let diff = (measured - truth).abs() / truth.abs().max(1e-9);
+    println!(
+        "{what}: taskscope {measured:.6}, kernel {truth:.6}, difference {:.2}% (allowed {:.0}%)",
+        diff * 100.0,
+        tolerance * 100.0
+    );
+    assert!(diff <= tolerance, "{what}: {measured} vs {truth}");
+}
+
+#[test]
+fn a_process_tree_is_one_trace_with_statuses_and_where_the_time_went() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let receiver = Receiver::start(&dir);
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{}", receiver.port),
+    ]);
+    let sleeper_report = dir.join(format!("sleeper-{}.schedstat", receiver.port));
+    let spinner_report = dir.join(format!("spinner-{}.schedstat", receiver.port));
+    let w = workload_binary();
+    let w = w.display();
+    // The known tree: a shell with five children, one after the other.
+    let script = format!(
+        "{w} exit 3; sh -c 'kill -TERM $$'; {w} sleep-report 1000 {s}; {w} spin-report 1000 {c}; sh -c 'exec {w} exit 0'; exit 0",
+        s = sleeper_report.display(),
+        c = spinner_report.display()
+    );
+    let mut root = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let root_pid = root.id();
+    assert!(root.wait().expect("wait").success());
+
+    // Six spans of one trace: the shell and its five children.
+    let spans = wait_for(
+        "the tree's six spans at the receiver",
+        Duration::from_secs(30),
+        || {
+            let spans = receiver.spans();
+            let root_span = spans
+                .iter()
+                .find(|s| attr(s, "process.pid").as_u64() == Some(u64::from(root_pid)))?
+                .clone();
+            let trace: Vec<Value> = spans
+                .into_iter()
+                .filter(|s| s["trace_id"] == root_span["trace_id"])
+                .collect();
+            (trace.len() >= 6).then_some((root_span, trace))
+        },
+    );
+    let (root_span, trace) = spans;
+    for s in &trace {
+        println!(
+            "span {} pid {} parent {} status {} {:?} {:.3}s: on-CPU {:.4}s, run-queue {:.4}s, blocked {:.4}s",
+            s["name"],
+            attr(s, "process.pid"),
+            s["parent_span_id"],
+            s["status_code"],
+            s["status_message"],
+            duration_s(s),
+            seconds(s, "taskscope.on_cpu_seconds"),
+            seconds(s, "taskscope.runqueue_wait_seconds"),
+            seconds(s, "taskscope.blocked_seconds"),
+        );
+    }
+    assert_eq!(trace.len(), 6, "one trace: the shell and its five children");
+    assert_eq!(
+        root_span["parent_span_id"], "",
+        "the shell is the trace's root"
+    );
+    assert_eq!(root_span["scope"], "taskscope");
+    assert_eq!(root_span["resource"]["service.name"], "taskscope");
+    let children: Vec<&Value> = trace
+        .iter()
+        .filter(|s| s["span_id"] != root_span["span_id"])
+        .collect();
+    assert!(
+        children
+            .iter()
+            .all(|c| c["parent_span_id"] == root_span["span_id"]
+                && attr(c, "process.parent_pid").as_u64() == Some(u64::from(root_pid))),
+        "every child's parent is the shell's span"
+    );
+    assert_eq!(root_span["status_code"], "STATUS_CODE_UNSET");
+    assert_eq!(attr(&root_span, "process.exit.code").as_i64(), Some(0));
+
+    let find = |pred: &dyn Fn(&Value) -> bool| -> &Value {
+        children
+            .iter()
+            .copied()
+            .find(|s| pred(s))
+            .expect("a child span")
+    };
+    let failed = find(&|s| attr(s, "process.exit.code").as_i64() == Some(3));
+    assert_eq!(failed["status_code"], "STATUS_CODE_ERROR");
+    assert_eq!(failed["status_message"], "exit code 3");
+    let killed = find(&|s| attr(s, "process.exit.signal_name") == "SIGTERM");
+    assert_eq!(killed["status_code"], "STATUS_CODE_ERROR");
+    assert_eq!(killed["status_message"], "killed by SIGTERM");
+    let execed = find(&|s| {
+        s["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["name"] == "exec"))
+            && attr(s, "process.exit.code").as_i64() == Some(0)
+            && s["name"] == "workload"
+    });
+    assert_eq!(execed["status_code"], "STATUS_CODE_UNSET");
+
+    // Where the time went, against what each process read of itself in /proc just before exit.
+    let (sleeper_cpu, sleeper_wait) = report(&sleeper_report);
+    let (spinner_cpu, _) = report(&spinner_report);
+    let sleeper = find(&|s| {
+        attr(s, "process.command_line")
+            .as_str()
+            .is_some_and(|c| c.contains("sleep-report"))
+    });
+    let spinner = find(&|s| {
+        attr(s, "process.command_line")
+            .as_str()
+            .is_some_and(|c| c.contains("spin-report"))
+    });
+    let sleeper_blocked_truth = duration_s(sleeper) - (sleeper_cpu + sleeper_wait) as f64 / 1e9;
+    within(
+        "sleeper: blocked seconds vs duration - schedstat on-CPU - run-queue",
+        seconds(sleeper, "taskscope.blocked_seconds"),
+        sleeper_blocked_truth,
+        0.05,
+    );
+    assert!(
+        seconds(sleeper, "taskscope.blocked_seconds") > 0.9 * duration_s(sleeper),
+        "mostly blocked"
+    );
+    within(
+        "spinner: on-CPU seconds vs its /proc/self/schedstat",
+        seconds(spinner, "taskscope.on_cpu_seconds"),
+        spinner_cpu as f64 / 1e9,
+        0.05,
+    );
+    assert!(
+        seconds(spinner, "taskscope.on_cpu_seconds") > 0.8 * duration_s(spinner),
+        "mostly on CPU"
+    );
+    for s in &trace {
+        let parts = seconds(s, "taskscope.on_cpu_seconds")
+            + seconds(s, "taskscope.runqueue_wait_seconds")
+            + seconds(s, "taskscope.blocked_seconds");
+        assert!(
+            (parts - duration_s(s)).abs() < 1e-6,
+            "{}: on-CPU + run-queue + blocked = {parts} s, duration {} s",
+            s["name"],
+            duration_s(s)
+        );
+    }
+
+    // The same trace in the JSON API, by the pid of any member.
+    let api = agent.get(&format!("/api/v1/spans?pid={root_pid}"));
+    let api_spans = api["spans"].as_array().expect("spans");
+    println!("/api/v1/spans?pid={root_pid}: {} spans", api_spans.len());
+    assert_eq!(api_spans.len(), 6);
+    assert!(api_spans
+        .iter()
+        .all(|s| s["trace_id"] == root_span["trace_id"]));
+    let status = agent.get("/api/v1/status");
+    println!("status.otlp: {}", status["otlp"]);
+    assert!(status["otlp"]["exported"].as_u64().unwrap_or(0) >= 6);
+    let _ = std::fs::remove_file(sleeper_report);
+    let _ = std::fs::remove_file(spinner_report);
+}
