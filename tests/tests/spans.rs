@@ -21,7 +21,10 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
-        let port = free_port();
+        Self::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Receiver {
         let out = dir.join(format!("otlp-spans-{port}.jsonl"));
         let _ = std::fs::remove_file(&out);
         let python_lib = std::env::var("TASKSCOPE_PYTHON_LIB").unwrap_or_else(|_| {
@@ -265,4 +268,99 @@ fn a_process_tree_is_one_trace_with_statuses_and_where_the_time_went() {
     assert!(status["otlp"]["exported"].as_u64().unwrap_or(0) >= 6);
     let _ = std::fs::remove_file(sleeper_report);
     let _ = std::fs::remove_file(spinner_report);
+}
+
+fn lost(status: &Value, source: &str, reason: &str) -> u64 {
+    status["lost"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["source"] == source && l["reason"] == reason)
+        .filter_map(|l| l["count"].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let port = free_port();
+    // Nothing listens on the port yet. A small queue and a short retry window, so that both
+    // ways of dropping happen within the test.
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--otlp-queue",
+        "16",
+        "--otlp-retry-for",
+        "3s",
+    ]);
+    let burst = |n: usize| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+            ))
+            .status()
+            .expect("sh");
+        assert!(status.success());
+    };
+    burst(200);
+    let down = wait_for(
+        "spans dropped while the collector is down",
+        Duration::from_secs(30),
+        || {
+            let status = agent.get("/api/v1/status");
+            (lost(&status, "otlp_spans", "queue_full") > 0
+                && lost(&status, "otlp_spans", "export_failed") > 0)
+                .then_some(status)
+        },
+    );
+    println!(
+        "collector down: made {}, queue_full {}, export_failed {}, otlp {}",
+        down["model"]["spans"],
+        lost(&down, "otlp_spans", "queue_full"),
+        lost(&down, "otlp_spans", "export_failed"),
+        down["otlp"]
+    );
+    assert_eq!(down["otlp"]["up"], false);
+    assert!(down["otlp"]["failed_requests"].as_u64().unwrap_or(0) > 0);
+
+    // The collector comes back: export resumes, and every span made is accounted for.
+    let receiver = Receiver::start_on(&dir, port);
+    let mut marker = Command::new("sh")
+        .arg("-c")
+        .arg("/bin/true; exit 7")
+        .spawn()
+        .expect("sh");
+    let marker_pid = marker.id();
+    let _ = marker.wait();
+    wait_for("export to resume", Duration::from_secs(40), || {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| attr(s, "process.pid").as_u64() == Some(u64::from(marker_pid)))
+            .then_some(())
+    });
+    let settled = wait_for("every span accounted for", Duration::from_secs(30), || {
+        let status = agent.get("/api/v1/status");
+        let made = status["model"]["spans"].as_u64()?;
+        let exported = status["otlp"]["exported"].as_u64()?;
+        let dropped = lost(&status, "otlp_spans", "queue_full")
+            + lost(&status, "otlp_spans", "export_failed");
+        (made == exported + dropped).then_some((made, exported, dropped, status))
+    });
+    println!(
+        "collector back: made {} = exported {} + dropped {}; received {}; otlp {}",
+        settled.0,
+        settled.1,
+        settled.2,
+        receiver.spans().len(),
+        settled.3["otlp"]
+    );
+    assert_eq!(settled.3["otlp"]["up"], true);
+    assert_eq!(
+        receiver.spans().len() as u64,
+        settled.1,
+        "the receiver got what was exported"
+    );
 }
