@@ -19,7 +19,7 @@ use crate::{
         prometheus::{Exposition, ExpositionConfig},
     },
     metadata::{PodDirectory, SharedPods},
-    model::{ModelConfig, TaskModel},
+    model::{redact::Redactor, ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
 };
@@ -183,6 +183,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             max_live: args.max_tasks as usize * 2,
             cpu_window: args.poll_interval,
             idle_fragment_threshold: args.idle_fragment_threshold,
+            redactor: Redactor::new(&args.redact_patterns),
+            join_traceparent: args.join_traceparent,
             ..ModelConfig::default()
         },
         CgroupResolver::new(cgroup_root),

@@ -123,6 +123,17 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Also redact matches of this regular expression in command lines (the whole match, or
+    /// its `value` group if it has one), on top of the built-in patterns (passwords, tokens,
+    /// API keys, Authorization headers, AWS key ids, URL credentials). Repeatable.
+    #[arg(long = "redact-pattern", value_name = "REGEX", value_parser = parse_regex)]
+    pub redact_patterns: Vec<regex::Regex>,
+
+    /// A process started with TRACEPARENT (W3C trace context) in its environment joins that
+    /// trace, its span a child of the given span (its children follow it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub join_traceparent: bool,
+
     /// Export task spans (one per process, a process tree per trace) over OTLP/HTTP to this
     /// collector base URL (`/v1/traces` is appended). Without it, spans are exported when
     /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
@@ -176,6 +187,11 @@ pub struct LogArgs {
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `taskscope=debug`).
     #[arg(long, default_value = "info", env = "TASKSCOPE_LOG")]
     pub log_level: String,
+}
+
+/// Parses a regular expression for `--redact-pattern`.
+fn parse_regex(text: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(text).map_err(|e| format!("invalid regular expression: {e}"))
 }
 
 /// Parses `250ms`, `1s`, `5m`, `2h`, `1500us`, `10ns`.

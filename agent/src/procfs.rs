@@ -93,6 +93,39 @@ pub fn list_pids() -> Vec<u32> {
         .collect()
 }
 
+/// A W3C trace context (`TRACEPARENT`) from the environment text of `/proc/<pid>/environ`:
+/// (trace id, parent span id). Invalid or all-zero ids are ignored, as the spec says.
+pub fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {
+    let value = environ.split(|&b| b == 0).find_map(|var| {
+        var.strip_prefix(b"TRACEPARENT=")
+            .or_else(|| var.strip_prefix(b"traceparent="))
+    })?;
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace = u128::from_str_radix(trace, 16).ok().filter(|&t| t != 0)?;
+    let parent = u64::from_str_radix(parent, 16).ok().filter(|&p| p != 0)?;
+    Some((trace, parent))
+}
+
+/// The W3C trace context in a process's environment, if any (see [`parse_traceparent`]).
+pub fn read_traceparent(pid: u32) -> Option<(u128, u64)> {
+    parse_traceparent(&fs::read(format!("/proc/{pid}/environ")).ok()?)
+}
+
 /// Where the first filesystem of type `fstype` is mounted, from `/proc/self/mountinfo` text.
 pub fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
@@ -402,6 +435,31 @@ mod tests {
         );
         assert_eq!(cgroup_v1_mount(hybrid, "blkio"), None);
         assert_eq!(cgroup_v1_mount(mountinfo, "memory"), None);
+    }
+
+    #[test]
+    fn traceparent_from_the_environment() {
+        let env = b"PATH=/bin\0TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\0HOME=/\0";
+        assert_eq!(
+            parse_traceparent(env),
+            Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7))
+        );
+        for bad in [
+            &b"TRACEPARENT=00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"TRACEPARENT=ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"TRACEPARENT=00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"TRACEPARENT=00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            b"TRACEPARENT=garbage",
+            b"OTHER=1",
+        ] {
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -364,3 +364,87 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
         "the receiver got what was exported"
     );
 }
+
+#[test]
+fn traceparent_joins_the_trace_and_secrets_arrive_redacted_everywhere() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let receiver = Receiver::start(&dir);
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{}", receiver.port),
+    ]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    // A job started by an instrumented runner: TRACEPARENT in its environment, a secret on its
+    // command line; it runs a child.
+    let mut job = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 0.3; exit 0",
+            "job",
+            "--password=hunter2",
+            "--token",
+            "s3cr3tvalue",
+        ])
+        .env("TRACEPARENT", format!("00-{trace_id}-{parent_id}-01"))
+        .spawn()
+        .expect("sh");
+    let job_pid = job.id();
+    assert!(job.wait().expect("wait").success());
+
+    let (job_span, child_span) = wait_for(
+        "the job's spans at the receiver",
+        Duration::from_secs(30),
+        || {
+            let spans = receiver.spans();
+            let job_span = spans
+                .iter()
+                .find(|s| attr(s, "process.pid").as_u64() == Some(u64::from(job_pid)))?
+                .clone();
+            let child = spans
+                .iter()
+                .find(|s| s["parent_span_id"] == job_span["span_id"])?
+                .clone();
+            Some((job_span, child))
+        },
+    );
+    println!(
+        "job span: trace {} parent {} command line {}; its child {} in trace {}",
+        job_span["trace_id"],
+        job_span["parent_span_id"],
+        attr(&job_span, "process.command_line"),
+        child_span["name"],
+        child_span["trace_id"]
+    );
+    assert_eq!(job_span["trace_id"], trace_id);
+    assert_eq!(job_span["parent_span_id"], parent_id);
+    assert_eq!(child_span["trace_id"], trace_id, "its children follow it");
+
+    // The secrets, everywhere something leaves the agent.
+    let command_line = attr(&job_span, "process.command_line")
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let api_span = agent.get(&format!("/api/v1/spans?pid={job_pid}"));
+    let api_process = agent.get(&format!("/api/v1/processes/{job_pid}"));
+    let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
+    let outputs = [
+        ("OTLP span", command_line.clone()),
+        ("/api/v1/spans", api_span.to_string()),
+        ("/api/v1/processes/{pid}", api_process.to_string()),
+        ("/metrics", scrape),
+        ("the agent's log", agent.log_text()),
+    ];
+    println!("OTLP command line: {command_line}");
+    for (where_, text) in &outputs {
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3tvalue"),
+            "a secret in {where_}"
+        );
+    }
+    assert!(
+        command_line.contains("--password=[REDACTED]")
+            && command_line.contains("--token [REDACTED]")
+    );
+    assert!(api_process.to_string().contains("[REDACTED]"));
+}

@@ -332,7 +332,7 @@ pub fn span_data(
         parent_span_id: s
             .parent_span_id
             .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
-        parent_span_is_remote: false,
+        parent_span_is_remote: s.parent_is_remote,
         span_kind: SpanKind::Internal,
         name: Cow::Owned(s.name.clone()),
         start_time: unix(s.start_unix_ns),

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod errno;
 pub mod exit;
 pub mod node;
+pub mod redact;
 pub mod selector;
 pub mod span;
 pub mod view;
@@ -59,6 +60,10 @@ pub struct ModelConfig {
     pub cpu_window: Duration,
     /// Idle periods shorter than this count as fragmented idle time.
     pub idle_fragment_threshold: Duration,
+    /// Takes secrets out of command lines before they are stored.
+    pub redactor: redact::Redactor,
+    /// A process exec'd with `TRACEPARENT` in its environment joins that trace.
+    pub join_traceparent: bool,
 }
 
 impl Default for ModelConfig {
@@ -70,6 +75,8 @@ impl Default for ModelConfig {
             max_slow_syscalls: 16,
             cpu_window: Duration::from_secs(1),
             idle_fragment_threshold: Duration::from_millis(1),
+            redactor: redact::Redactor::default(),
+            join_traceparent: true,
         }
     }
 }
@@ -364,7 +371,7 @@ impl TaskModel {
                 p.ppid = stat.ppid;
                 p.comm = stat.comm;
                 p.exe = procfs::read_exe(pid);
-                p.cmdline = procfs::read_cmdline(pid);
+                p.cmdline = self.config.redactor.redact(procfs::read_cmdline(pid));
                 p.uid = procfs::read_uid(pid);
                 if let Some(path) = procfs::read_cgroup_v2(pid) {
                     p.cgroup_id = self.cgroups.id_of(&path);
@@ -537,17 +544,31 @@ impl TaskModel {
         let tgid = exec.header.tgid;
         let cgroup_path = self.cgroups.path_of_process(exec.cgroup_id, tgid);
         let polls = self.polls;
+        let cmdline = self.config.redactor.redact(exec.args);
+        let join_traceparent = self.config.join_traceparent;
         let Some(process) = self.live_or_proc(tgid) else {
             return;
         };
         // The exe link is absolute and resolved; the filename passed to execve may be relative.
         process.exe = procfs::read_exe(tgid).or(Some(exec.filename));
         process.comm = exec.comm;
-        process.cmdline = exec.args;
+        process.cmdline = cmdline;
         process.cmdline_truncated = exec.args_truncated;
         process.uid = Some(exec.uid);
         process.cgroup_id = Some(exec.cgroup_id);
         process.exec_time_ns = Some(exec.header.ts_ns);
+        if join_traceparent {
+            // Read while the process runs (a very short one may be gone: it keeps its trace).
+            // Children inherit the variable: one whose parent already joined that trace stays
+            // its parent's child.
+            if let (Some(ids), Some((trace_id, parent))) =
+                (process.span_ids, procfs::read_traceparent(tgid))
+            {
+                if ids.trace_id != trace_id {
+                    process.span_ids = Some(ids.joined(trace_id, parent));
+                }
+            }
+        }
         if exec.old_pid != exec.header.pid {
             // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
             process

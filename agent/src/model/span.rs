@@ -24,6 +24,20 @@ pub struct SpanIds {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
+    /// The parent is a span of another program (from `TRACEPARENT`), not a process's.
+    pub parent_is_remote: bool,
+}
+
+impl SpanIds {
+    /// These ids moved into the trace a `TRACEPARENT` names, under its span.
+    pub fn joined(self, trace_id: u128, parent_span_id: u64) -> SpanIds {
+        SpanIds {
+            trace_id,
+            span_id: self.span_id,
+            parent_span_id: Some(parent_span_id),
+            parent_is_remote: true,
+        }
+    }
 }
 
 /// Makes span and trace ids.
@@ -43,6 +57,7 @@ impl SpanIdSource {
                 trace_id: parent.trace_id,
                 span_id,
                 parent_span_id: Some(parent.span_id),
+                parent_is_remote: false,
             },
             None => {
                 let high = u128::from(self.key.hash_one((pid, start_ns, 1u8)));
@@ -50,6 +65,7 @@ impl SpanIdSource {
                     trace_id: (high << 64) | u128::from(span_id),
                     span_id,
                     parent_span_id: None,
+                    parent_is_remote: false,
                 }
             }
         }
@@ -80,6 +96,8 @@ pub struct TaskSpan {
     pub span_id: u64,
     #[serde(serialize_with = "hex64_opt")]
     pub parent_span_id: Option<u64>,
+    /// The parent span came from `TRACEPARENT` in the process's environment.
+    pub parent_is_remote: bool,
     /// The executable's name (`comm`).
     pub name: String,
     pub start_unix_ns: u64,
@@ -175,6 +193,7 @@ impl TaskSpan {
             trace_id: ids.trace_id,
             span_id: ids.span_id,
             parent_span_id: ids.parent_span_id,
+            parent_is_remote: ids.parent_is_remote,
             name: p.comm.clone(),
             start_unix_ns,
             end_unix_ns,
