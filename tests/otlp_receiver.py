@@ -1,9 +1,10 @@
 """An OTLP/HTTP trace receiver for the end-to-end tests, built on the official OpenTelemetry
 protobuf definitions (PyPI opentelemetry-proto), not on taskscope's types.
 
-Usage: otlp_receiver.py PORT OUT_FILE
-Every span received is appended to OUT_FILE as one JSON object per line. POST /v1/traces
-only (protobuf); anything else is refused.
+Usage: otlp_receiver.py PORT OUT_FILE [http|grpc]
+Every span received is appended to OUT_FILE as one JSON object per line, with the transport
+it came by. HTTP: POST /v1/traces only (protobuf); anything else is refused. gRPC: the
+collector's TraceService/Export (PyPI grpcio).
 """
 
 import json
@@ -26,21 +27,15 @@ def attributes(kvs):
     return {kv.key: value(kv.value) for kv in kvs}
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
-            self.send_response(400)
-            self.end_headers()
-            return
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        with open(OUT, "a") as out:
-            for resource_spans in request.resource_spans:
-                resource = attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        out.write(json.dumps({
+def record(request, transport):
+    """Appends the spans of an ExportTraceServiceRequest to OUT."""
+    with open(OUT, "a") as out:
+        for resource_spans in request.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    out.write(json.dumps({
+                            "transport": transport,
                             "resource": resource,
                             "scope": scope_spans.scope.name,
                             "trace_id": span.trace_id.hex(),
@@ -58,6 +53,18 @@ class Handler(BaseHTTPRequestHandler):
                                 for e in span.events
                             ],
                         }) + "\n")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+            self.send_response(400)
+            self.end_headers()
+            return
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        record(request, "http")
         reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -69,8 +76,30 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def serve_grpc(port):
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            record(request, "grpc")
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("listening", flush=True)
+    server.wait_for_termination()
+
+
 if __name__ == "__main__":
     PORT, OUT = int(sys.argv[1]), sys.argv[2]
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
-    print("listening", flush=True)
-    server.serve_forever()
+    if len(sys.argv) > 3 and sys.argv[3] == "grpc":
+        serve_grpc(PORT)
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+        print("listening", flush=True)
+        server.serve_forever()

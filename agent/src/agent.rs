@@ -162,6 +162,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let sink = otlp::start(
             OtlpConfig {
                 endpoint: args.otlp_endpoint.clone(),
+                protocol: args.otlp_protocol,
                 queue: args.otlp_queue,
                 batch: 512,
                 retry_for: args.otlp_retry_for,
@@ -170,7 +171,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             shutdown_rx.clone(),
         )
         .map_err(|e| RunError::Otlp(e.to_string()))?;
-        info!(endpoint = ?args.otlp_endpoint, "exporting task spans over OTLP/HTTP");
+        info!(endpoint = ?args.otlp_endpoint, protocol = ?args.otlp_protocol, "exporting task spans over OTLP");
         Some(sink)
     } else {
         None

@@ -140,6 +140,15 @@ pub struct RunArgs {
     #[arg(long, env = "TASKSCOPE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "http/protobuf",
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )]
+    pub otlp_protocol: crate::exporters::otlp::OtlpProtocol,
+
     /// Spans waiting for export at most; more are dropped and counted
     /// (taskscope_events_lost_total{source="otlp_spans",reason="queue_full"}).
     #[arg(long, default_value_t = 4096)]

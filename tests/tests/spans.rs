@@ -25,6 +25,11 @@ impl Receiver {
     }
 
     fn start_on(dir: &Path, port: u16) -> Receiver {
+        Self::start_with(dir, port, "http")
+    }
+
+    /// `transport`: `http` (OTLP/HTTP protobuf) or `grpc`.
+    fn start_with(dir: &Path, port: u16, transport: &str) -> Receiver {
         let out = dir.join(format!("otlp-spans-{port}.jsonl"));
         let _ = std::fs::remove_file(&out);
         let python_lib = std::env::var("TASKSCOPE_PYTHON_LIB").unwrap_or_else(|_| {
@@ -38,6 +43,7 @@ impl Receiver {
             .arg(&script)
             .arg(port.to_string())
             .arg(&out)
+            .arg(transport)
             .env("PYTHONPATH", &python_lib)
             .stdout(Stdio::piped())
             .spawn()
@@ -172,6 +178,7 @@ fn a_process_tree_is_one_trace_with_statuses_and_where_the_time_went() {
         "the shell is the trace's root"
     );
     assert_eq!(root_span["scope"], "taskscope");
+    assert_eq!(root_span["transport"], "http");
     assert_eq!(root_span["resource"]["service.name"], "taskscope");
     let children: Vec<&Value> = trace
         .iter()
@@ -290,7 +297,7 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
         "--otlp-endpoint",
         &format!("http://127.0.0.1:{port}"),
         "--otlp-queue",
-        "16",
+        "32",
         "--otlp-retry-for",
         "3s",
     ]);
@@ -325,8 +332,12 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
     assert_eq!(down["otlp"]["up"], false);
     assert!(down["otlp"]["failed_requests"].as_u64().unwrap_or(0) > 0);
 
-    // The collector comes back: export resumes, and every span made is accounted for.
+    // The collector comes back: export resumes (what was queued goes first), new spans
+    // arrive, and every span made is accounted for.
     let receiver = Receiver::start_on(&dir, port);
+    wait_for("the exporter to be up again", Duration::from_secs(30), || {
+        (agent.get("/api/v1/status")["otlp"]["up"] == true).then_some(())
+    });
     let mut marker = Command::new("sh")
         .arg("-c")
         .arg("/bin/true; exit 7")
@@ -334,13 +345,20 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
         .expect("sh");
     let marker_pid = marker.id();
     let _ = marker.wait();
-    wait_for("export to resume", Duration::from_secs(40), || {
+    let resumed = (0..400).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
         receiver
             .spans()
             .iter()
             .any(|s| attr(s, "process.pid").as_u64() == Some(u64::from(marker_pid)))
-            .then_some(())
     });
+    assert!(
+        resumed,
+        "export did not resume in 40 s: status {}; received {}; log {}",
+        agent.get("/api/v1/status"),
+        receiver.spans().len(),
+        agent.log_text()
+    );
     let settled = wait_for("every span accounted for", Duration::from_secs(30), || {
         let status = agent.get("/api/v1/status");
         let made = status["model"]["spans"].as_u64()?;
@@ -447,4 +465,35 @@ fn traceparent_joins_the_trace_and_secrets_arrive_redacted_everywhere() {
             && command_line.contains("--token [REDACTED]")
     );
     assert!(api_process.to_string().contains("[REDACTED]"));
+}
+
+#[test]
+fn spans_arrive_over_grpc_too() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let receiver = Receiver::start_with(&dir, free_port(), "grpc");
+    let _agent = Agent::start(&[
+        "--otlp-protocol",
+        "grpc",
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{}", receiver.port),
+    ]);
+    let mut job = Command::new("sh")
+        .args(["-c", "/bin/true; exit 4"])
+        .spawn()
+        .expect("sh");
+    let job_pid = job.id();
+    let _ = job.wait();
+    let span = wait_for("the job's span over gRPC", Duration::from_secs(30), || {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| attr(s, "process.pid").as_u64() == Some(u64::from(job_pid)))
+    });
+    println!(
+        "over {}: span {} status {} {}",
+        span["transport"], span["name"], span["status_code"], span["status_message"]
+    );
+    assert_eq!(span["transport"], "grpc");
+    assert_eq!(span["status_message"], "exit code 4");
+    assert_eq!(attr(&span, "process.exit.code").as_i64(), Some(4));
 }

@@ -231,13 +231,15 @@ fn setup(for_tests: bool) -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
         }
         // The OTLP test receiver decodes with the official OpenTelemetry protobuf definitions
-        // (PyPI opentelemetry-proto), kept in the tools directory, not in the system Python.
+        // (PyPI opentelemetry-proto) and serves gRPC with grpcio, kept in the tools
+        // directory, not in the system Python.
         let python_lib = python_lib_dir();
-        if !python_lib.join("opentelemetry/proto").exists() {
+        if !python_lib.join("opentelemetry/proto").exists() || !python_lib.join("grpc").exists() {
             run(Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
                 .arg(&python_lib)
-                .arg(format!("opentelemetry-proto=={OTEL_PROTO_VERSION}")))?;
+                .arg(format!("opentelemetry-proto=={OTEL_PROTO_VERSION}"))
+                .arg(format!("grpcio=={GRPCIO_VERSION}")))?;
         }
     }
     Ok(())
@@ -245,6 +247,8 @@ fn setup(for_tests: bool) -> Result<()> {
 
 /// The PyPI `opentelemetry-proto` the OTLP test receiver uses.
 const OTEL_PROTO_VERSION: &str = "1.45.2";
+/// The PyPI `grpcio` the OTLP/gRPC test receiver uses.
+const GRPCIO_VERSION: &str = "1.76.0";
 
 /// Where Python packages for the tests are installed.
 fn python_lib_dir() -> PathBuf {

@@ -31,12 +31,23 @@ use crate::{
     model::{exit::ExitStatus, span::TaskSpan},
 };
 
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    #[value(name = "http/protobuf", alias = "http")]
+    HttpProtobuf,
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+}
+
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
-    /// Base URL (`http://collector:4318`); `/v1/traces` is appended. `None`: from the
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` environment.
+    /// Base URL (`http://collector:4318`; for HTTP `/v1/traces` is appended). `None`: from
+    /// the `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` environment.
     pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
     /// Spans waiting for export; more are dropped (counted).
     pub queue: usize,
     /// Spans per export request.
@@ -85,7 +96,7 @@ impl SpanSink {
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter: {0}; set --otlp-endpoint to the collector's OTLP/HTTP address (e.g. http://otel-collector:4318)")]
+#[error("OTLP exporter: {0}; set --otlp-endpoint to the collector's OTLP address (e.g. http://otel-collector:4318, or :4317 with --otlp-protocol grpc)")]
 pub struct OtlpError(String);
 
 /// Whether the environment names an OTLP endpoint.
@@ -105,14 +116,30 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<SpanSink, OtlpError> {
     use opentelemetry_otlp::WithExportConfig;
+    let timeout = Duration::from_secs(10);
     // Headers (OTEL_EXPORTER_OTLP_HEADERS, ..._TRACES_HEADERS) are read by the exporter itself.
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_timeout(Duration::from_secs(10));
-    if let Some(base) = &config.endpoint {
-        builder = builder.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
-    }
-    let mut exporter = builder.build().map_err(|e| OtlpError(e.to_string()))?;
+    let built = match config.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_timeout(timeout);
+            if let Some(base) = &config.endpoint {
+                builder =
+                    builder.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
+            }
+            builder.build()
+        }
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_timeout(timeout);
+            if let Some(base) = &config.endpoint {
+                builder = builder.with_endpoint(base.clone());
+            }
+            builder.build()
+        }
+    };
+    let mut exporter = built.map_err(|e| OtlpError(e.to_string()))?;
     exporter.set_resource(
         &Resource::builder()
             .with_service_name("taskscope")
