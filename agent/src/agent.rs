@@ -17,6 +17,7 @@ use crate::{
     exporters::{
         otlp::{self, OtlpConfig},
         prometheus::{Exposition, ExpositionConfig},
+        sampling::SamplingConfig,
     },
     metadata::{PodDirectory, SharedPods},
     model::{redact::Redactor, ModelConfig, TaskModel},
@@ -200,6 +201,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             series_ttl: args.series_ttl,
             process_selectors: args.process_metrics.clone(),
             span_sink,
+            sampling: SamplingConfig {
+                ratio: args.span_sample_ratio,
+                slow_span: args.slow_span,
+                max_per_second: args.span_rate_limit,
+                max_pending: 10_000,
+                max_wait: std::time::Duration::from_secs(60),
+            },
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);

@@ -140,6 +140,20 @@ pub struct RunArgs {
     #[arg(long, env = "TASKSCOPE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Share of ordinary process trees whose spans are exported (0 to 1); a tree with a failed
+    /// or slow process is always exported whole.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
+    pub span_sample_ratio: f64,
+
+    /// A process at least this long keeps its whole tree's spans whatever the sample ratio.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub slow_span: Duration,
+
+    /// Spans exported per second at most (0: no limit); the rest are counted
+    /// (reason="rate_limited").
+    #[arg(long, default_value_t = 5000)]
+    pub span_rate_limit: u32,
+
     /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317).
     #[arg(
         long,
@@ -196,6 +210,20 @@ pub struct LogArgs {
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `taskscope=debug`).
     #[arg(long, default_value = "info", env = "TASKSCOPE_LOG")]
     pub log_level: String,
+}
+
+/// Parses a ratio from 0 to 1.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number: write a ratio from 0 to 1, e.g. 0.1"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!(
+            "{ratio} is out of range: write a ratio from 0 to 1, e.g. 0.1"
+        ))
+    }
 }
 
 /// Parses a regular expression for `--redact-pattern`.

@@ -335,9 +335,11 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
     // The collector comes back: export resumes (what was queued goes first), new spans
     // arrive, and every span made is accounted for.
     let receiver = Receiver::start_on(&dir, port);
-    wait_for("the exporter to be up again", Duration::from_secs(30), || {
-        (agent.get("/api/v1/status")["otlp"]["up"] == true).then_some(())
-    });
+    wait_for(
+        "the exporter to be up again",
+        Duration::from_secs(30),
+        || (agent.get("/api/v1/status")["otlp"]["up"] == true).then_some(()),
+    );
     let mut marker = Command::new("sh")
         .arg("-c")
         .arg("/bin/true; exit 7")
@@ -496,4 +498,61 @@ fn spans_arrive_over_grpc_too() {
     assert_eq!(span["transport"], "grpc");
     assert_eq!(span["status_message"], "exit code 4");
     assert_eq!(attr(&span, "process.exit.code").as_i64(), Some(4));
+}
+
+#[test]
+fn at_sample_ratio_zero_only_trees_with_a_failure_are_exported_whole() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let receiver = Receiver::start(&dir);
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{}", receiver.port),
+        "--span-sample-ratio",
+        "0",
+    ]);
+    let run = |script: &str| {
+        let mut child = Command::new("sh").args(["-c", script]).spawn().expect("sh");
+        let pid = child.id();
+        let _ = child.wait();
+        pid
+    };
+    let ordinary = run("/bin/true; /bin/true; exit 0");
+    let failing = run("/bin/true; /bin/false; exit 0");
+    let kept = wait_for(
+        "the failing tree at the receiver",
+        Duration::from_secs(30),
+        || {
+            let spans = receiver.spans();
+            let root = spans
+                .iter()
+                .find(|s| attr(s, "process.pid").as_u64() == Some(u64::from(failing)))?
+                .clone();
+            let tree: Vec<Value> = spans
+                .into_iter()
+                .filter(|s| s["trace_id"] == root["trace_id"])
+                .collect();
+            (tree.len() >= 3).then_some(tree)
+        },
+    );
+    let status = agent.get("/api/v1/status");
+    let sampled_out = lost(&status, "otlp_spans", "sampled_out");
+    let ordinary_exported = receiver
+        .spans()
+        .iter()
+        .any(|s| attr(s, "process.pid").as_u64() == Some(u64::from(ordinary)));
+    println!(
+        "ratio 0: failing tree exported with {} spans ({} in error); ordinary tree exported: {ordinary_exported}; sampled out {sampled_out}",
+        kept.len(),
+        kept.iter().filter(|s| s["status_code"] == "STATUS_CODE_ERROR").count()
+    );
+    assert_eq!(
+        kept.len(),
+        3,
+        "the failing tree, whole: the shell and both children"
+    );
+    assert!(
+        !ordinary_exported,
+        "an ordinary tree was exported at ratio 0"
+    );
+    assert!(sampled_out >= 3, "the ordinary tree's spans are counted");
 }

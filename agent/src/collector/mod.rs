@@ -26,7 +26,11 @@ use self::{
     poller::{Forget, KernelMaps},
 };
 use crate::{
-    exporters::{otlp::SpanSink, prometheus::MetricsSnapshot},
+    exporters::{
+        otlp::SpanSink,
+        prometheus::MetricsSnapshot,
+        sampling::{Sampler, SamplingConfig},
+    },
     model::span::TaskSpan,
     model::{
         selector::ProcessSelector,
@@ -137,6 +141,8 @@ pub struct CollectorConfig {
     pub process_selectors: Vec<ProcessSelector>,
     /// Where finished spans go for OTLP export (none: they stay in the API only).
     pub span_sink: Option<SpanSink>,
+    /// Which spans go to the exporter.
+    pub sampling: SamplingConfig,
 }
 
 /// Owner of the maps, the ring buffer and the model.
@@ -151,6 +157,7 @@ pub struct Collector {
     events: BTreeMap<&'static str, u64>,
     decode_errors: BTreeMap<&'static str, u64>,
     agent_pid: u32,
+    sampler: Sampler,
 }
 
 /// Why the collector could not start.
@@ -183,11 +190,12 @@ impl Collector {
             maps,
             ring,
             model,
-            config,
             last_poll: None,
             events: BTreeMap::new(),
             decode_errors: BTreeMap::new(),
             agent_pid: std::process::id(),
+            sampler: Sampler::new(config.sampling),
+            config,
         })
     }
 
@@ -241,8 +249,9 @@ impl Collector {
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
         self.last_poll = Some(Instant::now());
-        for span in self.model.take_new_spans() {
-            if let Some(sink) = &self.config.span_sink {
+        let spans = self.model.take_new_spans();
+        if let Some(sink) = &self.config.span_sink {
+            for span in self.sampler.offer_batch(spans, Instant::now()) {
                 sink.offer(span);
             }
         }
@@ -414,13 +423,25 @@ impl Collector {
         if let Some(sink) = &self.config.span_sink {
             let stats = sink.stats();
             for (reason, count) in [
-                ("queue_full", &stats.dropped_queue_full),
-                ("export_failed", &stats.dropped_export_failed),
+                ("sampled_out", self.sampler.counts.sampled_out),
+                ("rate_limited", self.sampler.counts.rate_limited),
+                (
+                    "queue_full",
+                    stats
+                        .dropped_queue_full
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                (
+                    "export_failed",
+                    stats
+                        .dropped_export_failed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
             ] {
                 lost.push(LossView {
                     source: "otlp_spans",
                     reason,
-                    count: count.load(std::sync::atomic::Ordering::Relaxed),
+                    count,
                 });
             }
         }
