@@ -122,6 +122,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let probes = Probes::load(&LoadOptions {
         agent_tgid: std::process::id(),
         slow_syscall_ns: args.slow_syscall.as_nanos().min(u64::MAX as u128) as u64,
+        slow_runq_ns: args.slow_runqueue_wait.as_nanos().min(u64::MAX as u128) as u64,
+        slow_io_ns: args.slow_block_io.as_nanos().min(u64::MAX as u128) as u64,
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,

@@ -155,6 +155,8 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
             Probes::load(&LoadOptions {
                 agent_tgid: std::process::id(),
                 slow_syscall_ns: u64::MAX,
+                slow_runq_ns: u64::MAX,
+                slow_io_ns: u64::MAX,
                 max_tasks: 1024,
                 max_syscall_entries: 1024,
                 ring_buffer_bytes: 64 * 1024,

@@ -60,6 +60,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub slow_syscall: Duration,
 
+    /// Waits for a CPU at least this long are reported one by one (span events
+    /// `slow_runqueue_wait`).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub slow_runqueue_wait: Duration,
+
+    /// Block requests at least this long (issue to completion) are reported one by one (span
+    /// events `slow_block_io`).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub slow_block_io: Duration,
+
     /// Capacity of the kernel's per-task table (threads).
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_tasks: u32,

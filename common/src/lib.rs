@@ -259,6 +259,8 @@ pub mod event_kind {
     pub const EXEC: u32 = 2;
     pub const EXIT: u32 = 3;
     pub const SLOW_SYSCALL: u32 = 4;
+    pub const SLOW_RUNQ: u32 = 5;
+    pub const SLOW_IO: u32 = 6;
 }
 
 /// Common header of every ring-buffer event.
@@ -342,6 +344,29 @@ pub struct SlowSyscallEvent {
     pub duration_ns: u64,
 }
 
+/// A wait for a CPU longer than the configured threshold, seen when the task got the CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowRunqEvent {
+    pub header: EventHeader,
+    pub wait_ns: u64,
+}
+
+/// A block request that took longer than the configured threshold, seen at completion; the
+/// header's tgid is the process that issued it (its pid field is 0: not known).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowIoEvent {
+    pub header: EventHeader,
+    /// Kernel `dev_t`.
+    pub dev: u32,
+    /// `REQ_OP_*`.
+    pub op: u32,
+    /// Bytes completed.
+    pub bytes: u64,
+    pub latency_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -382,7 +407,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<TaskSched>(), 8 * 6 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<TaskSched>(), 8 * 7 + 8 * HIST_BUCKETS);
+        assert_eq!(size_of::<ProcessIo>(), 8 * 3 + 8 * HIST_BUCKETS);
         assert_eq!(size_of::<CpuStats>(), 8 * 4 + 16 * HIST_BUCKETS + 16);
         assert_eq!(size_of::<ForkEvent>(), 24 + 16 + 16 + COMM_LEN);
         assert_eq!(
@@ -391,5 +417,7 @@ mod tests {
         );
         assert_eq!(size_of::<ExitEvent>(), 24 + 8 + 8 + COMM_LEN);
         assert_eq!(size_of::<SlowSyscallEvent>(), 24 + 8 + 16);
+        assert_eq!(size_of::<SlowRunqEvent>(), 24 + 8);
+        assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
     }
 }

@@ -556,3 +556,96 @@ fn at_sample_ratio_zero_only_trees_with_a_failure_are_exported_whole() {
     );
     assert!(sampled_out >= 3, "the ordinary tree's spans are counted");
 }
+
+#[test]
+fn long_waits_for_a_cpu_and_slow_block_io_are_span_events() {
+    let agent = Agent::start(&["--slow-runqueue-wait", "2ms", "--slow-block-io", "1us"]);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("slow-io-{}.bin", std::process::id()));
+    let w = workload_binary();
+    let w = w.display();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Twice as many CPU burners as cores (they wait for a CPU), then 4 MiB of direct writes.
+    let burners = vec![format!("{w} cpu-burn 400 &"); cores * 2].join(" ");
+    let script = format!(
+        "{burners} wait; {w} direct-write {} 4194304 < /dev/null",
+        file.display()
+    );
+    let mut root = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let root_pid = root.id();
+    assert!(root.wait().expect("wait").success());
+    let spans = wait_for("the tree's spans", Duration::from_secs(30), || {
+        let spans = agent.get(&format!("/api/v1/spans?pid={root_pid}"))["spans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (spans.len() > cores * 2 + 1).then_some(spans)
+    });
+    let waits = |s: &Value, kind: &str| -> Vec<Value> {
+        s["slow_waits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    let mut burners_with_waits = 0;
+    for s in spans.iter().filter(|s| {
+        s["command_line"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|a| a == "cpu-burn"))
+    }) {
+        let long = waits(s, "runqueue_wait");
+        let sum: u64 = long.iter().filter_map(|w| w["duration_ns"].as_u64()).sum();
+        let run_delay = s["time"]["runqueue_wait_ns"].as_u64().unwrap_or(0);
+        println!(
+            "burner {}: {} waits of 2 ms or more, {sum} ns in all, of {run_delay} ns run-queue wait (the kernel's run_delay)",
+            s["pid"],
+            long.len()
+        );
+        assert!(long
+            .iter()
+            .all(|w| w["duration_ns"].as_u64().unwrap_or(0) >= 2_000_000));
+        assert!(
+            sum <= run_delay,
+            "long waits add up to more than the whole wait"
+        );
+        burners_with_waits += usize::from(!long.is_empty());
+    }
+    assert!(burners_with_waits > 0, "no burner waited 2 ms for a CPU");
+
+    let writer = spans
+        .iter()
+        .find(|s| {
+            s["command_line"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|a| a == "direct-write"))
+        })
+        .expect("the writer's span");
+    let io = waits(writer, "block_io");
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(&dir).expect("dir").dev();
+    let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    println!(
+        "writer: {} slow block IO events (threshold 1 us), first {:?}; block IO time {} ns",
+        io.len(),
+        io.first(),
+        writer["time"]["block_io_ns"]
+    );
+    // Its writes (it may also have read its own binary from disk).
+    assert!(io.iter().any(|e| e["device"] == device.as_str()
+        && e["op"] == "write"
+        && e["bytes"].as_u64() > Some(0)));
+    // Every one over the threshold (fsync's flush requests may complete with no bytes).
+    assert!(
+        io.iter().all(|e| e["duration_ns"].as_u64() >= Some(1_000)),
+        "{io:#?}"
+    );
+    let _ = std::fs::remove_file(file);
+}

@@ -6,8 +6,8 @@
 use std::mem::size_of;
 
 use taskscope_common::{
-    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowSyscallEvent, ARGS_LEN,
-    FILENAME_LEN,
+    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqEvent,
+    SlowSyscallEvent, ARGS_LEN, FILENAME_LEN,
 };
 
 /// A decoded lifecycle or over-threshold event.
@@ -17,6 +17,8 @@ pub enum Event {
     Exec(Box<Exec>),
     Exit(ExitEvent),
     SlowSyscall(SlowSyscallEvent),
+    SlowRunq(SlowRunqEvent),
+    SlowIo(SlowIoEvent),
 }
 
 /// An exec with its strings extracted.
@@ -94,6 +96,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         event_kind::FORK => Ok(Event::Fork(read(bytes, "fork event")?)),
         event_kind::EXIT => Ok(Event::Exit(read(bytes, "exit event")?)),
         event_kind::SLOW_SYSCALL => Ok(Event::SlowSyscall(read(bytes, "slow syscall event")?)),
+        event_kind::SLOW_RUNQ => Ok(Event::SlowRunq(read(bytes, "slow run-queue event")?)),
+        event_kind::SLOW_IO => Ok(Event::SlowIo(read(bytes, "slow IO event")?)),
         event_kind::EXEC => {
             let raw: ExecEvent = read(bytes, "exec event")?;
             let filename_len = (raw.filename_len as usize).min(FILENAME_LEN);

@@ -474,5 +474,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::Exec(_) => "exec",
         Event::Exit(_) => "exit",
         Event::SlowSyscall(_) => "slow_syscall",
+        Event::SlowRunq(_) => "slow_runqueue_wait",
+        Event::SlowIo(_) => "slow_block_io",
     }
 }

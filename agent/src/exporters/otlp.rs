@@ -28,7 +28,10 @@ use tracing::{info, warn};
 
 use crate::{
     metadata::SharedPods,
-    model::{exit::ExitStatus, span::TaskSpan},
+    model::{
+        exit::ExitStatus,
+        span::{SlowWaitView, TaskSpan},
+    },
 };
 
 /// OTLP transport.
@@ -344,6 +347,40 @@ pub fn span_data(
             slow_attributes,
             0,
         ));
+    }
+    for wait in &s.slow_waits {
+        match wait {
+            SlowWaitView::RunqueueWait {
+                tid,
+                duration_ns,
+                end_unix_ns,
+            } => events.push(Event::new(
+                "slow_runqueue_wait",
+                unix(end_unix_ns.saturating_sub(*duration_ns)),
+                vec![
+                    KeyValue::new("taskscope.wait_seconds", secs(*duration_ns)),
+                    KeyValue::new("thread.id", i64::from(*tid)),
+                ],
+                0,
+            )),
+            SlowWaitView::BlockIo {
+                device,
+                op,
+                bytes,
+                duration_ns,
+                end_unix_ns,
+            } => events.push(Event::new(
+                "slow_block_io",
+                unix(end_unix_ns.saturating_sub(*duration_ns)),
+                vec![
+                    KeyValue::new("taskscope.io.device", device.clone()),
+                    KeyValue::new("taskscope.io.op", op.clone()),
+                    KeyValue::new("taskscope.io.bytes", *bytes as i64),
+                    KeyValue::new("taskscope.io.latency_seconds", secs(*duration_ns)),
+                ],
+                0,
+            )),
+        }
     }
     // Non-exhaustive: built from the default, then filled.
     let mut span_events = SpanEvents::default();

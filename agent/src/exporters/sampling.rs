@@ -229,6 +229,7 @@ mod tests {
             status_message: String::new(),
             time: SpanTime::default(),
             slow_syscalls: Vec::new(),
+            slow_waits: Vec::new(),
         }
     }
 

@@ -136,6 +136,24 @@ impl SchedTotals {
     }
 }
 
+/// A wait over its threshold (`--slow-runqueue-wait`, `--slow-block-io`); times are
+/// CLOCK_MONOTONIC of when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowWait {
+    RunQueue {
+        tid: u32,
+        at_ns: u64,
+        wait_ns: u64,
+    },
+    BlockIo {
+        at_ns: u64,
+        dev: u32,
+        op: u32,
+        bytes: u64,
+        latency_ns: u64,
+    },
+}
+
 /// One thread of a process.
 #[derive(Debug, Clone, Default)]
 struct Thread {
@@ -176,6 +194,8 @@ pub struct Process {
     /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
     pub io: BTreeMap<(u32, u32), ProcessIo>,
     pub slow_syscalls: VecDeque<SlowSyscallEvent>,
+    /// Run-queue waits and block requests over their thresholds (the latest few).
+    pub slow_waits: VecDeque<SlowWait>,
     exited_at: Option<Instant>,
     /// Gone from /proc at the last sweep, with no exit event yet.
     missing_at_sweep: bool,
@@ -216,6 +236,7 @@ impl Process {
             errnos: BTreeMap::new(),
             io: BTreeMap::new(),
             slow_syscalls: VecDeque::new(),
+            slow_waits: VecDeque::new(),
             exited_at: None,
             missing_at_sweep: false,
             moved_baseline: None,
@@ -537,6 +558,35 @@ impl TaskModel {
                     process.slow_syscalls.push_back(slow);
                 }
             }
+            Event::SlowRunq(slow) => self.add_slow_wait(
+                slow.header.tgid,
+                SlowWait::RunQueue {
+                    tid: slow.header.pid,
+                    at_ns: slow.header.ts_ns,
+                    wait_ns: slow.wait_ns,
+                },
+            ),
+            Event::SlowIo(slow) => self.add_slow_wait(
+                slow.header.tgid,
+                SlowWait::BlockIo {
+                    at_ns: slow.header.ts_ns,
+                    dev: slow.dev,
+                    op: slow.op,
+                    bytes: slow.bytes,
+                    latency_ns: slow.latency_ns,
+                },
+            ),
+        }
+    }
+
+    /// Remembers a long wait of a live process (the latest `max_slow_syscalls`).
+    fn add_slow_wait(&mut self, tgid: u32, wait: SlowWait) {
+        let max = self.config.max_slow_syscalls;
+        if let Some(process) = self.live.get_mut(&tgid) {
+            if process.slow_waits.len() >= max {
+                process.slow_waits.pop_front();
+            }
+            process.slow_waits.push_back(wait);
         }
     }
 

@@ -13,9 +13,9 @@ use taskscope_common::block_op;
 
 use super::{
     exit::ExitStatus,
-    view::{Clocks, SlowSyscallView},
+    view::{block_op_name, device_name, Clocks, SlowSyscallView},
     workload::Workload,
-    Process,
+    Process, SlowWait,
 };
 
 /// Where a span sits in its trace.
@@ -118,6 +118,59 @@ pub struct TaskSpan {
     pub status_message: String,
     pub time: SpanTime,
     pub slow_syscalls: Vec<SlowSyscallView>,
+    /// Run-queue waits and block requests over their thresholds.
+    pub slow_waits: Vec<SlowWaitView>,
+}
+
+/// A wait over its threshold, as spans and the API show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SlowWaitView {
+    /// Waited this long for a CPU (`--slow-runqueue-wait`).
+    RunqueueWait {
+        tid: u32,
+        duration_ns: u64,
+        /// When it got the CPU.
+        end_unix_ns: u64,
+    },
+    /// A block request it issued took this long (`--slow-block-io`).
+    BlockIo {
+        device: String,
+        op: String,
+        bytes: u64,
+        duration_ns: u64,
+        /// When the request completed.
+        end_unix_ns: u64,
+    },
+}
+
+impl SlowWaitView {
+    pub fn new(wait: &SlowWait, clocks: &Clocks) -> Self {
+        match *wait {
+            SlowWait::RunQueue {
+                tid,
+                at_ns,
+                wait_ns,
+            } => SlowWaitView::RunqueueWait {
+                tid,
+                duration_ns: wait_ns,
+                end_unix_ns: clocks.monotonic_to_unix(at_ns),
+            },
+            SlowWait::BlockIo {
+                at_ns,
+                dev,
+                op,
+                bytes,
+                latency_ns,
+            } => SlowWaitView::BlockIo {
+                device: device_name(dev),
+                op: block_op_name(op),
+                bytes,
+                duration_ns: latency_ns,
+                end_unix_ns: clocks.monotonic_to_unix(at_ns),
+            },
+        }
+    }
 }
 
 /// Where the span's wall time went (docs/spans.md: how they add up).
@@ -213,6 +266,11 @@ impl TaskSpan {
                 .slow_syscalls
                 .iter()
                 .map(|s| SlowSyscallView::new(s, clocks))
+                .collect(),
+            slow_waits: p
+                .slow_waits
+                .iter()
+                .map(|w| SlowWaitView::new(w, clocks))
                 .collect(),
         })
     }

@@ -91,6 +91,8 @@ pub struct ProcessView {
     pub syscalls: SyscallsView,
     pub block_io: BlockIoView,
     pub slow_syscalls: Vec<SlowSyscallView>,
+    /// Run-queue waits and block requests over their thresholds (the latest 16).
+    pub slow_waits: Vec<super::span::SlowWaitView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -259,6 +261,11 @@ impl ProcessView {
                 .slow_syscalls
                 .iter()
                 .map(|s| SlowSyscallView::new(s, clocks))
+                .collect(),
+            slow_waits: p
+                .slow_waits
+                .iter()
+                .map(|w| super::span::SlowWaitView::new(w, clocks))
                 .collect(),
         }
     }

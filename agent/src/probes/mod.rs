@@ -176,6 +176,10 @@ pub struct LoadOptions {
     pub agent_tgid: u32,
     /// Syscalls at least this long are reported one by one.
     pub slow_syscall_ns: u64,
+    /// Run-queue waits at least this long are reported one by one.
+    pub slow_runq_ns: u64,
+    /// Block requests at least this long are reported one by one.
+    pub slow_io_ns: u64,
     /// Capacity of the per-task map.
     pub max_tasks: u32,
     /// Capacity of the per-(process, syscall) map; the errno map gets half.
@@ -268,6 +272,8 @@ impl Probes {
             .btf(Some(&aya_btf))
             .override_global("AGENT_TGID", &options.agent_tgid, true)
             .override_global("SLOW_SYSCALL_NS", &options.slow_syscall_ns, true)
+            .override_global("SLOW_RUNQ_NS", &options.slow_runq_ns, true)
+            .override_global("SLOW_IO_NS", &options.slow_io_ns, true)
             .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("TASKS", options.max_tasks)

@@ -7,15 +7,18 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap},
+    Global,
 };
 use taskscope_common::{
-    log2_bucket, DeviceIo, DeviceIoKey, IoStart, Loss, ProcessIo, ProcessIoKey,
+    event_kind, log2_bucket, DeviceIo, DeviceIoKey, IoStart, Loss, ProcessIo, ProcessIoKey,
+    SlowIoEvent,
 };
 
 use super::kernel::{
     add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_bio_bdev, off_disk_part0,
     off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read,
 };
+use super::lifecycle::{header, submit_flags, EVENTS};
 
 /// Requests in flight, keyed by `struct request *`. LRU: a request whose completion is never
 /// seen (a driver error path) must not pin an entry forever.
@@ -27,6 +30,27 @@ pub static PROCESS_IO: HashMap<ProcessIoKey, ProcessIo> = HashMap::with_max_entr
 
 #[map]
 pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries(1024, 0);
+
+/// Block requests at least this long (ns, issue to completion) are sent to userspace one by one.
+#[unsafe(no_mangle)]
+static SLOW_IO_NS: Global<u64> = Global::new(u64::MAX);
+
+/// Sends one slow block request, attributed to the process that issued it, to userspace.
+#[inline(always)]
+fn report_slow_io(start: &IoStart, bytes: u64, latency_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SlowIoEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    entry.write(SlowIoEvent {
+        header: header(event_kind::SLOW_IO, 0, start.tgid),
+        dev: start.dev,
+        op: start.op,
+        bytes,
+        latency_ns,
+    });
+    entry.submit(submit_flags());
+}
 
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.
 const REQ_OP_MASK: u32 = 0xff;
@@ -91,6 +115,9 @@ pub fn on_complete(ctx: *const u64) {
     };
     let _ = IO_STARTS.remove(rq);
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
+    if latency >= SLOW_IO_NS.load() {
+        report_slow_io(&start, arg(ctx, 2) as u32 as u64, latency);
+    }
     let key = DeviceIoKey {
         dev: start.dev,
         op: start.op,

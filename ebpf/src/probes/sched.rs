@@ -5,13 +5,34 @@
 //! A run-queue wait starts when a task is woken or preempted (the first of these counts, as in
 //! the kernel's `sched_info`) and ends when it is switched in.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray};
-use taskscope_common::{log2_bucket, CpuStats, Loss, TaskSched};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray, Global};
+use taskscope_common::{event_kind, log2_bucket, CpuStats, Loss, SlowRunqEvent, TaskSched};
 
-use super::kernel::{
-    agent_tgid, arg, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
-    off_task_sum_exec_runtime, read_field, task_ids,
+use super::{
+    kernel::{
+        agent_tgid, arg, count_loss, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
+        off_task_sum_exec_runtime, read_field, task_ids,
+    },
+    lifecycle::{header, submit_flags, EVENTS},
 };
+
+/// Run-queue waits at least this long (ns) are sent to userspace one by one.
+#[unsafe(no_mangle)]
+static SLOW_RUNQ_NS: Global<u64> = Global::new(u64::MAX);
+
+/// Sends one long run-queue wait of task `pid` to userspace.
+#[inline(always)]
+fn report_slow_runq(pid: u32, tgid: u32, wait_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SlowRunqEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    entry.write(SlowRunqEvent {
+        header: header(event_kind::SLOW_RUNQ, pid, tgid),
+        wait_ns,
+    });
+    entry.submit(submit_flags());
+}
 
 /// Scheduler figures per task (tid). Entries of exited tasks are removed by the agent once it
 /// has read them.
@@ -80,6 +101,9 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
                 entry.queued_since_ns = 0;
                 if let Some(slot) = entry.runq_hist.get_mut(log2_bucket(wait)) {
                     *slot += 1;
+                }
+                if wait >= SLOW_RUNQ_NS.load() {
+                    report_slow_runq(next_pid, next_tgid, wait);
                 }
             }
         }
