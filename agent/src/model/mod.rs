@@ -331,13 +331,16 @@ pub struct TaskModel {
     span_ids: SpanIdSource,
     /// Spans of the latest exited processes (at most `max_exited`), for the API.
     spans: VecDeque<TaskSpan>,
-    /// Spans not yet taken by the exporters (at most `max_exited`).
+    /// Spans not yet taken by the exporters (at most `MAX_NEW_SPANS`).
     new_spans: Vec<TaskSpan>,
 }
 
 /// Polls after an exit before a thread's or process's final values are read: one poll may
 /// still miss the last slice the task ran after its exit event.
 const FINAL_READ_POLLS: u64 = 2;
+
+/// Spans made between two takes by the exporters at most (they take them every poll).
+const MAX_NEW_SPANS: usize = 65_536;
 
 /// Every this many polls, live processes are checked against /proc for lost exit events.
 const SWEEP_EVERY_POLLS: u64 = 10;
@@ -465,7 +468,7 @@ impl TaskModel {
         self.workloads.retire(&process, now, boot_minus_mono);
         if let Some(span) = TaskSpan::of(&process, &Clocks::now()) {
             self.counters.spans += 1;
-            if self.new_spans.len() < self.config.max_exited {
+            if self.new_spans.len() < MAX_NEW_SPANS {
                 self.new_spans.push(span.clone());
             } else {
                 self.counters.spans_dropped += 1;
