@@ -124,6 +124,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         slow_syscall_ns: args.slow_syscall.as_nanos().min(u64::MAX as u128) as u64,
         slow_runq_ns: args.slow_runqueue_wait.as_nanos().min(u64::MAX as u128) as u64,
         slow_io_ns: args.slow_block_io.as_nanos().min(u64::MAX as u128) as u64,
+        record_switches: false,
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
@@ -210,6 +211,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 max_pending: 10_000,
                 max_wait: std::time::Duration::from_secs(60),
             },
+            record_switches: false,
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);

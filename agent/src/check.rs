@@ -157,6 +157,7 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
                 slow_syscall_ns: u64::MAX,
                 slow_runq_ns: u64::MAX,
                 slow_io_ns: u64::MAX,
+                record_switches: false,
                 max_tasks: 1024,
                 max_syscall_entries: 1024,
                 ring_buffer_bytes: 64 * 1024,

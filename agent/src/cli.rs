@@ -20,6 +20,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Check that this host can run the agent: one line per requirement, exit code 0 if it can.
     Check(CheckArgs),
+    /// Record what happens on the node for a while: which task ran on each CPU and every
+    /// process's life, as a Chrome trace (opens in Perfetto), plus the spans as JSON lines.
+    Record(RecordArgs),
 }
 
 /// How to attach the kernel programs.
@@ -187,6 +190,28 @@ pub struct RunArgs {
     /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
     #[arg(long, default_value_t = 2048)]
     pub kubernetes_max_pods: usize,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to record.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The Chrome trace event file to write (JSON).
+    #[arg(short, long)]
+    pub output: PathBuf,
+
+    /// The spans of processes that ended in the window, as JSON lines (default: OUTPUT with
+    /// `.spans.jsonl` in place of its extension).
+    #[arg(long)]
+    pub spans_output: Option<PathBuf>,
 
     #[command(flatten)]
     pub kernel: KernelArgs,

@@ -14,4 +14,5 @@ pub mod metadata;
 pub mod model;
 pub mod probes;
 pub mod procfs;
+pub mod record;
 pub mod syscall_names;

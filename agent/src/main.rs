@@ -7,6 +7,7 @@ use taskscope::{
     agent,
     check::{can_run, run_checks},
     cli::{Cli, Command, LogArgs, LogFormat},
+    record,
 };
 
 fn init_logging(args: &LogArgs) {
@@ -21,26 +22,57 @@ fn init_logging(args: &LogArgs) {
     }
 }
 
+/// The async runtime of `run` and `record` (two workers: the agent is small).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(err) => {
+            eprintln!("taskscope: cannot start the async runtime: {err}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
             init_logging(&args.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("taskscope: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(agent::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err}");
+                    eprintln!("taskscope: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Record(args) => {
+            init_logging(&args.log);
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(record::run(&args)) {
+                Ok(summary) => {
+                    println!(
+                        "wrote {} ({} context switches, {} dropped; {} processes) and {} ({} spans)",
+                        args.output.display(),
+                        summary.switches,
+                        summary.switches_dropped,
+                        summary.processes,
+                        summary.spans_output.display(),
+                        summary.spans
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
                     eprintln!("taskscope: {err}");
                     ExitCode::FAILURE
                 }

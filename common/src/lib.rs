@@ -261,6 +261,7 @@ pub mod event_kind {
     pub const SLOW_SYSCALL: u32 = 4;
     pub const SLOW_RUNQ: u32 = 5;
     pub const SLOW_IO: u32 = 6;
+    pub const SWITCH: u32 = 7;
 }
 
 /// Common header of every ring-buffer event.
@@ -367,6 +368,16 @@ pub struct SlowIoEvent {
     pub latency_ns: u64,
 }
 
+/// A context switch, sent only while recording (`taskscope record`): the header's pid/tgid
+/// are the task leaving the CPU (0 for idle).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchEvent {
+    pub header: EventHeader,
+    pub next_pid: u32,
+    pub next_tgid: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -419,5 +430,6 @@ mod tests {
         assert_eq!(size_of::<SlowSyscallEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SlowRunqEvent>(), 24 + 8);
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
+        assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
     }
 }

@@ -7,7 +7,7 @@ use std::mem::size_of;
 
 use taskscope_common::{
     event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqEvent,
-    SlowSyscallEvent, ARGS_LEN, FILENAME_LEN,
+    SlowSyscallEvent, SwitchEvent, ARGS_LEN, FILENAME_LEN,
 };
 
 /// A decoded lifecycle or over-threshold event.
@@ -19,6 +19,7 @@ pub enum Event {
     SlowSyscall(SlowSyscallEvent),
     SlowRunq(SlowRunqEvent),
     SlowIo(SlowIoEvent),
+    Switch(SwitchEvent),
 }
 
 /// An exec with its strings extracted.
@@ -98,6 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         event_kind::SLOW_SYSCALL => Ok(Event::SlowSyscall(read(bytes, "slow syscall event")?)),
         event_kind::SLOW_RUNQ => Ok(Event::SlowRunq(read(bytes, "slow run-queue event")?)),
         event_kind::SLOW_IO => Ok(Event::SlowIo(read(bytes, "slow IO event")?)),
+        event_kind::SWITCH => Ok(Event::Switch(read(bytes, "switch event")?)),
         event_kind::EXEC => {
             let raw: ExecEvent = read(bytes, "exec event")?;
             let filename_len = (raw.filename_len as usize).min(FILENAME_LEN);

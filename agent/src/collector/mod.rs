@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-use taskscope_common::Loss;
+use taskscope_common::{Loss, SwitchEvent};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot, watch},
@@ -55,6 +55,8 @@ pub enum Query {
     Metrics(oneshot::Sender<MetricsSnapshot>),
     /// Recent spans of one trace (by trace id, or the trace of a pid's latest span).
     Spans(SpanFilter, oneshot::Sender<SpansResponse>),
+    /// The context switches recorded so far (taken: the recording starts over).
+    TakeRecording(oneshot::Sender<Recording>),
 }
 
 /// Which spans `/api/v1/spans` returns.
@@ -143,7 +145,12 @@ pub struct CollectorConfig {
     pub span_sink: Option<SpanSink>,
     /// Which spans go to the exporter.
     pub sampling: SamplingConfig,
+    /// Keep the context switches the kernel programs send (`taskscope record`).
+    pub record_switches: bool,
 }
+
+/// Switches a recording keeps at most (about 32 bytes each).
+const MAX_RECORDED_SWITCHES: usize = 4 << 20;
 
 /// Owner of the maps, the ring buffer and the model.
 pub struct Collector {
@@ -158,6 +165,35 @@ pub struct Collector {
     decode_errors: BTreeMap<&'static str, u64>,
     agent_pid: u32,
     sampler: Sampler,
+    /// Context switches, while recording (`taskscope record`).
+    recording: Option<Recording>,
+}
+
+/// Context switches collected for `taskscope record`, bounded.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub switches: Vec<SwitchEvent>,
+    /// Switches not kept because `max` was reached.
+    pub dropped: u64,
+    max: usize,
+}
+
+impl Recording {
+    pub fn new(max: usize) -> Self {
+        Self {
+            switches: Vec::new(),
+            dropped: 0,
+            max,
+        }
+    }
+
+    fn push(&mut self, switch: SwitchEvent) {
+        if self.switches.len() < self.max {
+            self.switches.push(switch);
+        } else {
+            self.dropped += 1;
+        }
+    }
 }
 
 /// Why the collector could not start.
@@ -195,6 +231,9 @@ impl Collector {
             decode_errors: BTreeMap::new(),
             agent_pid: std::process::id(),
             sampler: Sampler::new(config.sampling),
+            recording: config
+                .record_switches
+                .then(|| Recording::new(MAX_RECORDED_SWITCHES)),
             config,
         })
     }
@@ -265,6 +304,10 @@ impl Collector {
             match decode(&record) {
                 Ok(event) => {
                     *self.events.entry(event_name(&event)).or_default() += 1;
+                    if let (Event::Switch(switch), Some(recording)) = (&event, &mut self.recording)
+                    {
+                        recording.push(*switch);
+                    }
                     self.model.apply_event(event, &mut forget);
                 }
                 Err(err) => {
@@ -308,6 +351,15 @@ impl Collector {
             }
             Query::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Query::TakeRecording(reply) => {
+                self.drain();
+                let max = self.recording.as_ref().map_or(0, |r| r.max);
+                let recording = self
+                    .recording
+                    .replace(Recording::new(max))
+                    .unwrap_or_default();
+                let _ = reply.send(recording);
             }
             Query::Spans(filter, reply) => {
                 self.refresh_if_stale();
@@ -476,5 +528,6 @@ fn event_name(event: &Event) -> &'static str {
         Event::SlowSyscall(_) => "slow_syscall",
         Event::SlowRunq(_) => "slow_runqueue_wait",
         Event::SlowIo(_) => "slow_block_io",
+        Event::Switch(_) => "switch",
     }
 }

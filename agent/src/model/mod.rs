@@ -569,6 +569,8 @@ impl TaskModel {
                     wait_ns: slow.wait_ns,
                 },
             ),
+            // Context switches (recording only) are the recorder's, not the model's.
+            Event::Switch(_) => {}
             Event::SlowIo(slow) => self.add_slow_wait(
                 slow.header.tgid,
                 SlowWait::BlockIo {

@@ -180,6 +180,9 @@ pub struct LoadOptions {
     pub slow_runq_ns: u64,
     /// Block requests at least this long are reported one by one.
     pub slow_io_ns: u64,
+    /// Send every context switch to userspace (`taskscope record` only: it costs a ring-buffer
+    /// record per switch).
+    pub record_switches: bool,
     /// Capacity of the per-task map.
     pub max_tasks: u32,
     /// Capacity of the per-(process, syscall) map; the errno map gets half.
@@ -267,6 +270,7 @@ impl Probes {
         // Wake the reader when an eighth of the ring is pending; below that it drains on its
         // own timer (see collector::CollectorConfig::drain_interval).
         let wakeup_bytes = u64::from(options.ring_buffer_bytes / 8);
+        let record_switches = u32::from(options.record_switches);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
@@ -274,6 +278,7 @@ impl Probes {
             .override_global("SLOW_SYSCALL_NS", &options.slow_syscall_ns, true)
             .override_global("SLOW_RUNQ_NS", &options.slow_runq_ns, true)
             .override_global("SLOW_IO_NS", &options.slow_io_ns, true)
+            .override_global("RECORD_SWITCHES", &record_switches, true)
             .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("TASKS", options.max_tasks)

@@ -6,7 +6,9 @@
 //! the kernel's `sched_info`) and ends when it is switched in.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray, Global};
-use taskscope_common::{event_kind, log2_bucket, CpuStats, Loss, SlowRunqEvent, TaskSched};
+use taskscope_common::{
+    event_kind, log2_bucket, CpuStats, Loss, SlowRunqEvent, SwitchEvent, TaskSched,
+};
 
 use super::{
     kernel::{
@@ -15,6 +17,25 @@ use super::{
     },
     lifecycle::{header, submit_flags, EVENTS},
 };
+
+/// Non-zero while recording (`taskscope record`): every context switch goes to userspace.
+#[unsafe(no_mangle)]
+static RECORD_SWITCHES: Global<u32> = Global::new(0);
+
+/// Sends one context switch to userspace (recording only).
+#[inline(always)]
+fn report_switch(prev_pid: u32, prev_tgid: u32, next_pid: u32, next_tgid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<SwitchEvent>(0) else {
+        count_loss(Loss::RingBufFull);
+        return;
+    };
+    entry.write(SwitchEvent {
+        header: header(event_kind::SWITCH, prev_pid, prev_tgid),
+        next_pid,
+        next_tgid,
+    });
+    entry.submit(submit_flags());
+}
 
 /// Run-queue waits at least this long (ns) are sent to userspace one by one.
 #[unsafe(no_mangle)]
@@ -74,6 +95,9 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
         return;
     };
     let agent = agent_tgid();
+    if RECORD_SWITCHES.load() != 0 {
+        report_switch(prev_pid, prev_tgid, next_pid, next_tgid);
+    }
     let tracked_next = if next_tgid == agent { 0 } else { next_pid };
     account_cpu(now, prev_pid, next_pid, tracked_next);
 
