@@ -2,8 +2,8 @@
 protobuf definitions (PyPI opentelemetry-proto), not on taskscope's types.
 
 Usage: otlp_receiver.py PORT OUT_FILE [http|grpc]
-Every span received is appended to OUT_FILE as one JSON object per line, with the transport
-it came by. HTTP: POST /v1/traces only (protobuf); anything else is refused. gRPC: the
+Every span, and every metric data point (with "signal": "metrics"), received is appended to
+OUT_FILE as one JSON object per line, with the transport it came by. HTTP: POST /v1/traces only (protobuf); anything else is refused. gRPC: the
 collector's TraceService/Export (PyPI grpcio).
 """
 
@@ -14,6 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
@@ -55,17 +59,49 @@ def record(request, transport):
                         }) + "\n")
 
 
+def record_metrics(request, transport):
+    """Appends each data point of an ExportMetricsServiceRequest to OUT (signal "metrics")."""
+    with open(OUT, "a") as out:
+        for resource_metrics in request.resource_metrics:
+            resource = attributes(resource_metrics.resource.attributes)
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    data = getattr(metric, kind)
+                    for point in data.data_points:
+                        row = {
+                            "signal": "metrics", "transport": transport, "resource": resource,
+                            "scope": scope_metrics.scope.name, "name": metric.name, "type": kind,
+                            "attributes": attributes(point.attributes),
+                        }
+                        if kind == "histogram":
+                            row.update(count=point.count, sum=point.sum,
+                                       bucket_counts=list(point.bucket_counts),
+                                       explicit_bounds=list(point.explicit_bounds))
+                        else:
+                            row["value"] = point.as_double if point.HasField("as_double") else point.as_int
+                            if kind == "sum":
+                                row["monotonic"] = data.is_monotonic
+                        out.write(json.dumps(row) + "\n")
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+        if self.headers.get("Content-Type") != "application/x-protobuf" or self.path not in ("/v1/traces", "/v1/metrics"):
             self.send_response(400)
             self.end_headers()
             return
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        record(request, "http")
-        reply = ExportTraceServiceResponse().SerializeToString()
+        if self.path == "/v1/metrics":
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            record_metrics(request, "http")
+            reply = ExportMetricsServiceResponse().SerializeToString()
+        else:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            record(request, "http")
+            reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(reply)))
@@ -80,6 +116,7 @@ def serve_grpc(port):
     from concurrent import futures
 
     import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
@@ -87,8 +124,14 @@ def serve_grpc(port):
             record(request, "grpc")
             return ExportTraceServiceResponse()
 
+    class MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request, context):
+            record_metrics(request, "grpc")
+            return ExportMetricsServiceResponse()
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsService(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("listening", flush=True)

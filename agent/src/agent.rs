@@ -16,6 +16,7 @@ use crate::{
     collector::{Collector, CollectorConfig},
     exporters::{
         otlp::{self, OtlpConfig},
+        otlp_metrics::{self, OtlpMetricsConfig},
         prometheus::{Exposition, ExpositionConfig},
         sampling::SamplingConfig,
     },
@@ -216,6 +217,35 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
+    let exposition_config = ExpositionConfig {
+        max_series: args.max_series,
+        top_syscalls: args.top_syscalls,
+    };
+    let metrics_endpoint = args
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty());
+    let otlp_metrics = match metrics_endpoint {
+        Some(endpoint) if !args.otlp_metrics_interval.is_zero() => {
+            info!(%endpoint, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
+            Some(otlp_metrics::start(
+                OtlpMetricsConfig {
+                    endpoint,
+                    protocol: args.otlp_protocol,
+                    interval: args.otlp_metrics_interval,
+                    exposition: exposition_config,
+                },
+                queries_tx.clone(),
+                Exposition::new(
+                    CgroupMemoryReader::from_mounts(&mountinfo()),
+                    Arc::clone(&pods),
+                ),
+                shutdown_rx.clone(),
+            ))
+        }
+        _ => None,
+    };
 
     let mut server_shutdown = shutdown_rx;
     let server = axum::serve(
@@ -227,10 +257,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 Arc::clone(&pods),
             ))),
             pods,
-            exposition_config: ExpositionConfig {
-                max_series: args.max_series,
-                top_syscalls: args.top_syscalls,
-            },
+            exposition_config,
+            otlp_metrics,
         }),
     )
     .with_graceful_shutdown(async move {

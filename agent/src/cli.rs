@@ -176,6 +176,11 @@ pub struct RunArgs {
     )]
     pub otlp_protocol: crate::exporters::otlp::OtlpProtocol,
 
+    /// How often the /metrics families are sent over OTLP (to --otlp-endpoint or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT); 0s turns it off.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub otlp_metrics_interval: Duration,
+
     /// Spans waiting for export at most; more are dropped and counted
     /// (taskscope_events_lost_total{source="otlp_spans",reason="queue_full"}).
     #[arg(long, default_value_t = 4096)]

@@ -314,6 +314,12 @@ pub struct ExecEvent {
     /// 1 when the argument vector was longer than [`ARGS_LEN`].
     pub args_truncated: u32,
     pub _pad: u32,
+    /// The exec'ing task's `sum_exec_runtime`, `run_delay`, `nvcsw`, `nivcsw` at the exec: what
+    /// it had accumulated before (a process that moved cgroup and execs leaves that behind).
+    pub on_cpu_ns: u64,
+    pub runq_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
     pub args: [u8; ARGS_LEN],
@@ -424,7 +430,7 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 16 + 16 + COMM_LEN);
         assert_eq!(
             size_of::<ExecEvent>(),
-            24 + 8 + 8 + 16 + COMM_LEN + FILENAME_LEN + ARGS_LEN
+            24 + 8 + 8 + 16 + 32 + COMM_LEN + FILENAME_LEN + ARGS_LEN
         );
         assert_eq!(size_of::<ExitEvent>(), 24 + 8 + 8 + COMM_LEN);
         assert_eq!(size_of::<SlowSyscallEvent>(), 24 + 8 + 16);

@@ -60,11 +60,25 @@ impl Receiver {
         Receiver { child, port, out }
     }
 
-    fn spans(&self) -> Vec<Value> {
+    fn records(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["signal"] != "metrics")
+            .collect()
+    }
+
+    fn metric_points(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["signal"] == "metrics")
             .collect()
     }
 }
@@ -674,4 +688,139 @@ fn long_waits_for_a_cpu_and_slow_block_io_are_span_events() {
         "{io:#?}"
     );
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn the_metrics_families_arrive_over_otlp_http_and_grpc_with_the_kernels_values() {
+    for transport in ["http", "grpc"] {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let receiver = Receiver::start_with(&dir, free_port(), transport);
+        let protocol = if transport == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let agent = Agent::start(&[
+            "--otlp-protocol",
+            protocol,
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{}", receiver.port),
+            "--otlp-metrics-interval",
+            "1s",
+        ]);
+        // A process that burns 0.5 s of CPU in a cgroup of its own, and reports its own figure.
+        let cgroup = std::path::Path::new(&taskscope_e2e::cgroup2_root()).join(format!(
+            "taskscope-otlp-metrics-{}-{transport}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&cgroup).expect("cgroup");
+        let report_path = dir.join(format!("otlp-metrics-{}.schedstat", receiver.port));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {} spin-report 500 {}",
+                cgroup.display(),
+                workload_binary().display(),
+                report_path.display()
+            ))
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        let (kernel_cpu_ns, _) = report(&report_path);
+        let label = format!(
+            "/{}",
+            cgroup
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+        );
+        // A point exported after the process ended carries its whole CPU time.
+        let mut point = None;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(300));
+            point = receiver
+                .metric_points()
+                .into_iter()
+                .rfind(|p| {
+                    p["name"] == "taskscope_cpu_seconds"
+                        && p["attributes"]["cgroup"] == label.as_str()
+                })
+                .filter(|p| {
+                    p["value"].as_f64().unwrap_or(0.0) * 1e9 >= 0.95 * kernel_cpu_ns as f64
+                });
+            if point.is_some() {
+                break;
+            }
+        }
+        let Some(point) = point else {
+            let points = receiver.metric_points();
+            panic!(
+                "no final CPU point for {label} over OTLP/{transport} in 30 s: status {}; {} points; this cgroup's: {:?}",
+                agent.get("/api/v1/status")["otlp_metrics"],
+                points.len(),
+                points
+                    .iter()
+                    .filter(|p| p["attributes"]["cgroup"] == label.as_str() && p["name"] == "taskscope_cpu_seconds")
+                    .map(|p| p["value"].clone())
+                    .collect::<Vec<_>>()
+            );
+        };
+        let points = receiver.metric_points();
+        let value = point["value"].as_f64().unwrap_or(f64::NAN);
+        within(
+            &format!("taskscope_cpu_seconds of the cgroup over OTLP/{transport} vs the process's own schedstat (s)"),
+            value,
+            kernel_cpu_ns as f64 / 1e9,
+            0.05,
+        );
+        assert_eq!(point["type"], "sum");
+        assert_eq!(point["monotonic"], true);
+        assert_eq!(point["transport"], transport);
+        assert_eq!(point["resource"]["service.name"], "taskscope");
+        let histogram = points
+            .iter()
+            .find(|p| p["name"] == "taskscope_runqueue_latency_seconds" && p["type"] == "histogram")
+            .expect("a run-queue histogram point");
+        let bucket_total: u64 = histogram["bucket_counts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum();
+        assert_eq!(
+            Some(bucket_total),
+            histogram["count"].as_u64(),
+            "buckets add up to the count"
+        );
+        let names: std::collections::BTreeSet<&str> =
+            points.iter().filter_map(|p| p["name"].as_str()).collect();
+        println!(
+            "OTLP/{transport}: {} points of {} families, e.g. {:?}",
+            points.len(),
+            names.len(),
+            names.iter().take(6).collect::<Vec<_>>()
+        );
+        for family in [
+            "taskscope_tasks_running",
+            "taskscope_node_cpu_busy_ratio",
+            "taskscope_events_lost",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(
+                names.contains(family),
+                "{family} missing over OTLP/{transport}"
+            );
+        }
+        let status = agent.get("/api/v1/status");
+        println!("status.otlp_metrics: {}", status["otlp_metrics"]);
+        assert!(
+            status["otlp_metrics"]["exported_requests"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        );
+        drop(agent);
+        let _ = std::fs::remove_dir(&cgroup);
+        let _ = std::fs::remove_file(report_path);
+    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     collector::{Query, SpanFilter, StatusResponse},
+    exporters::otlp_metrics::OtlpMetricsStats,
     exporters::prometheus::{
         to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
         OPENMETRICS_CONTENT_TYPE,
@@ -32,6 +33,8 @@ pub struct ApiState {
     pub exposition_config: ExpositionConfig,
     /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
     pub pods: SharedPods,
+    /// The OTLP metrics exporter, when on (part of /api/v1/status).
+    pub otlp_metrics: Option<Arc<OtlpMetricsStats>>,
 }
 
 /// Builds the router.
@@ -153,6 +156,7 @@ struct FullStatus {
     #[serde(flatten)]
     collector: StatusResponse,
     kubernetes: DirectoryStatus,
+    otlp_metrics: Option<serde_json::Value>,
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
@@ -166,6 +170,10 @@ async fn status(State(state): State<ApiState>) -> Response {
             Json(FullStatus {
                 collector,
                 kubernetes,
+                otlp_metrics: state
+                    .otlp_metrics
+                    .as_deref()
+                    .and_then(|s| serde_json::to_value(s).ok()),
             })
             .into_response()
         }

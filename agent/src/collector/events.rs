@@ -33,6 +33,17 @@ pub struct Exec {
     pub filename: String,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The exec'ing thread's counters at the exec.
+    pub sched_at_exec: ExecCounters,
+}
+
+/// A thread's scheduler counters at its exec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecCounters {
+    pub on_cpu_ns: u64,
+    pub runq_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
 }
 
 /// Why a record could not be decoded.
@@ -113,6 +124,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 filename: c_string(&raw.filename[..filename_len]),
                 args: split_args(&raw.args[..args_len]),
                 args_truncated: raw.args_truncated != 0,
+                sched_at_exec: ExecCounters {
+                    on_cpu_ns: raw.on_cpu_ns,
+                    runq_wait_ns: raw.runq_wait_ns,
+                    voluntary_switches: raw.voluntary_switches,
+                    involuntary_switches: raw.involuntary_switches,
+                },
             })))
         }
         other => Err(DecodeError::UnknownKind(other)),
@@ -187,6 +204,10 @@ mod tests {
             args_len: 12,
             args_truncated: 0,
             _pad: 0,
+            on_cpu_ns: 0,
+            runq_wait_ns: 0,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
             comm: comm("ls"),
             filename: [0; FILENAME_LEN],
             args: [0; ARGS_LEN],
@@ -230,6 +251,10 @@ mod tests {
             args_len: u32::MAX,
             args_truncated: 1,
             _pad: 0,
+            on_cpu_ns: 0,
+            runq_wait_ns: 0,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
             comm: [b'x'; COMM_LEN],
             filename: [b'a'; FILENAME_LEN],
             args: [b'b'; ARGS_LEN],

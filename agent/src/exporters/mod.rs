@@ -1,5 +1,6 @@
 //! Exporters: they read snapshots the collector builds and never touch the kernel or the model.
 
 pub mod otlp;
+pub mod otlp_metrics;
 pub mod prometheus;
 pub mod sampling;

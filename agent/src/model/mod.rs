@@ -28,7 +28,7 @@ use taskscope_common::{
 
 use crate::{
     collector::{
-        events::{c_string, Event, Exec},
+        events::{c_string, Event, Exec, ExecCounters},
         poller::{clock_ns, Forget, KernelSnapshot},
     },
     exporters::prometheus::SelectedProcess,
@@ -632,13 +632,16 @@ impl TaskModel {
                 .or_default()
                 .exited_after_poll = Some(polls);
         }
-        self.set_cgroup(tgid, cgroup_path);
+        self.set_cgroup(tgid, cgroup_path, Some((exec.old_pid, exec.sched_at_exec)));
     }
 
     /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
     /// workload it leaves, so that no workload's counter ever goes down. An unresolved path
     /// (`None`) keeps the one known.
-    fn set_cgroup(&mut self, pid: u32, path: Option<String>) {
+    /// `at_exec`: the exec'ing thread and its counters at the exec, when the move is seen at
+    /// an exec: the figures left behind are the ones of that moment, not of when the event
+    /// was read (the process may have run for a while in its new cgroup by then).
+    fn set_cgroup(&mut self, pid: u32, path: Option<String>, at_exec: Option<(u32, ExecCounters)>) {
         let Some(process) = self.live.get(&pid) else {
             return;
         };
@@ -648,7 +651,32 @@ impl TaskModel {
         if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
             if old != new {
                 let now = clock_ns(libc::CLOCK_MONOTONIC);
-                let figures = WorkloadTotals::figures_of(process, now, &self.running);
+                let mut figures = WorkloadTotals::figures_of(process, now, &self.running);
+                if let Some((tid, at)) = at_exec {
+                    if let Some(sched) = process.threads.get(&tid).and_then(|t| t.sched) {
+                        let running = self
+                            .running
+                            .get(&tid)
+                            .map_or(0, |since| now.saturating_sub(*since));
+                        // Swap the thread's figures as read for its figures at the exec.
+                        let swap = |total: &mut u64, current: u64, then: u64| {
+                            *total = total.saturating_sub(current).saturating_add(then);
+                        };
+                        let f = &mut figures.sched;
+                        swap(&mut f.on_cpu_ns, sched.on_cpu_ns + running, at.on_cpu_ns);
+                        swap(&mut f.runq_wait_ns, sched.runq_wait_ns, at.runq_wait_ns);
+                        swap(
+                            &mut f.voluntary_switches,
+                            sched.voluntary_switches,
+                            at.voluntary_switches,
+                        );
+                        swap(
+                            &mut f.involuntary_switches,
+                            sched.involuntary_switches,
+                            at.involuntary_switches,
+                        );
+                    }
+                }
                 let credit = match &process.moved_baseline {
                     Some(base) => figures.figures_minus(base),
                     None => figures.clone(),
@@ -1040,7 +1068,7 @@ mod tests {
         let mut m = model();
         let mut forget = Forget::default();
         m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
-        m.set_cgroup(P, Some("/a".into()));
+        m.set_cgroup(P, Some("/a".into()), None);
         let snap = |on_cpu| KernelSnapshot {
             tasks: vec![(P, sched(P, on_cpu))],
             ..Default::default()
@@ -1053,11 +1081,11 @@ mod tests {
                 .map_or(0, |(_, t)| t.sched.on_cpu_ns)
         };
         assert_eq!(cpu_of(&mut m, "/a"), 100);
-        m.set_cgroup(P, Some("/b".into()));
+        m.set_cgroup(P, Some("/b".into()), None);
         m.apply_kernel(snap(150));
         assert_eq!(cpu_of(&mut m, "/a"), 100, "what it used in /a stays there");
         assert_eq!(cpu_of(&mut m, "/b"), 50, "/b counts only what came after");
-        m.set_cgroup(P, Some("/a".into()));
+        m.set_cgroup(P, Some("/a".into()), None);
         m.apply_kernel(snap(170));
         assert_eq!(cpu_of(&mut m, "/b"), 50);
         assert_eq!(cpu_of(&mut m, "/a"), 120);

@@ -17,7 +17,8 @@ use taskscope_common::{
 use super::kernel::{
     agent_tgid, arg, count_loss, current_ids, exit_has_group_dead, off_bprm_filename,
     off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
-    off_task_signal, off_task_start_boottime, read, task_ids,
+    off_task_nvcsw, off_task_run_delay, off_task_signal, off_task_start_boottime,
+    off_task_sum_exec_runtime, read, task_ids,
 };
 use super::sched::{copy_counters, TASKS};
 use super::syscalls::SYSCALL_STARTS;
@@ -119,6 +120,12 @@ pub fn on_exec(ctx: *const u64) {
     event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     event._pad = 0;
     event.comm = current_comm();
+    // The counters as of the exec (the scheduler updates sum_exec_runtime at ticks and
+    // switches: at most a tick behind).
+    event.on_cpu_ns = read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0);
+    event.runq_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
+    event.voluntary_switches = read::<u64>(task, off_task_nvcsw()).unwrap_or(0);
+    event.involuntary_switches = read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0);
 
     event.filename_len = 0;
     if let Some(filename) = read::<u64>(bprm, off_bprm_filename()) {
