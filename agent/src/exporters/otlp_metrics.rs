@@ -54,6 +54,13 @@ pub struct OtlpMetricsConfig {
     pub exposition: ExpositionConfig,
 }
 
+/// A label set as (name, value) pairs.
+type Labels = Vec<(String, String)>;
+
+/// One histogram series as read from the exposition: (upper bound, cumulative count) per
+/// bucket, sum, count.
+type HistogramParts = (Vec<(f64, f64)>, f64, f64);
+
 /// One sample line of the exposition.
 #[derive(Debug, PartialEq)]
 struct Sample {
@@ -197,8 +204,7 @@ fn build(
         }),
         "histogram" => {
             // One point per label set (without `le`): cumulative buckets back to per-bucket.
-            let mut points: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, f64, f64)> =
-                BTreeMap::new();
+            let mut points: BTreeMap<Labels, HistogramParts> = BTreeMap::new();
             for s in samples {
                 let labels: Vec<(String, String)> = s
                     .labels
