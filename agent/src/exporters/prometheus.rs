@@ -89,6 +89,18 @@ pub fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
     out
 }
 
+/// Encodes a kernel log2 histogram and its sum (ns) as one histogram series, the count being
+/// what the buckets hold.
+fn encode_log2_histogram(
+    mut metric: prometheus_client::encoding::MetricEncoder<'_>,
+    hist: &[u64; HIST_BUCKETS],
+    sum_ns: u64,
+) -> Result<(), std::fmt::Error> {
+    let buckets = export_buckets(hist);
+    let count = buckets.iter().map(|b| b.1).sum();
+    metric.encode_histogram::<Labels>(sum_ns as f64 / 1e9, count, &buckets, None)
+}
+
 const WORKLOAD_LABELS: [&str; 5] = ["namespace", "pod", "container", "container_id", "cgroup"];
 
 /// A label set as the client encodes it.
@@ -295,13 +307,10 @@ fn encode_subjects(
         labels, totals: t, ..
     } in subjects
     {
-        let buckets = export_buckets(&t.sched.runq_hist);
-        let count = buckets.iter().map(|b| b.1).sum();
-        family.encode_family(labels)?.encode_histogram::<Labels>(
-            secs(t.sched.runq_wait_ns),
-            count,
-            &buckets,
-            None,
+        encode_log2_histogram(
+            family.encode_family(labels)?,
+            &t.sched.runq_hist,
+            t.sched.runq_wait_ns,
         )?;
     }
     let name = format!("{prefix}syscalls");
@@ -403,13 +412,10 @@ fn encode_subjects(
                 labels,
                 &[("device", device_name(*dev)), ("op", block_op_name(*op))],
             );
-            let buckets = export_buckets(&io.latency_hist);
-            let count = buckets.iter().map(|b| b.1).sum();
-            family.encode_family(&labels)?.encode_histogram::<Labels>(
-                secs(io.total_latency_ns),
-                count,
-                &buckets,
-                None,
+            encode_log2_histogram(
+                family.encode_family(&labels)?,
+                &io.latency_hist,
+                io.total_latency_ns,
             )?;
         }
     }
@@ -474,13 +480,10 @@ fn encode_subjects(
         labels, totals: t, ..
     } in subjects
     {
-        let buckets = export_buckets(&t.durations);
-        let count = buckets.iter().map(|b| b.1).sum();
-        family.encode_family(labels)?.encode_histogram::<Labels>(
-            secs(t.durations_sum_ns),
-            count,
-            &buckets,
-            None,
+        encode_log2_histogram(
+            family.encode_family(labels)?,
+            &t.durations,
+            t.durations_sum_ns,
         )?;
     }
     let name = format!("{prefix}memory_usage_bytes");
