@@ -1,10 +1,12 @@
 """An OTLP/HTTP trace receiver for the end-to-end tests, built on the official OpenTelemetry
 protobuf definitions (PyPI opentelemetry-proto), not on taskscope's types.
 
-Usage: otlp_receiver.py PORT OUT_FILE [http|grpc]
+Usage: otlp_receiver.py PORT OUT_FILE [http|grpc] [CERT_PEM KEY_PEM]
 Every span, and every metric data point (with "signal": "metrics"), received is appended to
-OUT_FILE as one JSON object per line, with the transport it came by. HTTP: POST /v1/traces only (protobuf); anything else is refused. gRPC: the
-collector's TraceService/Export (PyPI grpcio).
+OUT_FILE as one JSON object per line, with the transport it came by and the request's
+`authorization` and `x-tenant` headers (or gRPC metadata). HTTP: POST /v1/traces and
+/v1/metrics only (protobuf); anything else is refused. gRPC: the collector's TraceService and
+MetricsService Export (PyPI grpcio). With CERT_PEM and KEY_PEM: TLS.
 """
 
 import json
@@ -31,7 +33,10 @@ def attributes(kvs):
     return {kv.key: value(kv.value) for kv in kvs}
 
 
-def record(request, transport):
+RECORDED_HEADERS = ("authorization", "x-tenant")
+
+
+def record(request, transport, headers):
     """Appends the spans of an ExportTraceServiceRequest to OUT."""
     with open(OUT, "a") as out:
         for resource_spans in request.resource_spans:
@@ -40,6 +45,7 @@ def record(request, transport):
                 for span in scope_spans.spans:
                     out.write(json.dumps({
                             "transport": transport,
+                            "headers": headers,
                             "resource": resource,
                             "scope": scope_spans.scope.name,
                             "trace_id": span.trace_id.hex(),
@@ -59,7 +65,7 @@ def record(request, transport):
                         }) + "\n")
 
 
-def record_metrics(request, transport):
+def record_metrics(request, transport, headers):
     """Appends each data point of an ExportMetricsServiceRequest to OUT (signal "metrics")."""
     with open(OUT, "a") as out:
         for resource_metrics in request.resource_metrics:
@@ -70,7 +76,8 @@ def record_metrics(request, transport):
                     data = getattr(metric, kind)
                     for point in data.data_points:
                         row = {
-                            "signal": "metrics", "transport": transport, "resource": resource,
+                            "signal": "metrics", "transport": transport, "headers": headers,
+                            "resource": resource,
                             "scope": scope_metrics.scope.name, "name": metric.name, "type": kind,
                             "attributes": attributes(point.attributes),
                         }
@@ -92,15 +99,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(400)
             self.end_headers()
             return
+        headers = {k: self.headers[k] for k in RECORDED_HEADERS if self.headers.get(k)}
         if self.path == "/v1/metrics":
             request = ExportMetricsServiceRequest()
             request.ParseFromString(body)
-            record_metrics(request, "http")
+            record_metrics(request, "http", headers)
             reply = ExportMetricsServiceResponse().SerializeToString()
         else:
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
-            record(request, "http")
+            record(request, "http", headers)
             reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -112,7 +120,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_grpc(port):
+def grpc_headers(context):
+    return {k: v for k, v in context.invocation_metadata() if k in RECORDED_HEADERS}
+
+
+def serve_grpc(port, tls):
     from concurrent import futures
 
     import grpc
@@ -121,18 +133,22 @@ def serve_grpc(port):
 
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
-            record(request, "grpc")
+            record(request, "grpc", grpc_headers(context))
             return ExportTraceServiceResponse()
 
     class MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
         def Export(self, request, context):
-            record_metrics(request, "grpc")
+            record_metrics(request, "grpc", grpc_headers(context))
             return ExportMetricsServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsService(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("listening", flush=True)
     server.wait_for_termination()
@@ -140,9 +156,16 @@ def serve_grpc(port):
 
 if __name__ == "__main__":
     PORT, OUT = int(sys.argv[1]), sys.argv[2]
+    TLS = sys.argv[4:6] if len(sys.argv) > 5 else None
     if len(sys.argv) > 3 and sys.argv[3] == "grpc":
-        serve_grpc(PORT)
+        serve_grpc(PORT, TLS)
     else:
         server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+        if TLS:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*TLS)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         print("listening", flush=True)
         server.serve_forever()

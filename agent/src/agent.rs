@@ -17,6 +17,7 @@ use crate::{
     exporters::{
         otlp::{self, OtlpConfig},
         otlp_metrics::{self, OtlpMetricsConfig},
+        otlp_target::{self, OtlpFlags, Signal},
         prometheus::{Exposition, ExpositionConfig},
         sampling::SamplingConfig,
     },
@@ -163,23 +164,39 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         None
     };
-    let span_sink = if args.otlp_endpoint.is_some() || otlp::endpoint_from_environment() {
-        let sink = otlp::start(
-            OtlpConfig {
-                endpoint: args.otlp_endpoint.clone(),
-                protocol: args.otlp_protocol,
-                queue: args.otlp_queue,
-                batch: 512,
-                retry_for: args.otlp_retry_for,
-            },
-            Arc::clone(&pods),
-            shutdown_rx.clone(),
-        )
-        .map_err(|e| RunError::Otlp(e.to_string()))?;
-        info!(endpoint = ?args.otlp_endpoint, protocol = ?args.otlp_protocol, "exporting task spans over OTLP");
-        Some(sink)
-    } else {
-        None
+    let otlp_flags = OtlpFlags {
+        endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol,
+        headers: args.otlp_headers.clone(),
+        ca_file: args.otlp_ca_file.clone(),
+        client_certificate: args.otlp_client_certificate.clone(),
+        client_key: args.otlp_client_key.clone(),
+    };
+    let environment = |name: &str| std::env::var(name).ok();
+    let otlp_target = |signal| {
+        otlp_target::resolve(signal, &otlp_flags, &environment)
+            .map_err(|e| RunError::Otlp(format!("OTLP export: {e}")))
+    };
+    let traces_target = otlp_target(Signal::Traces)?;
+    let metrics_target = otlp_target(Signal::Metrics)?;
+    let span_sink = match traces_target {
+        Some(target) => {
+            info!(url = %target.url, protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");
+            let sink = otlp::start(
+                OtlpConfig {
+                    target,
+                    queue: args.otlp_queue,
+                    batch: 512,
+                    retry_for: args.otlp_retry_for,
+                    passwd_file: args.passwd_file.clone(),
+                },
+                Arc::clone(&pods),
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| RunError::Otlp(e.to_string()))?;
+            Some(sink)
+        }
+        None => None,
     };
     let cgroup_root = cgroup2_mount();
     let model = TaskModel::new(
@@ -221,18 +238,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         max_series: args.max_series,
         top_syscalls: args.top_syscalls,
     };
-    let metrics_endpoint = args
-        .otlp_endpoint
-        .clone()
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.is_empty());
-    let otlp_metrics = match metrics_endpoint {
-        Some(endpoint) if !args.otlp_metrics_interval.is_zero() => {
-            info!(%endpoint, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
+    let otlp_metrics = match metrics_target {
+        Some(target) if !args.otlp_metrics_interval.is_zero() => {
+            info!(url = %target.url, protocol = ?target.protocol, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
             Some(otlp_metrics::start(
                 OtlpMetricsConfig {
-                    endpoint,
-                    protocol: args.otlp_protocol,
+                    target,
                     interval: args.otlp_metrics_interval,
                     exposition: exposition_config,
                 },

@@ -147,9 +147,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub join_traceparent: bool,
 
-    /// Export task spans (one per process, a process tree per trace) over OTLP/HTTP to this
-    /// collector base URL (`/v1/traces` is appended). Without it, spans are exported when
-    /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    /// Export task spans and metrics over OTLP to this collector base URL (for HTTP,
+    /// `/v1/traces` and `/v1/metrics` are appended; https:// for TLS). Without it: the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT, or the per-signal
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (full URLs).
     #[arg(long, env = "TASKSCOPE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
@@ -167,17 +168,39 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5000)]
     pub span_rate_limit: u32,
 
-    /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "http/protobuf",
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL"
-    )]
-    pub otlp_protocol: crate::exporters::otlp::OtlpProtocol,
+    /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317). Default: from
+    /// OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL, else
+    /// http/protobuf.
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<crate::exporters::otlp::OtlpProtocol>,
 
-    /// How often the /metrics families are sent over OTLP (to --otlp-endpoint or
-    /// OTEL_EXPORTER_OTLP_ENDPOINT); 0s turns it off.
+    /// A header sent with every OTLP request (HTTP header or gRPC metadata), NAME=VALUE;
+    /// repeatable. Added to OTEL_EXPORTER_OTLP_HEADERS and ..._{TRACES,METRICS}_HEADERS (the
+    /// flag wins for the same name).
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE", value_parser = crate::exporters::otlp_target::parse_header)]
+    pub otlp_headers: Vec<(String, String)>,
+
+    /// PEM file of the CA that signed the collector's certificate (https:// endpoints), on top
+    /// of the system's roots. Default: OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "PEM")]
+    pub otlp_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for collectors that require mutual TLS, with
+    /// --otlp-client-key. Default: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
+    #[arg(long, value_name = "PEM", requires = "otlp_client_key")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM). Default: OTEL_EXPORTER_OTLP_CLIENT_KEY.
+    #[arg(long, value_name = "PEM", requires = "otlp_client_certificate")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// The passwd file that names span owners (`process.owner`); in a container, mount the
+    /// host's /etc/passwd and point this at it.
+    #[arg(long, default_value = "/etc/passwd", value_name = "PATH")]
+    pub passwd_file: PathBuf,
+
+    /// How often the /metrics families are sent over OTLP (to --otlp-endpoint,
+    /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT); 0s turns it off.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub otlp_metrics_interval: Duration,
 

@@ -30,6 +30,11 @@ impl Receiver {
 
     /// `transport`: `http` (OTLP/HTTP protobuf) or `grpc`.
     fn start_with(dir: &Path, port: u16, transport: &str) -> Receiver {
+        Self::start_tls(dir, port, transport, None)
+    }
+
+    /// With `tls` (certificate and key PEM files), the receiver speaks TLS.
+    fn start_tls(dir: &Path, port: u16, transport: &str, tls: Option<(&Path, &Path)>) -> Receiver {
         let out = dir.join(format!("otlp-spans-{port}.jsonl"));
         let _ = std::fs::remove_file(&out);
         let python_lib = std::env::var("TASKSCOPE_PYTHON_LIB").unwrap_or_else(|_| {
@@ -44,6 +49,7 @@ impl Receiver {
             .arg(port.to_string())
             .arg(&out)
             .arg(transport)
+            .args(tls.into_iter().flat_map(|(cert, key)| [cert, key]))
             .env("PYTHONPATH", &python_lib)
             .stdout(Stdio::piped())
             .spawn()
@@ -342,6 +348,7 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
             .unwrap_or(0)
     };
     let rss_before = rss_kib(agent.pid());
+    let went_down = std::time::Instant::now();
     burst(200);
     let down = wait_for(
         "spans dropped while the collector is down",
@@ -370,6 +377,26 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
         rss_down < rss_before + 16 * 1024,
         "memory grew with the spans it could not send"
     );
+
+    // Down for 30 s in all, under load (a burst every second), as a collector restart might.
+    while went_down.elapsed() < Duration::from_secs(30) {
+        burst(20);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let rss_down = rss_kib(agent.pid()).max(rss_down);
+    let status = agent.get("/api/v1/status");
+    println!(
+        "after {:.0} s down: agent RSS {rss_down} KiB, queue_full {}, export_failed {}, failed requests {}",
+        went_down.elapsed().as_secs_f64(),
+        lost(&status, "otlp_spans", "queue_full"),
+        lost(&status, "otlp_spans", "export_failed"),
+        status["otlp"]["failed_requests"]
+    );
+    assert!(
+        rss_down < rss_before + 16 * 1024,
+        "memory grew with the spans it could not send"
+    );
+    assert_eq!(status["otlp"]["up"], false);
 
     // The collector comes back: export resumes (what was queued goes first), new spans
     // arrive, and every span made is accounted for.
@@ -507,6 +534,164 @@ fn traceparent_joins_the_trace_and_secrets_arrive_redacted_everywhere() {
             && command_line.contains("--token [REDACTED]")
     );
     assert!(api_process.to_string().contains("[REDACTED]"));
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (openssl), in `dir`:
+/// (CA PEM, certificate PEM, key PEM).
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = dir.join("otlp-ca.key");
+    let ca = dir.join("otlp-ca.pem");
+    let key = dir.join("otlp-server.key");
+    let csr = dir.join("otlp-server.csr");
+    let cert = dir.join("otlp-server.pem");
+    let ext = dir.join("otlp-server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext file");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |path: &PathBuf| path.to_str().expect("utf-8 path").to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=taskscope test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]);
+    (ca, cert, key)
+}
+
+#[test]
+fn spans_and_metrics_arrive_over_tls_with_headers_from_flags_and_environment() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let (ca, cert, key) = test_certificates(&dir);
+    for transport in ["http", "grpc"] {
+        let receiver = Receiver::start_tls(&dir, free_port(), transport, Some((&cert, &key)));
+        let protocol = if transport == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let endpoint = format!("https://127.0.0.1:{}", receiver.port);
+        // Endpoint, protocol and headers from the standard variables; the flag's header wins
+        // over the variable's for the same name.
+        let agent = Agent::start_with_env(
+            &[
+                "--otlp-ca-file",
+                ca.to_str().expect("path"),
+                "--otlp-header",
+                "x-tenant=from-flag",
+                "--otlp-metrics-interval",
+                "1s",
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "authorization=Bearer%20s3cret-t0ken,x-tenant=from-env",
+                ),
+            ],
+        );
+        let mut job = Command::new("sh")
+            .args(["-c", "/bin/true; exit 5"])
+            .spawn()
+            .expect("sh");
+        let job_pid = job.id();
+        let _ = job.wait();
+        let span = (0..300).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            receiver
+                .spans()
+                .into_iter()
+                .find(|s| attr(s, "process.pid").as_u64() == Some(u64::from(job_pid)))
+        });
+        let Some(span) = span else {
+            panic!(
+                "no span of the job (pid {job_pid}) over OTLP/{transport} with TLS in 30 s: otlp {}, model {}; received spans {:?}; api spans {}; log {}",
+                agent.get("/api/v1/status")["otlp"],
+                agent.get("/api/v1/status")["model"],
+                receiver.spans().iter().map(|s| (attr(s, "process.pid").clone(), s["name"].clone())).collect::<Vec<_>>(),
+                agent.get(&format!("/api/v1/spans?pid={job_pid}")),
+                agent.log_text().lines().filter(|l| !l.contains("attached")).collect::<Vec<_>>().join("\n")
+            );
+        };
+        let point = wait_for(
+            &format!("a metric point over OTLP/{transport} with TLS"),
+            Duration::from_secs(30),
+            || receiver.metric_points().into_iter().next(),
+        );
+        println!(
+            "over {} with TLS: span {} headers {} owner {}; metric {} headers {}",
+            span["transport"],
+            span["name"],
+            span["headers"],
+            attr(&span, "process.owner"),
+            point["name"],
+            point["headers"]
+        );
+        for row in [&span, &point] {
+            assert_eq!(row["transport"], transport);
+            assert_eq!(row["headers"]["authorization"], "Bearer s3cret-t0ken");
+            assert_eq!(row["headers"]["x-tenant"], "from-flag");
+        }
+        assert_eq!(attr(&span, "process.exit.code").as_i64(), Some(5));
+        // The tests run as root: uid 0, named by /etc/passwd.
+        assert_eq!(attr(&span, "process.user.id").as_i64(), Some(0));
+        assert_eq!(attr(&span, "process.owner"), "root");
+        assert!(
+            !agent.log_text().contains("s3cret"),
+            "a header value reached the log"
+        );
+    }
 }
 
 #[test]

@@ -2,5 +2,6 @@
 
 pub mod otlp;
 pub mod otlp_metrics;
+pub mod otlp_target;
 pub mod prometheus;
 pub mod sampling;

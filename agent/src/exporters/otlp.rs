@@ -26,8 +26,9 @@ use opentelemetry_sdk::{
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget, REQUEST_TIMEOUT};
 use crate::{
-    metadata::SharedPods,
+    metadata::{users::UserNames, SharedPods},
     model::{
         exit::ExitStatus,
         span::{SlowWaitView, TaskSpan},
@@ -47,10 +48,8 @@ pub enum OtlpProtocol {
 /// Where and how to export.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
-    /// Base URL (`http://collector:4318`; for HTTP `/v1/traces` is appended). `None`: from
-    /// the `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` environment.
-    pub endpoint: Option<String>,
-    pub protocol: OtlpProtocol,
+    /// The collector, resolved from flags and environment (`otlp_target::resolve`).
+    pub target: SignalTarget,
     /// Spans waiting for export; more are dropped (counted).
     pub queue: usize,
     /// Spans per export request.
@@ -58,6 +57,8 @@ pub struct OtlpConfig {
     /// A failed batch is retried (backoff from 1 s, doubling, at most 8 s) for this long, then
     /// dropped (counted).
     pub retry_for: Duration,
+    /// Where `process.owner` names come from.
+    pub passwd_file: std::path::PathBuf,
 }
 
 /// What the exporter did, for /metrics and /api/v1/status.
@@ -102,45 +103,34 @@ impl SpanSink {
 #[error("OTLP exporter: {0}; set --otlp-endpoint to the collector's OTLP address (e.g. http://otel-collector:4318, or :4317 with --otlp-protocol grpc)")]
 pub struct OtlpError(String);
 
-/// Whether the environment names an OTLP endpoint.
-pub fn endpoint_from_environment() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|e| !e.is_empty()))
-}
-
 /// Builds the exporter and starts the export task.
 pub fn start(
     config: OtlpConfig,
     pods: SharedPods,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SpanSink, OtlpError> {
-    use opentelemetry_otlp::WithExportConfig;
-    let timeout = Duration::from_secs(10);
-    // Headers (OTEL_EXPORTER_OTLP_HEADERS, ..._TRACES_HEADERS) are read by the exporter itself.
-    let built = match config.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_timeout(timeout);
-            if let Some(base) = &config.endpoint {
-                builder =
-                    builder.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
-            }
-            builder.build()
-        }
-        OtlpProtocol::Grpc => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(timeout);
-            if let Some(base) = &config.endpoint {
-                builder = builder.with_endpoint(base.clone());
-            }
-            builder.build()
-        }
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let target = &config.target;
+    // Endpoint, headers and TLS are given explicitly (resolved once with the metrics
+    // exporter's), so the exporter's own reading of the environment changes nothing.
+    let built = match target.protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(HeadersWin::new(
+                http_client(&target.tls).map_err(OtlpError)?,
+                &target.headers,
+            )?)
+            .with_endpoint(target.url.clone())
+            .with_timeout(REQUEST_TIMEOUT)
+            .build(),
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_channel(grpc_channel(target).map_err(OtlpError)?)
+            .with_interceptor(MetadataWins(
+                grpc_metadata(&target.headers).map_err(OtlpError)?,
+            ))
+            .with_timeout(REQUEST_TIMEOUT)
+            .build(),
     };
     let mut exporter = built.map_err(|e| OtlpError(e.to_string()))?;
     exporter.set_resource(
@@ -162,6 +152,64 @@ pub fn start(
     Ok(SpanSink { tx, stats })
 }
 
+/// The exporter adds the OTEL_EXPORTER_OTLP_*HEADERS values on top of the headers it is
+/// given; ours already include them, merged with the flags' in the documented order, so this
+/// client sets ours last.
+#[derive(Debug)]
+struct HeadersWin {
+    client: reqwest::Client,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeadersWin {
+    fn new(client: reqwest::Client, headers: &[(String, String)]) -> Result<Self, OtlpError> {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                Ok((
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| OtlpError(format!("{name} is not a valid header name")))?,
+                    http::HeaderValue::from_str(value).map_err(|_| {
+                        OtlpError(format!("the value of header {name} is not valid"))
+                    })?,
+                ))
+            })
+            .collect::<Result<_, OtlpError>>()?;
+        Ok(Self { client, headers })
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HeadersWin {
+    async fn send_bytes(
+        &self,
+        mut request: http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        self.client.send_bytes(request).await
+    }
+}
+
+/// The gRPC twin of [`HeadersWin`]: runs after the exporter's own metadata.
+#[derive(Clone)]
+struct MetadataWins(tonic::metadata::MetadataMap);
+
+impl tonic::service::Interceptor for MetadataWins {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        for entry in self.0.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(name, value) = entry {
+                request.metadata_mut().insert(name.clone(), value.clone());
+            }
+        }
+        Ok(request)
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -179,6 +227,7 @@ async fn export_loop(
     let scope = InstrumentationScope::builder("taskscope")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
+    let mut users = UserNames::new(&config.passwd_file);
     loop {
         let first = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -198,7 +247,10 @@ async fn export_loop(
             let pods = pods.read().unwrap_or_else(|p| p.into_inner());
             spans
                 .iter()
-                .map(|s| span_data(s, &pods, scope.clone()))
+                .map(|s| {
+                    let owner = s.uid.and_then(|uid| users.name(uid)).map(str::to_string);
+                    span_data(s, &pods, owner, scope.clone())
+                })
                 .collect()
         };
         let count = batch.len() as u64;
@@ -249,6 +301,7 @@ fn secs(ns: u64) -> f64 {
 pub fn span_data(
     s: &TaskSpan,
     pods: &crate::metadata::PodDirectory,
+    owner: Option<String>,
     scope: InstrumentationScope,
 ) -> SpanData {
     let mut attributes = vec![
@@ -281,6 +334,9 @@ pub fn span_data(
     }
     if let Some(uid) = s.uid {
         attributes.push(KeyValue::new("process.user.id", i64::from(uid)));
+    }
+    if let Some(owner) = owner {
+        attributes.push(KeyValue::new("process.owner", owner));
     }
     match s.exit {
         ExitStatus::Exited { code } => {

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::{
     otlp::OtlpProtocol,
+    otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget},
     prometheus::{Exposition, ExpositionConfig},
 };
 use crate::collector::Query;
@@ -47,11 +48,16 @@ pub struct OtlpMetricsStats {
 /// Where and how often.
 #[derive(Debug, Clone)]
 pub struct OtlpMetricsConfig {
-    /// Base URL (`/v1/metrics` is appended for HTTP).
-    pub endpoint: String,
-    pub protocol: OtlpProtocol,
+    /// The collector, resolved from flags and environment (`otlp_target::resolve`).
+    pub target: SignalTarget,
     pub interval: Duration,
     pub exposition: ExpositionConfig,
+}
+
+/// The connection to the collector, kept across intervals.
+enum Client {
+    Http(reqwest::Client),
+    Grpc(MetricsServiceClient<tonic::transport::Channel>),
 }
 
 /// A label set as (name, value) pairs.
@@ -303,11 +309,22 @@ async fn export_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let start_ns = unix_now_ns();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok();
-    let url = format!("{}/v1/metrics", config.endpoint.trim_end_matches('/'));
+    let target = &config.target;
+    // Both were checked when the agent started (the span exporter builds the same).
+    let client = match target.protocol {
+        OtlpProtocol::HttpProtobuf => http_client(&target.tls).map(Client::Http),
+        OtlpProtocol::Grpc => {
+            grpc_channel(target).map(|c| Client::Grpc(MetricsServiceClient::new(c)))
+        }
+    };
+    let metadata = grpc_metadata(&target.headers).unwrap_or_default();
+    let mut client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            warn!(error = %err, "OTLP metrics export cannot start");
+            return;
+        }
+    };
     let resource = Resource {
         attributes: vec![
             key_value("service.name", "taskscope"),
@@ -357,12 +374,15 @@ async fn export_loop(
                 ..ResourceMetrics::default()
             }],
         };
-        let result: Result<(), String> = match config.protocol {
-            OtlpProtocol::HttpProtobuf => match &http {
-                Some(client) => client
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec())
+        let result: Result<(), String> = match &mut client {
+            Client::Http(client) => {
+                let mut post = client
+                    .post(&target.url)
+                    .header("content-type", "application/x-protobuf");
+                for (name, value) in &target.headers {
+                    post = post.header(name, value);
+                }
+                post.body(request.encode_to_vec())
                     .send()
                     .await
                     .map_err(|e| e.to_string())
@@ -371,18 +391,16 @@ async fn export_loop(
                             .is_success()
                             .then_some(())
                             .ok_or_else(|| format!("HTTP {}", r.status()))
-                    }),
-                None => Err("no HTTP client".into()),
-            },
-            OtlpProtocol::Grpc => {
-                match MetricsServiceClient::connect(config.endpoint.clone()).await {
-                    Ok(mut client) => client
-                        .export(request)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+                    })
+            }
+            Client::Grpc(client) => {
+                let mut request = tonic::Request::new(request);
+                *request.metadata_mut() = metadata.clone();
+                client
+                    .export(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         };
         match result {

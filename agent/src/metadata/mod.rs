@@ -4,6 +4,7 @@
 
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod users;
 
 use std::{
     collections::HashMap,

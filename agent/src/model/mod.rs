@@ -505,9 +505,18 @@ impl TaskModel {
                 if let Some(existing) = self.live.get_mut(&pid) {
                     let found_by_scan = existing.exit.is_none() && !existing.observed_from_start;
                     if found_by_scan && existing.start_ticks == start_ticks {
-                        // Found by the /proc scan after the fork: the same process.
+                        // Found by the /proc scan after the fork (the agent was starting):
+                        // the same process, seen from its start after all, so it gets a span.
                         existing.observed_from_start = true;
                         existing.start_boottime_ns = Some(fork.start_boottime_ns);
+                        let parent_ids = self.live.get(&fork.parent_tgid).and_then(|p| p.span_ids);
+                        let ids =
+                            self.span_ids
+                                .ids(pid, fork.start_boottime_ns, parent_ids.as_ref());
+                        if let Some(existing) = self.live.get_mut(&pid) {
+                            existing.span_ids = Some(ids);
+                        }
+                        self.counters.processes_started += 1;
                         return;
                     }
                     // The pid was reused: its previous owner is gone.
@@ -986,6 +995,25 @@ mod tests {
         assert_eq!(m.live_count(), 0);
         assert_eq!(m.exited_count(), 1);
         assert_eq!(m.by_pid(P)[0].sched(0, &HashMap::new()).on_cpu_ns, 5);
+    }
+
+    #[test]
+    fn a_process_found_by_the_scan_before_its_fork_event_still_gets_a_span() {
+        // The agent attaches, a process forks, the /proc scan finds it, then the fork
+        // event is read: the same process, seen from its start.
+        let mut m = model();
+        let mut forget = Forget::default();
+        let me = std::process::id();
+        let start_ticks = procfs::read_stat(me).expect("own stat").start_ticks;
+        m.insert_from_proc(me);
+        assert!(m.by_pid(me)[0].span_ids.is_none());
+        m.apply_event(fork(me, me, 1, start_ticks * NS_PER_TICK), &mut forget);
+        let p = &m.by_pid(me)[0];
+        assert!(p.observed_from_start);
+        assert!(
+            p.span_ids.is_some(),
+            "no span for a process whose fork was seen"
+        );
     }
 
     #[test]
