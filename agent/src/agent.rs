@@ -11,16 +11,19 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, ApiState},
-    check::{effective_caps, missing_capabilities},
+    check::{drop_capabilities, effective_capability_names, effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
     collector::{Collector, CollectorConfig},
+    config::RunConfig,
+    control::{self, Control},
     exporters::{
         otlp::{self, OtlpConfig},
         otlp_metrics::{self, OtlpMetricsConfig},
         otlp_target::{self, OtlpFlags, Signal},
         prometheus::{Exposition, ExpositionConfig},
-        sampling::SamplingConfig,
     },
+    health::{self, MonitorSources, SharedHealth},
+    logging::LogControl,
     metadata::{PodDirectory, SharedPods},
     model::{redact::Redactor, ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
@@ -52,6 +55,44 @@ pub enum RunError {
     Otlp(String),
     #[error("the collector stopped (see the log line before this one); exiting")]
     CollectorStopped,
+    /// A setting that cannot be used (exit code 2, as a bad flag).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl RunError {
+    /// 2 for a configuration the agent cannot start with, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The admin token from `--admin-token-file` or `TASKSCOPE_ADMIN_TOKEN`.
+fn admin_token(args: &RunArgs) -> Result<Option<Arc<str>>, RunError> {
+    let token = match &args.admin_token_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            RunError::Config(format!(
+                "--admin-token-file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?),
+        None => std::env::var("TASKSCOPE_ADMIN_TOKEN").ok(),
+    };
+    let token = token.map(|t| t.trim().to_string());
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(RunError::Config(
+            "the admin token is shorter than 16 characters: use a long random one (e.g. `openssl rand -hex 32`)".into(),
+        ));
+    }
+    if args.api_auth && token.is_none() {
+        return Err(RunError::Config(
+            "--api-auth needs a token: set --admin-token-file or TASKSCOPE_ADMIN_TOKEN".into(),
+        ));
+    }
+    Ok(token.map(Arc::from))
 }
 
 /// With `--kubernetes`, starts watching this node's pods; without, an empty directory.
@@ -101,8 +142,21 @@ async fn start_kubernetes(
     Ok(PodDirectory::disabled())
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
+/// What `run` sets up with its privileges.
+pub struct Prepared {
+    listener: std::net::TcpListener,
+    probes: Probes,
+    admin_token: Option<Arc<str>>,
+    /// Held until the agent stops: statistics go off again with it (unless someone else on
+    /// the host keeps them on).
+    _bpf_stats: Option<BpfStatsGuard>,
+}
+
+/// The privileged part of `run`, on the main thread before the async runtime starts:
+/// capabilities belong to each thread, so they are dropped here, where they are held alone,
+/// and the runtime's threads start with the reduced set.
+pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
+    let admin_token = admin_token(args)?;
     let missing = missing_capabilities(effective_caps());
     if !missing.is_empty() {
         return Err(RunError::Capabilities {
@@ -110,22 +164,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         });
     }
     // Bind first: a port in use fails fast, before anything is loaded into the kernel.
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let pods = start_kubernetes(&args, shutdown_rx.clone()).await?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-
+    let listen = |source| RunError::Listen {
+        addr: args.listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(args.listen).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
     let probes = Probes::load(&LoadOptions {
         agent_tgid: std::process::id(),
-        slow_syscall_ns: args.slow_syscall.as_nanos().min(u64::MAX as u128) as u64,
-        slow_runq_ns: args.slow_runqueue_wait.as_nanos().min(u64::MAX as u128) as u64,
-        slow_io_ns: args.slow_block_io.as_nanos().min(u64::MAX as u128) as u64,
+        thresholds: control::thresholds(args),
+        disabled_groups: args.disable_probes.clone(),
         record_switches: false,
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
@@ -138,6 +186,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Some(attach_type) => info!(
                 tracepoint = hook.tracepoint,
                 group = ?hook.group,
+                enabled = hook.enabled,
                 %attach_type,
                 fallback_reasons = ?hook.errors,
                 "attached"
@@ -150,10 +199,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             ),
         }
     }
-
-    // Held until the agent stops: statistics go off again with it (unless someone else on
-    // the host keeps them on).
-    let _bpf_stats = if args.bpf_stats {
+    let bpf_stats = if args.bpf_stats {
         match BpfStatsGuard::enable() {
             Ok(guard) => Some(guard),
             Err(err) => {
@@ -164,6 +210,40 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         None
     };
+    // Attached: what is not needed any more goes.
+    match drop_capabilities() {
+        Ok(dropped) => {
+            info!(kept = ?effective_capability_names(), dropped = dropped.len(), "capabilities dropped after attaching")
+        }
+        Err(err) => warn!(%err, "cannot drop capabilities; running with those it was given"),
+    }
+    Ok(Prepared {
+        listener,
+        probes,
+        admin_token,
+        _bpf_stats: bpf_stats,
+    })
+}
+
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the config file.
+pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Result<(), RunError> {
+    let args = config.args.clone();
+    let Prepared {
+        listener,
+        probes,
+        admin_token,
+        _bpf_stats,
+    } = prepared;
+    let listener = TcpListener::from_std(listener).map_err(|source| RunError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pods = start_kubernetes(&args, shutdown_rx.clone()).await?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+
     let otlp_flags = OtlpFlags {
         endpoint: args.otlp_endpoint.clone(),
         protocol: args.otlp_protocol,
@@ -175,7 +255,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let environment = |name: &str| std::env::var(name).ok();
     let otlp_target = |signal| {
         otlp_target::resolve(signal, &otlp_flags, &environment)
-            .map_err(|e| RunError::Otlp(format!("OTLP export: {e}")))
+            .map_err(|e| RunError::Config(format!("OTLP export: {e}")))
     };
     let traces_target = otlp_target(Signal::Traces)?;
     let metrics_target = otlp_target(Signal::Metrics)?;
@@ -198,7 +278,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         None => None,
     };
+    let health: SharedHealth = Arc::default();
+    let live = control::live_settings(&args, args.debug);
+    if args.debug {
+        let _ = log.set_filter(crate::logging::DEBUG_FILTER);
+    }
     let cgroup_root = cgroup2_mount();
+    let cgroup_v2 = cgroup_root.is_some();
     let model = TaskModel::new(
         ModelConfig {
             exited_retention: args.exited_retention,
@@ -220,16 +306,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             max_staleness: args.max_staleness,
             drain_interval: args.drain_interval,
             series_ttl: args.series_ttl,
-            process_selectors: args.process_metrics.clone(),
-            span_sink,
-            sampling: SamplingConfig {
-                ratio: args.span_sample_ratio,
-                slow_span: args.slow_span,
-                max_per_second: args.span_rate_limit,
-                max_pending: 10_000,
-                max_wait: std::time::Duration::from_secs(60),
-            },
+            process_selectors: live.process_selectors.clone(),
+            span_sink: span_sink.clone(),
+            sampling: live.sampling,
             record_switches: false,
+            slow_task: live.slow_task,
         },
     )?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
@@ -251,25 +332,57 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 Exposition::new(
                     CgroupMemoryReader::from_mounts(&mountinfo()),
                     Arc::clone(&pods),
-                ),
+                )
+                .with_health(Arc::clone(&health)),
                 shutdown_rx.clone(),
             ))
         }
         _ => None,
     };
 
+    let (thresholds_tx, thresholds_rx) = watch::channel(control::health_thresholds(&args));
+    tokio::spawn(health::monitor(
+        MonitorSources {
+            queries: queries_tx.clone(),
+            pods: Arc::clone(&pods),
+            otlp_traces: span_sink,
+            otlp_metrics: otlp_metrics.clone(),
+            cgroup_v2,
+        },
+        args.health_interval,
+        thresholds_rx,
+        Arc::clone(&health),
+        log.clone(),
+        shutdown_rx.clone(),
+    ));
+    let control = Arc::new(tokio::sync::Mutex::new(Control::new(
+        config,
+        queries_tx.clone(),
+        log,
+        thresholds_tx,
+    )));
+
     let mut server_shutdown = shutdown_rx;
     let server = axum::serve(
         listener,
         api::router(ApiState {
             queries: queries_tx,
-            exposition: Arc::new(Mutex::new(Exposition::new(
-                CgroupMemoryReader::from_mounts(&mountinfo()),
-                Arc::clone(&pods),
-            ))),
+            exposition: Arc::new(Mutex::new(
+                Exposition::new(
+                    CgroupMemoryReader::from_mounts(&mountinfo()),
+                    Arc::clone(&pods),
+                )
+                .with_health(Arc::clone(&health)),
+            )),
             pods,
             exposition_config,
             otlp_metrics,
+            health,
+            control: Arc::clone(&control),
+            admin_token,
+            api_auth: args.api_auth,
+            poll_interval: args.poll_interval,
+            health_interval: args.health_interval,
         }),
     )
     .with_graceful_shutdown(async move {
@@ -278,18 +391,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let server = tokio::spawn(async move { server.await });
     info!(listen = %args.listen, "taskscope is running");
 
-    let stopped_early = tokio::select! {
-        _ = sigterm.recv() => {
-            info!(signal = "SIGTERM", "shutting down");
-            false
+    let stopped_early = loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                info!(signal = "SIGTERM", "shutting down");
+                break false;
+            }
+            _ = sigint.recv() => {
+                info!(signal = "SIGINT", "shutting down");
+                break false;
+            }
+            _ = sighup.recv() => {
+                // An invalid file changes nothing; the reason is logged.
+                if let Err(reason) = control.lock().await.reload_file().await {
+                    warn!(%reason, "reload (SIGHUP) refused; the running configuration is unchanged");
+                }
+            }
+            // The collector stops on its own only when it cannot go on (its reason is
+            // logged): an agent that no longer collects must not look healthy.
+            _ = &mut collector => break true,
         }
-        _ = sigint.recv() => {
-            info!(signal = "SIGINT", "shutting down");
-            false
-        }
-        // The collector stops on its own only when it cannot go on (its reason is logged):
-        // an agent that no longer collects must not look healthy.
-        _ = &mut collector => true,
     };
     let _ = shutdown_tx.send(true);
     if !stopped_early {

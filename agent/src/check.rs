@@ -8,6 +8,7 @@ use crate::{
 };
 
 /// Capability bits (linux/capability.h).
+pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -79,6 +80,60 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
     missing
 }
 
+/// Capabilities kept once the programs are attached, and why (docs/install.md lists the
+/// same). Everything else the process holds is dropped from every set, bounding included.
+pub const KEPT_CAPABILITIES: &[(caps::Capability, &str)] = &[
+    (
+        caps::Capability::CAP_BPF,
+        "re-attach a probe group switched back on at runtime (reload)",
+    ),
+    (
+        caps::Capability::CAP_PERFMON,
+        "re-attach a probe group switched back on at runtime (reload)",
+    ),
+    (
+        caps::Capability::CAP_SYS_PTRACE,
+        "read /proc/<pid>/environ (TRACEPARENT), exe and io of other users' processes",
+    ),
+];
+
+/// Drops every capability `run` no longer needs once the programs are attached: from the
+/// bounding set first (that needs CAP_SETPCAP, still held), then from the inheritable,
+/// permitted and effective sets. Returns the names of what was dropped.
+pub fn drop_capabilities() -> Result<Vec<String>, String> {
+    use caps::{CapSet, Capability};
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
+    let mut keep: caps::CapsHashSet = KEPT_CAPABILITIES.iter().map(|(c, _)| *c).collect();
+    // A kernel older than CAP_BPF (5.8) only knows CAP_SYS_ADMIN for BPF.
+    if !effective.contains(&Capability::CAP_BPF) && effective.contains(&Capability::CAP_SYS_ADMIN) {
+        keep.insert(Capability::CAP_SYS_ADMIN);
+    }
+    let keep: caps::CapsHashSet = keep.intersection(&effective).copied().collect();
+    let mut dropped: Vec<String> = effective.difference(&keep).map(|c| c.to_string()).collect();
+    dropped.sort();
+    if effective.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) {
+                // Capabilities this kernel does not know cannot be dropped: fine.
+                let _ = caps::drop(None, CapSet::Bounding, cap);
+            }
+        }
+    }
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new()).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| e.to_string())?;
+    Ok(dropped)
+}
+
+/// Names of the capabilities effective now.
+pub fn effective_capability_names() -> Vec<String> {
+    let mut names: Vec<String> = caps::read(None, caps::CapSet::Effective)
+        .map(|set| set.iter().map(|c| c.to_string()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// An optional requirement met by a mounted filesystem.
 fn mount_requirement(
     mounts: &str,
@@ -148,15 +203,27 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
         fix: Some("run as root, or grant CAP_BPF and CAP_PERFMON (see docs/install.md)".into()),
     });
 
+    let ptrace = effective_caps() & (1 << CAP_SYS_PTRACE) != 0;
+    out.push(Requirement {
+        name: "CAP_SYS_PTRACE",
+        ok: ptrace,
+        required: false,
+        detail: if ptrace {
+            "effective".into()
+        } else {
+            "not effective: TRACEPARENT, executable paths and /proc io of other users' processes are not read".into()
+        },
+        fix: Some("grant CAP_SYS_PTRACE (see docs/install.md)".into()),
+    });
+
     // The real programs, attached the way `run` would, then detached.
     let can_load = out.iter().all(|r| r.ok);
     for (name, force_raw_tp) in [("attach type tp_btf", false), ("attach type raw_tp", true)] {
         let result = if can_load {
             Probes::load(&LoadOptions {
                 agent_tgid: std::process::id(),
-                slow_syscall_ns: u64::MAX,
-                slow_runq_ns: u64::MAX,
-                slow_io_ns: u64::MAX,
+                thresholds: taskscope_common::Thresholds::NEVER,
+                disabled_groups: Vec::new(),
                 record_switches: false,
                 max_tasks: 1024,
                 max_syscall_entries: 1024,

@@ -40,8 +40,13 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// Config file (TOML): keys are these flags' names in snake_case (docs/configuration.md).
+    /// Flags and environment variables win over it. Re-read on SIGHUP.
+    #[arg(long, env = "TASKSCOPE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:9720", env = "TASKSCOPE_LISTEN")]
     pub listen: SocketAddr,
@@ -219,6 +224,66 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2048)]
     pub kubernetes_max_pods: usize,
 
+    /// Probe groups to leave detached: syscalls, block_io (scheduling and lifecycle are the
+    /// task model's and always on). Repeatable; changes live on reload.
+    #[arg(long = "disable-probes", value_name = "GROUP", value_enum)]
+    pub disable_probes: Vec<crate::probes::ProbeGroup>,
+
+    /// How often health is evaluated (/health, /readyz, taskscope_health_status); workload
+    /// health is judged on the figures of this window.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub health_interval: Duration,
+
+    /// A workload is `starved` when its run-queue latency p99 over the window is above this.
+    #[arg(long, default_value = "50ms", value_parser = parse_positive_duration)]
+    pub health_starved_runqueue_p99: Duration,
+
+    /// A workload is `failing` when at least this share of its syscalls failed in the window
+    /// (with at least 100 syscalls), 0 to 1 ...
+    #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
+    pub health_failing_syscall_error_ratio: f64,
+
+    /// ... or when at least this many of its processes exited with failure in the window.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_failing_exits: u64,
+
+    /// A workload is `io_bound` when its block IO latency p99 over the window is above this.
+    #[arg(long, default_value = "200ms", value_parser = parse_positive_duration)]
+    pub health_io_latency_p99: Duration,
+
+    /// A workload is `churning` when more processes than this start per second.
+    #[arg(long, default_value_t = 50.0, value_parser = parse_positive)]
+    pub health_churn_starts_per_second: f64,
+
+    /// A process running longer than this is logged once, with where its time went.
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
+    pub slow_task: Duration,
+
+    /// A process (running at least 1 s) that spent more than this share of its life waiting
+    /// for a CPU is logged once, 0 to 1.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
+    pub slow_task_runqueue_share: f64,
+
+    /// Start in debug mode (switchable at runtime with POST /api/v1/debug): debug logs, every
+    /// task's span exported whatever the sampling, slow-task threshold divided by 10.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// File holding the bearer token of the admin endpoints (/api/v1/config, /api/v1/debug);
+    /// TASKSCOPE_ADMIN_TOKEN gives the token itself. Without either they are off.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Put the read-only JSON API (/api/v1/*) behind the admin token too. /metrics, /livez,
+    /// /readyz and /health stay open.
+    #[arg(long)]
+    pub api_auth: bool,
+
+    /// Log lines per second from one place in the code at most; the rest are counted and
+    /// summarized (taskscope_log_lines_suppressed_total).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_rate_limit: u32,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 
@@ -257,14 +322,14 @@ pub struct CheckArgs {
     pub log: LogArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct KernelArgs {
     /// The running kernel's BTF, where struct offsets are read from.
     #[arg(long, default_value = crate::probes::KERNEL_BTF)]
     pub kernel_btf: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "TASKSCOPE_LOG_FORMAT")]
@@ -286,6 +351,23 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
         Err(format!(
             "{ratio} is out of range: write a ratio from 0 to 1, e.g. 0.1"
         ))
+    }
+}
+
+/// Parses a duration above zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("'{text}' must be above zero"));
+    }
+    Ok(duration)
+}
+
+/// Parses a number above zero.
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{text}' is not a number above zero")),
     }
 }
 

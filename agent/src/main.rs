@@ -2,23 +2,37 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use taskscope::{
     agent,
     check::{can_run, run_checks},
-    cli::{Cli, Command, LogArgs, LogFormat},
-    record,
+    cli::{Command, LogArgs},
+    config::{self, ParseFailure, Parsed},
+    logging, record,
 };
 
+/// Logging of the short-lived commands (record, check): the agent's setup, default limit.
 fn init_logging(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    let _ = logging::init(args, 20);
+}
+
+fn run(config: config::RunConfig) -> ExitCode {
+    let log = logging::init(&config.args.log, config.args.log_rate_limit);
+    let fail = |err: agent::RunError| {
+        tracing::error!("{err}");
+        eprintln!("taskscope: {err}");
+        ExitCode::from(err.exit_code())
+    };
+    // Before the runtime's threads exist: they inherit the capabilities left after it.
+    let prepared = match agent::prepare(&config.args) {
+        Ok(prepared) => prepared,
+        Err(err) => return fail(err),
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(agent::run(config, log, prepared)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(err),
     }
 }
 
@@ -37,23 +51,22 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Exit code of a configuration the agent cannot start with (as clap's own usage errors).
+const BAD_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run(args) => {
-            init_logging(&args.log);
-            let Some(runtime) = runtime() else {
-                return ExitCode::FAILURE;
-            };
-            match runtime.block_on(agent::run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err}");
-                    eprintln!("taskscope: {err}");
-                    ExitCode::FAILURE
-                }
-            }
+    let cli = match config::parse(std::env::args_os().collect()) {
+        Ok(Parsed::Run(config)) => return run(*config),
+        Ok(Parsed::Other(cli)) => cli,
+        Err(ParseFailure::Cli(err)) => err.exit(),
+        Err(ParseFailure::Config(err)) => {
+            eprintln!("taskscope: {err}");
+            return ExitCode::from(BAD_CONFIG);
         }
+    };
+    match cli.command {
+        // `config::parse` answers `run` itself (with its config file).
+        Command::Run(_) => ExitCode::FAILURE,
         Command::Record(args) => {
             init_logging(&args.log);
             let Some(runtime) = runtime() else {

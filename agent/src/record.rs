@@ -10,6 +10,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
 };
+use taskscope_common::Thresholds;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -73,9 +74,12 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
     }
     let probes = Probes::load(&LoadOptions {
         agent_tgid: std::process::id(),
-        slow_syscall_ns: 100_000_000,
-        slow_runq_ns: 50_000_000,
-        slow_io_ns: 100_000_000,
+        thresholds: Thresholds {
+            slow_syscall_ns: 100_000_000,
+            slow_runq_ns: 50_000_000,
+            slow_io_ns: 100_000_000,
+        },
+        disabled_groups: Vec::new(),
         record_switches: true,
         max_tasks: 32768,
         max_syscall_entries: 16384,
@@ -109,6 +113,7 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
                 max_wait: std::time::Duration::ZERO,
             },
             record_switches: true,
+            slow_task: crate::model::SlowTaskConfig::NEVER,
         },
     )?;
     let (queries, queries_rx) = mpsc::channel(8);

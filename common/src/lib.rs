@@ -384,6 +384,26 @@ pub struct SwitchEvent {
     pub next_tgid: u32,
 }
 
+/// Thresholds over which one occurrence is sent to userspace (ns; `u64::MAX`: never). The
+/// single entry of the `THRESHOLDS` array map: written by the agent at start and on every
+/// reload, read by the programs on each event, so they change without reloading anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    pub slow_syscall_ns: u64,
+    pub slow_runq_ns: u64,
+    pub slow_io_ns: u64,
+}
+
+impl Thresholds {
+    /// Nothing is slow enough to report.
+    pub const NEVER: Thresholds = Thresholds {
+        slow_syscall_ns: u64::MAX,
+        slow_runq_ns: u64::MAX,
+        slow_io_ns: u64::MAX,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -398,6 +418,7 @@ mod pod {
     unsafe impl aya::Pod for ProcessIoKey {}
     unsafe impl aya::Pod for ProcessIo {}
     unsafe impl aya::Pod for DeviceIoKey {}
+    unsafe impl aya::Pod for Thresholds {}
     unsafe impl aya::Pod for DeviceIo {}
 }
 
@@ -437,5 +458,6 @@ mod tests {
         assert_eq!(size_of::<SlowRunqEvent>(), 24 + 8);
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
+        assert_eq!(size_of::<Thresholds>(), 24);
     }
 }

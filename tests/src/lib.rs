@@ -56,14 +56,33 @@ pub fn free_port() -> u16 {
 
 /// Plain HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], b"")
+}
+
+/// A plain HTTP/1.1 request with extra headers and a body; returns (status, body).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    // The server may answer (413) and close before reading a large body: not an error here.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)
@@ -123,16 +142,14 @@ impl Agent {
         let log =
             std::env::temp_dir().join(format!("taskscope-e2e-{}.log", addr.replace(':', "-")));
         let log_file = std::fs::File::create(&log).expect("log file");
+        let log_format: &[&str] = if extra.contains(&"--log-format") {
+            &[]
+        } else {
+            &["--log-format", "text"]
+        };
         let child = Command::new(agent_binary())
-            .args([
-                "run",
-                "--listen",
-                &addr,
-                "--poll-interval",
-                "200ms",
-                "--log-format",
-                "text",
-            ])
+            .args(["run", "--listen", &addr, "--poll-interval", "200ms"])
+            .args(log_format)
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -144,7 +161,7 @@ impl Agent {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("the agent exited with {status}: {}", agent.log_text());
             }
-            http_get(&agent.addr, "/api/v1/status")
+            http_get(&agent.addr, "/livez")
                 .ok()
                 .filter(|(s, _)| *s == 200)
         });

@@ -1,26 +1,34 @@
 //! The HTTP JSON API (schema in docs/api.md).
 //!
 //! Handlers never touch the model: they send a [`Query`] to the collector and serve its answer.
+//! Health probes read the latest health evaluation; admin endpoints go through [`Control`].
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
-    extract::{Path, Query as UrlQuery, State},
+    extract::{DefaultBodyLimit, Path, Query as UrlQuery, Request, State},
     http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     collector::{Query, SpanFilter, StatusResponse},
+    control::Control,
     exporters::otlp_metrics::OtlpMetricsStats,
     exporters::prometheus::{
         to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
         OPENMETRICS_CONTENT_TYPE,
     },
+    health::{HealthReport, SharedHealth, Status},
     metadata::{DirectoryStatus, SharedPods},
 };
 
@@ -35,19 +43,95 @@ pub struct ApiState {
     pub pods: SharedPods,
     /// The OTLP metrics exporter, when on (part of /api/v1/status).
     pub otlp_metrics: Option<Arc<OtlpMetricsStats>>,
+    /// The latest health evaluation.
+    pub health: SharedHealth,
+    /// Reload and debug mode.
+    pub control: Arc<tokio::sync::Mutex<Control>>,
+    /// Bearer token of the admin endpoints; `None`: they are off.
+    pub admin_token: Option<Arc<str>>,
+    /// The read-only JSON API needs the token too.
+    pub api_auth: bool,
+    /// For /livez: how often the collector polls and health is evaluated.
+    pub poll_interval: Duration,
+    pub health_interval: Duration,
 }
+
+/// Largest request body accepted (a config file); larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Builds the router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let read_api = Router::new()
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
         .route("/api/v1/spans", get(spans))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
+    let admin = Router::new()
+        .route(
+            "/api/v1/config",
+            get(config_get).put(config_put).post(config_post),
+        )
+        .route(
+            "/api/v1/debug",
+            get(debug_get).post(debug_set).put(debug_set),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
+    Router::new()
+        .merge(read_api)
+        .merge(admin)
         .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/health/detailed", get(health_detailed))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time: `None` when it is right, else
+/// the refusal (which never echoes what was sent).
+fn refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &state.admin_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are off: start the agent with --admin-token-file or TASKSCOPE_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !given.is_empty() {
+        None
+    } else {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token: send Authorization: Bearer <the admin token>",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Some(response)
+    }
+}
+
+async fn admin_auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    match refusal(&state, request.headers()) {
+        None => next.run(request).await,
+        Some(response) => response,
+    }
+}
+
+async fn read_auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if !state.api_auth {
+        return next.run(request).await;
+    }
+    admin_auth(State(state), request, next).await
 }
 
 #[derive(Serialize)]
@@ -157,6 +241,8 @@ struct FullStatus {
     collector: StatusResponse,
     kubernetes: DirectoryStatus,
     otlp_metrics: Option<serde_json::Value>,
+    /// Capabilities effective now (the rest were dropped after attaching).
+    capabilities: Vec<String>,
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
@@ -174,6 +260,7 @@ async fn status(State(state): State<ApiState>) -> Response {
                     .otlp_metrics
                     .as_deref()
                     .and_then(|s| serde_json::to_value(s).ok()),
+                capabilities: crate::check::effective_capability_names(),
             })
             .into_response()
         }
@@ -215,6 +302,173 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see /metrics, /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status, /api/v1/spans",
+        "no such endpoint; see /metrics, /livez, /readyz, /health, /health/detailed, /api/v1/processes, /api/v1/processes/{pid}, /api/v1/node, /api/v1/status, /api/v1/spans, /api/v1/config, /api/v1/debug",
     )
+}
+
+/// Plain-text probe answer.
+fn probe(ok: bool, text: String) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text + "\n",
+    )
+        .into_response()
+}
+
+fn latest(state: &ApiState) -> Option<HealthReport> {
+    state
+        .health
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Alive: the collector answers and has read the kernel maps recently, and the health
+/// evaluation keeps running.
+async fn livez(State(state): State<ApiState>) -> Response {
+    let answered = tokio::time::timeout(Duration::from_secs(2), ask(&state, Query::Status)).await;
+    let status = match answered {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) => return probe(false, "collector not running".into()),
+        Err(_) => return probe(false, "collector did not answer within 2 s".into()),
+    };
+    let poll_limit = (state.poll_interval * 3).max(Duration::from_secs(5));
+    match status.last_poll_seconds_ago {
+        Some(ago) if ago <= poll_limit.as_secs_f64() => {}
+        Some(ago) => {
+            return probe(
+                false,
+                format!(
+                    "the kernel maps were last read {ago:.1} s ago (limit {:.0} s)",
+                    poll_limit.as_secs_f64()
+                ),
+            )
+        }
+        None => return probe(false, "the kernel maps have not been read yet".into()),
+    }
+    let health_limit = state.health_interval * 3 + Duration::from_secs(5);
+    if let Some(report) = latest(&state) {
+        let age = crate::health::unix_now() - report.timestamp;
+        if age > health_limit.as_secs_f64() {
+            return probe(false, format!("health last evaluated {age:.0} s ago"));
+        }
+    }
+    probe(true, "ok".into())
+}
+
+/// Ready: programs attached, events flowing, metadata ready.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match latest(&state).map(|r| r.ready) {
+        Some(Ok(())) => probe(true, "ready".into()),
+        Some(Err(reason)) => probe(false, format!("not ready: {reason}")),
+        None => probe(
+            false,
+            "not ready: starting (no health evaluation yet)".into(),
+        ),
+    }
+}
+
+fn health_response(state: &ApiState, detailed: bool) -> Response {
+    let Some(report) = latest(state) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "starting",
+                "message": "no health evaluation yet",
+                "version": env!("CARGO_PKG_VERSION"),
+            })),
+        )
+            .into_response();
+    };
+    let code = if report.status == Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    if detailed {
+        let pods = state.pods.read().unwrap_or_else(|p| p.into_inner());
+        body["window_seconds"] = serde_json::json!(report.window_seconds);
+        body["workloads"] = report
+            .workloads
+            .iter()
+            .map(|w| {
+                let names = pods.names(w.workload.pod_uid.as_deref(), w.workload.container_id.as_deref());
+                serde_json::json!({
+                    "cgroup": w.workload.cgroup,
+                    "container_id": w.workload.container_id,
+                    "pod_uid": w.workload.pod_uid,
+                    "pod": names.pod,
+                    "namespace": names.namespace,
+                    "container": names.container,
+                    "states": w.states.iter().map(|(s, why)| (s.name(), why)).collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+    }
+    (code, Json(body)).into_response()
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    health_response(&state, false)
+}
+
+async fn health_detailed(State(state): State<ApiState>) -> Response {
+    health_response(&state, true)
+}
+
+async fn config_get(State(state): State<ApiState>) -> Response {
+    let control = state.control.lock().await;
+    Json(control.view()).into_response()
+}
+
+fn reload_answer(result: Result<crate::control::ReloadReport, String>) -> Response {
+    match result {
+        Ok(report) => Json(report).into_response(),
+        Err(reason) => error(
+            StatusCode::BAD_REQUEST,
+            format!("{reason}; the running configuration is unchanged"),
+        ),
+    }
+}
+
+/// PUT: the body is a whole config file (TOML), validated, then applied.
+async fn config_put(State(state): State<ApiState>, body: String) -> Response {
+    let mut control = state.control.lock().await;
+    reload_answer(control.reload_text(&body).await)
+}
+
+/// POST: read the config file again (as SIGHUP does).
+async fn config_post(State(state): State<ApiState>) -> Response {
+    let mut control = state.control.lock().await;
+    reload_answer(control.reload_file().await)
+}
+
+#[derive(serde::Deserialize)]
+struct DebugQuery {
+    enabled: Option<bool>,
+}
+
+async fn debug_get(State(state): State<ApiState>) -> Response {
+    Json(serde_json::json!({"debug": state.control.lock().await.debug()})).into_response()
+}
+
+async fn debug_set(State(state): State<ApiState>, query: UrlQuery<DebugQuery>) -> Response {
+    let Some(enabled) = query.enabled else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "say ?enabled=true or ?enabled=false",
+        );
+    };
+    let mut control = state.control.lock().await;
+    match control.set_debug(enabled).await {
+        Ok(()) => Json(serde_json::json!({"debug": enabled})).into_response(),
+        Err(reason) => error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+    }
 }

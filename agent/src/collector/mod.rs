@@ -14,12 +14,12 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-use taskscope_common::{Loss, SwitchEvent};
+use taskscope_common::{Loss, SwitchEvent, Thresholds};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot, watch},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::{
     events::{decode, Event},
@@ -33,11 +33,13 @@ use crate::{
     },
     model::span::TaskSpan,
     model::{
+        aggregate::WorkloadTotals,
         selector::ProcessSelector,
         view::{Clocks, NodeView, ProcessView},
-        ModelCounters, TaskModel,
+        workload::Workload,
+        ModelCounters, SlowTask, SlowTaskConfig, TaskModel,
     },
-    probes::{HookStatus, Probes},
+    probes::{HookStatus, ProbeGroup, Probes},
     procfs,
 };
 
@@ -57,6 +59,21 @@ pub enum Query {
     Spans(SpanFilter, oneshot::Sender<SpansResponse>),
     /// The context switches recorded so far (taken: the recording starts over).
     TakeRecording(oneshot::Sender<Recording>),
+    /// Every workload's totals (health evaluation).
+    Workloads(oneshot::Sender<Vec<(Workload, WorkloadTotals)>>),
+    /// Applies new live settings (a reload); the answer says what failed, if anything.
+    Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
+}
+
+/// What a reload changes in the collector while it runs (nothing is reloaded or re-attached
+/// but the probe groups switched).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub thresholds: Thresholds,
+    pub disabled_groups: Vec<ProbeGroup>,
+    pub sampling: SamplingConfig,
+    pub process_selectors: Vec<ProcessSelector>,
+    pub slow_task: SlowTaskConfig,
 }
 
 /// Which spans `/api/v1/spans` returns.
@@ -108,6 +125,10 @@ pub struct StatusResponse {
     pub exited_processes: usize,
     /// The OTLP span exporter, when configured.
     pub otlp: Option<OtlpStatus>,
+    /// How long ago the kernel maps were last read.
+    pub last_poll_seconds_ago: Option<f64>,
+    /// Tasks in the kernel's task table at the last read (the scheduling probes at work).
+    pub kernel_tasks: usize,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
@@ -147,6 +168,8 @@ pub struct CollectorConfig {
     pub sampling: SamplingConfig,
     /// Keep the context switches the kernel programs send (`taskscope record`).
     pub record_switches: bool,
+    /// Which running processes are logged as slow.
+    pub slow_task: SlowTaskConfig,
 }
 
 /// Switches a recording keeps at most (about 32 bytes each).
@@ -167,6 +190,8 @@ pub struct Collector {
     sampler: Sampler,
     /// Context switches, while recording (`taskscope record`).
     recording: Option<Recording>,
+    /// Entries in the kernel's task table at the last read.
+    kernel_tasks: usize,
 }
 
 /// Context switches collected for `taskscope record`, bounded.
@@ -231,6 +256,7 @@ impl Collector {
             decode_errors: BTreeMap::new(),
             agent_pid: std::process::id(),
             sampler: Sampler::new(config.sampling),
+            kernel_tasks: 0,
             recording: config
                 .record_switches
                 .then(|| Recording::new(MAX_RECORDED_SWITCHES)),
@@ -285,9 +311,18 @@ impl Collector {
     fn poll(&mut self) {
         self.drain();
         let snapshot = self.maps.read();
+        self.kernel_tasks = snapshot.tasks.len();
+        debug!(
+            tasks = snapshot.tasks.len(),
+            live_processes = self.model.live_count(),
+            "kernel maps read"
+        );
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
         self.last_poll = Some(Instant::now());
+        for slow in self.model.new_slow_tasks(self.config.slow_task) {
+            log_slow_task(&slow);
+        }
         let spans = self.model.take_new_spans();
         if let Some(sink) = &self.config.span_sink {
             for span in self.sampler.offer_batch(spans, Instant::now()) {
@@ -361,6 +396,13 @@ impl Collector {
                     .unwrap_or_default();
                 let _ = reply.send(recording);
             }
+            Query::Workloads(reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.model.workload_totals(self.config.series_ttl));
+            }
+            Query::Reconfigure(settings, reply) => {
+                let _ = reply.send(self.reconfigure(*settings));
+            }
             Query::Spans(filter, reply) => {
                 self.refresh_if_stale();
                 let _ = reply.send(self.spans(filter));
@@ -382,6 +424,23 @@ impl Collector {
                 });
             }
         }
+    }
+
+    fn reconfigure(&mut self, settings: LiveSettings) -> Result<(), String> {
+        self.probes
+            .set_thresholds(settings.thresholds)
+            .map_err(|e| format!("cannot write the thresholds: {e}"))?;
+        for group in [ProbeGroup::Syscalls, ProbeGroup::BlockIo] {
+            let enabled = !settings.disabled_groups.contains(&group);
+            if self.probes.set_group_enabled(group, enabled)? {
+                info!(?group, enabled, "probe group switched");
+            }
+        }
+        self.sampler.set_config(settings.sampling);
+        self.config.sampling = settings.sampling;
+        self.config.process_selectors = settings.process_selectors;
+        self.config.slow_task = settings.slow_task;
+        Ok(())
     }
 
     fn processes(&self, pid: Option<u32>) -> ProcessesResponse {
@@ -516,8 +575,34 @@ impl Collector {
             model: self.model.counters,
             live_processes: self.model.live_count(),
             exited_processes: self.model.exited_count(),
+            last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
+            kernel_tasks: self.kernel_tasks,
         }
     }
+}
+
+/// One line per slow task, with its trace and span ids so that the log and the trace meet.
+fn log_slow_task(slow: &SlowTask) {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let (trace_id, span_id) = slow.ids.map_or((String::new(), String::new()), |ids| {
+        (
+            format!("{:032x}", ids.trace_id),
+            format!("{:016x}", ids.span_id),
+        )
+    });
+    warn!(
+        pid = slow.pid,
+        comm = %slow.comm,
+        cgroup = slow.cgroup.as_deref().unwrap_or(""),
+        trace_id = %trace_id,
+        span_id = %span_id,
+        wall_seconds = secs(slow.wall_ns),
+        on_cpu_seconds = secs(slow.on_cpu_ns),
+        runqueue_wait_seconds = secs(slow.runqueue_wait_ns),
+        blocked_seconds = secs(slow.blocked_ns),
+        reason = %slow.reason,
+        "slow task"
+    );
 }
 
 fn event_name(event: &Event) -> &'static str {

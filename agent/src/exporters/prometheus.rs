@@ -16,6 +16,7 @@ use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
 use crate::{
     collector::LossView,
+    health::SharedHealth,
     metadata::{PodDirectory, SharedPods, SourceState},
     model::{
         aggregate::{add_syscalls, WorkloadTotals},
@@ -247,6 +248,11 @@ struct Scrape {
     dropped_series_total: u64,
     /// With `--kubernetes`: whether the pod list is synced.
     kubernetes_synced: Option<bool>,
+    /// (component, taskscope_health_status value) of the latest health evaluation.
+    health_components: Vec<(String, f64)>,
+    /// (workload labels, state) of every workload in a bad state.
+    workload_health: Vec<(Labels, &'static str)>,
+    log_lines_suppressed: u64,
 }
 
 fn describe<'a>(
@@ -617,6 +623,33 @@ impl Collector for Scrape {
             )?;
             ConstGauge::new(i64::from(synced)).encode(family)?;
         }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_health_status",
+            "Health of each part of the agent at the latest evaluation: 1 healthy, 0.5 degraded, 0 unhealthy, -1 switched off (see /health).",
+            MetricType::Gauge,
+        )?;
+        for (component, value) in &self.health_components {
+            ConstGauge::new(*value)
+                .encode(family.encode_family(&[("component", component.as_str())])?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "taskscope_workload_health_status",
+            "1 for each workload and state it is in (starved, failing, io_bound, churning) at the latest evaluation; absent: not in that state (see /health/detailed).",
+            MetricType::Gauge,
+        )?;
+        for (labels, state) in &self.workload_health {
+            let labels = with(labels, &[("state", state.to_string())]);
+            ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+        }
+        let family = describe(
+            &mut encoder,
+            "taskscope_log_lines_suppressed",
+            "Log lines dropped by the rate limit (--log-rate-limit); each place that was limited logs one summary line.",
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.log_lines_suppressed).encode(family)?;
         let family = describe(
             &mut encoder,
             "taskscope_scrape_duration_seconds",
@@ -680,6 +713,8 @@ pub struct Exposition {
     memory: CgroupMemoryReader,
     /// Pod and container names (empty without `--kubernetes`).
     pods: SharedPods,
+    /// The latest health evaluation, when the agent runs one.
+    health: Option<SharedHealth>,
 }
 
 impl Default for Exposition {
@@ -697,7 +732,14 @@ impl Exposition {
             previous_len: 0,
             memory,
             pods,
+            health: None,
         }
+    }
+
+    /// Also exports the latest health evaluation.
+    pub fn with_health(mut self, health: SharedHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Encodes a snapshot as OpenMetrics text.
@@ -793,7 +835,32 @@ impl Exposition {
             },
             previous_scrape_seconds: self.previous_scrape_seconds,
             dropped_series_total: self.dropped_series_total,
+            health_components: Vec::new(),
+            workload_health: Vec::new(),
+            log_lines_suppressed: crate::logging::SUPPRESSED_TOTAL
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
+        let mut scrape = scrape;
+        if let Some(health) = &self.health {
+            let health = health.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(report) = health.as_ref() {
+                scrape.health_components = report
+                    .components
+                    .iter()
+                    .map(|(name, c)| (name.clone(), c.status.gauge()))
+                    .collect();
+                scrape.workload_health = report
+                    .workloads
+                    .iter()
+                    .flat_map(|w| {
+                        let labels = workload_labels(&w.workload, &pods);
+                        w.states
+                            .keys()
+                            .map(move |state| (labels.clone(), state.name()))
+                    })
+                    .collect();
+            }
+        }
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));
         // About as long as the last one: no copying while the text grows.

@@ -63,6 +63,11 @@ fn is_root(span: &TaskSpan) -> bool {
 }
 
 impl Sampler {
+    /// Applies new settings (a reload); the token bucket keeps its level.
+    pub fn set_config(&mut self, config: SamplingConfig) {
+        self.config = config;
+    }
+
     pub fn new(config: SamplingConfig) -> Self {
         Self {
             config,

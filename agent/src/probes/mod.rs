@@ -14,6 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use serde::Serialize;
+use taskscope_common::Thresholds;
 
 use self::{btf::Btf, offsets::KernelOffsets};
 
@@ -24,13 +25,14 @@ pub static PROBES_OBJECT: &[u8] =
 /// Where the running kernel publishes its BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// A family of hooks that is reported (and, later, switched) together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A family of hooks that is reported and switched on and off together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeGroup {
     Scheduling,
     Lifecycle,
     Syscalls,
+    #[value(name = "block_io")]
     BlockIo,
 }
 
@@ -163,8 +165,10 @@ pub struct HookStatus {
     pub btf_program: &'static str,
     #[serde(skip)]
     pub raw_program: &'static str,
-    /// The attach type used, or `None` when the hook is not attached.
+    /// The attach type used, or `None` when the hook could not be attached.
     pub attach_type: Option<AttachType>,
+    /// False while its group is switched off (`--disable-probes`): loaded, not attached.
+    pub enabled: bool,
     /// Why the cheaper type (or every type) failed, if it did.
     pub errors: Vec<String>,
 }
@@ -174,12 +178,11 @@ pub struct HookStatus {
 pub struct LoadOptions {
     /// Thread group whose activity is not accounted (the agent itself).
     pub agent_tgid: u32,
-    /// Syscalls at least this long are reported one by one.
-    pub slow_syscall_ns: u64,
-    /// Run-queue waits at least this long are reported one by one.
-    pub slow_runq_ns: u64,
-    /// Block requests at least this long are reported one by one.
-    pub slow_io_ns: u64,
+    /// Syscalls, run-queue waits and block requests at least this long are reported one by
+    /// one (changed later with [`Probes::set_thresholds`]).
+    pub thresholds: Thresholds,
+    /// Groups loaded but left detached (see [`ProbeGroup::can_be_disabled`]).
+    pub disabled_groups: Vec<ProbeGroup>,
     /// Send every context switch to userspace (`taskscope record` only: it costs a ring-buffer
     /// record per switch).
     pub record_switches: bool,
@@ -214,6 +217,8 @@ pub enum LoadError {
     Offsets(#[from] offsets::OffsetsError),
     #[error("cannot load the kernel programs' maps: {0}. Is the agent running as root, or with CAP_BPF and CAP_PERFMON? (run `taskscope check`)")]
     Object(#[source] aya::EbpfError),
+    #[error("cannot switch off the {group:?} probes: {reason}")]
+    Toggle { group: ProbeGroup, reason: String },
     #[error("the program {program} is missing from the kernel object")]
     MissingProgram { program: &'static str },
     #[error("cannot attach {tracepoint} ({group:?}), which the agent needs:\n{}", errors.join("\n"))]
@@ -228,6 +233,22 @@ pub enum LoadError {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// The link of each hook (same order as `hooks`), while attached.
+    links: Vec<Option<HookLink>>,
+}
+
+/// An attached hook's link, to detach it.
+#[derive(Debug)]
+enum HookLink {
+    Btf(aya::programs::tp_btf::BtfTracePointLinkId),
+    Raw(aya::programs::raw_trace_point::RawTracePointLinkId),
+}
+
+impl ProbeGroup {
+    /// Groups the agent can run without (the task model needs scheduling and lifecycle).
+    pub fn can_be_disabled(self) -> bool {
+        matches!(self, ProbeGroup::Syscalls | ProbeGroup::BlockIo)
+    }
 }
 
 /// Renders a program error; for a verifier rejection, the verifier's last lines.
@@ -275,9 +296,6 @@ impl Probes {
         loader
             .btf(Some(&aya_btf))
             .override_global("AGENT_TGID", &options.agent_tgid, true)
-            .override_global("SLOW_SYSCALL_NS", &options.slow_syscall_ns, true)
-            .override_global("SLOW_RUNQ_NS", &options.slow_runq_ns, true)
-            .override_global("SLOW_IO_NS", &options.slow_io_ns, true)
             .override_global("RECORD_SWITCHES", &record_switches, true)
             .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -288,11 +306,18 @@ impl Probes {
         for (name, value) in &offsets.globals {
             loader.override_global(name, value, true);
         }
-        let mut ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
-
-        let mut hooks = Vec::with_capacity(HOOKS.len());
+        let ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
+        let mut probes = Probes {
+            ebpf,
+            hooks: Vec::with_capacity(HOOKS.len()),
+            links: Vec::with_capacity(HOOKS.len()),
+        };
+        probes
+            .set_thresholds(options.thresholds)
+            .map_err(LoadError::Object)?;
         for hook in HOOKS {
-            let status = attach(&mut ebpf, hook, &aya_btf, options.force_raw_tp)?;
+            let (mut status, link) =
+                attach(&mut probes.ebpf, hook, &aya_btf, options.force_raw_tp)?;
             if status.attach_type.is_none() && hook.required {
                 return Err(LoadError::Required {
                     tracepoint: hook.tracepoint,
@@ -300,9 +325,92 @@ impl Probes {
                     errors: status.errors,
                 });
             }
-            hooks.push(status);
+            status.enabled = true;
+            probes.hooks.push(status);
+            probes.links.push(link);
         }
-        Ok(Probes { ebpf, hooks })
+        for &group in &options.disabled_groups {
+            probes
+                .set_group_enabled(group, false)
+                .map_err(|reason| LoadError::Toggle { group, reason })?;
+        }
+        Ok(probes)
+    }
+
+    /// Writes the reporting thresholds the programs read on every event.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) -> Result<(), aya::EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut("THRESHOLDS")
+            .ok_or(aya::EbpfError::MapError(aya::maps::MapError::InvalidName {
+                name: "THRESHOLDS".into(),
+            }))?;
+        let mut array: aya::maps::Array<_, Thresholds> = aya::maps::Array::try_from(map)?;
+        array.set(0, thresholds, 0)?;
+        Ok(())
+    }
+
+    /// Attaches or detaches every hook of `group`, leaving the others as they are. Returns
+    /// whether anything changed.
+    pub fn set_group_enabled(&mut self, group: ProbeGroup, enabled: bool) -> Result<bool, String> {
+        if !group.can_be_disabled() {
+            return Err(format!(
+                "the {group:?} probes cannot be switched off: the task model needs them"
+            ));
+        }
+        let mut changed = false;
+        for (index, status) in self.hooks.iter_mut().enumerate() {
+            if status.group != group || status.enabled == enabled {
+                continue;
+            }
+            let Some(attach_type) = status.attach_type else {
+                // Never attached on this kernel: nothing to switch.
+                status.enabled = enabled;
+                continue;
+            };
+            let program_name = match attach_type {
+                AttachType::TpBtf => status.btf_program,
+                AttachType::RawTp => status.raw_program,
+            };
+            let program = self
+                .ebpf
+                .program_mut(program_name)
+                .ok_or_else(|| format!("program {program_name} is missing"))?;
+            let link = &mut self.links[index];
+            match (enabled, attach_type) {
+                (false, AttachType::TpBtf) => {
+                    let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                    if let Some(HookLink::Btf(id)) = link.take() {
+                        p.detach(id)
+                            .map_err(|e| format!("detach {program_name}: {e}"))?;
+                    }
+                }
+                (false, AttachType::RawTp) => {
+                    let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                    if let Some(HookLink::Raw(id)) = link.take() {
+                        p.detach(id)
+                            .map_err(|e| format!("detach {program_name}: {e}"))?;
+                    }
+                }
+                (true, AttachType::TpBtf) => {
+                    let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                    let id = p
+                        .attach()
+                        .map_err(|e| format!("attach {program_name}: {e}"))?;
+                    *link = Some(HookLink::Btf(id));
+                }
+                (true, AttachType::RawTp) => {
+                    let p: &mut RawTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+                    let id = p
+                        .attach(status.tracepoint)
+                        .map_err(|e| format!("attach {program_name}: {e}"))?;
+                    *link = Some(HookLink::Raw(id));
+                }
+            }
+            status.enabled = enabled;
+            changed = true;
+        }
+        Ok(changed)
     }
 }
 
@@ -417,7 +525,7 @@ fn attach(
     hook: &Hook,
     btf: &aya::Btf,
     force_raw_tp: bool,
-) -> Result<HookStatus, LoadError> {
+) -> Result<(HookStatus, Option<HookLink>), LoadError> {
     let mut errors = Vec::new();
     if !force_raw_tp {
         let program = ebpf
@@ -434,15 +542,19 @@ fn attach(
                     .map_err(|e| format!("tp_btf attach to {}: {e}", hook.tracepoint))
             });
         match attached {
-            Ok(_) => {
-                return Ok(HookStatus {
-                    tracepoint: hook.tracepoint,
-                    group: hook.group,
-                    btf_program: hook.btf_program,
-                    raw_program: hook.raw_program,
-                    attach_type: Some(AttachType::TpBtf),
-                    errors,
-                })
+            Ok(id) => {
+                return Ok((
+                    HookStatus {
+                        tracepoint: hook.tracepoint,
+                        group: hook.group,
+                        btf_program: hook.btf_program,
+                        raw_program: hook.raw_program,
+                        attach_type: Some(AttachType::TpBtf),
+                        enabled: true,
+                        errors,
+                    },
+                    Some(HookLink::Btf(id)),
+                ))
             }
             Err(e) => errors.push(e),
         }
@@ -460,21 +572,25 @@ fn attach(
             p.attach(hook.tracepoint)
                 .map_err(|e| format!("raw_tp attach to {}: {e}", hook.tracepoint))
         });
-    let attach_type = match attached {
-        Ok(_) => Some(AttachType::RawTp),
+    let (attach_type, link) = match attached {
+        Ok(id) => (Some(AttachType::RawTp), Some(HookLink::Raw(id))),
         Err(e) => {
             errors.push(e);
-            None
+            (None, None)
         }
     };
-    Ok(HookStatus {
-        tracepoint: hook.tracepoint,
-        group: hook.group,
-        btf_program: hook.btf_program,
-        raw_program: hook.raw_program,
-        attach_type,
-        errors,
-    })
+    Ok((
+        HookStatus {
+            tracepoint: hook.tracepoint,
+            group: hook.group,
+            btf_program: hook.btf_program,
+            raw_program: hook.raw_program,
+            attach_type,
+            enabled: true,
+            errors,
+        },
+        link,
+    ))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap},
-    Global,
 };
 use taskscope_common::{
     event_kind, log2_bucket, DeviceIo, DeviceIoKey, IoStart, Loss, ProcessIo, ProcessIoKey,
@@ -16,7 +15,7 @@ use taskscope_common::{
 
 use super::kernel::{
     add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_bio_bdev, off_disk_part0,
-    off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read,
+    off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read, thresholds,
 };
 use super::lifecycle::{header, submit_flags, EVENTS};
 
@@ -30,10 +29,6 @@ pub static PROCESS_IO: HashMap<ProcessIoKey, ProcessIo> = HashMap::with_max_entr
 
 #[map]
 pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries(1024, 0);
-
-/// Block requests at least this long (ns, issue to completion) are sent to userspace one by one.
-#[unsafe(no_mangle)]
-static SLOW_IO_NS: Global<u64> = Global::new(u64::MAX);
 
 /// Sends one slow block request, attributed to the process that issued it, to userspace.
 #[inline(always)]
@@ -115,7 +110,8 @@ pub fn on_complete(ctx: *const u64) {
     };
     let _ = IO_STARTS.remove(rq);
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
-    if latency >= SLOW_IO_NS.load() {
+    // Requests at least this long (issue to completion) go to userspace one by one.
+    if latency >= thresholds().slow_io_ns {
         report_slow_io(&start, arg(ctx, 2) as u32 as u64, latency);
     }
     let key = DeviceIoKey {

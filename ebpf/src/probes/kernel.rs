@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     Global,
 };
-use taskscope_common::{Loss, LOSS_KINDS};
+use taskscope_common::{Loss, Thresholds, LOSS_KINDS};
 
 /// Thread group id of the agent: its own activity is not accounted.
 #[unsafe(no_mangle)]
@@ -151,6 +151,16 @@ pub fn off_bdev_dev() -> u32 {
 #[inline(always)]
 pub fn exit_has_group_dead() -> bool {
     EXIT_HAS_GROUP_DEAD.load() != 0
+}
+
+/// The reporting thresholds (one entry), set by the agent and changed on reload.
+#[map]
+static THRESHOLDS: Array<Thresholds> = Array::with_max_entries(1, 0);
+
+/// The current thresholds; none reported before the agent has written them.
+#[inline(always)]
+pub fn thresholds() -> Thresholds {
+    THRESHOLDS.get(0).copied().unwrap_or(Thresholds::NEVER)
 }
 
 /// Per-CPU counters of lost data, indexed by [`Loss`].

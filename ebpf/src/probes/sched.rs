@@ -13,7 +13,7 @@ use taskscope_common::{
 use super::{
     kernel::{
         agent_tgid, arg, count_loss, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
-        off_task_sum_exec_runtime, read_field, task_ids,
+        off_task_sum_exec_runtime, read_field, task_ids, thresholds,
     },
     lifecycle::{header, submit_flags, EVENTS},
 };
@@ -36,10 +36,6 @@ fn report_switch(prev_pid: u32, prev_tgid: u32, next_pid: u32, next_tgid: u32) {
     });
     entry.submit(submit_flags());
 }
-
-/// Run-queue waits at least this long (ns) are sent to userspace one by one.
-#[unsafe(no_mangle)]
-static SLOW_RUNQ_NS: Global<u64> = Global::new(u64::MAX);
 
 /// Sends one long run-queue wait of task `pid` to userspace.
 #[inline(always)]
@@ -126,7 +122,8 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
                 if let Some(slot) = entry.runq_hist.get_mut(log2_bucket(wait)) {
                     *slot += 1;
                 }
-                if wait >= SLOW_RUNQ_NS.load() {
+                // Run-queue waits at least this long go to userspace one by one.
+                if wait >= thresholds().slow_runq_ns {
                     report_slow_runq(next_pid, next_tgid, wait);
                 }
             }

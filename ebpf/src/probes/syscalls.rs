@@ -3,18 +3,14 @@
 //!
 //! Threads of one process share a `SYSCALLS` entry, so its counters are updated atomically.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, Global};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap};
 use taskscope_common::{
     event_kind, log2_bucket, ErrnoKey, Loss, SlowSyscallEvent, SyscallKey, SyscallStart,
     SyscallStats,
 };
 
-use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init};
+use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init, thresholds};
 use super::lifecycle::{header, submit_flags, EVENTS};
-
-/// Syscalls at least this long (ns) are sent to userspace one by one.
-#[unsafe(no_mangle)]
-static SLOW_SYSCALL_NS: Global<u64> = Global::new(u64::MAX);
 
 /// Syscall in progress per task (tid).
 #[map]
@@ -90,7 +86,8 @@ pub fn on_exit(ctx: *const u64) {
             add(unsafe { &mut *count }, 1);
         }
     }
-    if duration >= SLOW_SYSCALL_NS.load() {
+    // Syscalls at least this long are sent to userspace one by one.
+    if duration >= thresholds().slow_syscall_ns {
         let Some(mut entry) = EVENTS.reserve::<SlowSyscallEvent>(0) else {
             count_loss(Loss::RingBufFull);
             return;

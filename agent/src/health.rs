@@ -1,0 +1,791 @@
+//! Health: of the agent (each part that can fail: probe groups, the ring buffer, the task
+//! model, metadata, exporters) and of the node's workloads (starved, failing, IO-bound,
+//! churning), judged from the kernel's figures over the last evaluation window.
+//!
+//! One task evaluates every `--health-interval` and keeps the latest [`HealthReport`]; the
+//! probes (`/livez`, `/readyz`, `/health`), `/metrics` and the logs read it. A change of state
+//! is logged once, when it happens.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use taskscope_common::{bucket_upper_bound_ns, HIST_BUCKETS};
+
+use crate::{
+    collector::{LossView, StatusResponse},
+    metadata::SourceState,
+    model::{aggregate::WorkloadTotals, workload::Workload},
+    probes::{HookStatus, ProbeGroup},
+};
+
+/// A component's or the agent's state, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Healthy,
+    /// Switched off on purpose.
+    Disabled,
+    /// Working, with something lost or missing.
+    Degraded,
+    Unhealthy,
+}
+
+impl Status {
+    /// The value of `taskscope_health_status`: 1 healthy, 0.5 degraded, 0 unhealthy; -1 off.
+    pub fn gauge(self) -> f64 {
+        match self {
+            Status::Healthy => 1.0,
+            Status::Degraded => 0.5,
+            Status::Unhealthy => 0.0,
+            Status::Disabled => -1.0,
+        }
+    }
+}
+
+/// One component's state and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Component {
+    pub status: Status,
+    pub message: String,
+}
+
+fn component(status: Status, message: impl Into<String>) -> Component {
+    Component {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Thresholds of workload health (`--health-*` flags; live on reload).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthThresholds {
+    /// Starved: run-queue latency p99 over this.
+    pub starved_runqueue_p99: Duration,
+    /// Failing: this share of syscalls failed (with at least `min_syscalls` in the window).
+    pub failing_syscall_error_ratio: f64,
+    /// Failing: at least this many processes exited with failure in the window.
+    pub failing_exits: u64,
+    /// IO-bound: block IO completion latency p99 over this.
+    pub io_latency_p99: Duration,
+    /// Churning: more than this many processes started per second.
+    pub churn_starts_per_second: f64,
+    /// Fewer events than these in a window say nothing (a workload that did 3 syscalls, 2
+    /// failing, is not failing).
+    pub min_syscalls: u64,
+    pub min_samples: u64,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        Self {
+            starved_runqueue_p99: Duration::from_millis(50),
+            failing_syscall_error_ratio: 0.5,
+            failing_exits: 5,
+            io_latency_p99: Duration::from_millis(200),
+            churn_starts_per_second: 50.0,
+            min_syscalls: 100,
+            min_samples: 20,
+        }
+    }
+}
+
+/// A workload's health state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadState {
+    Starved,
+    Failing,
+    IoBound,
+    Churning,
+}
+
+impl WorkloadState {
+    pub const ALL: [WorkloadState; 4] = [
+        WorkloadState::Starved,
+        WorkloadState::Failing,
+        WorkloadState::IoBound,
+        WorkloadState::Churning,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadState::Starved => "starved",
+            WorkloadState::Failing => "failing",
+            WorkloadState::IoBound => "io_bound",
+            WorkloadState::Churning => "churning",
+        }
+    }
+}
+
+/// One workload that is not healthy, with the reason for each state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkloadHealth {
+    pub workload: Workload,
+    /// State -> why, with the figures and the threshold.
+    pub states: BTreeMap<WorkloadState, String>,
+}
+
+/// The latest evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: Status,
+    /// Unix seconds of the evaluation.
+    pub timestamp: f64,
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub components: BTreeMap<String, Component>,
+    pub message: String,
+    /// Only for `/health/detailed`.
+    #[serde(skip)]
+    pub workloads: Vec<WorkloadHealth>,
+    /// Window of the workload figures (seconds).
+    #[serde(skip)]
+    pub window_seconds: f64,
+    /// The programs are attached, events are flowing, metadata is ready.
+    #[serde(skip)]
+    pub ready: Result<(), String>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The report as shared with readers.
+pub type SharedHealth = Arc<RwLock<Option<HealthReport>>>;
+
+/// What the agent's other parts say about themselves, gathered for one evaluation.
+pub struct Inputs<'a> {
+    pub status: &'a StatusResponse,
+    pub kubernetes: &'a SourceState,
+    pub kubernetes_synced_once: bool,
+    /// (up, configured) of the span exporter and of the metrics exporter.
+    pub otlp_traces: Option<bool>,
+    pub otlp_metrics: Option<bool>,
+    /// A cgroup v2 hierarchy was found (workload attribution).
+    pub cgroup_v2: bool,
+    pub workloads: &'a [(Workload, WorkloadTotals)],
+}
+
+/// Keeps what the last evaluation saw, to judge the window since.
+#[derive(Default)]
+pub struct Evaluator {
+    previous: Option<Previous>,
+    started: Option<Instant>,
+    /// Last state of each component and workload, to log changes once.
+    last_components: BTreeMap<String, Status>,
+    last_workloads: HashMap<String, Vec<WorkloadState>>,
+}
+
+struct Previous {
+    at: Instant,
+    lost: HashMap<(&'static str, &'static str), u64>,
+    events: u64,
+    processes_dropped: u64,
+    workloads: HashMap<String, WorkloadTotals>,
+}
+
+/// Workloads judged at most (the rest is skipped, the busiest first is not needed: health is
+/// about any workload, so the cap is high; it bounds memory).
+const MAX_WORKLOADS: usize = 20_000;
+
+impl Evaluator {
+    /// Judges the agent and the workloads from `inputs`.
+    pub fn evaluate(&mut self, inputs: &Inputs<'_>, thresholds: &HealthThresholds) -> HealthReport {
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        let window = self
+            .previous
+            .as_ref()
+            .map(|p| now.duration_since(p.at))
+            .unwrap_or_default();
+        let lost: HashMap<(&'static str, &'static str), u64> = inputs
+            .status
+            .lost
+            .iter()
+            .map(|l: &LossView| ((l.source, l.reason), l.count))
+            .collect();
+        let lost_since = |source: &str, reason: Option<&str>| -> u64 {
+            lost.iter()
+                .filter(|((s, r), _)| *s == source && reason.is_none_or(|reason| *r == reason))
+                .map(|(key, count)| {
+                    let before = self
+                        .previous
+                        .as_ref()
+                        .and_then(|p| p.lost.get(key))
+                        .copied()
+                        .unwrap_or(0);
+                    count.saturating_sub(before)
+                })
+                .sum()
+        };
+        let events: u64 = inputs.status.events.values().sum();
+        let events_since = events - self.previous.as_ref().map_or(0, |p| p.events.min(events));
+
+        let mut components = BTreeMap::new();
+        for group in [
+            ProbeGroup::Scheduling,
+            ProbeGroup::Lifecycle,
+            ProbeGroup::Syscalls,
+            ProbeGroup::BlockIo,
+        ] {
+            components.insert(
+                format!("probes_{}", group_name(group)),
+                probe_group(group, &inputs.status.hooks),
+            );
+        }
+        let ring_lost = lost_since("ringbuf", None);
+        let ring = if ring_lost == 0 {
+            component(
+                Status::Healthy,
+                format!(
+                    "{events_since} events in the last {:.0} s, none lost",
+                    window.as_secs_f64()
+                ),
+            )
+        } else {
+            let share = ring_lost as f64 / (ring_lost + events_since).max(1) as f64;
+            component(
+                if share > 0.5 { Status::Unhealthy } else { Status::Degraded },
+                format!(
+                    "{ring_lost} events lost in the last {:.0} s ({:.1}% of {}): the agent reads the ring buffer too slowly; raise --ring-buffer-kib",
+                    window.as_secs_f64(),
+                    share * 100.0,
+                    ring_lost + events_since
+                ),
+            )
+        };
+        components.insert("ring_buffer".into(), ring);
+        let maps_lost: u64 = [
+            "tasks_map",
+            "syscalls_map",
+            "syscall_errnos_map",
+            "syscall_starts_map",
+            "io_starts_map",
+            "process_io_map",
+            "device_io_map",
+        ]
+        .iter()
+        .map(|source| lost_since(source, Some("map_full")))
+        .sum();
+        let dropped = inputs
+            .status
+            .model
+            .processes_dropped
+            .saturating_sub(self.previous.as_ref().map_or(0, |p| p.processes_dropped));
+        components.insert(
+            "task_model".into(),
+            if dropped == 0 && maps_lost == 0 {
+                component(
+                    Status::Healthy,
+                    format!(
+                        "{} live and {} exited processes",
+                        inputs.status.live_processes, inputs.status.exited_processes
+                    ),
+                )
+            } else {
+                component(
+                    Status::Degraded,
+                    format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64()),
+                )
+            },
+        );
+        components.insert(
+            "metadata_cgroup".into(),
+            if inputs.cgroup_v2 {
+                component(Status::Healthy, "cgroup v2 hierarchy found")
+            } else {
+                component(
+                    Status::Degraded,
+                    "no cgroup v2 hierarchy: workloads are not attributed",
+                )
+            },
+        );
+        components.insert(
+            "metadata_kubernetes".into(),
+            match inputs.kubernetes {
+                SourceState::Disabled => component(Status::Disabled, "--kubernetes not set"),
+                SourceState::Connecting => component(
+                    Status::Degraded,
+                    "listing this node's pods for the first time",
+                ),
+                SourceState::Synced => component(Status::Healthy, "pods listed and watched"),
+                SourceState::Failing(why) => component(
+                    Status::Degraded,
+                    format!(
+                        "the Kubernetes API fails: {why}; pod labels fall back to the cgroup's"
+                    ),
+                ),
+            },
+        );
+        components.insert(
+            "exporter_prometheus".into(),
+            component(Status::Healthy, "serving /metrics"),
+        );
+        let otlp_traces_lost = lost_since("otlp_spans", Some("queue_full"))
+            + lost_since("otlp_spans", Some("export_failed"));
+        components.insert(
+            "exporter_otlp_traces".into(),
+            match inputs.otlp_traces {
+                None => component(Status::Disabled, "no OTLP endpoint configured"),
+                Some(true) if otlp_traces_lost == 0 => {
+                    component(Status::Healthy, "the collector accepts spans")
+                }
+                Some(true) => component(
+                    Status::Degraded,
+                    format!("{otlp_traces_lost} spans dropped in the last {:.0} s (queue full or export failed)", window.as_secs_f64()),
+                ),
+                Some(false) => component(
+                    Status::Degraded,
+                    "the collector is down or refusing spans: retrying with backoff, dropped spans are counted",
+                ),
+            },
+        );
+        components.insert(
+            "exporter_otlp_metrics".into(),
+            match inputs.otlp_metrics {
+                None => component(Status::Disabled, "no OTLP metrics export configured"),
+                Some(true) => component(Status::Healthy, "the collector accepts metrics"),
+                Some(false) => component(
+                    Status::Degraded,
+                    "the collector is down or refusing metrics (values are cumulative: nothing is lost but resolution)",
+                ),
+            },
+        );
+
+        let status = components
+            .values()
+            .map(|c| c.status)
+            .filter(|s| *s != Status::Disabled)
+            .max()
+            .unwrap_or(Status::Healthy);
+        let message = match status {
+            Status::Healthy | Status::Disabled => "all components healthy".to_string(),
+            _ => components
+                .iter()
+                .filter(|(_, c)| c.status == status)
+                .map(|(name, c)| format!("{name}: {}", c.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        let ready = readiness(inputs, events);
+
+        let workloads = match &self.previous {
+            Some(previous) if !window.is_zero() => {
+                judge_workloads(inputs.workloads, &previous.workloads, window, thresholds)
+            }
+            _ => Vec::new(),
+        };
+        self.log_changes(&components, &workloads);
+        self.previous = Some(Previous {
+            at: now,
+            lost,
+            events,
+            processes_dropped: inputs.status.model.processes_dropped,
+            workloads: inputs
+                .workloads
+                .iter()
+                .take(MAX_WORKLOADS)
+                .map(|(w, t)| (w.cgroup.clone(), t.clone()))
+                .collect(),
+        });
+        HealthReport {
+            status,
+            timestamp: unix_now(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: now.duration_since(started).as_secs_f64(),
+            components,
+            message,
+            workloads,
+            window_seconds: window.as_secs_f64(),
+            ready,
+        }
+    }
+
+    fn log_changes(
+        &mut self,
+        components: &BTreeMap<String, Component>,
+        workloads: &[WorkloadHealth],
+    ) {
+        for (name, c) in components {
+            let before = self.last_components.insert(name.clone(), c.status);
+            if before.is_some_and(|b| b != c.status)
+                || (before.is_none() && c.status > Status::Degraded)
+            {
+                match c.status {
+                    Status::Healthy | Status::Disabled => {
+                        tracing::info!(component = %name, status = ?c.status, message = %c.message, "health changed")
+                    }
+                    _ => {
+                        tracing::warn!(component = %name, status = ?c.status, message = %c.message, "health changed")
+                    }
+                }
+            }
+        }
+        let mut now: HashMap<String, Vec<WorkloadState>> = HashMap::new();
+        for w in workloads {
+            let states: Vec<WorkloadState> = w.states.keys().copied().collect();
+            if self.last_workloads.get(&w.workload.cgroup) != Some(&states) {
+                tracing::warn!(
+                    workload = %w.workload.cgroup,
+                    states = ?states.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                    reasons = ?w.states.values().collect::<Vec<_>>(),
+                    "workload health changed"
+                );
+            }
+            now.insert(w.workload.cgroup.clone(), states);
+        }
+        for cgroup in self.last_workloads.keys() {
+            if !now.contains_key(cgroup) {
+                tracing::info!(workload = %cgroup, "workload healthy again");
+            }
+        }
+        self.last_workloads = now;
+    }
+}
+
+fn group_name(group: ProbeGroup) -> &'static str {
+    match group {
+        ProbeGroup::Scheduling => "scheduling",
+        ProbeGroup::Lifecycle => "lifecycle",
+        ProbeGroup::Syscalls => "syscalls",
+        ProbeGroup::BlockIo => "block_io",
+    }
+}
+
+fn probe_group(group: ProbeGroup, hooks: &[HookStatus]) -> Component {
+    let hooks: Vec<&HookStatus> = hooks.iter().filter(|h| h.group == group).collect();
+    if !hooks.is_empty() && hooks.iter().all(|h| !h.enabled) {
+        return component(Status::Disabled, "switched off (--disable-probes)");
+    }
+    let missing: Vec<&str> = hooks
+        .iter()
+        .filter(|h| h.attach_type.is_none())
+        .map(|h| h.tracepoint)
+        .collect();
+    if missing.is_empty() {
+        component(
+            Status::Healthy,
+            format!(
+                "attached: {}",
+                hooks
+                    .iter()
+                    .map(|h| h.tracepoint)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    } else {
+        component(
+            Status::Unhealthy,
+            format!(
+                "not attached: {} (see /api/v1/status hooks[].errors)",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+fn readiness(inputs: &Inputs<'_>, events: u64) -> Result<(), String> {
+    let unattached: Vec<&str> = inputs
+        .status
+        .hooks
+        .iter()
+        .filter(|h| h.enabled && h.attach_type.is_none())
+        .map(|h| h.tracepoint)
+        .collect();
+    if !unattached.is_empty() {
+        return Err(format!("probes not attached: {}", unattached.join(", ")));
+    }
+    if events == 0 && inputs.status.kernel_tasks == 0 {
+        return Err("nothing received from the kernel programs yet".into());
+    }
+    if *inputs.kubernetes != SourceState::Disabled && !inputs.kubernetes_synced_once {
+        return Err("the Kubernetes pod list has not been read yet".into());
+    }
+    Ok(())
+}
+
+/// Where the monitor gets its inputs.
+pub struct MonitorSources {
+    pub queries: tokio::sync::mpsc::Sender<crate::collector::Query>,
+    pub pods: crate::metadata::SharedPods,
+    pub otlp_traces: Option<crate::exporters::otlp::SpanSink>,
+    pub otlp_metrics: Option<Arc<crate::exporters::otlp_metrics::OtlpMetricsStats>>,
+    pub cgroup_v2: bool,
+}
+
+/// Evaluates health every `interval` until `shutdown`, keeping the latest report in `shared`.
+pub async fn monitor(
+    sources: MonitorSources,
+    interval: Duration,
+    mut thresholds: tokio::sync::watch::Receiver<HealthThresholds>,
+    shared: SharedHealth,
+    log: crate::logging::LogControl,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::sync::oneshot;
+    let mut evaluator = Evaluator::default();
+    let mut synced_once = false;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        if sources
+            .queries
+            .send(crate::collector::Query::Status(tx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(status) = rx.await else { return };
+        let (tx, rx) = oneshot::channel();
+        if sources
+            .queries
+            .send(crate::collector::Query::Workloads(tx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(workloads) = rx.await else { return };
+        let kubernetes = sources
+            .pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone();
+        synced_once |= kubernetes == SourceState::Synced;
+        let inputs = Inputs {
+            status: &status,
+            kubernetes: &kubernetes,
+            kubernetes_synced_once: synced_once,
+            otlp_traces: sources.otlp_traces.as_ref().map(|s| {
+                // Up, or nothing sent yet (not known to be down).
+                s.stats().up.load(Relaxed) || s.stats().failed_requests.load(Relaxed) == 0
+            }),
+            otlp_metrics: sources
+                .otlp_metrics
+                .as_ref()
+                .map(|s| s.up.load(Relaxed) || s.failed_requests.load(Relaxed) == 0),
+            cgroup_v2: sources.cgroup_v2,
+            workloads: &workloads,
+        };
+        let current = *thresholds.borrow_and_update();
+        let report = evaluator.evaluate(&inputs, &current);
+        tracing::debug!(
+            status = ?report.status,
+            ready = report.ready.is_ok(),
+            unhealthy_workloads = report.workloads.len(),
+            window_seconds = report.window_seconds,
+            "health evaluated"
+        );
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
+        log.report_suppressed();
+    }
+}
+
+/// The upper bound of the bucket holding quantile `q` of a log2 histogram (ns); None if empty.
+pub fn log2_quantile_ns(hist: &[u64; HIST_BUCKETS], q: f64) -> Option<u64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, count) in hist.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(bucket_upper_bound_ns(i));
+        }
+    }
+    Some(u64::MAX)
+}
+
+fn hist_delta(
+    now: &[u64; HIST_BUCKETS],
+    before: Option<&[u64; HIST_BUCKETS]>,
+) -> [u64; HIST_BUCKETS] {
+    std::array::from_fn(|i| now[i].saturating_sub(before.map_or(0, |b| b[i])))
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.1} ms", ns as f64 / 1e6)
+}
+
+/// Judges each workload on what happened since `previous`.
+fn judge_workloads(
+    now: &[(Workload, WorkloadTotals)],
+    previous: &HashMap<String, WorkloadTotals>,
+    window: Duration,
+    t: &HealthThresholds,
+) -> Vec<WorkloadHealth> {
+    let mut out = Vec::new();
+    for (workload, totals) in now.iter().take(MAX_WORKLOADS) {
+        let before = previous.get(&workload.cgroup);
+        let mut states = BTreeMap::new();
+
+        let runq = hist_delta(&totals.sched.runq_hist, before.map(|b| &b.sched.runq_hist));
+        let runq_samples: u64 = runq.iter().sum();
+        if runq_samples >= t.min_samples {
+            if let Some(p99) = log2_quantile_ns(&runq, 0.99) {
+                if p99 > t.starved_runqueue_p99.as_nanos() as u64 {
+                    states.insert(
+                        WorkloadState::Starved,
+                        format!(
+                            "run-queue latency p99 < {} over {runq_samples} waits (limit {})",
+                            ms(p99),
+                            ms(t.starved_runqueue_p99.as_nanos() as u64)
+                        ),
+                    );
+                }
+            }
+        }
+
+        let (calls, errors) = totals
+            .syscalls
+            .iter()
+            .fold((0u64, 0u64), |(c, e), (nr, s)| {
+                let b = before.and_then(|b| b.syscalls.get(nr));
+                (
+                    c + s.count.saturating_sub(b.map_or(0, |b| b.count)),
+                    e + s.errors.saturating_sub(b.map_or(0, |b| b.errors)),
+                )
+            });
+        let failed_exits = (totals.exited_failure + totals.exited_signal)
+            .saturating_sub(before.map_or(0, |b| b.exited_failure + b.exited_signal));
+        let mut failing = Vec::new();
+        if calls >= t.min_syscalls && errors as f64 / calls as f64 >= t.failing_syscall_error_ratio
+        {
+            failing.push(format!(
+                "{errors} of {calls} syscalls failed ({:.0}%, limit {:.0}%)",
+                errors as f64 * 100.0 / calls as f64,
+                t.failing_syscall_error_ratio * 100.0
+            ));
+        }
+        if failed_exits >= t.failing_exits {
+            failing.push(format!(
+                "{failed_exits} processes exited with failure (limit {})",
+                t.failing_exits
+            ));
+        }
+        if !failing.is_empty() {
+            states.insert(WorkloadState::Failing, failing.join("; "));
+        }
+
+        let mut io = [0u64; HIST_BUCKETS];
+        for (key, now_io) in &totals.io {
+            let d = hist_delta(
+                &now_io.latency_hist,
+                before.and_then(|b| b.io.get(key)).map(|b| &b.latency_hist),
+            );
+            for (a, b) in io.iter_mut().zip(d) {
+                *a += b;
+            }
+        }
+        let io_samples: u64 = io.iter().sum();
+        if io_samples >= t.min_samples {
+            if let Some(p99) = log2_quantile_ns(&io, 0.99) {
+                if p99 > t.io_latency_p99.as_nanos() as u64 {
+                    states.insert(
+                        WorkloadState::IoBound,
+                        format!(
+                            "block IO latency p99 < {} over {io_samples} requests (limit {})",
+                            ms(p99),
+                            ms(t.io_latency_p99.as_nanos() as u64)
+                        ),
+                    );
+                }
+            }
+        }
+
+        let started = totals
+            .started
+            .saturating_sub(before.map_or(0, |b| b.started));
+        let rate = started as f64 / window.as_secs_f64().max(1e-3);
+        if rate > t.churn_starts_per_second {
+            states.insert(
+                WorkloadState::Churning,
+                format!(
+                    "{rate:.0} processes started per second (limit {})",
+                    t.churn_starts_per_second
+                ),
+            );
+        }
+        if !states.is_empty() {
+            out.push(WorkloadHealth {
+                workload: workload.clone(),
+                states,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_log2_histograms() {
+        let mut h = [0u64; HIST_BUCKETS];
+        assert_eq!(log2_quantile_ns(&h, 0.99), None);
+        h[10] = 99; // [512, 1024) ns
+        h[20] = 1; // [512 Ki, 1 Mi) ns
+        assert_eq!(log2_quantile_ns(&h, 0.99), Some(bucket_upper_bound_ns(10)));
+        assert_eq!(log2_quantile_ns(&h, 1.0), Some(bucket_upper_bound_ns(20)));
+    }
+
+    fn workload(cgroup: &str) -> Workload {
+        crate::model::workload::Workload::from_cgroup(cgroup)
+    }
+
+    #[test]
+    fn workloads_are_judged_on_the_window_only() {
+        let t = HealthThresholds {
+            failing_exits: 2,
+            churn_starts_per_second: 5.0,
+            ..HealthThresholds::default()
+        };
+        let before = WorkloadTotals {
+            exited_failure: 100,
+            started: 1000,
+            ..WorkloadTotals::default()
+        };
+        let mut now = before.clone();
+        // Old failures do not count; two new ones do.
+        now.exited_failure = 101;
+        now.exited_signal = 1;
+        now.started = 1000 + 60;
+        let mut runq = [0u64; HIST_BUCKETS];
+        runq[27] = 50; // ~134 ms
+        now.sched.runq_hist = runq;
+        let w = workload("/job.slice");
+        let previous = HashMap::from([(w.cgroup.clone(), before)]);
+        let judged = judge_workloads(&[(w, now)], &previous, Duration::from_secs(10), &t);
+        let states: Vec<_> = judged[0].states.keys().copied().collect();
+        assert_eq!(
+            states,
+            vec![
+                WorkloadState::Starved,
+                WorkloadState::Failing,
+                WorkloadState::Churning
+            ]
+        );
+        assert!(judged[0].states[&WorkloadState::Churning]
+            .starts_with("6 processes started per second"));
+    }
+}
