@@ -247,7 +247,12 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let otlp_flags = OtlpFlags {
         endpoint: args.otlp_endpoint.clone(),
         protocol: args.otlp_protocol,
-        headers: args.otlp_headers.clone(),
+        headers: args
+            .otlp_headers
+            .iter()
+            .map(|h| otlp_target::parse_header(h))
+            .collect::<Result<_, _>>()
+            .map_err(|e| RunError::Config(format!("--otlp-header: {e}")))?,
         ca_file: args.otlp_ca_file.clone(),
         client_certificate: args.otlp_client_certificate.clone(),
         client_key: args.otlp_client_key.clone(),

@@ -182,8 +182,9 @@ pub struct RunArgs {
     /// A header sent with every OTLP request (HTTP header or gRPC metadata), NAME=VALUE;
     /// repeatable. Added to OTEL_EXPORTER_OTLP_HEADERS and ..._{TRACES,METRICS}_HEADERS (the
     /// flag wins for the same name).
-    #[arg(long = "otlp-header", value_name = "NAME=VALUE", value_parser = crate::exporters::otlp_target::parse_header)]
-    pub otlp_headers: Vec<(String, String)>,
+    /// (Checked at start, not by the parser, so that an error never shows the value.)
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
+    pub otlp_headers: Vec<String>,
 
     /// PEM file of the CA that signed the collector's certificate (https:// endpoints), on top
     /// of the system's roots. Default: OTEL_EXPORTER_OTLP_CERTIFICATE.
