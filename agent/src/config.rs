@@ -440,8 +440,10 @@ mod tests {
         assert!(keys.contains(&"poll_interval".to_string()));
         assert!(keys.contains(&"log_level".to_string()));
         assert!(!keys.contains(&"config".to_string()));
-        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/taskscope.toml");
-        let config = load(argv(&[]), Some(sample.into())).unwrap_or_else(|e| panic!("{e}"));
-        assert!(config.effective.values().any(|s| s.source == Source::File));
+        for sample in ["deploy/taskscope.toml", "deploy/kubernetes/taskscope.toml"] {
+            let path = format!("{}/../{sample}", env!("CARGO_MANIFEST_DIR"));
+            let config = load(argv(&[]), Some(path.into())).unwrap_or_else(|e| panic!("{e}"));
+            assert!(config.effective.values().any(|s| s.source == Source::File));
+        }
     }
 }

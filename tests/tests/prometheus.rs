@@ -28,6 +28,11 @@ impl Drop for TempDir {
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
+        Self::start_with_rules(target, None)
+    }
+
+    /// With `rules`: a rule file Prometheus loads (deploy/prometheus/rules.yaml).
+    fn start_with_rules(target: &str, rules: Option<&std::path::Path>) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("taskscope-prom-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -36,7 +41,8 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: taskscope\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: taskscope\n    static_configs:\n      - targets: ['{target}']\n{}",
+                rules.map_or(String::new(), |r| format!("rule_files:\n  - {}\n", r.display()))
             ),
         )
         .expect("config");
@@ -179,6 +185,56 @@ fn prometheus_sees_one_cpu_of_a_cpu_bound_cgroup() {
         + prometheus.own_counter("prometheus_target_scrapes_exceeded_sample_limit_total");
     println!("samples Prometheus rejected: {rejected}");
     assert_eq!(rejected, 0.0);
+}
+
+#[test]
+fn the_shipped_rules_evaluate_on_a_live_scrape() {
+    let agent = Agent::start(&[]);
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.yaml");
+    let prometheus = Prometheus::start_with_rules(&agent.addr, Some(&rules));
+    // A workload whose processes fail, in a cgroup of its own.
+    let name = format!("taskscope-rules-{}", std::process::id());
+    let dir = std::path::Path::new(&cgroup2_root()).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs; i=0; while [ $i -lt 40 ]; do sh -c 'exit 1'; sleep 0.1; i=$((i+1)); done",
+        dir.display()
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let query = format!("workload:taskscope_tasks_failed:rate5m{{cgroup=\"/{name}\"}}");
+    let failed = wait_for(
+        "the recording rule's series",
+        Duration::from_secs(30),
+        || {
+            let result = prometheus.query_at(&query, unix_now());
+            let value: f64 = result.first()?["value"][1].as_str()?.parse().ok()?;
+            (value > 0.0).then_some(value)
+        },
+    );
+    println!("{query} = {failed:.3} per second (40 processes exited 1 within ~6 s)");
+    for recorded in [
+        "workload:taskscope_cpu_seconds:rate5m",
+        "workload:taskscope_runqueue_latency_seconds:p99_5m",
+        "workload:taskscope_syscalls:rate5m",
+        "namespace:taskscope_task_failure_ratio:rate5m",
+        "instance:taskscope_node_cpu_busy_ratio:avg",
+    ] {
+        let result = wait_for(recorded, Duration::from_secs(30), || {
+            let r = prometheus.query_at(recorded, unix_now());
+            (!r.is_empty()).then_some(r)
+        });
+        println!("{recorded}: {} series", result.len());
+    }
+    let failures = prometheus.own_counter("prometheus_rule_evaluation_failures_total");
+    println!("rule evaluation failures: {failures}");
+    assert_eq!(failures, 0.0);
+    let _ = std::fs::remove_dir(&dir);
 }
 
 #[test]

@@ -213,6 +213,9 @@ fn setup(for_tests: bool) -> Result<()> {
             ("hackbench", "rt-tests"),
             ("prometheus", "prometheus"),
             ("promtool", "prometheus"),
+            // deploy/ tests: kustomize rendering and the systemd unit's verification.
+            ("kubectl", "kubernetes-client"),
+            ("systemd-analyze", "systemd"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()
@@ -241,6 +244,19 @@ fn setup(for_tests: bool) -> Result<()> {
                 .arg(format!("opentelemetry-proto=={OTEL_PROTO_VERSION}"))
                 .arg(format!("grpcio=={GRPCIO_VERSION}")))?;
         }
+        // The deploy/ tests validate manifests against the Kubernetes schemas and lint them;
+        // a directory of their own (checkov's dependencies are many).
+        let deploy_lib = python_deploy_lib_dir();
+        if !deploy_lib.join("kubernetes_validate").exists() || !deploy_lib.join("checkov").exists()
+        {
+            run(Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+                .arg(&deploy_lib)
+                .arg(format!(
+                    "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+                ))
+                .arg(format!("checkov=={CHECKOV_VERSION}")))?;
+        }
     }
     Ok(())
 }
@@ -249,6 +265,16 @@ fn setup(for_tests: bool) -> Result<()> {
 const OTEL_PROTO_VERSION: &str = "1.45.2";
 /// The PyPI `grpcio` the OTLP/gRPC test receiver uses.
 const GRPCIO_VERSION: &str = "1.76.0";
+
+/// The PyPI `kubernetes-validate` (offline Kubernetes schemas) the deploy tests use.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.31.0";
+/// The PyPI `checkov` (security linter) the deploy tests use.
+const CHECKOV_VERSION: &str = "3.2.334";
+
+/// Where the deploy tests' Python packages are installed.
+fn python_deploy_lib_dir() -> PathBuf {
+    tools_dir().join("python-deploy")
+}
 
 /// Where Python packages for the tests are installed.
 fn python_lib_dir() -> PathBuf {
@@ -291,7 +317,8 @@ fn test() -> Result<()> {
         .args(["test", "--release", "--package", "taskscope-e2e", "--"])
         .args(["--test-threads=1", "--nocapture"])
         .env("TASKSCOPE_BIN", agent_binary())
-        .env("TASKSCOPE_PYTHON_LIB", python_lib_dir()))?;
+        .env("TASKSCOPE_PYTHON_LIB", python_lib_dir())
+        .env("TASKSCOPE_PYTHON_DEPLOY_LIB", python_deploy_lib_dir()))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -252,6 +252,8 @@ struct Scrape {
     health_components: Vec<(String, f64)>,
     /// (workload labels, state) of every workload in a bad state.
     workload_health: Vec<(Labels, &'static str)>,
+    /// What /readyz says (absent before the first health evaluation).
+    ready: Option<bool>,
     log_lines_suppressed: u64,
 }
 
@@ -532,8 +534,9 @@ impl Collector for Scrape {
             ConstGauge::new(w.busy_ratio)
                 .encode(family.encode_family(&[("cpu", w.cpu.to_string())])?)?;
         }
+        // Described always (so that the family is known), valued once an idle period ended.
+        let family = describe(&mut encoder, "taskscope_node_cpu_idle_fragmentation_ratio", "Share of the idle CPU time of the latest window that came in idle periods shorter than --idle-fragment-threshold.", MetricType::Gauge)?;
         if let Some(ratio) = node_idle_fragmentation(&self.cpu_windows) {
-            let family = describe(&mut encoder, "taskscope_node_cpu_idle_fragmentation_ratio", "Share of the idle CPU time of the latest window that came in idle periods shorter than --idle-fragment-threshold.", MetricType::Gauge)?;
             ConstGauge::new(ratio).encode(family)?;
         }
         let mut family = describe(&mut encoder, "taskscope_node_memory_fragmentation_ratio", "Share of a zone's free memory unusable for an allocation of the order (the kernel's unusable free space index, from /proc/buddyinfo).", MetricType::Gauge)?;
@@ -632,6 +635,15 @@ impl Collector for Scrape {
         for (component, value) in &self.health_components {
             ConstGauge::new(*value)
                 .encode(family.encode_family(&[("component", component.as_str())])?)?;
+        }
+        if let Some(ready) = self.ready {
+            let family = describe(
+                &mut encoder,
+                "taskscope_ready",
+                "1 when /readyz answers 200: probes attached, events flowing, metadata ready.",
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(ready)).encode(family)?;
         }
         let mut family = describe(
             &mut encoder,
@@ -837,6 +849,7 @@ impl Exposition {
             dropped_series_total: self.dropped_series_total,
             health_components: Vec::new(),
             workload_health: Vec::new(),
+            ready: None,
             log_lines_suppressed: crate::logging::SUPPRESSED_TOTAL
                 .load(std::sync::atomic::Ordering::Relaxed),
         };
@@ -844,6 +857,7 @@ impl Exposition {
         if let Some(health) = &self.health {
             let health = health.read().unwrap_or_else(|p| p.into_inner());
             if let Some(report) = health.as_ref() {
+                scrape.ready = Some(report.ready.is_ok());
                 scrape.health_components = report
                     .components
                     .iter()
