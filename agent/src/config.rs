@@ -208,13 +208,13 @@ fn merge(argv: Vec<OsString>, path: &Path, table: toml::Table) -> Result<RunConf
         }
     }
     // The file's flags first, then the command line as given (after `run`).
-    let run_at = argv
-        .iter()
-        .position(|a| a == "run")
-        .unwrap_or(argv.len().saturating_sub(1));
-    let mut merged: Vec<OsString> = argv[..=run_at].to_vec();
+    let Some(run_at) = argv.iter().position(|a| a == "run") else {
+        return Err(not_run());
+    };
+    let (head, tail) = argv.split_at(run_at + 1);
+    let mut merged: Vec<OsString> = head.to_vec();
     merged.extend(from_file);
-    merged.extend(argv[run_at + 1..].iter().cloned());
+    merged.extend(tail.iter().cloned());
     let matches = Cli::command()
         .try_get_matches_from(&merged)
         .map_err(ParseFailure::Cli)?;

@@ -268,3 +268,31 @@ fn adopt_live(running: &mut RunConfig, new: &RunConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_live_key_is_a_config_key() {
+        let keys = crate::config::keys();
+        for key in LIVE_KEYS {
+            assert!(keys.iter().any(|k| k == key), "{key} is not a key");
+        }
+    }
+
+    #[test]
+    fn debug_mode_exports_every_span_and_finds_slow_tasks_sooner() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::parse_from(["taskscope", "run", "--span-sample-ratio", "0.1"]);
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        let normal = live_settings(&args, false);
+        let debug = live_settings(&args, true);
+        assert_eq!(normal.sampling.ratio, 0.1);
+        assert_eq!(debug.sampling.ratio, 1.0);
+        assert_eq!(debug.sampling.max_per_second, 0);
+        assert_eq!(debug.slow_task.wall, normal.slow_task.wall / 10);
+    }
+}
