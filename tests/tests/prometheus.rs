@@ -234,6 +234,49 @@ fn the_shipped_rules_evaluate_on_a_live_scrape() {
     let failures = prometheus.own_counter("prometheus_rule_evaluation_failures_total");
     println!("rule evaluation failures: {failures}");
     assert_eq!(failures, 0.0);
+
+    // Every dashboard query is valid PromQL for this Prometheus, with the dashboard's
+    // variables as Grafana substitutes them ("All" is .*).
+    let grafana = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let (mut queries, mut with_data) = (0, 0);
+    for entry in std::fs::read_dir(&grafana).expect("deploy/grafana") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .expect("JSON");
+        let variables: Vec<String> = dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = target["expr"].as_str() else {
+                    continue;
+                };
+                let mut promql = expr.replace("$__rate_interval", "1m");
+                for variable in &variables {
+                    promql = promql.replace(&format!("${variable}"), ".*");
+                }
+                assert!(
+                    !promql.contains('$'),
+                    "{}: {expr}: an undefined variable",
+                    path.display()
+                );
+                let result = prometheus.query_at(&promql, unix_now());
+                queries += 1;
+                if !result.is_empty() {
+                    with_data += 1;
+                }
+            }
+        }
+    }
+    println!("dashboard queries: {queries} valid, {with_data} with data from this agent");
+    assert!(queries >= 30);
     let _ = std::fs::remove_dir(&dir);
 }
 
