@@ -227,7 +227,7 @@ pub struct RunArgs {
 
     /// Probe groups to leave detached: syscalls, block_io (scheduling and lifecycle are the
     /// task model's and always on). Repeatable; changes live on reload.
-    #[arg(long = "disable-probes", value_name = "GROUP", value_enum)]
+    #[arg(long = "disable-probes", value_name = "GROUP", value_parser = parse_optional_probe_group)]
     pub disable_probes: Vec<crate::probes::ProbeGroup>,
 
     /// How often health is evaluated (/health, /readyz, taskscope_health_status); workload
@@ -355,6 +355,19 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a probe group the agent can run without.
+fn parse_optional_probe_group(text: &str) -> Result<crate::probes::ProbeGroup, String> {
+    use crate::probes::ProbeGroup;
+    match text {
+        "syscalls" => Ok(ProbeGroup::Syscalls),
+        "block_io" => Ok(ProbeGroup::BlockIo),
+        "scheduling" | "lifecycle" => Err(format!(
+            "the {text} probes cannot be switched off: the task model needs them; only syscalls and block_io can"
+        )),
+        other => Err(format!("unknown probe group '{other}': use syscalls or block_io")),
+    }
+}
+
 /// Parses a duration above zero.
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
@@ -443,6 +456,17 @@ mod tests {
         assert!(parse_duration("99999999999999999h")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn only_optional_probe_groups_can_be_disabled() {
+        assert!(parse_optional_probe_group("block_io").is_ok());
+        assert!(parse_optional_probe_group("lifecycle")
+            .unwrap_err()
+            .contains("cannot be switched off"));
+        assert!(parse_optional_probe_group("disk")
+            .unwrap_err()
+            .contains("syscalls or block_io"));
     }
 
     #[test]

@@ -26,13 +26,12 @@ pub static PROBES_OBJECT: &[u8] =
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// A family of hooks that is reported and switched on and off together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeGroup {
     Scheduling,
     Lifecycle,
     Syscalls,
-    #[value(name = "block_io")]
     BlockIo,
 }
 
