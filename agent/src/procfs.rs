@@ -80,8 +80,84 @@ pub fn parse_cgroup_v2(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The cgroup v2 path of a process from the root of the hierarchy, also when the agent runs
+/// in a cgroup namespace of its own (a container), where `/proc/<pid>/cgroup` is relative to
+/// that namespace's root (`/../../kubepods.slice/...`).
 pub fn read_cgroup_v2(pid: u32) -> Option<String> {
-    parse_cgroup_v2(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    let path = parse_cgroup_v2(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
+    Some(match cgroup_namespace_root() {
+        Some(root) => resolve_in_namespace(root, &path),
+        None => path,
+    })
+}
+
+/// Where the agent's cgroup namespace is rooted in the hierarchy; `None` when the agent sees
+/// the hierarchy as it is (no namespace of its own), or when that cannot be told. Found once.
+fn cgroup_namespace_root() -> Option<&'static str> {
+    static ROOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(find_cgroup_namespace_root).as_deref()
+}
+
+/// Cgroup directories searched at most for the agent's own (once, at start).
+const MAX_CGROUP_DIRS_SEARCHED: usize = 100_000;
+
+fn find_cgroup_namespace_root() -> Option<String> {
+    let own = parse_cgroup_v2(&fs::read_to_string("/proc/self/cgroup").ok()?)?;
+    let mount = cgroup2_mount()?;
+    let me = std::process::id().to_string();
+    let lists_me = |dir: &Path| {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|procs| procs.lines().any(|l| l == me))
+            .unwrap_or(false)
+    };
+    // The usual case: the path /proc gives is the path in the hierarchy.
+    if lists_me(&mount.join(own.trim_start_matches('/'))) {
+        return None;
+    }
+    // In a namespace: find the directory that lists this process; the namespace's root is it
+    // less the part /proc shows.
+    let mut pending = vec![mount.clone()];
+    let mut searched = 0;
+    while let Some(dir) = pending.pop() {
+        searched += 1;
+        if searched > MAX_CGROUP_DIRS_SEARCHED {
+            return None;
+        }
+        if lists_me(&dir) {
+            let real = format!("/{}", dir.strip_prefix(&mount).ok()?.to_string_lossy());
+            let root = real.strip_suffix(own.trim_end_matches('/'))?;
+            return Some(if root.is_empty() {
+                "/".into()
+            } else {
+                root.to_string()
+            });
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+/// `path`, as `/proc` shows it inside a cgroup namespace rooted at `root`, as a path from the
+/// root of the hierarchy.
+pub fn resolve_in_namespace(root: &str, path: &str) -> String {
+    let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        match part {
+            ".." => {
+                parts.pop();
+            }
+            "." => {}
+            name => parts.push(name),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// Thread group ids of every process (numeric entries of /proc).
@@ -485,5 +561,17 @@ mod tests {
         assert_eq!(stat.pid, me);
         assert!(!read_cmdline(me).is_empty());
         assert!(read_cgroup_v2(me).is_some());
+    }
+
+    #[test]
+    fn paths_from_inside_a_cgroup_namespace_become_paths_from_the_root() {
+        let root = "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope";
+        assert_eq!(resolve_in_namespace(root, "/"), root);
+        assert_eq!(
+            resolve_in_namespace(root, "/../../kubepods-pod2.slice/cri-containerd-def.scope"),
+            "/kubepods.slice/kubepods-pod2.slice/cri-containerd-def.scope"
+        );
+        assert_eq!(resolve_in_namespace(root, "/../../../.."), "/");
+        assert_eq!(resolve_in_namespace("/", "/system.slice"), "/system.slice");
     }
 }

@@ -738,3 +738,101 @@ fn bpf_program_statistics_are_exported_only_when_asked_for() {
     println!("ts_switch_btf runs: /metrics {ours}, bpftool afterwards {kernel}");
     assert!(ours > 0.0 && ours <= kernel, "{ours} vs {kernel}");
 }
+
+/// An agent started in a cgroup of its own with a cgroup namespace rooted there, as a
+/// container runtime starts it (killed when dropped).
+struct NamespacedAgent {
+    child: Child,
+    addr: String,
+    cgroup: std::path::PathBuf,
+}
+
+impl Drop for NamespacedAgent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+#[test]
+fn an_agent_in_its_own_cgroup_namespace_names_workloads_as_the_host_does() {
+    let root = std::path::PathBuf::from(cgroup2_root());
+    let id = std::process::id();
+    let agent_cgroup = root.join(format!("taskscope-ns-agent-{id}"));
+    let workload = root.join(format!("taskscope-ns-workload-{id}"));
+    std::fs::create_dir(&agent_cgroup).expect("agent cgroup");
+    std::fs::create_dir(&workload).expect("workload cgroup");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec unshare --cgroup {} run --listen {addr} --poll-interval 200ms",
+        agent_cgroup.display(),
+        taskscope_e2e::agent_binary().display()
+    );
+    let agent = NamespacedAgent {
+        child: Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux)"),
+        addr,
+        cgroup: agent_cgroup.clone(),
+    };
+    wait_for("the namespaced agent", Duration::from_secs(60), || {
+        http_get(&agent.addr, "/livez")
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    });
+    // Inside its namespace the agent's own /proc/self/cgroup says "/"; other processes' paths
+    // start with "/..".
+    let agent_pid = std::fs::read_to_string(agent_cgroup.join("cgroup.procs")).expect("procs");
+    println!(
+        "agent in {}: pids {}",
+        agent_cgroup.display(),
+        agent_pid.trim()
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs; i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done",
+            workload.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let label = format!(
+        "cgroup=\"/{}\"",
+        workload
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    );
+    let scrape = wait_for("the workload's series", Duration::from_secs(20), || {
+        let (_, body) = http_get(&agent.addr, "/metrics").ok()?;
+        body.lines()
+            .any(|l| {
+                l.starts_with("taskscope_tasks_started_total{")
+                    && l.contains(&label)
+                    && !l.ends_with(" 0")
+            })
+            .then_some(body)
+    });
+    let cgroups: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("taskscope_tasks_started_total{"))
+        .filter_map(|l| l.split("cgroup=\"").nth(1)?.split('"').next())
+        .collect();
+    println!("workloads seen from inside the namespace: {cgroups:?}");
+    assert!(
+        cgroups.iter().all(|c| !c.contains("..")),
+        "paths relative to the namespace leaked: {cgroups:?}"
+    );
+    let started = sample(&scrape, "taskscope_tasks_started_total", &[&label]).unwrap_or(0.0);
+    println!("{label}: {started} processes started (20 /bin/true after the shell moved itself)");
+    assert!(started >= 20.0);
+    let _ = std::fs::remove_dir(&workload);
+}
