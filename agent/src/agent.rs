@@ -147,6 +147,9 @@ pub struct Prepared {
     listener: std::net::TcpListener,
     probes: Probes,
     admin_token: Option<Arc<str>>,
+    /// Where spans and metrics go over OTLP, if anywhere.
+    traces_target: Option<otlp_target::SignalTarget>,
+    metrics_target: Option<otlp_target::SignalTarget>,
     /// Held until the agent stops: statistics go off again with it (unless someone else on
     /// the host keeps them on).
     _bpf_stats: Option<BpfStatsGuard>,
@@ -157,6 +160,28 @@ pub struct Prepared {
 /// and the runtime's threads start with the reduced set.
 pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
     let admin_token = admin_token(args)?;
+    // Settings checked before anything is loaded into the kernel.
+    let otlp_flags = OtlpFlags {
+        endpoint: args.otlp_endpoint.clone(),
+        protocol: args.otlp_protocol,
+        headers: args
+            .otlp_headers
+            .iter()
+            .map(|h| otlp_target::parse_header(h))
+            .collect::<Result<_, _>>()
+            .map_err(|e| RunError::Config(format!("--otlp-header: {e}")))?,
+        ca_file: args.otlp_ca_file.clone(),
+        client_certificate: args.otlp_client_certificate.clone(),
+        client_key: args.otlp_client_key.clone(),
+    };
+    let environment = |name: &str| std::env::var(name).ok();
+    let otlp_target = |signal| {
+        otlp_target::resolve(signal, &otlp_flags, &environment)
+            .map_err(|e| RunError::Config(format!("OTLP export: {e}")))
+    };
+    let traces_target = otlp_target(Signal::Traces)?;
+    let metrics_target = otlp_target(Signal::Metrics)?;
+
     let missing = missing_capabilities(effective_caps());
     if !missing.is_empty() {
         return Err(RunError::Capabilities {
@@ -221,6 +246,8 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         listener,
         probes,
         admin_token,
+        traces_target,
+        metrics_target,
         _bpf_stats: bpf_stats,
     })
 }
@@ -232,6 +259,8 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         listener,
         probes,
         admin_token,
+        traces_target,
+        metrics_target,
         _bpf_stats,
     } = prepared;
     let listener = TcpListener::from_std(listener).map_err(|source| RunError::Listen {
@@ -244,26 +273,6 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
-    let otlp_flags = OtlpFlags {
-        endpoint: args.otlp_endpoint.clone(),
-        protocol: args.otlp_protocol,
-        headers: args
-            .otlp_headers
-            .iter()
-            .map(|h| otlp_target::parse_header(h))
-            .collect::<Result<_, _>>()
-            .map_err(|e| RunError::Config(format!("--otlp-header: {e}")))?,
-        ca_file: args.otlp_ca_file.clone(),
-        client_certificate: args.otlp_client_certificate.clone(),
-        client_key: args.otlp_client_key.clone(),
-    };
-    let environment = |name: &str| std::env::var(name).ok();
-    let otlp_target = |signal| {
-        otlp_target::resolve(signal, &otlp_flags, &environment)
-            .map_err(|e| RunError::Config(format!("OTLP export: {e}")))
-    };
-    let traces_target = otlp_target(Signal::Traces)?;
-    let metrics_target = otlp_target(Signal::Metrics)?;
     let span_sink = match traces_target {
         Some(target) => {
             info!(url = %target.url, protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");

@@ -417,6 +417,33 @@ fn every_kind_of_bad_config_exits_2_naming_the_file_and_the_key() {
             "{name}: expected {expected:?} in {stderr:?}"
         );
     }
+    // A bad standard OTLP variable, or an unreadable CA file: exit 2 before anything is
+    // loaded, naming the variable or flag.
+    for (args, env, expected) in [
+        (
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+            "taskscope: OTLP export: OTEL_EXPORTER_OTLP_PROTOCOL: protocol 'http/json' is not supported: use http/protobuf or grpc",
+        ),
+        (
+            vec!["--otlp-endpoint", "https://127.0.0.1:4318", "--otlp-ca-file", "/nonexistent/ca.pem"],
+            vec![],
+            "taskscope: OTLP export: --otlp-ca-file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2); give a readable PEM file",
+        ),
+    ] {
+        let out = Command::new(agent_binary())
+            .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        println!("{args:?} {env:?}: exit {:?}: {last}", out.status.code());
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(last, expected);
+        assert!(!stderr.contains("attached"), "programs were loaded before the check");
+    }
     // The sample config in the repository is valid as it stands.
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/taskscope.toml");
     let text = std::fs::read_to_string(&sample).expect("sample config");
