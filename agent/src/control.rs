@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
@@ -227,13 +227,10 @@ impl Control {
         };
         tracing_subscriber::EnvFilter::try_new(&filter)
             .map_err(|e| format!("key `log_level`: '{filter}' is not a valid log filter: {e}"))?;
-        let (tx, rx) = oneshot::channel();
-        self.queries
-            .send(Query::Reconfigure(Box::new(live_settings(args, debug)), tx))
+        let settings = Box::new(live_settings(args, debug));
+        crate::collector::ask(&self.queries, |tx| Query::Reconfigure(settings, tx))
             .await
-            .map_err(|_| "the collector is not running".to_string())?;
-        rx.await
-            .map_err(|_| "the collector is not running".to_string())??;
+            .ok_or("the collector is not running")??;
         self.log.set_filter(&filter)?;
         self.log.set_rate_limit(args.log_rate_limit);
         let _ = self.health.send(health_thresholds(args));

@@ -532,7 +532,6 @@ pub async fn monitor(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    use tokio::sync::oneshot;
     let mut evaluator = Evaluator::default();
     let mut synced_once = false;
     let mut tick = tokio::time::interval(interval);
@@ -542,26 +541,13 @@ pub async fn monitor(
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        let (tx, rx) = oneshot::channel();
-        if sources
-            .queries
-            .send(crate::collector::Query::Status(tx))
-            .await
-            .is_err()
-        {
+        use crate::collector::{ask, Query};
+        let Some(status) = ask(&sources.queries, Query::Status).await else {
             return;
-        }
-        let Ok(status) = rx.await else { return };
-        let (tx, rx) = oneshot::channel();
-        if sources
-            .queries
-            .send(crate::collector::Query::Workloads(tx))
-            .await
-            .is_err()
-        {
+        };
+        let Some(workloads) = ask(&sources.queries, Query::Workloads).await else {
             return;
-        }
-        let Ok(workloads) = rx.await else { return };
+        };
         let kubernetes = sources
             .pods
             .read()

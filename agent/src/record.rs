@@ -58,12 +58,9 @@ async fn ask<T>(
     queries: &mpsc::Sender<Query>,
     make: impl FnOnce(oneshot::Sender<T>) -> Query,
 ) -> Result<T, RecordError> {
-    let (tx, rx) = oneshot::channel();
-    queries
-        .send(make(tx))
+    crate::collector::ask(queries, make)
         .await
-        .map_err(|_| RecordError::CollectorStopped)?;
-    rx.await.map_err(|_| RecordError::CollectorStopped)
+        .ok_or(RecordError::CollectorStopped)
 }
 
 /// Records for `args.duration` and writes the files.

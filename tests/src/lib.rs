@@ -119,6 +119,14 @@ fn dechunk(mut rest: &str) -> String {
     body
 }
 
+/// Runs `sh -c script` to its end and returns its pid (the span or process to look for).
+pub fn run_shell(script: &str) -> u32 {
+    let mut child = Command::new("sh").args(["-c", script]).spawn().expect("sh");
+    let pid = child.id();
+    let _ = child.wait();
+    pid
+}
+
 /// Waits for `check` to return `Some`, polling every 50 ms; panics with `what` after `limit`.
 /// A synchronisation helper, not a timing assertion: `limit` is generous.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use taskscope_e2e::{agent_binary, free_port, http_get, http_request, wait_for, Agent};
+use taskscope_e2e::{agent_binary, free_port, http_get, http_request, run_shell, wait_for, Agent};
 
 const TOKEN: &str = "e2e-admin-token-0123456789";
 
@@ -710,12 +710,7 @@ fn the_documented_capabilities_are_enough_and_without_cap_bpf_the_error_says_so(
         "as nobody with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE: /readyz {}",
         ready.1.trim()
     );
-    let mut job = Command::new("sh")
-        .args(["-c", "exit 3"])
-        .spawn()
-        .expect("sh");
-    let job_pid = job.id();
-    let _ = job.wait();
+    let job_pid = run_shell("exit 3");
     let process = wait_for("the job seen", Duration::from_secs(20), || {
         let (_, body) = http_get(&addr, &format!("/api/v1/processes/{job_pid}")).ok()?;
         let answer: Value = serde_json::from_str(&body).ok()?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use taskscope_e2e::{free_port, wait_for, workload_binary, Agent};
+use taskscope_e2e::{free_port, run_shell, wait_for, workload_binary, Agent};
 
 /// The receiver, killed when dropped.
 struct Receiver {
@@ -406,13 +406,7 @@ fn a_collector_that_is_down_costs_counted_spans_and_export_resumes() {
         Duration::from_secs(30),
         || (agent.get("/api/v1/status")["otlp"]["up"] == true).then_some(()),
     );
-    let mut marker = Command::new("sh")
-        .arg("-c")
-        .arg("/bin/true; exit 7")
-        .spawn()
-        .expect("sh");
-    let marker_pid = marker.id();
-    let _ = marker.wait();
+    let marker_pid = run_shell("/bin/true; exit 7");
     let resumed = (0..400).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         receiver
@@ -641,12 +635,7 @@ fn spans_and_metrics_arrive_over_tls_with_headers_from_flags_and_environment() {
                 ),
             ],
         );
-        let mut job = Command::new("sh")
-            .args(["-c", "/bin/true; exit 5"])
-            .spawn()
-            .expect("sh");
-        let job_pid = job.id();
-        let _ = job.wait();
+        let job_pid = run_shell("/bin/true; exit 5");
         let span = (0..300).find_map(|_| {
             std::thread::sleep(Duration::from_millis(100));
             receiver
@@ -704,12 +693,7 @@ fn spans_arrive_over_grpc_too() {
         "--otlp-endpoint",
         &format!("http://127.0.0.1:{}", receiver.port),
     ]);
-    let mut job = Command::new("sh")
-        .args(["-c", "/bin/true; exit 4"])
-        .spawn()
-        .expect("sh");
-    let job_pid = job.id();
-    let _ = job.wait();
+    let job_pid = run_shell("/bin/true; exit 4");
     let span = wait_for("the job's span over gRPC", Duration::from_secs(30), || {
         receiver
             .spans()

@@ -153,19 +153,14 @@ async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> Query,
 ) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    let unavailable = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the collector is not running",
-        )
-    };
-    state
-        .queries
-        .send(make(tx))
+    crate::collector::ask(&state.queries, make)
         .await
-        .map_err(|_| unavailable())?;
-    rx.await.map_err(|_| unavailable())
+        .ok_or_else(|| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the collector is not running",
+            )
+        })
 }
 
 /// Asks the collector and serves its answer as JSON.

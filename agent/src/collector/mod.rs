@@ -65,6 +65,17 @@ pub enum Query {
     Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
 }
 
+/// Sends the query `make` builds around a reply channel and waits for the answer; `None`
+/// when the collector has stopped.
+pub async fn ask<T>(
+    queries: &mpsc::Sender<Query>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Query,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    queries.send(make(tx)).await.ok()?;
+    rx.await.ok()
+}
+
 /// What a reload changes in the collector while it runs (nothing is reloaded or re-attached
 /// but the probe groups switched).
 #[derive(Debug, Clone)]

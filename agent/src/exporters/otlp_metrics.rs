@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
@@ -344,11 +344,9 @@ async fn export_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        let (tx, rx) = oneshot::channel();
-        if queries.send(Query::Metrics(tx)).await.is_err() {
+        let Some(snapshot) = crate::collector::ask(&queries, Query::Metrics).await else {
             return;
-        }
-        let Ok(snapshot) = rx.await else { return };
+        };
         let exposition = Arc::clone(&exposition);
         let exposition_config = config.exposition;
         let text = tokio::task::spawn_blocking(move || {
