@@ -34,6 +34,16 @@ pub enum AttachMode {
     RawTp,
 }
 
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    #[value(name = "http/protobuf", alias = "http")]
+    HttpProtobuf,
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
@@ -177,7 +187,7 @@ pub struct RunArgs {
     /// OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL, else
     /// http/protobuf.
     #[arg(long, value_enum)]
-    pub otlp_protocol: Option<crate::exporters::otlp::OtlpProtocol>,
+    pub otlp_protocol: Option<OtlpProtocol>,
 
     /// A header sent with every OTLP request (HTTP header or gRPC metadata), NAME=VALUE;
     /// repeatable. Added to OTEL_EXPORTER_OTLP_HEADERS and ..._{TRACES,METRICS}_HEADERS (the

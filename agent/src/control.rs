@@ -13,9 +13,8 @@ use tracing::{info, warn};
 
 use crate::{
     cli::RunArgs,
-    collector::{LiveSettings, Query},
+    collector::{sampling::SamplingConfig, LiveSettings, Query},
     config::{RunConfig, Setting},
-    exporters::sampling::SamplingConfig,
     health::HealthThresholds,
     logging::{LogControl, DEBUG_FILTER},
     model::SlowTaskConfig,

@@ -16,9 +16,9 @@ use serde::Serialize;
 use taskscope_common::{bucket_upper_bound_ns, HIST_BUCKETS};
 
 use crate::{
-    collector::{LossView, StatusResponse},
+    collector::StatusResponse,
     metadata::SourceState,
-    model::{aggregate::WorkloadTotals, workload::Workload},
+    model::{aggregate::WorkloadTotals, snapshot::LossView, workload::Workload},
     probes::{HookStatus, ProbeGroup},
 };
 
@@ -517,8 +517,8 @@ fn readiness(inputs: &Inputs<'_>, events: u64) -> Result<(), String> {
 pub struct MonitorSources {
     pub queries: tokio::sync::mpsc::Sender<crate::collector::Query>,
     pub pods: crate::metadata::SharedPods,
-    pub otlp_traces: Option<crate::exporters::otlp::SpanSink>,
-    pub otlp_metrics: Option<Arc<crate::exporters::otlp_metrics::OtlpMetricsStats>>,
+    pub otlp_traces: Option<crate::collector::export::SpanSink>,
+    pub otlp_metrics: Option<Arc<crate::collector::export::MetricsExportStats>>,
     pub cgroup_v2: bool,
 }
 

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod control;

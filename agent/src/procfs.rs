@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::collector::events::split_args;
+use taskscope_common::decode::split_args;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
 pub const USER_HZ: u64 = 100;

@@ -18,8 +18,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     check::{effective_caps, missing_capabilities},
     cli::RecordArgs,
-    collector::{Collector, CollectorConfig, ProcessesResponse, Query, Recording, SpanFilter},
-    exporters::sampling::SamplingConfig,
+    collector::{
+        sampling::SamplingConfig, Collector, CollectorConfig, ProcessesResponse, Query, Recording,
+        SpanFilter,
+    },
     model::{view::Clocks, ModelConfig, TaskModel},
     probes::{LoadOptions, Probes},
     procfs::{cgroup2_mount, CgroupResolver},

@@ -6,6 +6,15 @@
 //! verifier see fully initialised ring-buffer entries.
 #![no_std]
 
+// The userspace halves (decoders, map adapters) need the standard library; the kernel side
+// never enables `user`.
+#[cfg(feature = "user")]
+extern crate std;
+
+/// Ring-buffer records decoded into typed events (userspace only).
+#[cfg(feature = "user")]
+pub mod decode;
+
 /// Number of log2 buckets in every latency histogram.
 ///
 /// Bucket `i` counts values `v` (nanoseconds) whose bit length is `i`, i.e. `2^(i-1) <= v < 2^i`
@@ -262,6 +271,24 @@ pub mod event_kind {
     pub const SLOW_RUNQ: u32 = 5;
     pub const SLOW_IO: u32 = 6;
     pub const SWITCH: u32 = 7;
+
+    /// Every kind, in numeric order.
+    pub const ALL: [u32; 7] = [FORK, EXEC, EXIT, SLOW_SYSCALL, SLOW_RUNQ, SLOW_IO, SWITCH];
+
+    /// Stable name of a kind, as the agent labels it (`kind` of
+    /// `taskscope_events_received_total`); `None` for a kind this version does not know.
+    pub fn name(kind: u32) -> Option<&'static str> {
+        Some(match kind {
+            FORK => "fork",
+            EXEC => "exec",
+            EXIT => "exit",
+            SLOW_SYSCALL => "slow_syscall",
+            SLOW_RUNQ => "slow_runqueue_wait",
+            SLOW_IO => "slow_block_io",
+            SWITCH => "switch",
+            _ => return None,
+        })
+    }
 }
 
 /// Common header of every ring-buffer event.

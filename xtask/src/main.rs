@@ -1,4 +1,4 @@
-//! Orchestration: `cargo xtask setup | build | run | test | bench`.
+//! Orchestration: `cargo xtask setup | build | run | test | layers | bench`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently: the nightly toolchain's
 //! `rust-src` (for `-Z build-std=core` on the BPF target), `bpf-linker` built against the
@@ -6,6 +6,7 @@
 //! rt-tests.
 
 mod bench;
+mod layers;
 
 use std::{
     env,
@@ -41,6 +42,8 @@ enum Task {
     /// Build and run every test (unit tests, then end-to-end tests against the kernel), then
     /// the format and lint checks.
     Test,
+    /// Check the structure rules of docs/architecture.md (layers, cycles, function length).
+    Layers,
     /// Measure per-program BPF cost, agent CPU and memory against libbpf-tools.
     Bench(bench::BenchArgs),
     /// Measure /metrics scrape time and size with many workloads.
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
             build()?;
             test()
         }
+        Task::Layers => layers::check(&root()),
         Task::BenchScrape(args) => {
             setup(false)?;
             build()?;
@@ -303,6 +307,8 @@ fn build() -> Result<()> {
 
 fn test() -> Result<()> {
     require_root("the end-to-end tests load programs into the kernel")?;
+    // Structure first: it takes a second and names what moved to the wrong place.
+    layers::check(&root())?;
     // Unit tests: pure logic, no privileges needed.
     run(cargo().args([
         "test",

@@ -21,9 +21,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    collector::export::MetricsExportStats,
     collector::{Query, SpanFilter, StatusResponse},
     control::Control,
-    exporters::otlp_metrics::OtlpMetricsStats,
     exporters::prometheus::{
         to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
         OPENMETRICS_CONTENT_TYPE,
@@ -42,7 +42,7 @@ pub struct ApiState {
     /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
     pub pods: SharedPods,
     /// The OTLP metrics exporter, when on (part of /api/v1/status).
-    pub otlp_metrics: Option<Arc<OtlpMetricsStats>>,
+    pub otlp_metrics: Option<Arc<MetricsExportStats>>,
     /// The latest health evaluation.
     pub health: SharedHealth,
     /// Reload and debug mode.

@@ -4,8 +4,9 @@
 //! (and when a query finds the last read too old), and answers queries from the API with views
 //! built from the model. Nothing else touches the model or the maps.
 
-pub mod events;
+pub mod export;
 pub mod poller;
+pub mod sampling;
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,10 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-use taskscope_common::{Loss, SwitchEvent, Thresholds};
+use taskscope_common::{
+    decode::{decode, Event},
+    Loss, SwitchEvent, Thresholds,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, oneshot, watch},
@@ -22,19 +26,17 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use self::{
-    events::{decode, Event},
-    poller::{Forget, KernelMaps},
+    export::SpanSink,
+    poller::KernelMaps,
+    sampling::{Sampler, SamplingConfig},
 };
 use crate::{
-    exporters::{
-        otlp::SpanSink,
-        prometheus::MetricsSnapshot,
-        sampling::{Sampler, SamplingConfig},
-    },
     model::span::TaskSpan,
     model::{
         aggregate::WorkloadTotals,
+        intake::Forget,
         selector::ProcessSelector,
+        snapshot::{LossView, MetricsSnapshot},
         view::{Clocks, NodeView, ProcessView},
         workload::Workload,
         ModelCounters, SlowTask, SlowTaskConfig, TaskModel,
@@ -151,13 +153,6 @@ pub struct OtlpStatus {
     pub failed_requests: u64,
     /// The latest request succeeded.
     pub up: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LossView {
-    pub source: &'static str,
-    pub reason: &'static str,
-    pub count: u64,
 }
 
 /// How often the collector reads the kernel maps.
@@ -349,7 +344,7 @@ impl Collector {
         while let Some(record) = ring.next() {
             match decode(&record) {
                 Ok(event) => {
-                    *self.events.entry(event_name(&event)).or_default() += 1;
+                    *self.events.entry(event.name()).or_default() += 1;
                     if let (Event::Switch(switch), Some(recording)) = (&event, &mut self.recording)
                     {
                         recording.push(*switch);
@@ -614,16 +609,4 @@ fn log_slow_task(slow: &SlowTask) {
         reason = %slow.reason,
         "slow task"
     );
-}
-
-fn event_name(event: &Event) -> &'static str {
-    match event {
-        Event::Fork(_) => "fork",
-        Event::Exec(_) => "exec",
-        Event::Exit(_) => "exit",
-        Event::SlowSyscall(_) => "slow_syscall",
-        Event::SlowRunq(_) => "slow_runqueue_wait",
-        Event::SlowIo(_) => "slow_block_io",
-        Event::Switch(_) => "switch",
-    }
 }

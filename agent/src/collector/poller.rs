@@ -9,36 +9,11 @@ use taskscope_common::{
     SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
 };
 
-use crate::probes::Probes;
-
-/// Everything the kernel has accumulated, read in one pass.
-#[derive(Debug, Clone, Default)]
-pub struct KernelSnapshot {
-    /// CLOCK_MONOTONIC when the read started (the kernel programs' clock).
-    pub taken_at_ns: u64,
-    pub tasks: Vec<(u32, TaskSched)>,
-    pub syscalls: Vec<(SyscallKey, SyscallStats)>,
-    pub errnos: Vec<(ErrnoKey, u64)>,
-    pub process_io: Vec<(ProcessIoKey, ProcessIo)>,
-    pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
-    /// One entry per possible CPU.
-    pub cpus: Vec<CpuStats>,
-    /// Lost data per [`Loss`], summed over CPUs.
-    pub losses: [u64; LOSS_KINDS as usize],
-    /// Entries that could not be read (they vanished mid-iteration, usually).
-    pub read_errors: u64,
-}
-
-/// Map entries the task model no longer needs.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Forget {
-    /// Exited threads (tid, tgid): their `TASKS` and `SYSCALL_STARTS` entries.
-    pub tids: Vec<(u32, u32)>,
-    /// Entries of exited processes.
-    pub syscalls: Vec<SyscallKey>,
-    pub errnos: Vec<ErrnoKey>,
-    pub process_io: Vec<ProcessIoKey>,
-}
+use crate::{
+    clock::monotonic_ns,
+    model::intake::{Forget, KernelSnapshot},
+    probes::Probes,
+};
 
 /// Why the maps could not be taken from the loaded object.
 #[derive(Debug, thiserror::Error)]
@@ -72,22 +47,6 @@ where
         },
     })?;
     T::try_from(map).map_err(|source| MapsError { name, source })
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// Reads a clock in nanoseconds.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; the clocks used always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Every entry of a hash map: in batches where the kernel can (one syscall per few thousand

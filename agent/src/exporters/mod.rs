@@ -4,4 +4,3 @@ pub mod otlp;
 pub mod otlp_metrics;
 pub mod otlp_target;
 pub mod prometheus;
-pub mod sampling;

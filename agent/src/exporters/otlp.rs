@@ -8,10 +8,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,22 +25,14 @@ use tracing::{info, warn};
 
 use super::otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget, REQUEST_TIMEOUT};
 use crate::{
+    cli::OtlpProtocol,
+    collector::export::{SpanExportStats, SpanSink},
     metadata::{users::UserNames, SharedPods},
     model::{
         exit::ExitStatus,
         span::{SlowWaitView, TaskSpan},
     },
 };
-
-/// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OtlpProtocol {
-    /// OTLP/HTTP with protobuf bodies (port 4318).
-    #[value(name = "http/protobuf", alias = "http")]
-    HttpProtobuf,
-    /// OTLP/gRPC (port 4317).
-    Grpc,
-}
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
@@ -59,43 +48,6 @@ pub struct OtlpConfig {
     pub retry_for: Duration,
     /// Where `process.owner` names come from.
     pub passwd_file: std::path::PathBuf,
-}
-
-/// What the exporter did, for /metrics and /api/v1/status.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct OtlpStats {
-    pub exported: AtomicU64,
-    /// Spans offered while the queue was full.
-    pub dropped_queue_full: AtomicU64,
-    /// Spans of batches still failing after `retry_for`.
-    pub dropped_export_failed: AtomicU64,
-    /// Export requests that failed (each retry counts).
-    pub failed_requests: AtomicU64,
-    /// The last request succeeded.
-    pub up: AtomicBool,
-}
-
-/// The collector's end of the export queue.
-#[derive(Debug, Clone)]
-pub struct SpanSink {
-    tx: mpsc::Sender<TaskSpan>,
-    stats: Arc<OtlpStats>,
-}
-
-impl SpanSink {
-    /// What the exporter did so far.
-    pub fn stats(&self) -> &OtlpStats {
-        &self.stats
-    }
-
-    /// Queues a span, or counts it dropped when the queue is full. Never waits.
-    pub fn offer(&self, span: TaskSpan) {
-        if self.tx.try_send(span).is_err() {
-            self.stats
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Why the exporter could not be set up.
@@ -139,17 +91,16 @@ pub fn start(
             .with_attributes([KeyValue::new("host.name", host_name())])
             .build(),
     );
-    let (tx, rx) = mpsc::channel(config.queue.max(1));
-    let stats = Arc::new(OtlpStats::default());
+    let (sink, rx) = SpanSink::new(config.queue);
     tokio::spawn(export_loop(
         exporter,
         rx,
         config,
         pods,
-        Arc::clone(&stats),
+        sink.shared_stats(),
         shutdown,
     ));
-    Ok(SpanSink { tx, stats })
+    Ok(sink)
 }
 
 /// The exporter adds the OTEL_EXPORTER_OTLP_*HEADERS values on top of the headers it is
@@ -221,7 +172,7 @@ async fn export_loop(
     mut rx: mpsc::Receiver<TaskSpan>,
     config: OtlpConfig,
     pods: SharedPods,
-    stats: Arc<OtlpStats>,
+    stats: Arc<SpanExportStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let scope = InstrumentationScope::builder("taskscope")

@@ -6,10 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,21 +26,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
-    otlp::OtlpProtocol,
     otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget},
     prometheus::{Exposition, ExpositionConfig},
 };
-use crate::collector::Query;
-
-/// What the metrics exporter did.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct OtlpMetricsStats {
-    /// Requests the collector accepted.
-    pub exported_requests: AtomicU64,
-    /// Requests that failed (their points are lost; the next ones carry the same totals).
-    pub failed_requests: AtomicU64,
-    pub up: AtomicBool,
-}
+use crate::{
+    cli::OtlpProtocol,
+    collector::{export::MetricsExportStats, Query},
+};
 
 /// Where and how often.
 #[derive(Debug, Clone)]
@@ -289,8 +278,8 @@ pub fn start(
     queries: mpsc::Sender<Query>,
     exposition: Exposition,
     shutdown: watch::Receiver<bool>,
-) -> Arc<OtlpMetricsStats> {
-    let stats = Arc::new(OtlpMetricsStats::default());
+) -> Arc<MetricsExportStats> {
+    let stats = Arc::new(MetricsExportStats::default());
     tokio::spawn(export_loop(
         config,
         queries,
@@ -305,7 +294,7 @@ async fn export_loop(
     config: OtlpMetricsConfig,
     queries: mpsc::Sender<Query>,
     exposition: Arc<Mutex<Exposition>>,
-    stats: Arc<OtlpMetricsStats>,
+    stats: Arc<MetricsExportStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let start_ns = unix_now_ns();

@@ -9,7 +9,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::otlp::OtlpProtocol;
+use crate::cli::OtlpProtocol;
 
 /// What a request to the collector may take before it counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,13 +15,13 @@ use prometheus_client::{
 use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
 use crate::{
-    collector::LossView,
     health::SharedHealth,
     metadata::{PodDirectory, SharedPods, SourceState},
     model::{
         aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
+        snapshot::MetricsSnapshot,
         view::{block_op_name, device_name},
         workload::Workload,
     },
@@ -29,34 +29,6 @@ use crate::{
     procfs::{CgroupMemory, CgroupMemoryReader, ZoneFreeBlocks},
     syscall_names::syscall_name,
 };
-
-/// A process selected by `--process-metrics`, with its own figures.
-#[derive(Debug)]
-pub struct SelectedProcess {
-    pub workload: Workload,
-    pub pid: u32,
-    pub comm: String,
-    pub totals: WorkloadTotals,
-}
-
-/// What one scrape exposes.
-#[derive(Debug, Default)]
-pub struct MetricsSnapshot {
-    pub workloads: Vec<(Workload, WorkloadTotals)>,
-    /// Processes selected by `--process-metrics`.
-    pub processes: Vec<SelectedProcess>,
-    /// Per-CPU busy share and idle fragmentation over the latest window.
-    pub cpu_windows: Vec<CpuWindow>,
-    /// Free lists of each memory zone (`/proc/buddyinfo`).
-    pub memory_zones: Vec<ZoneFreeBlocks>,
-    /// (resource, some µs, full µs) from `/proc/pressure`.
-    pub pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
-    /// Kernel run statistics of each attached program.
-    pub programs: Vec<(&'static str, ProgramStats)>,
-    /// Ring-buffer events received, by kind.
-    pub events: BTreeMap<&'static str, u64>,
-    pub lost: Vec<LossView>,
-}
 
 /// Exposition settings.
 #[derive(Debug, Clone, Copy)]

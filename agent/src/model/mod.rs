@@ -9,9 +9,11 @@
 pub mod aggregate;
 pub mod errno;
 pub mod exit;
+pub mod intake;
 pub mod node;
 pub mod redact;
 pub mod selector;
+pub mod snapshot;
 pub mod span;
 pub mod view;
 pub mod workload;
@@ -22,24 +24,23 @@ use std::{
 };
 
 use taskscope_common::{
+    decode::{c_string, Event, Exec, ExecCounters},
     DeviceIo, DeviceIoKey, ErrnoKey, ProcessIo, ProcessIoKey, SlowSyscallEvent, SyscallKey,
     SyscallStats, TaskSched, HIST_BUCKETS, LOSS_KINDS,
 };
 
 use crate::{
-    collector::{
-        events::{c_string, Event, Exec, ExecCounters},
-        poller::{clock_ns, Forget, KernelSnapshot},
-    },
-    exporters::prometheus::SelectedProcess,
+    clock::clock_ns,
     procfs::{self, CgroupResolver, NS_PER_TICK},
 };
 
 pub use self::exit::ExitStatus;
 use self::{
     aggregate::{WorkloadLedger, WorkloadTotals},
+    intake::{Forget, KernelSnapshot},
     node::{cpu_windows, CpuTotals, CpuWindow},
     selector::ProcessSelector,
+    snapshot::SelectedProcess,
     span::{SpanIdSource, SpanIds, TaskSpan},
     view::Clocks,
     workload::Workload,

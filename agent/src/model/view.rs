@@ -6,7 +6,7 @@ use serde::Serialize;
 use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
 
 use super::{errno::errno_name, node::CpuTotals, workload::Workload, ExitStatus, Process};
-use crate::{collector::poller::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
+use crate::{clock::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 /// Offsets between the kernel's clocks and wall-clock time, taken once per response.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,7 @@ use super::kernel::{
     add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_bio_bdev, off_disk_part0,
     off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read, thresholds,
 };
-use super::lifecycle::{header, submit_flags, EVENTS};
+use super::ringbuf::{header, send};
 
 /// Requests in flight, keyed by `struct request *`. LRU: a request whose completion is never
 /// seen (a driver error path) must not pin an entry forever.
@@ -33,18 +33,13 @@ pub static DEVICE_IO: HashMap<DeviceIoKey, DeviceIo> = HashMap::with_max_entries
 /// Sends one slow block request, attributed to the process that issued it, to userspace.
 #[inline(always)]
 fn report_slow_io(start: &IoStart, bytes: u64, latency_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<SlowIoEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
-    entry.write(SlowIoEvent {
+    send(SlowIoEvent {
         header: header(event_kind::SLOW_IO, 0, start.tgid),
         dev: start.dev,
         op: start.op,
         bytes,
         latency_ns,
     });
-    entry.submit(submit_flags());
 }
 
 /// `REQ_OP_MASK`: the operation is the low 8 bits of `cmd_flags`.

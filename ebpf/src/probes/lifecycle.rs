@@ -1,63 +1,22 @@
 //! Process lifecycle through the ring buffer: fork (process or thread), exec, exit.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user_buf,
-    },
-    macros::map,
-    maps::RingBuf,
-    Global,
+use core::mem::MaybeUninit;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid,
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
 };
-use taskscope_common::{
-    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, Loss, ARGS_LEN, COMM_LEN,
-};
+use taskscope_common::{event_kind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, COMM_LEN};
 
 use super::kernel::{
-    agent_tgid, arg, count_loss, current_ids, exit_has_group_dead, off_bprm_filename,
-    off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
-    off_task_nvcsw, off_task_run_delay, off_task_signal, off_task_start_boottime,
-    off_task_sum_exec_runtime, read, task_ids,
+    agent_tgid, arg, current_ids, exit_has_group_dead, off_bprm_filename, off_mm_arg_end,
+    off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm, off_task_nvcsw,
+    off_task_run_delay, off_task_signal, off_task_start_boottime, off_task_sum_exec_runtime, read,
+    task_ids,
 };
+use super::ringbuf::{header, send, send_with};
 use super::sched::{copy_counters, TASKS};
 use super::syscalls::SYSCALL_STARTS;
-
-/// Lifecycle and over-threshold events. Its size is set by the loader.
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-
-/// Pending bytes from which a submit wakes the reader (set by the loader to a fraction of the
-/// ring). Below it the reader is not woken: it drains on its own timer. A wakeup is an
-/// irq_work self-IPI, which costs microseconds (far more in a VM) on the submitting task.
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: Global<u64> = Global::new(0);
-
-/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA` (uapi/linux/bpf.h).
-const RB_NO_WAKEUP: u64 = 1;
-const RB_FORCE_WAKEUP: u64 = 2;
-const RB_AVAIL_DATA: u64 = 0;
-
-/// Flags for submitting an event: wake the reader only when enough is pending.
-#[inline(always)]
-pub fn submit_flags() -> u64 {
-    if EVENTS.query(RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
-        RB_FORCE_WAKEUP
-    } else {
-        RB_NO_WAKEUP
-    }
-}
-
-#[inline(always)]
-pub fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
-    EventHeader {
-        kind,
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid,
-        tgid,
-    }
-}
 
 #[inline(always)]
 fn current_comm() -> [u8; COMM_LEN] {
@@ -78,11 +37,7 @@ pub fn on_fork(ctx: *const u64) {
     // A reused tid starts from zero, whatever the agent has not cleaned up yet.
     let _ = TASKS.remove(pid);
     let _ = SYSCALL_STARTS.remove(pid);
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
-    entry.write(ForkEvent {
+    send(ForkEvent {
         header: header(event_kind::FORK, pid, tgid),
         parent_pid,
         parent_tgid,
@@ -92,7 +47,6 @@ pub fn on_fork(ctx: *const u64) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: current_comm(),
     });
-    entry.submit(submit_flags());
 }
 
 /// `sched_process_exec(task_struct *p, pid_t old_pid, linux_binprm *bprm)`, in p's context
@@ -106,54 +60,51 @@ pub fn on_exec(ctx: *const u64) {
     let task = arg(ctx, 0);
     let old_pid = arg(ctx, 1) as u32;
     let bprm = arg(ctx, 2);
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
     // Filled in place: the event is larger than the BPF stack.
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved ring-buffer entry of the right size.
-    let event = unsafe { &mut *event };
-    event.header = header(event_kind::EXEC, pid, tgid);
-    event.old_pid = old_pid;
-    event.uid = bpf_get_current_uid_gid() as u32;
-    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    event._pad = 0;
-    event.comm = current_comm();
-    // The counters as of the exec (the scheduler updates sum_exec_runtime at ticks and
-    // switches: at most a tick behind).
-    event.on_cpu_ns = read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0);
-    event.runq_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
-    event.voluntary_switches = read::<u64>(task, off_task_nvcsw()).unwrap_or(0);
-    event.involuntary_switches = read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0);
+    send_with(|entry: &mut MaybeUninit<ExecEvent>| {
+        // SAFETY: every field is written below before the entry is submitted; ExecEvent is plain
+        // integers (any bit pattern is valid).
+        let event = unsafe { &mut *entry.as_mut_ptr() };
+        event.header = header(event_kind::EXEC, pid, tgid);
+        event.old_pid = old_pid;
+        event.uid = bpf_get_current_uid_gid() as u32;
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        event._pad = 0;
+        event.comm = current_comm();
+        // The counters as of the exec (the scheduler updates sum_exec_runtime at ticks and
+        // switches: at most a tick behind).
+        event.on_cpu_ns = read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0);
+        event.runq_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
+        event.voluntary_switches = read::<u64>(task, off_task_nvcsw()).unwrap_or(0);
+        event.involuntary_switches = read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0);
 
-    event.filename_len = 0;
-    if let Some(filename) = read::<u64>(bprm, off_bprm_filename()) {
-        if let Ok(bytes) =
-            unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.filename) }
-        {
-            event.filename_len = bytes.len() as u32;
-        }
-    }
-
-    event.args_len = 0;
-    event.args_truncated = 0;
-    let mm = read::<u64>(task, off_task_mm()).unwrap_or(0);
-    let start = read::<u64>(mm, off_mm_arg_start()).unwrap_or(0);
-    let end = read::<u64>(mm, off_mm_arg_end()).unwrap_or(0);
-    if start != 0 && end > start {
-        let mut len = (end - start) as usize;
-        if len > ARGS_LEN {
-            len = ARGS_LEN;
-            event.args_truncated = 1;
-        }
-        if let Some(dst) = event.args.get_mut(..len) {
-            if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
-                event.args_len = len as u32;
+        event.filename_len = 0;
+        if let Some(filename) = read::<u64>(bprm, off_bprm_filename()) {
+            if let Ok(bytes) = unsafe {
+                bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.filename)
+            } {
+                event.filename_len = bytes.len() as u32;
             }
         }
-    }
-    entry.submit(submit_flags());
+
+        event.args_len = 0;
+        event.args_truncated = 0;
+        let mm = read::<u64>(task, off_task_mm()).unwrap_or(0);
+        let start = read::<u64>(mm, off_mm_arg_start()).unwrap_or(0);
+        let end = read::<u64>(mm, off_mm_arg_end()).unwrap_or(0);
+        if start != 0 && end > start {
+            let mut len = (end - start) as usize;
+            if len > ARGS_LEN {
+                len = ARGS_LEN;
+                event.args_truncated = 1;
+            }
+            if let Some(dst) = event.args.get_mut(..len) {
+                if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
+                    event.args_len = len as u32;
+                }
+            }
+        }
+    });
 }
 
 /// `sched_process_exit(task_struct *p[, bool group_dead])`, in p's context.
@@ -175,16 +126,11 @@ pub fn on_exit(ctx: *const u64) {
     if let Some(sched) = TASKS.get_ptr_mut(pid) {
         copy_counters::<false>(unsafe { &mut *sched }, task);
     }
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
-    entry.write(ExitEvent {
+    send(ExitEvent {
         header: header(event_kind::EXIT, pid, tgid),
         exit_code: read::<u32>(task, off_task_exit_code()).unwrap_or(0),
         group_dead: group_dead as u32,
         start_boottime_ns: read(task, off_task_start_boottime()).unwrap_or(0),
         comm: current_comm(),
     });
-    entry.submit(submit_flags());
 }

@@ -3,6 +3,7 @@
 pub mod blockio;
 pub mod kernel;
 pub mod lifecycle;
+pub mod ringbuf;
 pub mod sched;
 pub mod syscalls;
 

@@ -12,10 +12,10 @@ use taskscope_common::{
 
 use super::{
     kernel::{
-        agent_tgid, arg, count_loss, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
+        agent_tgid, arg, current_ids, get_or_init, off_task_nvcsw, off_task_run_delay,
         off_task_sum_exec_runtime, read_field, task_ids, thresholds,
     },
-    lifecycle::{header, submit_flags, EVENTS},
+    ringbuf::{header, send},
 };
 
 /// Non-zero while recording (`taskscope record`): every context switch goes to userspace.
@@ -25,30 +25,20 @@ static RECORD_SWITCHES: Global<u32> = Global::new(0);
 /// Sends one context switch to userspace (recording only).
 #[inline(always)]
 fn report_switch(prev_pid: u32, prev_tgid: u32, next_pid: u32, next_tgid: u32) {
-    let Some(mut entry) = EVENTS.reserve::<SwitchEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
-    entry.write(SwitchEvent {
+    send(SwitchEvent {
         header: header(event_kind::SWITCH, prev_pid, prev_tgid),
         next_pid,
         next_tgid,
     });
-    entry.submit(submit_flags());
 }
 
 /// Sends one long run-queue wait of task `pid` to userspace.
 #[inline(always)]
 fn report_slow_runq(pid: u32, tgid: u32, wait_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<SlowRunqEvent>(0) else {
-        count_loss(Loss::RingBufFull);
-        return;
-    };
-    entry.write(SlowRunqEvent {
+    send(SlowRunqEvent {
         header: header(event_kind::SLOW_RUNQ, pid, tgid),
         wait_ns,
     });
-    entry.submit(submit_flags());
 }
 
 /// Scheduler figures per task (tid). Entries of exited tasks are removed by the agent once it

@@ -9,8 +9,8 @@ use taskscope_common::{
     SyscallStats,
 };
 
-use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init, thresholds};
-use super::lifecycle::{header, submit_flags, EVENTS};
+use super::kernel::{add, agent_tgid, arg, current_ids, get_or_init, thresholds};
+use super::ringbuf::{header, send};
 
 /// Syscall in progress per task (tid).
 #[map]
@@ -88,17 +88,12 @@ pub fn on_exit(ctx: *const u64) {
     }
     // Syscalls at least this long are sent to userspace one by one.
     if duration >= thresholds().slow_syscall_ns {
-        let Some(mut entry) = EVENTS.reserve::<SlowSyscallEvent>(0) else {
-            count_loss(Loss::RingBufFull);
-            return;
-        };
-        entry.write(SlowSyscallEvent {
+        send(SlowSyscallEvent {
             header: header(event_kind::SLOW_SYSCALL, pid, tgid),
             nr,
             _pad: 0,
             ret,
             duration_ns: duration,
         });
-        entry.submit(submit_flags());
     }
 }

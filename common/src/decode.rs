@@ -1,11 +1,12 @@
-//! Decoding ring-buffer records into typed events.
+//! The userspace half of the ring-buffer contract: records decoded into typed events.
 //!
 //! A record is an [`EventHeader`] followed by its payload; the header's `kind` says which. The
 //! bytes come from the kernel, so every length is checked and nothing here can panic.
 
-use std::mem::size_of;
+use core::mem::size_of;
+use std::{boxed::Box, string::String, vec::Vec};
 
-use taskscope_common::{
+use crate::{
     event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqEvent,
     SlowSyscallEvent, SwitchEvent, ARGS_LEN, FILENAME_LEN,
 };
@@ -46,18 +47,52 @@ pub struct ExecCounters {
     pub involuntary_switches: u64,
 }
 
+impl Event {
+    /// The event's kind (one of [`event_kind`]).
+    pub fn kind(&self) -> u32 {
+        match self {
+            Event::Fork(_) => event_kind::FORK,
+            Event::Exec(_) => event_kind::EXEC,
+            Event::Exit(_) => event_kind::EXIT,
+            Event::SlowSyscall(_) => event_kind::SLOW_SYSCALL,
+            Event::SlowRunq(_) => event_kind::SLOW_RUNQ,
+            Event::SlowIo(_) => event_kind::SLOW_IO,
+            Event::Switch(_) => event_kind::SWITCH,
+        }
+    }
+
+    /// The kind's stable name (metrics' `kind` label, logs).
+    pub fn name(&self) -> &'static str {
+        event_kind::name(self.kind()).unwrap_or("unknown")
+    }
+}
+
 /// Why a record could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {len} bytes is shorter than its {needed}-byte {what}")]
+    /// The record is shorter than the layout its kind names.
     Short {
         what: &'static str,
         len: usize,
         needed: usize,
     },
-    #[error("unknown event kind {0}")]
+    /// The header names no known kind.
     UnknownKind(u32),
 }
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Short { what, len, needed } => write!(
+                f,
+                "record of {len} bytes is shorter than its {needed}-byte {what}"
+            ),
+            DecodeError::UnknownKind(kind) => write!(f, "unknown event kind {kind}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 impl DecodeError {
     /// Stable label for counting decode errors.
@@ -80,13 +115,13 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     }
     // SAFETY: length checked above; T is a repr(C) integer-only type from taskscope-common
     // (every bit pattern valid) and read_unaligned needs no alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// A NUL-terminated (or full-length) kernel string as lossy UTF-8.
 pub fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    String::from_utf8_lossy(bytes.get(..end).unwrap_or(bytes)).into_owned()
 }
 
 /// Splits a NUL-separated argument vector (as in `/proc/<pid>/cmdline`).
@@ -139,11 +174,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taskscope_common::COMM_LEN;
+    use crate::COMM_LEN;
+    use std::vec;
 
     fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: T is a padding-free repr(C) type.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+        unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
             .to_vec()
     }
 
