@@ -13,7 +13,10 @@ use crate::{
     api::{self, ApiState},
     check::{drop_capabilities, effective_capability_names, effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
-    collector::{Collector, CollectorConfig},
+    collector::{
+        export::{MetricsExportStats, SpanSink},
+        Collector, CollectorConfig, LiveSettings, Query,
+    },
     config::RunConfig,
     control::{self, Control},
     exporters::{
@@ -269,29 +272,14 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let pods = start_kubernetes(&args, shutdown_rx.clone()).await?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-
-    let span_sink = match traces_target {
-        Some(target) => {
-            info!(url = %target.url, protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");
-            let sink = otlp::start(
-                OtlpConfig {
-                    target,
-                    queue: args.otlp_queue,
-                    batch: 512,
-                    retry_for: args.otlp_retry_for,
-                    passwd_file: args.passwd_file.clone(),
-                },
-                Arc::clone(&pods),
-                shutdown_rx.clone(),
-            )
-            .map_err(|e| RunError::Otlp(e.to_string()))?;
-            Some(sink)
-        }
-        None => None,
+    // Caught from here on: a stop asked for while starting still detaches cleanly.
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+        int: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+        hup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
     };
+
+    let span_sink = start_span_export(traces_target, &args, &pods, &shutdown_rx)?;
     let health: SharedHealth = Arc::default();
     let live = control::live_settings(&args, args.debug);
     if args.debug {
@@ -299,61 +287,22 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     }
     let cgroup_root = cgroup2_mount();
     let cgroup_v2 = cgroup_root.is_some();
-    let model = TaskModel::new(
-        ModelConfig {
-            exited_retention: args.exited_retention,
-            max_exited: args.max_exited,
-            max_live: args.max_tasks as usize * 2,
-            cpu_window: args.poll_interval,
-            idle_fragment_threshold: args.idle_fragment_threshold,
-            redactor: Redactor::new(&args.redact_patterns),
-            join_traceparent: args.join_traceparent,
-            ..ModelConfig::default()
-        },
-        CgroupResolver::new(cgroup_root),
-    );
-    let collector = Collector::new(
-        probes,
-        model,
-        CollectorConfig {
-            poll_interval: args.poll_interval,
-            max_staleness: args.max_staleness,
-            drain_interval: args.drain_interval,
-            series_ttl: args.series_ttl,
-            process_selectors: live.process_selectors.clone(),
-            span_sink: span_sink.clone(),
-            sampling: live.sampling,
-            record_switches: false,
-            slow_task: live.slow_task,
-        },
-    )?;
+    let collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
     let exposition_config = ExpositionConfig {
         max_series: args.max_series,
         top_syscalls: args.top_syscalls,
     };
-    let otlp_metrics = match metrics_target {
-        Some(target) if !args.otlp_metrics_interval.is_zero() => {
-            info!(url = %target.url, protocol = ?target.protocol, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
-            Some(otlp_metrics::start(
-                OtlpMetricsConfig {
-                    target,
-                    interval: args.otlp_metrics_interval,
-                    exposition: exposition_config,
-                },
-                queries_tx.clone(),
-                Exposition::new(
-                    CgroupMemoryReader::from_mounts(&mountinfo()),
-                    Arc::clone(&pods),
-                )
-                .with_health(Arc::clone(&health)),
-                shutdown_rx.clone(),
-            ))
-        }
-        _ => None,
-    };
-
+    let otlp_metrics = start_metrics_export(
+        metrics_target,
+        &args,
+        exposition_config,
+        &queries_tx,
+        &pods,
+        &health,
+        &shutdown_rx,
+    );
     let (thresholds_tx, thresholds_rx) = watch::channel(control::health_thresholds(&args));
     tokio::spawn(health::monitor(
         MonitorSources {
@@ -405,27 +354,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let server = tokio::spawn(async move { server.await });
     info!(listen = %args.listen, "taskscope is running");
 
-    let stopped_early = loop {
-        tokio::select! {
-            _ = sigterm.recv() => {
-                info!(signal = "SIGTERM", "shutting down");
-                break false;
-            }
-            _ = sigint.recv() => {
-                info!(signal = "SIGINT", "shutting down");
-                break false;
-            }
-            _ = sighup.recv() => {
-                // An invalid file changes nothing; the reason is logged.
-                if let Err(reason) = control.lock().await.reload_file().await {
-                    warn!(%reason, "reload (SIGHUP) refused; the running configuration is unchanged");
-                }
-            }
-            // The collector stops on its own only when it cannot go on (its reason is
-            // logged): an agent that no longer collects must not look healthy.
-            _ = &mut collector => break true,
-        }
-    };
+    let stopped_early = wait_for_stop(&mut signals, &control, &mut collector).await;
     let _ = shutdown_tx.send(true);
     if !stopped_early {
         // The collector owns the programs: when it returns, they are detached and unloaded.
@@ -439,4 +368,141 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         return Err(RunError::CollectorStopped);
     }
     Ok(())
+}
+
+/// Starts the OTLP span exporter when an endpoint is configured.
+fn start_span_export(
+    traces_target: Option<otlp_target::SignalTarget>,
+    args: &RunArgs,
+    pods: &SharedPods,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<SpanSink>, RunError> {
+    let sink = match traces_target {
+        Some(target) => {
+            info!(url = %target.url, protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");
+            let sink = otlp::start(
+                OtlpConfig {
+                    target,
+                    queue: args.otlp_queue,
+                    batch: 512,
+                    retry_for: args.otlp_retry_for,
+                    passwd_file: args.passwd_file.clone(),
+                },
+                Arc::clone(pods),
+                shutdown.clone(),
+            )
+            .map_err(|e| RunError::Otlp(e.to_string()))?;
+            Some(sink)
+        }
+        None => None,
+    };
+    Ok(sink)
+}
+
+/// The task model and the collector that owns it, with the probes loaded.
+fn new_collector(
+    args: &RunArgs,
+    probes: Probes,
+    live: &LiveSettings,
+    span_sink: Option<SpanSink>,
+    cgroup_root: Option<std::path::PathBuf>,
+) -> Result<Collector, RunError> {
+    let model = TaskModel::new(
+        ModelConfig {
+            exited_retention: args.exited_retention,
+            max_exited: args.max_exited,
+            max_live: args.max_tasks as usize * 2,
+            cpu_window: args.poll_interval,
+            idle_fragment_threshold: args.idle_fragment_threshold,
+            redactor: Redactor::new(&args.redact_patterns),
+            join_traceparent: args.join_traceparent,
+            ..ModelConfig::default()
+        },
+        CgroupResolver::new(cgroup_root),
+    );
+    Ok(Collector::new(
+        probes,
+        model,
+        CollectorConfig {
+            poll_interval: args.poll_interval,
+            max_staleness: args.max_staleness,
+            drain_interval: args.drain_interval,
+            series_ttl: args.series_ttl,
+            process_selectors: live.process_selectors.clone(),
+            span_sink: span_sink.clone(),
+            sampling: live.sampling,
+            record_switches: false,
+            slow_task: live.slow_task,
+        },
+    )?)
+}
+
+/// Starts the OTLP metrics exporter when an endpoint and an interval are configured.
+fn start_metrics_export(
+    metrics_target: Option<otlp_target::SignalTarget>,
+    args: &RunArgs,
+    exposition_config: ExpositionConfig,
+    queries: &mpsc::Sender<Query>,
+    pods: &SharedPods,
+    health: &SharedHealth,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<Arc<MetricsExportStats>> {
+    match metrics_target {
+        Some(target) if !args.otlp_metrics_interval.is_zero() => {
+            info!(url = %target.url, protocol = ?target.protocol, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
+            Some(otlp_metrics::start(
+                OtlpMetricsConfig {
+                    target,
+                    interval: args.otlp_metrics_interval,
+                    exposition: exposition_config,
+                },
+                queries.clone(),
+                Exposition::new(
+                    CgroupMemoryReader::from_mounts(&mountinfo()),
+                    Arc::clone(pods),
+                )
+                .with_health(Arc::clone(health)),
+                shutdown.clone(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (reloading the config file on SIGHUP), or for the collector to
+/// stop on its own: then `true`.
+async fn wait_for_stop<T>(
+    signals: &mut Signals,
+    control: &tokio::sync::Mutex<Control>,
+    collector: &mut tokio::task::JoinHandle<T>,
+) -> bool {
+    let stopped_early = loop {
+        tokio::select! {
+            _ = signals.term.recv() => {
+                info!(signal = "SIGTERM", "shutting down");
+                break false;
+            }
+            _ = signals.int.recv() => {
+                info!(signal = "SIGINT", "shutting down");
+                break false;
+            }
+            _ = signals.hup.recv() => {
+                // An invalid file changes nothing; the reason is logged.
+                if let Err(reason) = control.lock().await.reload_file().await {
+                    warn!(%reason, "reload (SIGHUP) refused; the running configuration is unchanged");
+                }
+            }
+            // The collector stops on its own only when it cannot go on (its reason is
+            // logged): an agent that no longer collects must not look healthy.
+            _ = &mut *collector => break true,
+        }
+    };
+    stopped_early
+}
+
+/// The signals `run` answers: SIGTERM and SIGINT stop it, SIGHUP reloads the config file.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }

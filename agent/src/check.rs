@@ -163,7 +163,16 @@ fn kernel_release() -> String {
 /// Runs every check. Attach checks load the real programs (and unload them again).
 pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
     let mut out = Vec::new();
+    prerequisites(&mut out, kernel_btf);
+    // The programs are loaded only when everything they need is there.
+    let can_load = out.iter().all(|r| r.ok);
+    attach_checks(&mut out, kernel_btf, can_load);
+    host_facilities(&mut out);
+    out
+}
 
+/// What loading the programs needs: kernel version, BTF, capabilities.
+fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
     let release = kernel_release();
     let version = parse_kernel_version(&release);
     out.push(Requirement {
@@ -215,9 +224,11 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
         },
         fix: Some("grant CAP_SYS_PTRACE (see docs/install.md)".into()),
     });
+}
 
+/// The real programs, attached the way `run` would (tp_btf, then raw_tp), then detached.
+fn attach_checks(out: &mut Vec<Requirement>, kernel_btf: &Path, can_load: bool) {
     // The real programs, attached the way `run` would, then detached.
-    let can_load = out.iter().all(|r| r.ok);
     for (name, force_raw_tp) in [("attach type tp_btf", false), ("attach type raw_tp", true)] {
         let result = if can_load {
             Probes::load(&LoadOptions {
@@ -276,7 +287,10 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
             "run `taskscope run` to see the verifier's output; see docs/troubleshooting.md".into(),
         ),
     });
+}
 
+/// Mounts and kernel settings that change what is measured, not whether it runs.
+fn host_facilities(out: &mut Vec<Requirement>) {
     let mounts = mountinfo();
     out.push(mount_requirement(
         &mounts,
@@ -319,7 +333,6 @@ pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
             fix: None,
         });
     }
-    out
 }
 
 /// Whether every required line is ok.

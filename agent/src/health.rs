@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::Serialize;
-use taskscope_common::{bucket_upper_bound_ns, HIST_BUCKETS};
+use taskscope_common::{bucket_upper_bound_ns, Loss, HIST_BUCKETS};
 
 use crate::{
     collector::StatusResponse,
@@ -212,171 +212,20 @@ impl Evaluator {
             .iter()
             .map(|l: &LossView| ((l.source, l.reason), l.count))
             .collect();
-        let lost_since = |source: &str, reason: Option<&str>| -> u64 {
-            lost.iter()
-                .filter(|((s, r), _)| *s == source && reason.is_none_or(|reason| *r == reason))
-                .map(|(key, count)| {
-                    let before = self
-                        .previous
-                        .as_ref()
-                        .and_then(|p| p.lost.get(key))
-                        .copied()
-                        .unwrap_or(0);
-                    count.saturating_sub(before)
-                })
-                .sum()
-        };
         let events: u64 = inputs.status.events.values().sum();
-        let events_since = events - self.previous.as_ref().map_or(0, |p| p.events.min(events));
-
         let mut components = BTreeMap::new();
-        for group in [
-            ProbeGroup::Scheduling,
-            ProbeGroup::Lifecycle,
-            ProbeGroup::Syscalls,
-            ProbeGroup::BlockIo,
-        ] {
-            components.insert(
-                format!("probes_{}", group_name(group)),
-                probe_group(group, &inputs.status.hooks),
-            );
+        {
+            let since = Since {
+                window,
+                lost: &lost,
+                previous: self.previous.as_ref(),
+            };
+            data_path_components(&mut components, inputs, &since, events);
+            metadata_components(&mut components, inputs);
+            exporter_components(&mut components, inputs, &since);
         }
-        let ring_lost = lost_since("ringbuf", None);
-        let ring = if ring_lost == 0 {
-            component(
-                Status::Healthy,
-                format!(
-                    "{events_since} events in the last {:.0} s, none lost",
-                    window.as_secs_f64()
-                ),
-            )
-        } else {
-            let share = ring_lost as f64 / (ring_lost + events_since).max(1) as f64;
-            component(
-                if share > 0.5 { Status::Unhealthy } else { Status::Degraded },
-                format!(
-                    "{ring_lost} events lost in the last {:.0} s ({:.1}% of {}): the agent reads the ring buffer too slowly; raise --ring-buffer-kib",
-                    window.as_secs_f64(),
-                    share * 100.0,
-                    ring_lost + events_since
-                ),
-            )
-        };
-        components.insert("ring_buffer".into(), ring);
-        let maps_lost: u64 = [
-            "tasks_map",
-            "syscalls_map",
-            "syscall_errnos_map",
-            "syscall_starts_map",
-            "io_starts_map",
-            "process_io_map",
-            "device_io_map",
-        ]
-        .iter()
-        .map(|source| lost_since(source, Some("map_full")))
-        .sum();
-        let dropped = inputs
-            .status
-            .model
-            .processes_dropped
-            .saturating_sub(self.previous.as_ref().map_or(0, |p| p.processes_dropped));
-        components.insert(
-            "task_model".into(),
-            if dropped == 0 && maps_lost == 0 {
-                component(
-                    Status::Healthy,
-                    format!(
-                        "{} live and {} exited processes",
-                        inputs.status.live_processes, inputs.status.exited_processes
-                    ),
-                )
-            } else {
-                component(
-                    Status::Degraded,
-                    format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64()),
-                )
-            },
-        );
-        components.insert(
-            "metadata_cgroup".into(),
-            if inputs.cgroup_v2 {
-                component(Status::Healthy, "cgroup v2 hierarchy found")
-            } else {
-                component(
-                    Status::Degraded,
-                    "no cgroup v2 hierarchy: workloads are not attributed",
-                )
-            },
-        );
-        components.insert(
-            "metadata_kubernetes".into(),
-            match inputs.kubernetes {
-                SourceState::Disabled => component(Status::Disabled, "--kubernetes not set"),
-                SourceState::Connecting => component(
-                    Status::Degraded,
-                    "listing this node's pods for the first time",
-                ),
-                SourceState::Synced => component(Status::Healthy, "pods listed and watched"),
-                SourceState::Failing(why) => component(
-                    Status::Degraded,
-                    format!(
-                        "the Kubernetes API fails: {why}; pod labels fall back to the cgroup's"
-                    ),
-                ),
-            },
-        );
-        components.insert(
-            "exporter_prometheus".into(),
-            component(Status::Healthy, "serving /metrics"),
-        );
-        let otlp_traces_lost = lost_since("otlp_spans", Some("queue_full"))
-            + lost_since("otlp_spans", Some("export_failed"));
-        components.insert(
-            "exporter_otlp_traces".into(),
-            match inputs.otlp_traces {
-                None => component(Status::Disabled, "no OTLP endpoint configured"),
-                Some(true) if otlp_traces_lost == 0 => {
-                    component(Status::Healthy, "the collector accepts spans")
-                }
-                Some(true) => component(
-                    Status::Degraded,
-                    format!("{otlp_traces_lost} spans dropped in the last {:.0} s (queue full or export failed)", window.as_secs_f64()),
-                ),
-                Some(false) => component(
-                    Status::Degraded,
-                    "the collector is down or refusing spans: retrying with backoff, dropped spans are counted",
-                ),
-            },
-        );
-        components.insert(
-            "exporter_otlp_metrics".into(),
-            match inputs.otlp_metrics {
-                None => component(Status::Disabled, "no OTLP metrics export configured"),
-                Some(true) => component(Status::Healthy, "the collector accepts metrics"),
-                Some(false) => component(
-                    Status::Degraded,
-                    "the collector is down or refusing metrics (values are cumulative: nothing is lost but resolution)",
-                ),
-            },
-        );
-
-        let status = components
-            .values()
-            .map(|c| c.status)
-            .filter(|s| *s != Status::Disabled)
-            .max()
-            .unwrap_or(Status::Healthy);
-        let message = match status {
-            Status::Healthy | Status::Disabled => "all components healthy".to_string(),
-            _ => components
-                .iter()
-                .filter(|(_, c)| c.status == status)
-                .map(|(name, c)| format!("{name}: {}", c.message))
-                .collect::<Vec<_>>()
-                .join("; "),
-        };
+        let (status, message) = overall(&components);
         let ready = readiness(inputs, events);
-
         let workloads = match &self.previous {
             Some(previous) if !window.is_zero() => {
                 judge_workloads(inputs.workloads, &previous.workloads, window, thresholds)
@@ -449,6 +298,197 @@ impl Evaluator {
         }
         self.last_workloads = now;
     }
+}
+
+/// What changed since the previous evaluation.
+struct Since<'a> {
+    window: Duration,
+    lost: &'a HashMap<(&'static str, &'static str), u64>,
+    previous: Option<&'a Previous>,
+}
+
+impl Since<'_> {
+    /// Data lost at `source` (for `reason`, or any) since the previous evaluation.
+    fn lost(&self, source: &str, reason: Option<&str>) -> u64 {
+        self.lost
+            .iter()
+            .filter(|((s, r), _)| *s == source && reason.is_none_or(|reason| *r == reason))
+            .map(|(key, count)| {
+                let before = self
+                    .previous
+                    .and_then(|p| p.lost.get(key))
+                    .copied()
+                    .unwrap_or(0);
+                count.saturating_sub(before)
+            })
+            .sum()
+    }
+}
+
+/// The kernel programs, the ring buffer and the task model.
+fn data_path_components(
+    components: &mut BTreeMap<String, Component>,
+    inputs: &Inputs<'_>,
+    since: &Since<'_>,
+    events: u64,
+) {
+    let window = since.window;
+    let events_since = events - since.previous.map_or(0, |p| p.events.min(events));
+    for group in [
+        ProbeGroup::Scheduling,
+        ProbeGroup::Lifecycle,
+        ProbeGroup::Syscalls,
+        ProbeGroup::BlockIo,
+    ] {
+        components.insert(
+            format!("probes_{}", group_name(group)),
+            probe_group(group, &inputs.status.hooks),
+        );
+    }
+    let ring_lost = since.lost(Loss::RingBufFull.name().0, None);
+    let ring = if ring_lost == 0 {
+        component(
+            Status::Healthy,
+            format!(
+                "{events_since} events in the last {:.0} s, none lost",
+                window.as_secs_f64()
+            ),
+        )
+    } else {
+        let share = ring_lost as f64 / (ring_lost + events_since).max(1) as f64;
+        component(
+            if share > 0.5 { Status::Unhealthy } else { Status::Degraded },
+            format!(
+                "{ring_lost} events lost in the last {:.0} s ({:.1}% of {}): the agent reads the ring buffer too slowly; raise --ring-buffer-kib",
+                window.as_secs_f64(),
+                share * 100.0,
+                ring_lost + events_since
+            ),
+        )
+    };
+    components.insert("ring_buffer".into(), ring);
+    // Every kernel map that can be full (the ring buffer is judged above).
+    let maps_lost: u64 = Loss::ALL
+        .iter()
+        .map(|loss| loss.name())
+        .filter(|(_, reason)| *reason == "map_full")
+        .map(|(source, reason)| since.lost(source, Some(reason)))
+        .sum();
+    let dropped = inputs
+        .status
+        .model
+        .processes_dropped
+        .saturating_sub(since.previous.map_or(0, |p| p.processes_dropped));
+    components.insert(
+        "task_model".into(),
+        if dropped == 0 && maps_lost == 0 {
+            component(
+                Status::Healthy,
+                format!(
+                    "{} live and {} exited processes",
+                    inputs.status.live_processes, inputs.status.exited_processes
+                ),
+            )
+        } else {
+            component(
+                Status::Degraded,
+                format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64()),
+            )
+        },
+    );
+}
+
+/// Where workload identity comes from: cgroupfs and the Kubernetes API.
+fn metadata_components(components: &mut BTreeMap<String, Component>, inputs: &Inputs<'_>) {
+    components.insert(
+        "metadata_cgroup".into(),
+        if inputs.cgroup_v2 {
+            component(Status::Healthy, "cgroup v2 hierarchy found")
+        } else {
+            component(
+                Status::Degraded,
+                "no cgroup v2 hierarchy: workloads are not attributed",
+            )
+        },
+    );
+    components.insert(
+        "metadata_kubernetes".into(),
+        match inputs.kubernetes {
+            SourceState::Disabled => component(Status::Disabled, "--kubernetes not set"),
+            SourceState::Connecting => component(
+                Status::Degraded,
+                "listing this node's pods for the first time",
+            ),
+            SourceState::Synced => component(Status::Healthy, "pods listed and watched"),
+            SourceState::Failing(why) => component(
+                Status::Degraded,
+                format!("the Kubernetes API fails: {why}; pod labels fall back to the cgroup's"),
+            ),
+        },
+    );
+}
+
+/// The exporters: Prometheus, OTLP traces and metrics.
+fn exporter_components(
+    components: &mut BTreeMap<String, Component>,
+    inputs: &Inputs<'_>,
+    since: &Since<'_>,
+) {
+    let window = since.window;
+    components.insert(
+        "exporter_prometheus".into(),
+        component(Status::Healthy, "serving /metrics"),
+    );
+    let otlp_traces_lost = since.lost("otlp_spans", Some("queue_full"))
+        + since.lost("otlp_spans", Some("export_failed"));
+    components.insert(
+        "exporter_otlp_traces".into(),
+        match inputs.otlp_traces {
+            None => component(Status::Disabled, "no OTLP endpoint configured"),
+            Some(true) if otlp_traces_lost == 0 => {
+                component(Status::Healthy, "the collector accepts spans")
+            }
+            Some(true) => component(
+                Status::Degraded,
+                format!("{otlp_traces_lost} spans dropped in the last {:.0} s (queue full or export failed)", window.as_secs_f64()),
+            ),
+            Some(false) => component(
+                Status::Degraded,
+                "the collector is down or refusing spans: retrying with backoff, dropped spans are counted",
+            ),
+        },
+    );
+    components.insert(
+        "exporter_otlp_metrics".into(),
+        match inputs.otlp_metrics {
+            None => component(Status::Disabled, "no OTLP metrics export configured"),
+            Some(true) => component(Status::Healthy, "the collector accepts metrics"),
+            Some(false) => component(
+                Status::Degraded,
+                "the collector is down or refusing metrics (values are cumulative: nothing is lost but resolution)",
+            ),
+        },
+    );
+}
+
+/// The worst status of the enabled components, and what the components in it say.
+fn overall(components: &BTreeMap<String, Component>) -> (Status, String) {
+    let status = components
+        .values()
+        .map(|c| c.status)
+        .filter(|s| *s != Status::Disabled)
+        .max()
+        .unwrap_or(Status::Healthy);
+    let message = match status {
+        Status::Healthy | Status::Disabled => "all components healthy".to_string(),
+        _ => components
+            .iter()
+            .filter(|(_, c)| c.status == status)
+            .map(|(name, c)| format!("{name}: {}", c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    (status, message)
 }
 
 fn group_name(group: ProbeGroup) -> &'static str {

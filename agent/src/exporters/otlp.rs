@@ -31,6 +31,7 @@ use crate::{
     model::{
         exit::ExitStatus,
         span::{SlowWaitView, TaskSpan},
+        workload::Workload,
     },
 };
 
@@ -255,6 +256,45 @@ pub fn span_data(
     owner: Option<String>,
     scope: InstrumentationScope,
 ) -> SpanData {
+    let mut attributes = process_attributes(s, owner);
+    if let Some(w) = &s.workload {
+        attributes.extend(workload_attributes(w, pods));
+    }
+    let events = span_events(s);
+    // Non-exhaustive: built from the default, then filled.
+    let mut span_events = SpanEvents::default();
+    span_events.events = events;
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(s.trace_id.to_be_bytes()),
+            SpanId::from_bytes(s.span_id.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: s
+            .parent_span_id
+            .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
+        parent_span_is_remote: s.parent_is_remote,
+        span_kind: SpanKind::Internal,
+        name: Cow::Owned(s.name.clone()),
+        start_time: unix(s.start_unix_ns),
+        end_time: unix(s.end_unix_ns),
+        attributes,
+        dropped_attributes_count: 0,
+        events: span_events,
+        links: SpanLinks::default(),
+        status: if s.error {
+            Status::error(s.status_message.clone())
+        } else {
+            Status::Unset
+        },
+        instrumentation_scope: scope,
+    }
+}
+
+/// The process's own attributes: identity, where its time went, how it ended.
+fn process_attributes(s: &TaskSpan, owner: Option<String>) -> Vec<KeyValue> {
     let mut attributes = vec![
         KeyValue::new("process.pid", i64::from(s.pid)),
         KeyValue::new("process.parent_pid", i64::from(s.ppid)),
@@ -303,25 +343,34 @@ pub fn span_data(
         }
         ExitStatus::Unknown => {}
     }
-    if let Some(w) = &s.workload {
-        attributes.push(KeyValue::new("taskscope.cgroup", w.cgroup.clone()));
-        if let Some(id) = &w.container_id {
-            attributes.push(KeyValue::new("container.id", id.clone()));
-        }
-        if let Some(uid) = &w.pod_uid {
-            attributes.push(KeyValue::new("k8s.pod.uid", uid.clone()));
-        }
-        let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
-        if let Some(name) = names.pod {
-            attributes.push(KeyValue::new("k8s.pod.name", name.to_string()));
-        }
-        if let Some(namespace) = names.namespace {
-            attributes.push(KeyValue::new("k8s.namespace.name", namespace.to_string()));
-        }
-        if let Some(container) = names.container {
-            attributes.push(KeyValue::new("k8s.container.name", container.to_string()));
-        }
+    attributes
+}
+
+/// The workload's attributes: cgroup, container, pod (names from the pod directory).
+fn workload_attributes(w: &Workload, pods: &crate::metadata::PodDirectory) -> Vec<KeyValue> {
+    let mut attributes = Vec::new();
+    attributes.push(KeyValue::new("taskscope.cgroup", w.cgroup.clone()));
+    if let Some(id) = &w.container_id {
+        attributes.push(KeyValue::new("container.id", id.clone()));
     }
+    if let Some(uid) = &w.pod_uid {
+        attributes.push(KeyValue::new("k8s.pod.uid", uid.clone()));
+    }
+    let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
+    if let Some(name) = names.pod {
+        attributes.push(KeyValue::new("k8s.pod.name", name.to_string()));
+    }
+    if let Some(namespace) = names.namespace {
+        attributes.push(KeyValue::new("k8s.namespace.name", namespace.to_string()));
+    }
+    if let Some(container) = names.container {
+        attributes.push(KeyValue::new("k8s.container.name", container.to_string()));
+    }
+    attributes
+}
+
+/// The span's events: the exec, slow syscalls, slow run-queue waits and block IO.
+fn span_events(s: &TaskSpan) -> Vec<Event> {
     let mut events = Vec::new();
     if let Some(at) = s.exec_unix_ns {
         let mut exec_attributes = Vec::new();
@@ -389,34 +438,5 @@ pub fn span_data(
             )),
         }
     }
-    // Non-exhaustive: built from the default, then filled.
-    let mut span_events = SpanEvents::default();
-    span_events.events = events;
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(s.trace_id.to_be_bytes()),
-            SpanId::from_bytes(s.span_id.to_be_bytes()),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: s
-            .parent_span_id
-            .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
-        parent_span_is_remote: s.parent_is_remote,
-        span_kind: SpanKind::Internal,
-        name: Cow::Owned(s.name.clone()),
-        start_time: unix(s.start_unix_ns),
-        end_time: unix(s.end_unix_ns),
-        attributes,
-        dropped_attributes_count: 0,
-        events: span_events,
-        links: SpanLinks::default(),
-        status: if s.error {
-            Status::error(s.status_message.clone())
-        } else {
-            Status::Unset
-        },
-        instrumentation_scope: scope,
-    }
+    events
 }

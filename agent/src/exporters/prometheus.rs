@@ -21,7 +21,7 @@ use crate::{
         aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
-        snapshot::MetricsSnapshot,
+        snapshot::{MetricsSnapshot, SelectedProcess},
         view::{block_op_name, device_name},
         workload::Workload,
     },
@@ -248,6 +248,22 @@ fn encode_subjects(
     subjects: &[KeptWorkload],
     with_tasks: bool,
 ) -> Result<(), std::fmt::Error> {
+    encode_sched(encoder, prefix, subjects)?;
+    encode_syscalls(encoder, prefix, subjects)?;
+    encode_block_io(encoder, prefix, subjects)?;
+    if with_tasks {
+        encode_tasks(encoder, prefix, subjects)?;
+        encode_memory(encoder, prefix, subjects)?;
+    }
+    Ok(())
+}
+
+/// On-CPU time, context switches and run-queue latency of each subject.
+fn encode_sched(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+) -> Result<(), std::fmt::Error> {
     let secs = |ns: u64| ns as f64 / 1e9;
     let name = format!("{prefix}cpu_seconds");
     let mut family = describe(
@@ -293,6 +309,16 @@ fn encode_subjects(
             t.sched.runq_wait_ns,
         )?;
     }
+    Ok(())
+}
+
+/// Syscalls of each subject: counts, errors by errno, latency.
+fn encode_syscalls(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+) -> Result<(), std::fmt::Error> {
+    let secs = |ns: u64| ns as f64 / 1e9;
     let name = format!("{prefix}syscalls");
     let mut family = describe(
         encoder,
@@ -348,6 +374,15 @@ fn encode_subjects(
                 .encode_histogram::<Labels>(secs(stats.total_ns), stats.count, &buckets, None)?;
         }
     }
+    Ok(())
+}
+
+/// Block IO of each subject by device and operation: bytes, requests, latency.
+fn encode_block_io(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+) -> Result<(), std::fmt::Error> {
     let block_io: [(&str, &str, IoField); 2] = [
         (
             "block_io_bytes",
@@ -399,9 +434,15 @@ fn encode_subjects(
             )?;
         }
     }
-    if !with_tasks {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// Processes of each workload: started, exited by outcome, running, lifetimes.
+fn encode_tasks(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+) -> Result<(), std::fmt::Error> {
     let name = format!("{prefix}tasks_started");
     let mut family = describe(
         encoder,
@@ -466,6 +507,15 @@ fn encode_subjects(
             t.durations_sum_ns,
         )?;
     }
+    Ok(())
+}
+
+/// Memory use and limit of each workload's cgroup.
+fn encode_memory(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    subjects: &[KeptWorkload],
+) -> Result<(), std::fmt::Error> {
     let name = format!("{prefix}memory_usage_bytes");
     let mut family = describe(
         encoder,
@@ -499,19 +549,27 @@ impl Collector for Scrape {
         if !self.processes.is_empty() {
             encode_subjects(&mut encoder, "taskscope_process_", &self.processes, false)?;
         }
+        self.encode_node(&mut encoder)?;
+        self.encode_pipeline(&mut encoder)?;
+        self.encode_health(&mut encoder)?;
+        self.encode_own_usage(&mut encoder)
+    }
+}
 
-        // The node.
-        let mut family = describe(&mut encoder, "taskscope_node_cpu_busy_ratio", "Share of the latest window (about one poll interval) each CPU ran something other than its idle task.", MetricType::Gauge)?;
+impl Scrape {
+    /// The node: CPU busy share and idle fragmentation, memory fragmentation, pressure.
+    fn encode_node(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = describe(encoder, "taskscope_node_cpu_busy_ratio", "Share of the latest window (about one poll interval) each CPU ran something other than its idle task.", MetricType::Gauge)?;
         for w in &self.cpu_windows {
             ConstGauge::new(w.busy_ratio)
                 .encode(family.encode_family(&[("cpu", w.cpu.to_string())])?)?;
         }
         // Described always (so that the family is known), valued once an idle period ended.
-        let family = describe(&mut encoder, "taskscope_node_cpu_idle_fragmentation_ratio", "Share of the idle CPU time of the latest window that came in idle periods shorter than --idle-fragment-threshold.", MetricType::Gauge)?;
+        let family = describe(encoder, "taskscope_node_cpu_idle_fragmentation_ratio", "Share of the idle CPU time of the latest window that came in idle periods shorter than --idle-fragment-threshold.", MetricType::Gauge)?;
         if let Some(ratio) = node_idle_fragmentation(&self.cpu_windows) {
             ConstGauge::new(ratio).encode(family)?;
         }
-        let mut family = describe(&mut encoder, "taskscope_node_memory_fragmentation_ratio", "Share of a zone's free memory unusable for an allocation of the order (the kernel's unusable free space index, from /proc/buddyinfo).", MetricType::Gauge)?;
+        let mut family = describe(encoder, "taskscope_node_memory_fragmentation_ratio", "Share of a zone's free memory unusable for an allocation of the order (the kernel's unusable free space index, from /proc/buddyinfo).", MetricType::Gauge)?;
         for zone in &self.memory_zones {
             for (order, ratio) in memory_fragmentation(zone).into_iter().enumerate() {
                 let labels = [
@@ -522,7 +580,7 @@ impl Collector for Scrape {
                 ConstGauge::new(ratio).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut family = describe(&mut encoder, "taskscope_node_pressure_stall_seconds", "Time some (or all, kind=full) non-idle tasks stalled on a resource (PSI, /proc/pressure).", MetricType::Counter)?;
+        let mut family = describe(encoder, "taskscope_node_pressure_stall_seconds", "Time some (or all, kind=full) non-idle tasks stalled on a resource (PSI, /proc/pressure).", MetricType::Counter)?;
         for (resource, some, full) in &self.pressure {
             for (kind, micros) in [("some", some), ("full", full)] {
                 if let Some(micros) = micros {
@@ -533,9 +591,13 @@ impl Collector for Scrape {
             }
         }
 
-        // The agent about itself.
+        Ok(())
+    }
+
+    /// The agent's data path: kernel program runs, events received and lost, series.
+    fn encode_pipeline(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_bpf_program_runs",
             "Runs of each kernel program, counted while BPF statistics are on (--bpf-stats).",
             MetricType::Counter,
@@ -545,7 +607,7 @@ impl Collector for Scrape {
                 .encode(family.encode_family(&[("program", *program)])?)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_bpf_program_run_seconds",
             "Time each kernel program ran, counted while BPF statistics are on (--bpf-stats).",
             MetricType::Counter,
@@ -555,7 +617,7 @@ impl Collector for Scrape {
                 .encode(family.encode_family(&[("program", *program)])?)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_events",
             "Ring-buffer events received, by kind.",
             MetricType::Counter,
@@ -564,7 +626,7 @@ impl Collector for Scrape {
             ConstCounter::new(*count).encode(family.encode_family(&[("source", *source)])?)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_events_lost",
             "Data lost, by where and why (see docs/api.md).",
             MetricType::Counter,
@@ -574,7 +636,7 @@ impl Collector for Scrape {
                 .encode(family.encode_family(&[("source", *source), ("reason", *reason)])?)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_series",
             "Workload series in this scrape, by family.",
             MetricType::Gauge,
@@ -583,15 +645,20 @@ impl Collector for Scrape {
             ConstGauge::new(*count as i64).encode(family.encode_family(&[("family", *name)])?)?;
         }
         let family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_series_dropped",
             "Workload series cut by the series cap, summed over scrapes.",
             MetricType::Counter,
         )?;
         ConstCounter::new(self.dropped_series_total).encode(family)?;
+        Ok(())
+    }
+
+    /// The agent's health and readiness, and the workloads in a bad state.
+    fn encode_health(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(synced) = self.kubernetes_synced {
             let family = describe(
-                &mut encoder,
+                encoder,
                 "taskscope_kubernetes_synced",
                 "1 when the pods of this node are listed and watched from the Kubernetes API; 0 while labels fall back to the cgroup's (--kubernetes only).",
                 MetricType::Gauge,
@@ -599,7 +666,7 @@ impl Collector for Scrape {
             ConstGauge::new(i64::from(synced)).encode(family)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_health_status",
             "Health of each part of the agent at the latest evaluation: 1 healthy, 0.5 degraded, 0 unhealthy, -1 switched off (see /health).",
             MetricType::Gauge,
@@ -610,7 +677,7 @@ impl Collector for Scrape {
         }
         if let Some(ready) = self.ready {
             let family = describe(
-                &mut encoder,
+                encoder,
                 "taskscope_ready",
                 "1 when /readyz answers 200: probes attached, events flowing, metadata ready.",
                 MetricType::Gauge,
@@ -618,7 +685,7 @@ impl Collector for Scrape {
             ConstGauge::new(i64::from(ready)).encode(family)?;
         }
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_workload_health_status",
             "1 for each workload and state it is in (starved, failing, io_bound, churning) at the latest evaluation; absent: not in that state (see /health/detailed).",
             MetricType::Gauge,
@@ -628,21 +695,26 @@ impl Collector for Scrape {
             ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
         }
         let family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_log_lines_suppressed",
             "Log lines dropped by the rate limit (--log-rate-limit); each place that was limited logs one summary line.",
             MetricType::Counter,
         )?;
         ConstCounter::new(self.log_lines_suppressed).encode(family)?;
+        Ok(())
+    }
+
+    /// What the agent itself costs, and its build.
+    fn encode_own_usage(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_scrape_duration_seconds",
             "How long the previous scrape took to build.",
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.previous_scrape_seconds).encode(family)?;
         let mut family = describe(
-            &mut encoder,
+            encoder,
             "taskscope_build",
             "Build of the agent.",
             MetricType::Info,
@@ -650,14 +722,14 @@ impl Collector for Scrape {
         family.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         let (cpu, rss) = self_usage();
         let family = describe(
-            &mut encoder,
+            encoder,
             "process_cpu_seconds",
             "CPU time of the agent (user + system).",
             MetricType::Counter,
         )?;
         ConstCounter::new(cpu).encode(family)?;
         let family = describe(
-            &mut encoder,
+            encoder,
             "process_resident_memory_bytes",
             "Resident memory of the agent.",
             MetricType::Gauge,
@@ -685,6 +757,16 @@ fn self_usage() -> (f64, u64) {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * page);
     (cpu, rss)
+}
+
+/// What fits under the series cap.
+struct Selected {
+    kept: Vec<KeptWorkload>,
+    processes: Vec<KeptWorkload>,
+    /// Series per family of what was kept.
+    series: BTreeMap<&'static str, usize>,
+    /// Series cut by the cap.
+    dropped: u64,
 }
 
 /// Encoder state kept across scrapes.
@@ -729,74 +811,14 @@ impl Exposition {
     /// Encodes a snapshot as OpenMetrics text.
     pub fn encode(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> String {
         let started = std::time::Instant::now();
-        let mut workloads = snapshot.workloads;
-        // Under the cap, the busiest workloads are the ones kept.
-        workloads.sort_by(|a, b| {
-            b.1.sched
-                .on_cpu_ns
-                .cmp(&a.1.sched.on_cpu_ns)
-                .then(a.0.cgroup.cmp(&b.0.cgroup))
-        });
         let pods = Arc::clone(&self.pods);
         let pods = pods.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut kept = Vec::new();
-        let mut series: BTreeMap<&'static str, usize> = BTreeMap::new();
-        let mut used = 0usize;
-        let mut dropped = 0u64;
-        for (workload, totals) in workloads {
-            let syscalls = top_syscalls(&totals, config.top_syscalls);
-            let mut counts = series_of(&totals, &syscalls, true, None);
-            let without_memory: usize = counts.iter().map(|c| c.1).sum();
-            if used + without_memory > config.max_series {
-                // Cut without reading its memory (reads cost a scrape most with many
-                // workloads): its memory series are not in the dropped count.
-                dropped += without_memory as u64;
-                continue;
-            }
-            let memory = self.memory.read(&workload.cgroup);
-            counts = series_of(&totals, &syscalls, true, memory.as_ref());
-            let total: usize = counts.iter().map(|c| c.1).sum();
-            if used + total > config.max_series {
-                dropped += total as u64;
-                continue;
-            }
-            used += total;
-            for (family, count) in counts {
-                *series.entry(family).or_default() += count;
-            }
-            kept.push(KeptWorkload {
-                labels: workload_labels(&workload, &pods),
-                totals,
-                syscalls,
-                memory,
-            });
-        }
-        let mut processes = Vec::new();
-        for p in snapshot.processes {
-            let syscalls = top_syscalls(&p.totals, config.top_syscalls);
-            let total: usize = series_of(&p.totals, &syscalls, false, None)
-                .iter()
-                .map(|c| c.1)
-                .sum();
-            if used + total > config.max_series {
-                dropped += total as u64;
-                continue;
-            }
-            used += total;
-            *series.entry("taskscope_process").or_default() += total;
-            let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
-            processes.push(KeptWorkload {
-                labels: with(&workload_labels(&p.workload, &pods), &extra),
-                totals: p.totals,
-                syscalls,
-                memory: None,
-            });
-        }
-        self.dropped_series_total += dropped;
-        let scrape = Scrape {
-            kept,
-            processes,
-            series,
+        let selected = self.select(snapshot.workloads, snapshot.processes, config, &pods);
+        self.dropped_series_total += selected.dropped;
+        let mut scrape = Scrape {
+            kept: selected.kept,
+            processes: selected.processes,
+            series: selected.series,
             events: snapshot.events,
             cpu_windows: snapshot.cpu_windows,
             memory_zones: snapshot.memory_zones,
@@ -825,7 +847,98 @@ impl Exposition {
             log_lines_suppressed: crate::logging::SUPPRESSED_TOTAL
                 .load(std::sync::atomic::Ordering::Relaxed),
         };
-        let mut scrape = scrape;
+        self.add_health(&mut scrape, &pods);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(scrape));
+        // About as long as the last one: no copying while the text grows.
+        let mut text = String::with_capacity(self.previous_len + self.previous_len / 8);
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+            let _ = writeln!(text, "# taskscope: encoding failed\n# EOF");
+        }
+        self.previous_scrape_seconds = started.elapsed().as_secs_f64();
+        self.previous_len = text.len();
+        text
+    }
+
+    /// Keeps the busiest workloads, then the selected processes, under the series cap.
+    fn select(
+        &self,
+        mut workloads: Vec<(Workload, WorkloadTotals)>,
+        selected_processes: Vec<SelectedProcess>,
+        config: ExpositionConfig,
+        pods: &PodDirectory,
+    ) -> Selected {
+        // Under the cap, the busiest workloads are the ones kept.
+        workloads.sort_by(|a, b| {
+            b.1.sched
+                .on_cpu_ns
+                .cmp(&a.1.sched.on_cpu_ns)
+                .then(a.0.cgroup.cmp(&b.0.cgroup))
+        });
+        let mut kept = Vec::new();
+        let mut series: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut used = 0usize;
+        let mut dropped = 0u64;
+        for (workload, totals) in workloads {
+            let syscalls = top_syscalls(&totals, config.top_syscalls);
+            let mut counts = series_of(&totals, &syscalls, true, None);
+            let without_memory: usize = counts.iter().map(|c| c.1).sum();
+            if used + without_memory > config.max_series {
+                // Cut without reading its memory (reads cost a scrape most with many
+                // workloads): its memory series are not in the dropped count.
+                dropped += without_memory as u64;
+                continue;
+            }
+            let memory = self.memory.read(&workload.cgroup);
+            counts = series_of(&totals, &syscalls, true, memory.as_ref());
+            let total: usize = counts.iter().map(|c| c.1).sum();
+            if used + total > config.max_series {
+                dropped += total as u64;
+                continue;
+            }
+            used += total;
+            for (family, count) in counts {
+                *series.entry(family).or_default() += count;
+            }
+            kept.push(KeptWorkload {
+                labels: workload_labels(&workload, pods),
+                totals,
+                syscalls,
+                memory,
+            });
+        }
+        let mut processes = Vec::new();
+        for p in selected_processes {
+            let syscalls = top_syscalls(&p.totals, config.top_syscalls);
+            let total: usize = series_of(&p.totals, &syscalls, false, None)
+                .iter()
+                .map(|c| c.1)
+                .sum();
+            if used + total > config.max_series {
+                dropped += total as u64;
+                continue;
+            }
+            used += total;
+            *series.entry("taskscope_process").or_default() += total;
+            let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+            processes.push(KeptWorkload {
+                labels: with(&workload_labels(&p.workload, pods), &extra),
+                totals: p.totals,
+                syscalls,
+                memory: None,
+            });
+        }
+        Selected {
+            kept,
+            processes,
+            series,
+            dropped,
+        }
+    }
+
+    /// Adds the latest health evaluation, when the agent runs one.
+    fn add_health(&self, scrape: &mut Scrape, pods: &PodDirectory) {
         if let Some(health) = &self.health {
             let health = health.read().unwrap_or_else(|p| p.into_inner());
             if let Some(report) = health.as_ref() {
@@ -839,7 +952,7 @@ impl Exposition {
                     .workloads
                     .iter()
                     .flat_map(|w| {
-                        let labels = workload_labels(&w.workload, &pods);
+                        let labels = workload_labels(&w.workload, pods);
                         w.states
                             .keys()
                             .map(move |state| (labels.clone(), state.name()))
@@ -847,17 +960,6 @@ impl Exposition {
                     .collect();
             }
         }
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(scrape));
-        // About as long as the last one: no copying while the text grows.
-        let mut text = String::with_capacity(self.previous_len + self.previous_len / 8);
-        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-            text.clear();
-            let _ = writeln!(text, "# taskscope: encoding failed\n# EOF");
-        }
-        self.previous_scrape_seconds = started.elapsed().as_secs_f64();
-        self.previous_len = text.len();
-        text
     }
 }
 
