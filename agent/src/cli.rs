@@ -368,13 +368,12 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 /// Parses a probe group the agent can run without.
 fn parse_optional_probe_group(text: &str) -> Result<crate::probes::ProbeGroup, String> {
     use crate::probes::ProbeGroup;
-    match text {
-        "syscalls" => Ok(ProbeGroup::Syscalls),
-        "block_io" => Ok(ProbeGroup::BlockIo),
-        "scheduling" | "lifecycle" => Err(format!(
+    match ProbeGroup::ALL.into_iter().find(|group| group.name() == text) {
+        Some(group) if group.can_be_disabled() => Ok(group),
+        Some(_) => Err(format!(
             "the {text} probes cannot be switched off: the task model needs them; only syscalls and block_io can"
         )),
-        other => Err(format!("unknown probe group '{other}': use syscalls or block_io")),
+        None => Err(format!("unknown probe group '{text}': use syscalls or block_io")),
     }
 }
 

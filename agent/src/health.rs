@@ -18,7 +18,11 @@ use taskscope_common::{bucket_upper_bound_ns, Loss, HIST_BUCKETS};
 use crate::{
     collector::StatusResponse,
     metadata::SourceState,
-    model::{aggregate::WorkloadTotals, snapshot::LossView, workload::Workload},
+    model::{
+        aggregate::WorkloadTotals,
+        snapshot::{loss_source, LossView},
+        workload::Workload,
+    },
     probes::{HookStatus, ProbeGroup},
 };
 
@@ -334,14 +338,9 @@ fn data_path_components(
 ) {
     let window = since.window;
     let events_since = events - since.previous.map_or(0, |p| p.events.min(events));
-    for group in [
-        ProbeGroup::Scheduling,
-        ProbeGroup::Lifecycle,
-        ProbeGroup::Syscalls,
-        ProbeGroup::BlockIo,
-    ] {
+    for group in ProbeGroup::ALL {
         components.insert(
-            format!("probes_{}", group_name(group)),
+            format!("probes_{}", group.name()),
             probe_group(group, &inputs.status.hooks),
         );
     }
@@ -439,8 +438,8 @@ fn exporter_components(
         "exporter_prometheus".into(),
         component(Status::Healthy, "serving /metrics"),
     );
-    let otlp_traces_lost = since.lost("otlp_spans", Some("queue_full"))
-        + since.lost("otlp_spans", Some("export_failed"));
+    let otlp_traces_lost = since.lost(loss_source::OTLP_SPANS, Some("queue_full"))
+        + since.lost(loss_source::OTLP_SPANS, Some("export_failed"));
     components.insert(
         "exporter_otlp_traces".into(),
         match inputs.otlp_traces {
@@ -489,15 +488,6 @@ fn overall(components: &BTreeMap<String, Component>) -> (Status, String) {
             .join("; "),
     };
     (status, message)
-}
-
-fn group_name(group: ProbeGroup) -> &'static str {
-    match group {
-        ProbeGroup::Scheduling => "scheduling",
-        ProbeGroup::Lifecycle => "lifecycle",
-        ProbeGroup::Syscalls => "syscalls",
-        ProbeGroup::BlockIo => "block_io",
-    }
 }
 
 fn probe_group(group: ProbeGroup, hooks: &[HookStatus]) -> Component {

@@ -11,6 +11,8 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod contract;
+
 /// Ring-buffer records decoded into typed events (userspace only).
 #[cfg(feature = "user")]
 pub mod decode;

@@ -36,7 +36,7 @@ use crate::{
         aggregate::WorkloadTotals,
         intake::Forget,
         selector::ProcessSelector,
-        snapshot::{LossView, MetricsSnapshot},
+        snapshot::{loss_source, LossView, MetricsSnapshot},
         view::{Clocks, NodeView, ProcessView},
         workload::Workload,
         ModelCounters, SlowTask, SlowTaskConfig, TaskModel,
@@ -245,7 +245,7 @@ impl Collector {
         let maps = KernelMaps::take(&mut probes)?;
         let ring_map = probes
             .ebpf
-            .take_map("EVENTS")
+            .take_map(taskscope_common::contract::maps::EVENTS)
             .ok_or_else(|| CollectorError::RingBuf("missing from the kernel object".into()))?;
         let ring =
             RingBuf::try_from(ring_map).map_err(|e| CollectorError::RingBuf(e.to_string()))?;
@@ -518,12 +518,17 @@ impl Collector {
             })
             .collect();
         lost.extend(self.decode_errors.iter().map(|(&reason, &count)| LossView {
-            source: "ringbuf_decoder",
+            source: loss_source::RINGBUF_DECODER,
             reason,
             count,
         }));
         lost.push(LossView {
-            source: "task_model",
+            source: loss_source::KERNEL_MAPS,
+            reason: "read_error",
+            count: self.model.map_read_errors,
+        });
+        lost.push(LossView {
+            source: loss_source::TASK_MODEL,
             reason: "max_live_reached",
             count: self.model.counters.processes_dropped,
         });
@@ -556,7 +561,7 @@ impl Collector {
                 ),
             ] {
                 lost.push(LossView {
-                    source: "otlp_spans",
+                    source: loss_source::OTLP_SPANS,
                     reason,
                     count,
                 });

@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use taskscope_common::{
-    CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey, SyscallKey,
-    SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
+    contract::maps, CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey,
+    SyscallKey, SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
 };
 
 use crate::{
@@ -135,14 +135,14 @@ fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result
 impl KernelMaps {
     pub fn take(probes: &mut Probes) -> Result<Self, MapsError> {
         Ok(Self {
-            tasks: take(probes, "TASKS")?,
-            syscall_starts: take(probes, "SYSCALL_STARTS")?,
-            syscalls: take(probes, "SYSCALLS")?,
-            errnos: take(probes, "SYSCALL_ERRNOS")?,
-            process_io: take(probes, "PROCESS_IO")?,
-            device_io: take(probes, "DEVICE_IO")?,
-            cpus: take(probes, "CPUS")?,
-            losses: take(probes, "LOSSES")?,
+            tasks: take(probes, maps::TASKS)?,
+            syscall_starts: take(probes, maps::SYSCALL_STARTS)?,
+            syscalls: take(probes, maps::SYSCALLS)?,
+            errnos: take(probes, maps::SYSCALL_ERRNOS)?,
+            process_io: take(probes, maps::PROCESS_IO)?,
+            device_io: take(probes, maps::DEVICE_IO)?,
+            cpus: take(probes, maps::CPUS)?,
+            losses: take(probes, maps::LOSSES)?,
         })
     }
 

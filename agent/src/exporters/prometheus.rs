@@ -21,7 +21,7 @@ use crate::{
         aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
-        snapshot::{MetricsSnapshot, SelectedProcess},
+        snapshot::{loss_source, MetricsSnapshot, SelectedProcess},
         view::{block_op_name, device_name},
         workload::Workload,
     },
@@ -829,7 +829,7 @@ impl Exposition {
                 .iter()
                 .map(|l| (l.source, l.reason, l.count))
                 .chain((pods.state != SourceState::Disabled).then_some((
-                    "kubernetes_pods",
+                    loss_source::KUBERNETES_PODS,
                     "cache_full",
                     pods.dropped_total,
                 )))

@@ -357,6 +357,8 @@ pub struct TaskModel {
     pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
     /// Kernel-side losses, summed over CPUs.
     pub kernel_losses: [u64; LOSS_KINDS as usize],
+    /// Map entries that could not be read, summed over reads.
+    pub map_read_errors: u64,
     /// CLOCK_MONOTONIC of the latest kernel read.
     pub collected_at_ns: u64,
     /// What retired processes left to their workloads.
@@ -395,6 +397,7 @@ impl TaskModel {
             running: HashMap::new(),
             device_io: Vec::new(),
             kernel_losses: [0; LOSS_KINDS as usize],
+            map_read_errors: 0,
             collected_at_ns: 0,
             workloads: WorkloadLedger::default(),
             cpu_window_start: None,
@@ -820,6 +823,7 @@ impl TaskModel {
         self.advance_cpu_window(snapshot.taken_at_ns);
         self.device_io = snapshot.device_io;
         self.kernel_losses = snapshot.losses;
+        self.map_read_errors += snapshot.read_errors;
         self.collected_at_ns = snapshot.taken_at_ns;
 
         // Fold exited threads and retire exited processes once their final values are in.

@@ -20,6 +20,21 @@ pub struct LossView {
     pub count: u64,
 }
 
+/// Where the agent itself can lose data: the `source` of a [`LossView`], besides the kernel's
+/// ([`taskscope_common::Loss`] names its own).
+pub mod loss_source {
+    /// Ring-buffer records that could not be decoded.
+    pub const RINGBUF_DECODER: &str = "ringbuf_decoder";
+    /// Kernel map entries that could not be read (vanished mid-iteration, usually).
+    pub const KERNEL_MAPS: &str = "kernel_maps";
+    /// Processes not tracked: the task model was full.
+    pub const TASK_MODEL: &str = "task_model";
+    /// Task spans not exported.
+    pub const OTLP_SPANS: &str = "otlp_spans";
+    /// Pods left out of the name cache.
+    pub const KUBERNETES_PODS: &str = "kubernetes_pods";
+}
+
 /// A process selected by `--process-metrics`, with its own figures.
 #[derive(Debug)]
 pub struct SelectedProcess {

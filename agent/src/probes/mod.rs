@@ -14,7 +14,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use serde::Serialize;
-use taskscope_common::Thresholds;
+pub use taskscope_common::contract::{Hook, ProbeGroup, HOOKS};
+use taskscope_common::{
+    contract::{globals, maps},
+    Thresholds,
+};
 
 use self::{btf::Btf, offsets::KernelOffsets};
 
@@ -24,16 +28,6 @@ pub static PROBES_OBJECT: &[u8] =
 
 /// Where the running kernel publishes its BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// A family of hooks that is reported and switched on and off together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeGroup {
-    Scheduling,
-    Lifecycle,
-    Syscalls,
-    BlockIo,
-}
 
 /// How a hook got attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,108 +46,6 @@ impl fmt::Display for AttachType {
         })
     }
 }
-
-/// One kernel hook and its two program variants.
-#[derive(Debug, Clone, Copy)]
-pub struct Hook {
-    pub tracepoint: &'static str,
-    pub btf_program: &'static str,
-    pub raw_program: &'static str,
-    pub group: ProbeGroup,
-    /// The agent cannot run without it.
-    pub required: bool,
-}
-
-const fn hook(
-    tracepoint: &'static str,
-    btf_program: &'static str,
-    raw_program: &'static str,
-    group: ProbeGroup,
-    required: bool,
-) -> Hook {
-    Hook {
-        tracepoint,
-        btf_program,
-        raw_program,
-        group,
-        required,
-    }
-}
-
-/// Every hook, in attach order. Lifecycle first, so that no process is born unseen while the
-/// rest attach.
-pub const HOOKS: &[Hook] = &[
-    hook(
-        "sched_process_fork",
-        "ts_fork_btf",
-        "ts_fork_raw",
-        ProbeGroup::Lifecycle,
-        true,
-    ),
-    hook(
-        "sched_process_exec",
-        "ts_exec_btf",
-        "ts_exec_raw",
-        ProbeGroup::Lifecycle,
-        true,
-    ),
-    hook(
-        "sched_process_exit",
-        "ts_exit_btf",
-        "ts_exit_raw",
-        ProbeGroup::Lifecycle,
-        true,
-    ),
-    hook(
-        "sched_switch",
-        "ts_switch_btf",
-        "ts_switch_raw",
-        ProbeGroup::Scheduling,
-        true,
-    ),
-    hook(
-        "sched_wakeup",
-        "ts_wakeup_btf",
-        "ts_wakeup_raw",
-        ProbeGroup::Scheduling,
-        true,
-    ),
-    hook(
-        "sched_wakeup_new",
-        "ts_wakeup_new_btf",
-        "ts_wakeup_new_raw",
-        ProbeGroup::Scheduling,
-        true,
-    ),
-    hook(
-        "sys_enter",
-        "ts_sys_enter_btf",
-        "ts_sys_enter_raw",
-        ProbeGroup::Syscalls,
-        false,
-    ),
-    hook(
-        "sys_exit",
-        "ts_sys_exit_btf",
-        "ts_sys_exit_raw",
-        ProbeGroup::Syscalls,
-        false,
-    ),
-    hook(
-        "block_io_start",
-        "ts_io_start_btf",
-        "ts_io_start_raw",
-        ProbeGroup::BlockIo,
-        false,
-    ),
-    hook(
-        "block_rq_complete",
-        "ts_io_done_btf",
-        "ts_io_done_raw",
-        ProbeGroup::BlockIo,
-        false,
-    ),
-];
 
 /// The outcome of attaching one hook.
 #[derive(Debug, Clone, Serialize)]
@@ -243,13 +135,6 @@ enum HookLink {
     Raw(aya::programs::raw_trace_point::RawTracePointLinkId),
 }
 
-impl ProbeGroup {
-    /// Groups the agent can run without (the task model needs scheduling and lifecycle).
-    pub fn can_be_disabled(self) -> bool {
-        matches!(self, ProbeGroup::Syscalls | ProbeGroup::BlockIo)
-    }
-}
-
 /// Renders a program error; for a verifier rejection, the verifier's last lines.
 pub fn describe_program_error(program: &str, err: &ProgramError) -> String {
     match err {
@@ -294,14 +179,14 @@ impl Probes {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
-            .override_global("AGENT_TGID", &options.agent_tgid, true)
-            .override_global("RECORD_SWITCHES", &record_switches, true)
-            .override_global("EXIT_HAS_GROUP_DEAD", &exit_has_group_dead, true)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .map_max_entries("TASKS", options.max_tasks)
-            .map_max_entries("SYSCALLS", options.max_syscall_entries)
-            .map_max_entries("SYSCALL_ERRNOS", options.max_syscall_entries / 2)
-            .map_max_entries("EVENTS", options.ring_buffer_bytes);
+            .override_global(globals::AGENT_TGID, &options.agent_tgid, true)
+            .override_global(globals::RECORD_SWITCHES, &record_switches, true)
+            .override_global(globals::EXIT_HAS_GROUP_DEAD, &exit_has_group_dead, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .map_max_entries(maps::TASKS, options.max_tasks)
+            .map_max_entries(maps::SYSCALLS, options.max_syscall_entries)
+            .map_max_entries(maps::SYSCALL_ERRNOS, options.max_syscall_entries / 2)
+            .map_max_entries(maps::EVENTS, options.ring_buffer_bytes);
         for (name, value) in &offsets.globals {
             loader.override_global(name, value, true);
         }
@@ -340,9 +225,9 @@ impl Probes {
     pub fn set_thresholds(&mut self, thresholds: Thresholds) -> Result<(), aya::EbpfError> {
         let map = self
             .ebpf
-            .map_mut("THRESHOLDS")
+            .map_mut(maps::THRESHOLDS)
             .ok_or(aya::EbpfError::MapError(aya::maps::MapError::InvalidName {
-                name: "THRESHOLDS".into(),
+                name: maps::THRESHOLDS.into(),
             }))?;
         let mut array: aya::maps::Array<_, Thresholds> = aya::maps::Array::try_from(map)?;
         array.set(0, thresholds, 0)?;
@@ -612,12 +497,49 @@ mod tests {
     }
 
     #[test]
-    fn every_hook_has_both_programs_in_the_object() {
+    fn the_object_matches_the_contract() {
         let object = aya_obj::Object::parse(PROBES_OBJECT).expect("kernel object");
+        let mut declared = Vec::new();
         for hook in HOOKS {
-            for name in [hook.btf_program, hook.raw_program] {
-                assert!(object.programs.contains_key(name), "{name} missing");
-            }
+            declared.extend([hook.btf_program, hook.raw_program]);
+        }
+        for name in &declared {
+            assert!(object.programs.contains_key(*name), "{name} missing");
+        }
+        for name in object.programs.keys() {
+            assert!(
+                declared.contains(&name.as_str()),
+                "program {name} is in no hook of taskscope_common::contract::HOOKS"
+            );
+        }
+        for name in [
+            maps::EVENTS,
+            maps::TASKS,
+            maps::CPUS,
+            maps::SYSCALLS,
+            maps::SYSCALL_ERRNOS,
+            maps::SYSCALL_STARTS,
+            maps::PROCESS_IO,
+            maps::DEVICE_IO,
+            maps::LOSSES,
+            maps::THRESHOLDS,
+        ] {
+            assert!(object.maps.contains_key(name), "map {name} missing");
+        }
+        for name in [
+            globals::AGENT_TGID,
+            globals::RECORD_SWITCHES,
+            globals::EXIT_HAS_GROUP_DEAD,
+            globals::WAKEUP_BYTES,
+        ] {
+            // A symbol of the ELF string table: the name, NUL-terminated.
+            let symbol = format!("\0{name}\0");
+            assert!(
+                PROBES_OBJECT
+                    .windows(symbol.len())
+                    .any(|w| w == symbol.as_bytes()),
+                "global {name} missing"
+            );
         }
     }
 }

@@ -1,0 +1,179 @@
+//! The names both halves must agree on: the hooks and their programs, the maps, and the
+//! globals the loader sets. The kernel side declares its programs, maps and globals with these
+//! exact identifiers (Rust attributes need literals there); the agent opens them only through
+//! these constants, and a unit test of the agent checks the compiled object against them.
+
+/// A family of hooks that is reported and switched on and off together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+pub enum ProbeGroup {
+    Scheduling,
+    Lifecycle,
+    Syscalls,
+    BlockIo,
+}
+
+impl ProbeGroup {
+    /// Every group, in report order.
+    pub const ALL: [ProbeGroup; 4] = [
+        ProbeGroup::Scheduling,
+        ProbeGroup::Lifecycle,
+        ProbeGroup::Syscalls,
+        ProbeGroup::BlockIo,
+    ];
+
+    /// Groups the agent can run without (the task model needs scheduling and lifecycle).
+    pub fn can_be_disabled(self) -> bool {
+        matches!(self, ProbeGroup::Syscalls | ProbeGroup::BlockIo)
+    }
+
+    /// Stable name (flags, health components, the API).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeGroup::Scheduling => "scheduling",
+            ProbeGroup::Lifecycle => "lifecycle",
+            ProbeGroup::Syscalls => "syscalls",
+            ProbeGroup::BlockIo => "block_io",
+        }
+    }
+}
+
+/// One kernel hook (a tracepoint) and its two programs: `tp_btf` first, `raw_tp` as fallback.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub tracepoint: &'static str,
+    pub btf_program: &'static str,
+    pub raw_program: &'static str,
+    pub group: ProbeGroup,
+    /// The agent cannot run without it.
+    pub required: bool,
+}
+
+const fn hook(
+    tracepoint: &'static str,
+    btf_program: &'static str,
+    raw_program: &'static str,
+    group: ProbeGroup,
+    required: bool,
+) -> Hook {
+    Hook {
+        tracepoint,
+        btf_program,
+        raw_program,
+        group,
+        required,
+    }
+}
+
+/// Every hook, in attach order. Lifecycle first, so that no process is born unseen while the
+/// rest attach. `ebpf/src/probes/mod.rs` defines each program named here.
+pub const HOOKS: &[Hook] = &[
+    hook(
+        "sched_process_fork",
+        "ts_fork_btf",
+        "ts_fork_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_process_exec",
+        "ts_exec_btf",
+        "ts_exec_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_process_exit",
+        "ts_exit_btf",
+        "ts_exit_raw",
+        ProbeGroup::Lifecycle,
+        true,
+    ),
+    hook(
+        "sched_switch",
+        "ts_switch_btf",
+        "ts_switch_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sched_wakeup",
+        "ts_wakeup_btf",
+        "ts_wakeup_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sched_wakeup_new",
+        "ts_wakeup_new_btf",
+        "ts_wakeup_new_raw",
+        ProbeGroup::Scheduling,
+        true,
+    ),
+    hook(
+        "sys_enter",
+        "ts_sys_enter_btf",
+        "ts_sys_enter_raw",
+        ProbeGroup::Syscalls,
+        false,
+    ),
+    hook(
+        "sys_exit",
+        "ts_sys_exit_btf",
+        "ts_sys_exit_raw",
+        ProbeGroup::Syscalls,
+        false,
+    ),
+    hook(
+        "block_io_start",
+        "ts_io_start_btf",
+        "ts_io_start_raw",
+        ProbeGroup::BlockIo,
+        false,
+    ),
+    hook(
+        "block_rq_complete",
+        "ts_io_done_btf",
+        "ts_io_done_raw",
+        ProbeGroup::BlockIo,
+        false,
+    ),
+];
+
+/// Map names (the kernel side's `#[map]` statics).
+pub mod maps {
+    /// Lifecycle and over-threshold events (`RingBuf`).
+    pub const EVENTS: &str = "EVENTS";
+    /// Per task (tid): [`crate::TaskSched`].
+    pub const TASKS: &str = "TASKS";
+    /// Per CPU: [`crate::CpuStats`].
+    pub const CPUS: &str = "CPUS";
+    /// Per (process, syscall): [`crate::SyscallStats`].
+    pub const SYSCALLS: &str = "SYSCALLS";
+    /// Per (process, syscall, errno): failures.
+    pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
+    /// Per task: the syscall in progress.
+    pub const SYSCALL_STARTS: &str = "SYSCALL_STARTS";
+    /// Per (process, device, operation): [`crate::ProcessIo`].
+    pub const PROCESS_IO: &str = "PROCESS_IO";
+    /// Per (device, operation): [`crate::DeviceIo`].
+    pub const DEVICE_IO: &str = "DEVICE_IO";
+    /// Per CPU, per [`crate::Loss`]: data lost in the kernel.
+    pub const LOSSES: &str = "LOSSES";
+    /// The one [`crate::Thresholds`] entry, rewritten on reload.
+    pub const THRESHOLDS: &str = "THRESHOLDS";
+}
+
+/// Globals the loader sets before loading (besides the struct offsets, named in
+/// `agent/src/probes/offsets.rs`).
+pub mod globals {
+    /// The agent's own tgid: its activity is not accounted.
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Non-zero while recording: every context switch goes to userspace.
+    pub const RECORD_SWITCHES: &str = "RECORD_SWITCHES";
+    /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+).
+    pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
+    /// Pending ring-buffer bytes from which a submit wakes the reader.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+}
