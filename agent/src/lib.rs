@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bpf_sys;
 pub mod check;
 pub mod cli;
 pub mod clock;

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 pub const AGENT_LAYERS: &[(&str, &[&str])] = &[
     (
         "OS access",
-        &["procfs", "cgroupfs", "bpf_stats", "clock", "syscall_names"],
+        &["procfs", "bpf_sys", "clock", "syscall_names"],
     ),
     ("probes", &["probes"]),
     ("metadata", &["metadata"]),

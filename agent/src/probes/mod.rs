@@ -319,8 +319,7 @@ impl Probes {
                     AttachType::TpBtf => hook.btf_program,
                     AttachType::RawTp => hook.raw_program,
                 };
-                let fd = self.ebpf.program(name)?.fd().ok()?;
-                Some((name, prog_stats(fd.as_fd()).ok()?))
+                Some((name, prog_stats(self.ebpf.program(name)?)?))
             })
             .collect()
     }
@@ -335,72 +334,22 @@ pub struct BpfStatsGuard {
 }
 
 impl BpfStatsGuard {
+    /// Turns the statistics on (`BPF_ENABLE_STATS`); they go off when the guard is dropped.
     pub fn enable() -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        const BPF_ENABLE_STATS: libc::c_long = 32;
-        const BPF_STATS_RUN_TIME: u32 = 0;
-        let attr: [u32; 2] = [BPF_STATS_RUN_TIME, 0];
-        // SAFETY: attr outlives the call; the kernel reads `type` only.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a new fd the kernel just returned, owned by nobody else.
-        Ok(BpfStatsGuard {
-            _enabled: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)?;
+        Ok(BpfStatsGuard { _enabled: enabled })
     }
 }
 
-/// `run_time_ns`, `run_cnt` and `recursion_misses` of a loaded program, from
-/// `BPF_OBJ_GET_INFO_BY_FD`. aya does not expose them; `struct bpf_prog_info` is UAPI
-/// (append-only), so their offsets are stable.
-fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
-    use std::os::fd::AsRawFd;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const RUN_TIME_NS_AT: usize = 192;
-    const RUN_CNT_AT: usize = 200;
-    const RECURSION_MISSES_AT: usize = 208;
-    let mut info = [0u8; RECURSION_MISSES_AT + 8];
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: info.len() as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: attr and the info buffer outlive the call; the kernel writes at most info_len.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let at = |offset: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&info[offset..offset + 8]);
-        u64::from_ne_bytes(bytes)
-    };
-    Ok(ProgramStats {
-        run_cnt: at(RUN_CNT_AT),
-        run_time_ns: at(RUN_TIME_NS_AT),
-        recursion_misses: at(RECURSION_MISSES_AT),
+/// Run statistics of one loaded program: aya's for run time and count, one raw call for the
+/// recursion misses aya does not expose.
+fn prog_stats(program: &aya::programs::Program) -> Option<ProgramStats> {
+    let info = program.info().ok()?;
+    let fd = program.fd().ok()?;
+    Some(ProgramStats {
+        run_cnt: info.run_count(),
+        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        recursion_misses: crate::bpf_sys::recursion_misses(fd.as_fd()).ok()?,
     })
 }
 
