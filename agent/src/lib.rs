@@ -1,9 +1,22 @@
 //! taskscope: a zero-instrumentation observability agent for Linux nodes.
 //!
-//! Data flows one way: [`probes`] (kernel programs) → [`collector`] (ring buffer reader and map
-//! poller) → [`model`] (the task model, one owner) → [`exporters`] and [`api`] (HTTP: JSON and /metrics). [`procfs`] and [`metadata`]
-//! (the Kubernetes API) supply what the kernel programs do not carry. [`config`] merges flags,
-//! environment and the config file; [`health`] judges the agent and the node's workloads.
+//! Data flows one way and the modules are layered the same way; each imports only from its own
+//! layer or those below (checked by `cargo xtask layers`; docs/architecture.md):
+//!
+//! 1. OS access: [`procfs`] (`/proc`, cgroupfs, mounts), [`clock`], [`bpf_sys`],
+//!    [`syscall_names`].
+//! 2. [`probes`]: the kernel programs loaded and attached; their maps.
+//! 3. [`metadata`]: names from the Kubernetes API and the passwd file.
+//! 4. [`model`]: the task model with its input types (`intake`, decoded events from
+//!    `taskscope_common::decode`) and output types (`snapshot`, `view`, `span`).
+//! 5. [`collector`]: the one task that owns the model and the kernel maps and answers queries;
+//!    span sampling and the span queue to the exporters.
+//! 6. Configuration: [`cli`], [`config`] (flags, environment, config file), [`logging`].
+//! 7. [`health`]: judges the agent and the node's workloads.
+//! 8. [`exporters`]: Prometheus exposition and OTLP export, from snapshots.
+//! 9. Commands: [`check`], [`control`] (live reload), [`record`].
+//! 10. [`api`]: HTTP (JSON, /metrics, health probes, admin).
+//! 11. [`agent`]: `taskscope run`, wiring it all together.
 
 pub mod agent;
 pub mod api;
