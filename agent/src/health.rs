@@ -13,13 +13,14 @@ use std::{
 };
 
 use serde::Serialize;
-use taskscope_common::{bucket_upper_bound_ns, Loss, HIST_BUCKETS};
+use taskscope_common::{Loss, HIST_BUCKETS};
 
 use crate::{
     collector::StatusResponse,
     metadata::SourceState,
     model::{
         aggregate::WorkloadTotals,
+        histogram,
         snapshot::{loss_source, LossView},
         workload::Workload,
     },
@@ -614,30 +615,6 @@ pub async fn monitor(
     }
 }
 
-/// The upper bound of the bucket holding quantile `q` of a log2 histogram (ns); None if empty.
-pub fn log2_quantile_ns(hist: &[u64; HIST_BUCKETS], q: f64) -> Option<u64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = (q * total as f64).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, count) in hist.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            return Some(bucket_upper_bound_ns(i));
-        }
-    }
-    Some(u64::MAX)
-}
-
-fn hist_delta(
-    now: &[u64; HIST_BUCKETS],
-    before: Option<&[u64; HIST_BUCKETS]>,
-) -> [u64; HIST_BUCKETS] {
-    std::array::from_fn(|i| now[i].saturating_sub(before.map_or(0, |b| b[i])))
-}
-
 fn ms(ns: u64) -> String {
     format!("{:.1} ms", ns as f64 / 1e6)
 }
@@ -654,10 +631,10 @@ fn judge_workloads(
         let before = previous.get(&workload.cgroup);
         let mut states = BTreeMap::new();
 
-        let runq = hist_delta(&totals.sched.runq_hist, before.map(|b| &b.sched.runq_hist));
+        let runq = histogram::delta(&totals.sched.runq_hist, before.map(|b| &b.sched.runq_hist));
         let runq_samples: u64 = runq.iter().sum();
         if runq_samples >= t.min_samples {
-            if let Some(p99) = log2_quantile_ns(&runq, 0.99) {
+            if let Some(p99) = histogram::quantile_ns(&runq, 0.99) {
                 if p99 > t.starved_runqueue_p99.as_nanos() as u64 {
                     states.insert(
                         WorkloadState::Starved,
@@ -704,17 +681,15 @@ fn judge_workloads(
 
         let mut io = [0u64; HIST_BUCKETS];
         for (key, now_io) in &totals.io {
-            let d = hist_delta(
+            let d = histogram::delta(
                 &now_io.latency_hist,
                 before.and_then(|b| b.io.get(key)).map(|b| &b.latency_hist),
             );
-            for (a, b) in io.iter_mut().zip(d) {
-                *a += b;
-            }
+            histogram::add(&mut io, &d);
         }
         let io_samples: u64 = io.iter().sum();
         if io_samples >= t.min_samples {
-            if let Some(p99) = log2_quantile_ns(&io, 0.99) {
+            if let Some(p99) = histogram::quantile_ns(&io, 0.99) {
                 if p99 > t.io_latency_p99.as_nanos() as u64 {
                     states.insert(
                         WorkloadState::IoBound,
@@ -754,16 +729,6 @@ fn judge_workloads(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_of_log2_histograms() {
-        let mut h = [0u64; HIST_BUCKETS];
-        assert_eq!(log2_quantile_ns(&h, 0.99), None);
-        h[10] = 99; // [512, 1024) ns
-        h[20] = 1; // [512 Ki, 1 Mi) ns
-        assert_eq!(log2_quantile_ns(&h, 0.99), Some(bucket_upper_bound_ns(10)));
-        assert_eq!(log2_quantile_ns(&h, 1.0), Some(bucket_upper_bound_ns(20)));
-    }
 
     fn workload(cgroup: &str) -> Workload {
         crate::model::workload::Workload::from_cgroup(cgroup)

@@ -368,10 +368,11 @@ fn encode_syscalls(
     } in subjects
     {
         for NamedSyscall { name, stats, .. } in syscalls {
-            let buckets = export_buckets(&stats.latency_hist);
-            family
-                .encode_family(&with(labels, &[("syscall", name.clone())]))?
-                .encode_histogram::<Labels>(secs(stats.total_ns), stats.count, &buckets, None)?;
+            encode_log2_histogram(
+                family.encode_family(&with(labels, &[("syscall", name.clone())]))?,
+                &stats.latency_hist,
+                stats.total_ns,
+            )?;
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use taskscope_common::{log2_bucket, ProcessIo, SyscallStats, HIST_BUCKETS};
 
-use super::{workload::Workload, ExitStatus, Process, SchedTotals};
+use super::{histogram, workload::Workload, ExitStatus, Process, SchedTotals};
 
 /// Everything exported about one workload.
 #[derive(Debug, Clone)]
@@ -48,24 +48,12 @@ impl Default for WorkloadTotals {
     }
 }
 
-/// Adds histogram `from` into `into`, bucket by bucket.
-pub fn add_hist(into: &mut [u64; HIST_BUCKETS], from: &[u64; HIST_BUCKETS]) {
-    for (a, b) in into.iter_mut().zip(from) {
-        *a += b;
-    }
-}
-
-/// Histogram `a` less `b`, bucket by bucket, never below zero.
-fn sub_hist(a: &[u64; HIST_BUCKETS], b: &[u64; HIST_BUCKETS]) -> [u64; HIST_BUCKETS] {
-    std::array::from_fn(|i| a[i].saturating_sub(b[i]))
-}
-
 /// Adds syscall statistics `from` into `into`.
 pub fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
     into.count += from.count;
     into.errors += from.errors;
     into.total_ns += from.total_ns;
-    add_hist(&mut into.latency_hist, &from.latency_hist);
+    histogram::add(&mut into.latency_hist, &from.latency_hist);
 }
 
 impl WorkloadTotals {
@@ -94,7 +82,7 @@ impl WorkloadTotals {
             total.bytes += from.bytes;
             total.requests += from.requests;
             total.total_latency_ns += from.total_latency_ns;
-            add_hist(&mut total.latency_hist, &from.latency_hist);
+            histogram::add(&mut total.latency_hist, &from.latency_hist);
         }
     }
 
@@ -154,13 +142,13 @@ impl WorkloadTotals {
             &mut sched.involuntary_switches,
             base.sched.involuntary_switches,
         );
-        sched.runq_hist = sub_hist(&sched.runq_hist, &base.sched.runq_hist);
+        sched.runq_hist = histogram::delta(&sched.runq_hist, Some(&base.sched.runq_hist));
         for (nr, b) in &base.syscalls {
             if let Some(t) = self.syscalls.get_mut(nr) {
                 sub(&mut t.count, b.count);
                 sub(&mut t.errors, b.errors);
                 sub(&mut t.total_ns, b.total_ns);
-                t.latency_hist = sub_hist(&t.latency_hist, &b.latency_hist);
+                t.latency_hist = histogram::delta(&t.latency_hist, Some(&b.latency_hist));
             }
         }
         for (key, b) in &base.errnos {
@@ -173,7 +161,7 @@ impl WorkloadTotals {
                 sub(&mut t.bytes, b.bytes);
                 sub(&mut t.requests, b.requests);
                 sub(&mut t.total_latency_ns, b.total_latency_ns);
-                t.latency_hist = sub_hist(&t.latency_hist, &b.latency_hist);
+                t.latency_hist = histogram::delta(&t.latency_hist, Some(&b.latency_hist));
             }
         }
     }
@@ -185,7 +173,7 @@ impl WorkloadTotals {
         self.exited_success += from.exited_success;
         self.exited_failure += from.exited_failure;
         self.exited_signal += from.exited_signal;
-        add_hist(&mut self.durations, &from.durations);
+        histogram::add(&mut self.durations, &from.durations);
         self.durations_sum_ns += from.durations_sum_ns;
     }
 }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod errno;
 pub mod exit;
+pub mod histogram;
 pub mod intake;
 pub mod node;
 pub mod redact;
@@ -111,7 +112,7 @@ impl SchedTotals {
         self.runq_wait_ns += other.runq_wait_ns;
         self.voluntary_switches += other.voluntary_switches;
         self.involuntary_switches += other.involuntary_switches;
-        aggregate::add_hist(&mut self.runq_hist, &other.runq_hist);
+        histogram::add(&mut self.runq_hist, &other.runq_hist);
     }
 
     /// Adds one thread's figures.

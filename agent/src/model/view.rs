@@ -3,9 +3,15 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use taskscope_common::{block_op, bucket_upper_bound_ns, HIST_BUCKETS};
+use taskscope_common::block_op;
 
-use super::{errno::errno_name, node::CpuTotals, workload::Workload, ExitStatus, Process};
+use super::{
+    errno::errno_name,
+    histogram::{below_ns, buckets, Bucket},
+    node::CpuTotals,
+    workload::Workload,
+    ExitStatus, Process,
+};
 use crate::{clock::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 /// Offsets between the kernel's clocks and wall-clock time, taken once per response.
@@ -34,31 +40,6 @@ impl Clocks {
     pub fn boottime_to_unix(&self, ns: u64) -> u64 {
         (self.realtime_ns + ns).saturating_sub(self.boottime_ns)
     }
-}
-
-/// One non-empty bucket of a log2 histogram: `count` values below `below_ns`.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Bucket {
-    /// Exclusive upper bound; `null` for the last (unbounded) bucket.
-    pub below_ns: Option<u64>,
-    pub count: u64,
-}
-
-/// Exclusive upper bound of log2 bucket `index`; `None` for the open-ended last one.
-fn below_ns(index: usize) -> Option<u64> {
-    Some(bucket_upper_bound_ns(index)).filter(|&b| b != u64::MAX)
-}
-
-/// The non-empty buckets of a kernel histogram.
-pub fn buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<Bucket> {
-    hist.iter()
-        .enumerate()
-        .filter(|(_, &count)| count > 0)
-        .map(|(i, &count)| Bucket {
-            below_ns: below_ns(i),
-            count,
-        })
-        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -268,36 +249,6 @@ impl ProcessView {
                 .map(|w| super::span::SlowWaitView::new(w, clocks))
                 .collect(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_non_empty_buckets_are_listed() {
-        let mut hist = [0; HIST_BUCKETS];
-        hist[0] = 1;
-        hist[11] = 4;
-        hist[HIST_BUCKETS - 1] = 2;
-        assert_eq!(
-            buckets(&hist),
-            vec![
-                Bucket {
-                    below_ns: Some(1),
-                    count: 1
-                },
-                Bucket {
-                    below_ns: Some(2048),
-                    count: 4
-                },
-                Bucket {
-                    below_ns: None,
-                    count: 2
-                },
-            ]
-        );
     }
 }
 
