@@ -318,7 +318,6 @@ fn encode_syscalls(
     prefix: &str,
     subjects: &[KeptWorkload],
 ) -> Result<(), std::fmt::Error> {
-    let secs = |ns: u64| ns as f64 / 1e9;
     let name = format!("{prefix}syscalls");
     let mut family = describe(
         encoder,
