@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
@@ -88,14 +88,21 @@ struct NamedSyscall {
     errnos: Vec<(u32, u64)>,
 }
 
-/// A workload kept under the series cap.
+/// What one subject (a workload, or a selected process) exports.
 #[derive(Debug)]
-struct KeptWorkload {
-    labels: Labels,
+struct Figures {
     totals: WorkloadTotals,
+    /// The busiest syscalls by name, the rest as `other`.
     syscalls: Vec<NamedSyscall>,
     /// The workload cgroup's memory (workloads only, not selected processes).
     memory: Option<CgroupMemory>,
+}
+
+/// A subject kept under the series cap.
+#[derive(Debug)]
+struct KeptWorkload {
+    labels: Labels,
+    figures: Figures,
 }
 
 fn workload_labels(w: &Workload, pods: &PodDirectory) -> Labels {
@@ -168,40 +175,6 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<NamedSyscall> {
     out
 }
 
-/// Series one workload contributes (for the cap and `taskscope_series`), per family.
-fn series_of(
-    totals: &WorkloadTotals,
-    syscalls: &[NamedSyscall],
-    with_tasks: bool,
-    memory: Option<&CgroupMemory>,
-) -> [(&'static str, usize); 10] {
-    let histogram = EXPORTED_BOUNDS_LOG2.len() + 3; // buckets, +Inf, _sum, _count
-    [
-        ("taskscope_cpu_seconds", 1),
-        ("taskscope_context_switches", 2),
-        ("taskscope_runqueue_latency_seconds", histogram),
-        ("taskscope_syscalls", syscalls.len()),
-        (
-            "taskscope_syscall_errors",
-            syscalls.iter().map(|s| s.errnos.len()).sum(),
-        ),
-        (
-            "taskscope_syscall_latency_seconds",
-            syscalls.len() * histogram,
-        ),
-        ("taskscope_block_io", totals.io.len() * (2 + histogram)),
-        ("taskscope_tasks", if with_tasks { 1 + 3 + 1 } else { 0 }),
-        (
-            "taskscope_task_duration_seconds",
-            if with_tasks { histogram } else { 0 },
-        ),
-        (
-            "taskscope_memory",
-            memory.map_or(0, |m| 1 + usize::from(m.limit_bytes.is_some())),
-        ),
-    ]
-}
-
 /// One scrape's worth of metrics, encoded by [`Collector::encode`].
 #[derive(Debug)]
 struct Scrape {
@@ -238,306 +211,296 @@ fn describe<'a>(
     encoder.encode_descriptor(name, help, None, metric_type)
 }
 
-/// Which figure of a process's block IO a family exports.
-type IoField = fn(&taskscope_common::ProcessIo) -> u64;
+/// Series one subject adds to a family group (for the cap and `taskscope_series`), per group.
+fn series_of(figures: &Figures, workload: bool) -> BTreeMap<&'static str, usize> {
+    let mut groups = BTreeMap::new();
+    for family in SUBJECT_FAMILIES {
+        if family.workloads_only && !workload {
+            continue;
+        }
+        *groups.entry(family.series_group).or_default() += (family.series)(figures);
+    }
+    groups
+}
+
+/// Series of one histogram sample: its buckets, +Inf, _sum and _count.
+const HISTOGRAM_SERIES: usize = EXPORTED_BOUNDS_LOG2.len() + 3;
+
+/// A family exported per subject (per workload, and per selected process under
+/// `taskscope_process_`): described, counted and encoded from this one row.
+struct SubjectFamily {
+    /// The name after the prefix (`taskscope_` or `taskscope_process_`).
+    suffix: &'static str,
+    help: &'static str,
+    metric_type: MetricType,
+    /// The `family` label of `taskscope_series` its series are counted under.
+    series_group: &'static str,
+    /// Exported for workloads only, not for selected processes.
+    workloads_only: bool,
+    /// Series one subject adds.
+    series: fn(&Figures) -> usize,
+    /// Encodes one subject's samples.
+    encode: fn(&mut MetricEncoder<'_>, &Labels, &Figures) -> Result<(), std::fmt::Error>,
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The labels of one block device and operation of a subject.
+fn io_labels(labels: &Labels, dev: u32, op: u32) -> Labels {
+    with(
+        labels,
+        &[("device", device_name(dev)), ("op", block_op_name(op))],
+    )
+}
+
+/// Every per-subject family, in exposition order.
+const SUBJECT_FAMILIES: &[SubjectFamily] = &[
+    SubjectFamily {
+        suffix: "cpu_seconds",
+        help: "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_cpu_seconds",
+        workloads_only: false,
+        series: |_| 1,
+        encode: |family, labels, f| {
+            ConstCounter::new(secs(f.totals.sched.on_cpu_ns)).encode(family.encode_family(labels)?)
+        },
+    },
+    SubjectFamily {
+        suffix: "context_switches",
+        help: "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_context_switches",
+        workloads_only: false,
+        series: |_| 2,
+        encode: |family, labels, f| {
+            for (kind, value) in [
+                ("voluntary", f.totals.sched.voluntary_switches),
+                ("involuntary", f.totals.sched.involuntary_switches),
+            ] {
+                ConstCounter::new(value)
+                    .encode(family.encode_family(&with(labels, &[("kind", kind.to_string())]))?)?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "runqueue_latency_seconds",
+        help: "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.",
+        metric_type: MetricType::Histogram,
+        series_group: "taskscope_runqueue_latency_seconds",
+        workloads_only: false,
+        series: |_| HISTOGRAM_SERIES,
+        encode: |family, labels, f| {
+            encode_log2_histogram(
+                family.encode_family(labels)?,
+                &f.totals.sched.runq_hist,
+                f.totals.sched.runq_wait_ns,
+            )
+        },
+    },
+    SubjectFamily {
+        suffix: "syscalls",
+        help: "Syscalls made, by name (the busiest per workload; the rest as other).",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_syscalls",
+        workloads_only: false,
+        series: |f| f.syscalls.len(),
+        encode: |family, labels, f| {
+            for NamedSyscall { name, stats, .. } in &f.syscalls {
+                ConstCounter::new(stats.count)
+                    .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "syscall_errors",
+        help: "Syscalls that returned an error, by name and errno.",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_syscall_errors",
+        workloads_only: false,
+        series: |f| f.syscalls.iter().map(|s| s.errnos.len()).sum(),
+        encode: |family, labels, f| {
+            for NamedSyscall { name, errnos, .. } in &f.syscalls {
+                for (errno, count) in errnos {
+                    let errno =
+                        errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
+                    ConstCounter::new(*count).encode(family.encode_family(&with(
+                        labels,
+                        &[("syscall", name.clone()), ("errno", errno)],
+                    ))?)?;
+                }
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "syscall_latency_seconds",
+        help: "Syscall durations, entry to exit.",
+        metric_type: MetricType::Histogram,
+        series_group: "taskscope_syscall_latency_seconds",
+        workloads_only: false,
+        series: |f| f.syscalls.len() * HISTOGRAM_SERIES,
+        encode: |family, labels, f| {
+            for NamedSyscall { name, stats, .. } in &f.syscalls {
+                encode_log2_histogram(
+                    family.encode_family(&with(labels, &[("syscall", name.clone())]))?,
+                    &stats.latency_hist,
+                    stats.total_ns,
+                )?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "block_io_bytes",
+        help: "Bytes of block IO the workload's processes issued, counted at issue.",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_block_io",
+        workloads_only: false,
+        series: |f| f.totals.io.len(),
+        encode: |family, labels, f| {
+            for ((dev, op), io) in &f.totals.io {
+                ConstCounter::new(io.bytes)
+                    .encode(family.encode_family(&io_labels(labels, *dev, *op))?)?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "block_io_requests",
+        help: "Block IO requests the workload's processes issued.",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_block_io",
+        workloads_only: false,
+        series: |f| f.totals.io.len(),
+        encode: |family, labels, f| {
+            for ((dev, op), io) in &f.totals.io {
+                ConstCounter::new(io.requests)
+                    .encode(family.encode_family(&io_labels(labels, *dev, *op))?)?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "block_io_latency_seconds",
+        help: "Block IO requests of the workload's processes, issue to completion.",
+        metric_type: MetricType::Histogram,
+        series_group: "taskscope_block_io",
+        workloads_only: false,
+        series: |f| f.totals.io.len() * HISTOGRAM_SERIES,
+        encode: |family, labels, f| {
+            for ((dev, op), io) in &f.totals.io {
+                encode_log2_histogram(
+                    family.encode_family(&io_labels(labels, *dev, *op))?,
+                    &io.latency_hist,
+                    io.total_latency_ns,
+                )?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "tasks_started",
+        help: "Processes started in the workload while the agent ran.",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_tasks",
+        workloads_only: true,
+        series: |_| 1,
+        encode: |family, labels, f| {
+            ConstCounter::new(f.totals.started).encode(family.encode_family(labels)?)
+        },
+    },
+    SubjectFamily {
+        suffix: "tasks_exited",
+        help: "Processes that exited: success (code 0), failure (other codes) or signal.",
+        metric_type: MetricType::Counter,
+        series_group: "taskscope_tasks",
+        workloads_only: true,
+        series: |_| 3,
+        encode: |family, labels, f| {
+            for (outcome, value) in [
+                ("success", f.totals.exited_success),
+                ("failure", f.totals.exited_failure),
+                ("signal", f.totals.exited_signal),
+            ] {
+                ConstCounter::new(value).encode(
+                    family.encode_family(&with(labels, &[("outcome", outcome.to_string())]))?,
+                )?;
+            }
+            Ok(())
+        },
+    },
+    SubjectFamily {
+        suffix: "tasks_running",
+        help: "Live processes in the workload.",
+        metric_type: MetricType::Gauge,
+        series_group: "taskscope_tasks",
+        workloads_only: true,
+        series: |_| 1,
+        encode: |family, labels, f| {
+            ConstGauge::new(f.totals.running as i64).encode(family.encode_family(labels)?)
+        },
+    },
+    SubjectFamily {
+        suffix: "task_duration_seconds",
+        help: "Lifetimes of processes seen from start to exit.",
+        metric_type: MetricType::Histogram,
+        series_group: "taskscope_task_duration_seconds",
+        workloads_only: true,
+        series: |_| HISTOGRAM_SERIES,
+        encode: |family, labels, f| {
+            encode_log2_histogram(
+                family.encode_family(labels)?,
+                &f.totals.durations,
+                f.totals.durations_sum_ns,
+            )
+        },
+    },
+    SubjectFamily {
+        suffix: "memory_usage_bytes",
+        help: "Memory charged to the workload's cgroup, page cache included (memory.current, or memory.usage_in_bytes on cgroup v1).",
+        metric_type: MetricType::Gauge,
+        series_group: "taskscope_memory",
+        workloads_only: true,
+        series: |f| usize::from(f.memory.is_some()),
+        encode: |family, labels, f| match &f.memory {
+            Some(m) => ConstGauge::new(m.usage_bytes as i64).encode(family.encode_family(labels)?),
+            None => Ok(()),
+        },
+    },
+    SubjectFamily {
+        suffix: "memory_limit_bytes",
+        help: "Memory limit of the workload's cgroup (memory.max, or memory.limit_in_bytes on cgroup v1); absent when unlimited.",
+        metric_type: MetricType::Gauge,
+        series_group: "taskscope_memory",
+        workloads_only: true,
+        series: |f| usize::from(f.memory.as_ref().is_some_and(|m| m.limit_bytes.is_some())),
+        encode: |family, labels, f| match f.memory.as_ref().and_then(|m| m.limit_bytes) {
+            Some(limit) => ConstGauge::new(limit as i64).encode(family.encode_family(labels)?),
+            None => Ok(()),
+        },
+    },
+];
 
 /// Encodes the per-subject families (workloads, or selected processes) under `prefix`.
 fn encode_subjects(
     encoder: &mut DescriptorEncoder,
     prefix: &str,
     subjects: &[KeptWorkload],
-    with_tasks: bool,
+    workloads: bool,
 ) -> Result<(), std::fmt::Error> {
-    encode_sched(encoder, prefix, subjects)?;
-    encode_syscalls(encoder, prefix, subjects)?;
-    encode_block_io(encoder, prefix, subjects)?;
-    if with_tasks {
-        encode_tasks(encoder, prefix, subjects)?;
-        encode_memory(encoder, prefix, subjects)?;
-    }
-    Ok(())
-}
-
-/// On-CPU time, context switches and run-queue latency of each subject.
-fn encode_sched(
-    encoder: &mut DescriptorEncoder,
-    prefix: &str,
-    subjects: &[KeptWorkload],
-) -> Result<(), std::fmt::Error> {
-    let secs = |ns: u64| ns as f64 / 1e9;
-    let name = format!("{prefix}cpu_seconds");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        ConstCounter::new(secs(t.sched.on_cpu_ns)).encode(family.encode_family(labels)?)?;
-    }
-    let name = format!("{prefix}context_switches");
-    let mut family = describe(encoder, &name, "Context switches away from the workload's tasks: voluntary (blocked) or involuntary (preempted).", MetricType::Counter)?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        for (kind, value) in [
-            ("voluntary", t.sched.voluntary_switches),
-            ("involuntary", t.sched.involuntary_switches),
-        ] {
-            ConstCounter::new(value)
-                .encode(family.encode_family(&with(labels, &[("kind", kind.to_string())]))?)?;
+    for row in SUBJECT_FAMILIES {
+        if row.workloads_only && !workloads {
+            continue;
         }
-    }
-    let name = format!("{prefix}runqueue_latency_seconds");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Waits for a CPU, from wakeup or preemption to running; _sum is the kernel's run_delay.",
-        MetricType::Histogram,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        encode_log2_histogram(
-            family.encode_family(labels)?,
-            &t.sched.runq_hist,
-            t.sched.runq_wait_ns,
-        )?;
-    }
-    Ok(())
-}
-
-/// Syscalls of each subject: counts, errors by errno, latency.
-fn encode_syscalls(
-    encoder: &mut DescriptorEncoder,
-    prefix: &str,
-    subjects: &[KeptWorkload],
-) -> Result<(), std::fmt::Error> {
-    let name = format!("{prefix}syscalls");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Syscalls made, by name (the busiest per workload; the rest as other).",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, syscalls, ..
-    } in subjects
-    {
-        for NamedSyscall { name, stats, .. } in syscalls {
-            ConstCounter::new(stats.count)
-                .encode(family.encode_family(&with(labels, &[("syscall", name.clone())]))?)?;
-        }
-    }
-    let name = format!("{prefix}syscall_errors");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Syscalls that returned an error, by name and errno.",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, syscalls, ..
-    } in subjects
-    {
-        for NamedSyscall { name, errnos, .. } in syscalls {
-            for (errno, count) in errnos {
-                let errno = errno_name(*errno).map_or_else(|| errno.to_string(), str::to_string);
-                ConstCounter::new(*count).encode(family.encode_family(&with(
-                    labels,
-                    &[("syscall", name.clone()), ("errno", errno)],
-                ))?)?;
-            }
-        }
-    }
-    let name = format!("{prefix}syscall_latency_seconds");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Syscall durations, entry to exit.",
-        MetricType::Histogram,
-    )?;
-    for KeptWorkload {
-        labels, syscalls, ..
-    } in subjects
-    {
-        for NamedSyscall { name, stats, .. } in syscalls {
-            encode_log2_histogram(
-                family.encode_family(&with(labels, &[("syscall", name.clone())]))?,
-                &stats.latency_hist,
-                stats.total_ns,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Block IO of each subject by device and operation: bytes, requests, latency.
-fn encode_block_io(
-    encoder: &mut DescriptorEncoder,
-    prefix: &str,
-    subjects: &[KeptWorkload],
-) -> Result<(), std::fmt::Error> {
-    let block_io: [(&str, &str, IoField); 2] = [
-        (
-            "block_io_bytes",
-            "Bytes of block IO the workload's processes issued, counted at issue.",
-            |io| io.bytes,
-        ),
-        (
-            "block_io_requests",
-            "Block IO requests the workload's processes issued.",
-            |io| io.requests,
-        ),
-    ];
-    for (suffix, help, value) in block_io {
-        let name = format!("{prefix}{suffix}");
-        let mut family = describe(encoder, &name, help, MetricType::Counter)?;
-        for KeptWorkload {
-            labels, totals: t, ..
-        } in subjects
-        {
-            for ((dev, op), io) in &t.io {
-                let labels = with(
-                    labels,
-                    &[("device", device_name(*dev)), ("op", block_op_name(*op))],
-                );
-                ConstCounter::new(value(io)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-    }
-    let name = format!("{prefix}block_io_latency_seconds");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Block IO requests of the workload's processes, issue to completion.",
-        MetricType::Histogram,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        for ((dev, op), io) in &t.io {
-            let labels = with(
-                labels,
-                &[("device", device_name(*dev)), ("op", block_op_name(*op))],
-            );
-            encode_log2_histogram(
-                family.encode_family(&labels)?,
-                &io.latency_hist,
-                io.total_latency_ns,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Processes of each workload: started, exited by outcome, running, lifetimes.
-fn encode_tasks(
-    encoder: &mut DescriptorEncoder,
-    prefix: &str,
-    subjects: &[KeptWorkload],
-) -> Result<(), std::fmt::Error> {
-    let name = format!("{prefix}tasks_started");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Processes started in the workload while the agent ran.",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        ConstCounter::new(t.started).encode(family.encode_family(labels)?)?;
-    }
-    let name = format!("{prefix}tasks_exited");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Processes that exited: success (code 0), failure (other codes) or signal.",
-        MetricType::Counter,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        for (outcome, value) in [
-            ("success", t.exited_success),
-            ("failure", t.exited_failure),
-            ("signal", t.exited_signal),
-        ] {
-            ConstCounter::new(value).encode(
-                family.encode_family(&with(labels, &[("outcome", outcome.to_string())]))?,
-            )?;
-        }
-    }
-    let name = format!("{prefix}tasks_running");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Live processes in the workload.",
-        MetricType::Gauge,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        ConstGauge::new(t.running as i64).encode(family.encode_family(labels)?)?;
-    }
-    let name = format!("{prefix}task_duration_seconds");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Lifetimes of processes seen from start to exit.",
-        MetricType::Histogram,
-    )?;
-    for KeptWorkload {
-        labels, totals: t, ..
-    } in subjects
-    {
-        encode_log2_histogram(
-            family.encode_family(labels)?,
-            &t.durations,
-            t.durations_sum_ns,
-        )?;
-    }
-    Ok(())
-}
-
-/// Memory use and limit of each workload's cgroup.
-fn encode_memory(
-    encoder: &mut DescriptorEncoder,
-    prefix: &str,
-    subjects: &[KeptWorkload],
-) -> Result<(), std::fmt::Error> {
-    let name = format!("{prefix}memory_usage_bytes");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Memory charged to the workload's cgroup, page cache included (memory.current, or memory.usage_in_bytes on cgroup v1).",
-        MetricType::Gauge,
-    )?;
-    for KeptWorkload { labels, memory, .. } in subjects {
-        if let Some(m) = memory {
-            ConstGauge::new(m.usage_bytes as i64).encode(family.encode_family(labels)?)?;
-        }
-    }
-    let name = format!("{prefix}memory_limit_bytes");
-    let mut family = describe(
-        encoder,
-        &name,
-        "Memory limit of the workload's cgroup (memory.max, or memory.limit_in_bytes on cgroup v1); absent when unlimited.",
-        MetricType::Gauge,
-    )?;
-    for KeptWorkload { labels, memory, .. } in subjects {
-        if let Some(limit) = memory.and_then(|m| m.limit_bytes) {
-            ConstGauge::new(limit as i64).encode(family.encode_family(labels)?)?;
+        let name = format!("{prefix}{}", row.suffix);
+        let mut family = describe(encoder, &name, row.help, row.metric_type)?;
+        for subject in subjects {
+            (row.encode)(&mut family, &subject.labels, &subject.figures)?;
         }
     }
     Ok(())
@@ -881,18 +844,21 @@ impl Exposition {
         let mut used = 0usize;
         let mut dropped = 0u64;
         for (workload, totals) in workloads {
-            let syscalls = top_syscalls(&totals, config.top_syscalls);
-            let mut counts = series_of(&totals, &syscalls, true, None);
-            let without_memory: usize = counts.iter().map(|c| c.1).sum();
+            let mut figures = Figures {
+                syscalls: top_syscalls(&totals, config.top_syscalls),
+                totals,
+                memory: None,
+            };
+            let without_memory: usize = series_of(&figures, true).values().sum();
             if used + without_memory > config.max_series {
                 // Cut without reading its memory (reads cost a scrape most with many
                 // workloads): its memory series are not in the dropped count.
                 dropped += without_memory as u64;
                 continue;
             }
-            let memory = self.memory.read(&workload.cgroup);
-            counts = series_of(&totals, &syscalls, true, memory.as_ref());
-            let total: usize = counts.iter().map(|c| c.1).sum();
+            figures.memory = self.memory.read(&workload.cgroup);
+            let counts = series_of(&figures, true);
+            let total: usize = counts.values().sum();
             if used + total > config.max_series {
                 dropped += total as u64;
                 continue;
@@ -903,18 +869,17 @@ impl Exposition {
             }
             kept.push(KeptWorkload {
                 labels: workload_labels(&workload, pods),
-                totals,
-                syscalls,
-                memory,
+                figures,
             });
         }
         let mut processes = Vec::new();
         for p in selected_processes {
-            let syscalls = top_syscalls(&p.totals, config.top_syscalls);
-            let total: usize = series_of(&p.totals, &syscalls, false, None)
-                .iter()
-                .map(|c| c.1)
-                .sum();
+            let figures = Figures {
+                syscalls: top_syscalls(&p.totals, config.top_syscalls),
+                totals: p.totals,
+                memory: None,
+            };
+            let total: usize = series_of(&figures, false).values().sum();
             if used + total > config.max_series {
                 dropped += total as u64;
                 continue;
@@ -924,9 +889,7 @@ impl Exposition {
             let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
             processes.push(KeptWorkload {
                 labels: with(&workload_labels(&p.workload, pods), &extra),
-                totals: p.totals,
-                syscalls,
-                memory: None,
+                figures,
             });
         }
         Selected {
