@@ -73,7 +73,7 @@ fn nanos(d: Duration) -> u64 {
 pub fn thresholds(args: &RunArgs) -> Thresholds {
     Thresholds {
         slow_syscall_ns: nanos(args.slow_syscall),
-        slow_runq_ns: nanos(args.slow_runqueue_wait),
+        slow_runqueue_wait_ns: nanos(args.slow_runqueue_wait),
         slow_io_ns: nanos(args.slow_block_io),
     }
 }

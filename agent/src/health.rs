@@ -631,15 +631,18 @@ fn judge_workloads(
         let before = previous.get(&workload.cgroup);
         let mut states = BTreeMap::new();
 
-        let runq = histogram::delta(&totals.sched.runq_hist, before.map(|b| &b.sched.runq_hist));
-        let runq_samples: u64 = runq.iter().sum();
-        if runq_samples >= t.min_samples {
-            if let Some(p99) = histogram::quantile_ns(&runq, 0.99) {
+        let runqueue = histogram::delta(
+            &totals.sched.runqueue_hist,
+            before.map(|b| &b.sched.runqueue_hist),
+        );
+        let runqueue_samples: u64 = runqueue.iter().sum();
+        if runqueue_samples >= t.min_samples {
+            if let Some(p99) = histogram::quantile_ns(&runqueue, 0.99) {
                 if p99 > t.starved_runqueue_p99.as_nanos() as u64 {
                     states.insert(
                         WorkloadState::Starved,
                         format!(
-                            "run-queue latency p99 < {} over {runq_samples} waits (limit {})",
+                            "run-queue latency p99 < {} over {runqueue_samples} waits (limit {})",
                             ms(p99),
                             ms(t.starved_runqueue_p99.as_nanos() as u64)
                         ),
@@ -753,7 +756,7 @@ mod tests {
         now.started = 1000 + 60;
         let mut runq = [0u64; HIST_BUCKETS];
         runq[27] = 50; // ~134 ms
-        now.sched.runq_hist = runq;
+        now.sched.runqueue_hist = runq;
         let w = workload("/job.slice");
         let previous = HashMap::from([(w.cgroup.clone(), before)]);
         let judged = judge_workloads(&[(w, now)], &previous, Duration::from_secs(10), &t);

@@ -75,7 +75,7 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
         agent_tgid: std::process::id(),
         thresholds: Thresholds {
             slow_syscall_ns: 100_000_000,
-            slow_runq_ns: 50_000_000,
+            slow_runqueue_wait_ns: 50_000_000,
             slow_io_ns: 100_000_000,
         },
         disabled_groups: Vec::new(),

@@ -7,7 +7,7 @@ use core::mem::size_of;
 use std::{boxed::Box, string::String, vec::Vec};
 
 use crate::{
-    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqEvent,
+    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqueueWaitEvent,
     SlowSyscallEvent, SwitchEvent, ARGS_LEN, FILENAME_LEN,
 };
 
@@ -18,7 +18,7 @@ pub enum Event {
     Exec(Box<Exec>),
     Exit(ExitEvent),
     SlowSyscall(SlowSyscallEvent),
-    SlowRunq(SlowRunqEvent),
+    SlowRunqueueWait(SlowRunqueueWaitEvent),
     SlowIo(SlowIoEvent),
     Switch(SwitchEvent),
 }
@@ -42,7 +42,7 @@ pub struct Exec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExecCounters {
     pub on_cpu_ns: u64,
-    pub runq_wait_ns: u64,
+    pub runqueue_wait_ns: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
 }
@@ -55,7 +55,7 @@ impl Event {
             Event::Exec(_) => event_kind::EXEC,
             Event::Exit(_) => event_kind::EXIT,
             Event::SlowSyscall(_) => event_kind::SLOW_SYSCALL,
-            Event::SlowRunq(_) => event_kind::SLOW_RUNQ,
+            Event::SlowRunqueueWait(_) => event_kind::SLOW_RUNQUEUE_WAIT,
             Event::SlowIo(_) => event_kind::SLOW_IO,
             Event::Switch(_) => event_kind::SWITCH,
         }
@@ -143,7 +143,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         event_kind::FORK => Ok(Event::Fork(read(bytes, "fork event")?)),
         event_kind::EXIT => Ok(Event::Exit(read(bytes, "exit event")?)),
         event_kind::SLOW_SYSCALL => Ok(Event::SlowSyscall(read(bytes, "slow syscall event")?)),
-        event_kind::SLOW_RUNQ => Ok(Event::SlowRunq(read(bytes, "slow run-queue event")?)),
+        event_kind::SLOW_RUNQUEUE_WAIT => Ok(Event::SlowRunqueueWait(read(
+            bytes,
+            "slow run-queue event",
+        )?)),
         event_kind::SLOW_IO => Ok(Event::SlowIo(read(bytes, "slow IO event")?)),
         event_kind::SWITCH => Ok(Event::Switch(read(bytes, "switch event")?)),
         event_kind::EXEC => {
@@ -161,7 +164,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 args_truncated: raw.args_truncated != 0,
                 sched_at_exec: ExecCounters {
                     on_cpu_ns: raw.on_cpu_ns,
-                    runq_wait_ns: raw.runq_wait_ns,
+                    runqueue_wait_ns: raw.runqueue_wait_ns,
                     voluntary_switches: raw.voluntary_switches,
                     involuntary_switches: raw.involuntary_switches,
                 },
@@ -241,7 +244,7 @@ mod tests {
             args_truncated: 0,
             _pad: 0,
             on_cpu_ns: 0,
-            runq_wait_ns: 0,
+            runqueue_wait_ns: 0,
             voluntary_switches: 0,
             involuntary_switches: 0,
             comm: comm("ls"),
@@ -288,7 +291,7 @@ mod tests {
             args_truncated: 1,
             _pad: 0,
             on_cpu_ns: 0,
-            runq_wait_ns: 0,
+            runqueue_wait_ns: 0,
             voluntary_switches: 0,
             involuntary_switches: 0,
             comm: [b'x'; COMM_LEN],

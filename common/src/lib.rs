@@ -65,7 +65,7 @@ pub struct TaskSched {
     /// `se.sum_exec_runtime`: time on a CPU, as of the last switch-out.
     pub on_cpu_ns: u64,
     /// `sched_info.run_delay`: time runnable but waiting for a CPU, completed waits.
-    pub runq_wait_ns: u64,
+    pub runqueue_wait_ns: u64,
     /// `nvcsw`: switches away while blocking.
     pub voluntary_switches: u64,
     /// `nivcsw`: switches away while still runnable (preempted).
@@ -76,7 +76,7 @@ pub struct TaskSched {
     pub last_switch_out_ns: u64,
     /// log2 histogram of run-queue waits (nanoseconds), measured from wakeup or preemption
     /// to switch-in.
-    pub runq_hist: [u64; HIST_BUCKETS],
+    pub runqueue_hist: [u64; HIST_BUCKETS],
 }
 
 /// Per-CPU busy/idle accounting, one entry of the per-CPU array `CPUS`.
@@ -270,12 +270,20 @@ pub mod event_kind {
     pub const EXEC: u32 = 2;
     pub const EXIT: u32 = 3;
     pub const SLOW_SYSCALL: u32 = 4;
-    pub const SLOW_RUNQ: u32 = 5;
+    pub const SLOW_RUNQUEUE_WAIT: u32 = 5;
     pub const SLOW_IO: u32 = 6;
     pub const SWITCH: u32 = 7;
 
     /// Every kind, in numeric order.
-    pub const ALL: [u32; 7] = [FORK, EXEC, EXIT, SLOW_SYSCALL, SLOW_RUNQ, SLOW_IO, SWITCH];
+    pub const ALL: [u32; 7] = [
+        FORK,
+        EXEC,
+        EXIT,
+        SLOW_SYSCALL,
+        SLOW_RUNQUEUE_WAIT,
+        SLOW_IO,
+        SWITCH,
+    ];
 
     /// Stable name of a kind, as the agent labels it (`kind` of
     /// `taskscope_events_received_total`); `None` for a kind this version does not know.
@@ -285,7 +293,7 @@ pub mod event_kind {
             EXEC => "exec",
             EXIT => "exit",
             SLOW_SYSCALL => "slow_syscall",
-            SLOW_RUNQ => "slow_runqueue_wait",
+            SLOW_RUNQUEUE_WAIT => "slow_runqueue_wait",
             SLOW_IO => "slow_block_io",
             SWITCH => "switch",
             _ => return None,
@@ -346,7 +354,7 @@ pub struct ExecEvent {
     /// The exec'ing task's `sum_exec_runtime`, `run_delay`, `nvcsw`, `nivcsw` at the exec: what
     /// it had accumulated before (a process that moved cgroup and execs leaves that behind).
     pub on_cpu_ns: u64,
-    pub runq_wait_ns: u64,
+    pub runqueue_wait_ns: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
     pub comm: [u8; COMM_LEN],
@@ -383,7 +391,7 @@ pub struct SlowSyscallEvent {
 /// A wait for a CPU longer than the configured threshold, seen when the task got the CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlowRunqEvent {
+pub struct SlowRunqueueWaitEvent {
     pub header: EventHeader,
     pub wait_ns: u64,
 }
@@ -420,7 +428,7 @@ pub struct SwitchEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
     pub slow_syscall_ns: u64,
-    pub slow_runq_ns: u64,
+    pub slow_runqueue_wait_ns: u64,
     pub slow_io_ns: u64,
 }
 
@@ -428,7 +436,7 @@ impl Thresholds {
     /// Nothing is slow enough to report.
     pub const NEVER: Thresholds = Thresholds {
         slow_syscall_ns: u64::MAX,
-        slow_runq_ns: u64::MAX,
+        slow_runqueue_wait_ns: u64::MAX,
         slow_io_ns: u64::MAX,
     };
 }
@@ -484,7 +492,7 @@ mod tests {
         );
         assert_eq!(size_of::<ExitEvent>(), 24 + 8 + 8 + COMM_LEN);
         assert_eq!(size_of::<SlowSyscallEvent>(), 24 + 8 + 16);
-        assert_eq!(size_of::<SlowRunqEvent>(), 24 + 8);
+        assert_eq!(size_of::<SlowRunqueueWaitEvent>(), 24 + 8);
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
         assert_eq!(size_of::<Thresholds>(), 24);

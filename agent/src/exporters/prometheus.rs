@@ -296,8 +296,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         encode: |family, labels, f| {
             encode_log2_histogram(
                 family.encode_family(labels)?,
-                &f.totals.sched.runq_hist,
-                f.totals.sched.runq_wait_ns,
+                &f.totals.sched.runqueue_hist,
+                f.totals.sched.runqueue_wait_ns,
             )
         },
     },

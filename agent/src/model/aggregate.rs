@@ -136,13 +136,14 @@ impl WorkloadTotals {
         let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
         let sched = &mut self.sched;
         sub(&mut sched.on_cpu_ns, base.sched.on_cpu_ns);
-        sub(&mut sched.runq_wait_ns, base.sched.runq_wait_ns);
+        sub(&mut sched.runqueue_wait_ns, base.sched.runqueue_wait_ns);
         sub(&mut sched.voluntary_switches, base.sched.voluntary_switches);
         sub(
             &mut sched.involuntary_switches,
             base.sched.involuntary_switches,
         );
-        sched.runq_hist = histogram::delta(&sched.runq_hist, Some(&base.sched.runq_hist));
+        sched.runqueue_hist =
+            histogram::delta(&sched.runqueue_hist, Some(&base.sched.runqueue_hist));
         for (nr, b) in &base.syscalls {
             if let Some(t) = self.syscalls.get_mut(nr) {
                 sub(&mut t.count, b.count);

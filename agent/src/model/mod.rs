@@ -87,20 +87,20 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedTotals {
     pub on_cpu_ns: u64,
-    pub runq_wait_ns: u64,
+    pub runqueue_wait_ns: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
-    pub runq_hist: [u64; HIST_BUCKETS],
+    pub runqueue_hist: [u64; HIST_BUCKETS],
 }
 
 impl Default for SchedTotals {
     fn default() -> Self {
         Self {
             on_cpu_ns: 0,
-            runq_wait_ns: 0,
+            runqueue_wait_ns: 0,
             voluntary_switches: 0,
             involuntary_switches: 0,
-            runq_hist: [0; HIST_BUCKETS],
+            runqueue_hist: [0; HIST_BUCKETS],
         }
     }
 }
@@ -109,10 +109,10 @@ impl SchedTotals {
     /// Adds another total.
     pub fn add_totals(&mut self, other: &SchedTotals) {
         self.on_cpu_ns += other.on_cpu_ns;
-        self.runq_wait_ns += other.runq_wait_ns;
+        self.runqueue_wait_ns += other.runqueue_wait_ns;
         self.voluntary_switches += other.voluntary_switches;
         self.involuntary_switches += other.involuntary_switches;
-        histogram::add(&mut self.runq_hist, &other.runq_hist);
+        histogram::add(&mut self.runqueue_hist, &other.runqueue_hist);
     }
 
     /// Adds one thread's figures.
@@ -121,19 +121,19 @@ impl SchedTotals {
             tgid: _,
             _pad: _,
             on_cpu_ns,
-            runq_wait_ns,
+            runqueue_wait_ns,
             voluntary_switches,
             involuntary_switches,
             queued_since_ns: _,
             last_switch_out_ns: _,
-            runq_hist,
+            runqueue_hist,
         } = *task;
         self.add_totals(&SchedTotals {
             on_cpu_ns,
-            runq_wait_ns,
+            runqueue_wait_ns,
             voluntary_switches,
             involuntary_switches,
-            runq_hist,
+            runqueue_hist,
         });
     }
 }
@@ -142,7 +142,7 @@ impl SchedTotals {
 /// CLOCK_MONOTONIC of when it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowWait {
-    RunQueue {
+    RunqueueWait {
         tid: u32,
         at_ns: u64,
         wait_ns: u64,
@@ -429,7 +429,7 @@ impl TaskModel {
                 .unwrap_or(p.start_ticks.saturating_mul(NS_PER_TICK));
             let wall = boottime.saturating_sub(start);
             let sched = p.sched(mono, &self.running);
-            let share = sched.runq_wait_ns as f64 / wall.max(1) as f64;
+            let share = sched.runqueue_wait_ns as f64 / wall.max(1) as f64;
             let reason = if wall >= config.wall.as_nanos() as u64 {
                 format!("running longer than {:?}", config.wall)
             } else if wall >= 1_000_000_000 && share > config.runqueue_share {
@@ -444,8 +444,8 @@ impl TaskModel {
                 cgroup: p.cgroup_path.clone(),
                 wall_ns: wall,
                 on_cpu_ns: sched.on_cpu_ns,
-                runqueue_wait_ns: sched.runq_wait_ns,
-                blocked_ns: wall.saturating_sub(sched.on_cpu_ns + sched.runq_wait_ns),
+                runqueue_wait_ns: sched.runqueue_wait_ns,
+                blocked_ns: wall.saturating_sub(sched.on_cpu_ns + sched.runqueue_wait_ns),
                 ids: p.span_ids,
                 reason,
             });
@@ -650,9 +650,9 @@ impl TaskModel {
                     process.slow_syscalls.push_back(slow);
                 }
             }
-            Event::SlowRunq(slow) => self.add_slow_wait(
+            Event::SlowRunqueueWait(slow) => self.add_slow_wait(
                 slow.header.tgid,
-                SlowWait::RunQueue {
+                SlowWait::RunqueueWait {
                     tid: slow.header.pid,
                     at_ns: slow.header.ts_ns,
                     wait_ns: slow.wait_ns,
@@ -753,7 +753,11 @@ impl TaskModel {
                         };
                         let f = &mut figures.sched;
                         swap(&mut f.on_cpu_ns, sched.on_cpu_ns + running, at.on_cpu_ns);
-                        swap(&mut f.runq_wait_ns, sched.runq_wait_ns, at.runq_wait_ns);
+                        swap(
+                            &mut f.runqueue_wait_ns,
+                            sched.runqueue_wait_ns,
+                            at.runqueue_wait_ns,
+                        );
                         swap(
                             &mut f.voluntary_switches,
                             sched.voluntary_switches,
@@ -1007,12 +1011,12 @@ mod tests {
             tgid,
             _pad: 0,
             on_cpu_ns: on_cpu,
-            runq_wait_ns: 1,
+            runqueue_wait_ns: 1,
             voluntary_switches: 2,
             involuntary_switches: 3,
             queued_since_ns: 0,
             last_switch_out_ns: 0,
-            runq_hist: [0; HIST_BUCKETS],
+            runqueue_hist: [0; HIST_BUCKETS],
         }
     }
 

@@ -147,7 +147,7 @@ pub enum SlowWaitView {
 impl SlowWaitView {
     pub fn new(wait: &SlowWait, clocks: &Clocks) -> Self {
         match *wait {
-            SlowWait::RunQueue {
+            SlowWait::RunqueueWait {
                 tid,
                 at_ns,
                 wait_ns,
@@ -212,8 +212,8 @@ impl TaskSpan {
         let sched = p.sched(end_mono, &Default::default());
         let mut time = SpanTime {
             on_cpu_ns: sched.on_cpu_ns,
-            runqueue_wait_ns: sched.runq_wait_ns,
-            blocked_ns: duration_ns.saturating_sub(sched.on_cpu_ns + sched.runq_wait_ns),
+            runqueue_wait_ns: sched.runqueue_wait_ns,
+            blocked_ns: duration_ns.saturating_sub(sched.on_cpu_ns + sched.runqueue_wait_ns),
             voluntary_switches: sched.voluntary_switches,
             involuntary_switches: sched.involuntary_switches,
             ..SpanTime::default()

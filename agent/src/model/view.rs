@@ -226,10 +226,10 @@ impl ProcessView {
             },
             sched: SchedView {
                 on_cpu_ns: sched.on_cpu_ns,
-                runqueue_wait_ns: sched.runq_wait_ns,
+                runqueue_wait_ns: sched.runqueue_wait_ns,
                 voluntary_switches: sched.voluntary_switches,
                 involuntary_switches: sched.involuntary_switches,
-                runqueue_latency: buckets(&sched.runq_hist),
+                runqueue_latency: buckets(&sched.runqueue_hist),
             },
             syscalls: SyscallsView {
                 count: by_syscall.iter().map(|s| s.count).sum(),

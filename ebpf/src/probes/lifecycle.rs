@@ -74,7 +74,7 @@ pub fn on_exec(ctx: *const u64) {
         // The counters as of the exec (the scheduler updates sum_exec_runtime at ticks and
         // switches: at most a tick behind).
         event.on_cpu_ns = read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0);
-        event.runq_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
+        event.runqueue_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
         event.voluntary_switches = read::<u64>(task, off_task_nvcsw()).unwrap_or(0);
         event.involuntary_switches = read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0);
 

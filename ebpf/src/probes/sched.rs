@@ -7,7 +7,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray, Global};
 use taskscope_common::{
-    event_kind, log2_bucket, CpuStats, Loss, SlowRunqEvent, SwitchEvent, TaskSched,
+    event_kind, log2_bucket, CpuStats, Loss, SlowRunqueueWaitEvent, SwitchEvent, TaskSched,
 };
 
 use super::{
@@ -34,9 +34,9 @@ fn report_switch(prev_pid: u32, prev_tgid: u32, next_pid: u32, next_tgid: u32) {
 
 /// Sends one long run-queue wait of task `pid` to userspace.
 #[inline(always)]
-fn report_slow_runq(pid: u32, tgid: u32, wait_ns: u64) {
-    send(SlowRunqEvent {
-        header: header(event_kind::SLOW_RUNQ, pid, tgid),
+fn report_slow_runqueue_wait(pid: u32, tgid: u32, wait_ns: u64) {
+    send(SlowRunqueueWaitEvent {
+        header: header(event_kind::SLOW_RUNQUEUE_WAIT, pid, tgid),
         wait_ns,
     });
 }
@@ -57,7 +57,7 @@ pub fn copy_counters<const DIRECT: bool>(entry: &mut TaskSched, task: u64) {
         entry.on_cpu_ns = ns;
     }
     if let Some(ns) = read_field::<DIRECT, u64>(task, off_task_run_delay()) {
-        entry.runq_wait_ns = ns;
+        entry.runqueue_wait_ns = ns;
     }
     if let Some(voluntary) = read_field::<DIRECT, u64>(task, off_task_nvcsw()) {
         entry.voluntary_switches = voluntary;
@@ -109,12 +109,12 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
             if entry.queued_since_ns != 0 {
                 let wait = now.saturating_sub(entry.queued_since_ns);
                 entry.queued_since_ns = 0;
-                if let Some(slot) = entry.runq_hist.get_mut(log2_bucket(wait)) {
+                if let Some(slot) = entry.runqueue_hist.get_mut(log2_bucket(wait)) {
                     *slot += 1;
                 }
                 // Run-queue waits at least this long go to userspace one by one.
-                if wait >= thresholds().slow_runq_ns {
-                    report_slow_runq(next_pid, next_tgid, wait);
+                if wait >= thresholds().slow_runqueue_wait_ns {
+                    report_slow_runqueue_wait(next_pid, next_tgid, wait);
                 }
             }
         }
