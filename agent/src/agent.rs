@@ -28,7 +28,7 @@ use crate::{
     health::{self, MonitorSources, SharedHealth},
     logging::LogControl,
     metadata::{PodDirectory, SharedPods},
-    model::{redact::Redactor, ModelConfig, TaskModel},
+    model::{host::SystemHost, redact::Redactor, ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
 };
@@ -418,7 +418,7 @@ fn new_collector(
             join_traceparent: args.join_traceparent,
             ..ModelConfig::default()
         },
-        CgroupResolver::new(cgroup_root),
+        Box::new(SystemHost::new(CgroupResolver::new(cgroup_root))),
     );
     Ok(Collector::new(
         probes,

@@ -16,3 +16,32 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// The three clocks read at one instant: converts the kernel's timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    pub monotonic_ns: u64,
+    pub realtime_ns: u64,
+    pub boottime_ns: u64,
+}
+
+impl Clocks {
+    /// Reads the clocks now.
+    pub fn now() -> Self {
+        Self {
+            monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
+            realtime_ns: clock_ns(libc::CLOCK_REALTIME),
+            boottime_ns: clock_ns(libc::CLOCK_BOOTTIME),
+        }
+    }
+
+    /// Unix time of a CLOCK_MONOTONIC instant.
+    pub fn monotonic_to_unix(&self, ns: u64) -> u64 {
+        (self.realtime_ns + ns).saturating_sub(self.monotonic_ns)
+    }
+
+    /// Unix time of a CLOCK_BOOTTIME instant.
+    pub fn boottime_to_unix(&self, ns: u64) -> u64 {
+        (self.realtime_ns + ns).saturating_sub(self.boottime_ns)
+    }
+}

@@ -18,11 +18,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     check::{effective_caps, missing_capabilities},
     cli::RecordArgs,
+    clock::Clocks,
     collector::{
         sampling::SamplingConfig, Collector, CollectorConfig, ProcessesResponse, Query, Recording,
         SpanFilter,
     },
-    model::{view::Clocks, ModelConfig, TaskModel},
+    model::{host::SystemHost, ModelConfig, TaskModel},
     probes::{LoadOptions, Probes},
     procfs::{cgroup2_mount, CgroupResolver},
 };
@@ -92,7 +93,7 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
             cpu_window: poll_interval,
             ..ModelConfig::default()
         },
-        CgroupResolver::new(cgroup2_mount()),
+        Box::new(SystemHost::new(CgroupResolver::new(cgroup2_mount()))),
     );
     let collector = Collector::new(
         probes,

@@ -31,13 +31,14 @@ use self::{
     sampling::{Sampler, SamplingConfig},
 };
 use crate::{
+    clock::Clocks,
     model::span::TaskSpan,
     model::{
         aggregate::WorkloadTotals,
         intake::Forget,
         selector::ProcessSelector,
         snapshot::{loss_source, LossView, MetricsSnapshot},
-        view::{Clocks, NodeView, ProcessView},
+        view::{NodeView, ProcessView},
         workload::Workload,
         ModelCounters, SlowTask, SlowTaskConfig, TaskModel,
     },

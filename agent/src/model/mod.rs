@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod errno;
 pub mod exit;
 pub mod histogram;
+pub mod host;
 pub mod intake;
 pub mod node;
 pub mod redact;
@@ -30,20 +31,17 @@ use taskscope_common::{
     SyscallStats, TaskSched, HIST_BUCKETS, LOSS_KINDS,
 };
 
-use crate::{
-    clock::clock_ns,
-    procfs::{self, CgroupResolver, NS_PER_TICK},
-};
+use crate::procfs::NS_PER_TICK;
 
 pub use self::exit::ExitStatus;
 use self::{
     aggregate::{WorkloadLedger, WorkloadTotals},
+    host::Host,
     intake::{Forget, KernelSnapshot},
     node::{cpu_windows, CpuTotals, CpuWindow},
     selector::ProcessSelector,
     snapshot::SelectedProcess,
     span::{SpanIdSource, SpanIds, TaskSpan},
-    view::Clocks,
     workload::Workload,
 };
 
@@ -347,7 +345,8 @@ pub struct TaskModel {
     config: ModelConfig,
     live: HashMap<u32, Process>,
     exited: VecDeque<Process>,
-    cgroups: CgroupResolver,
+    /// /proc, cgroupfs and the clocks.
+    host: Box<dyn Host>,
     polls: u64,
     pub counters: ModelCounters,
     /// Latest per-CPU accounting.
@@ -386,12 +385,13 @@ const MAX_NEW_SPANS: usize = 65_536;
 const SWEEP_EVERY_POLLS: u64 = 10;
 
 impl TaskModel {
-    pub fn new(config: ModelConfig, cgroups: CgroupResolver) -> Self {
+    /// A model reading what the kernel does not carry from `host`.
+    pub fn new(config: ModelConfig, host: Box<dyn Host>) -> Self {
         Self {
             config,
             live: HashMap::new(),
             exited: VecDeque::new(),
-            cgroups,
+            host,
             polls: 0,
             counters: ModelCounters::default(),
             cpus: Vec::new(),
@@ -416,7 +416,7 @@ impl TaskModel {
 
     /// Live processes that just became slow (each reported once in its life).
     pub fn new_slow_tasks(&mut self, config: SlowTaskConfig) -> Vec<SlowTask> {
-        let boottime = clock_ns(libc::CLOCK_BOOTTIME);
+        let boottime = self.host.clocks().boottime_ns;
         let mono = self.collected_at_ns;
         let mut slow = Vec::new();
         for p in self.live.values_mut() {
@@ -460,7 +460,7 @@ impl TaskModel {
 
     /// Adds every process in /proc (those that started before the agent).
     pub fn scan_proc(&mut self) {
-        for pid in procfs::list_pids() {
+        for pid in self.host.pids() {
             if !self.live.contains_key(&pid) {
                 self.insert_from_proc(pid);
             }
@@ -469,16 +469,16 @@ impl TaskModel {
 
     /// Builds a process from /proc; a bare entry when /proc has nothing (it already exited).
     fn insert_from_proc(&mut self, pid: u32) -> Option<&mut Process> {
-        let process = match procfs::read_stat(pid) {
+        let process = match self.host.stat(pid) {
             Some(stat) => {
                 let mut p = Process::new(pid, stat.start_ticks);
                 p.ppid = stat.ppid;
                 p.comm = stat.comm;
-                p.exe = procfs::read_exe(pid);
-                p.cmdline = self.config.redactor.redact(procfs::read_cmdline(pid));
-                p.uid = procfs::read_uid(pid);
-                if let Some(path) = procfs::read_cgroup_v2(pid) {
-                    p.cgroup_id = self.cgroups.id_of(&path);
+                p.exe = self.host.exe(pid);
+                p.cmdline = self.config.redactor.redact(self.host.cmdline(pid));
+                p.uid = self.host.uid(pid);
+                if let Some(path) = self.host.cgroup(pid) {
+                    p.cgroup_id = self.host.cgroup_id(&path);
                     p.cgroup_path = Some(path);
                 }
                 p.threads.insert(pid, Thread::default());
@@ -543,10 +543,11 @@ impl TaskModel {
             self.counters.processes_lost += 1;
         }
         self.counters.processes_exited += 1;
-        let now = clock_ns(libc::CLOCK_MONOTONIC);
-        let boot_minus_mono = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(now);
+        let clocks = self.host.clocks();
+        let now = clocks.monotonic_ns;
+        let boot_minus_mono = clocks.boottime_ns.saturating_sub(now);
         self.workloads.retire(&process, now, boot_minus_mono);
-        if let Some(span) = TaskSpan::of(&process, &Clocks::now()) {
+        if let Some(span) = TaskSpan::of(&process, &clocks) {
             self.counters.spans += 1;
             if self.new_spans.len() < MAX_NEW_SPANS {
                 self.new_spans.push(span.clone());
@@ -617,7 +618,7 @@ impl TaskModel {
                 process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
                 process.uid = Some(fork.uid);
                 process.cgroup_id = Some(fork.cgroup_id);
-                process.cgroup_path = self.cgroups.path_of_process(fork.cgroup_id, pid);
+                process.cgroup_path = self.host.cgroup_path(fork.cgroup_id, pid);
                 process.observed_from_start = true;
                 process.threads.insert(pid, Thread::default());
                 process.threads_started = 1;
@@ -686,31 +687,32 @@ impl TaskModel {
 
     fn apply_exec(&mut self, exec: Exec) {
         let tgid = exec.header.tgid;
-        let cgroup_path = self.cgroups.path_of_process(exec.cgroup_id, tgid);
+        let cgroup_path = self.host.cgroup_path(exec.cgroup_id, tgid);
         let polls = self.polls;
         let cmdline = self.config.redactor.redact(exec.args);
-        let join_traceparent = self.config.join_traceparent;
+        // Read while the process runs (a very short one may be gone: it keeps its trace).
+        let traceparent = if self.config.join_traceparent {
+            self.host.traceparent(tgid)
+        } else {
+            None
+        };
+        let exe = self.host.exe(tgid);
         let Some(process) = self.live_or_proc(tgid) else {
             return;
         };
         // The exe link is absolute and resolved; the filename passed to execve may be relative.
-        process.exe = procfs::read_exe(tgid).or(Some(exec.filename));
+        process.exe = exe.or(Some(exec.filename));
         process.comm = exec.comm;
         process.cmdline = cmdline;
         process.cmdline_truncated = exec.args_truncated;
         process.uid = Some(exec.uid);
         process.cgroup_id = Some(exec.cgroup_id);
         process.exec_time_ns = Some(exec.header.ts_ns);
-        if join_traceparent {
-            // Read while the process runs (a very short one may be gone: it keeps its trace).
-            // Children inherit the variable: one whose parent already joined that trace stays
-            // its parent's child.
-            if let (Some(ids), Some((trace_id, parent))) =
-                (process.span_ids, procfs::read_traceparent(tgid))
-            {
-                if ids.trace_id != trace_id {
-                    process.span_ids = Some(ids.joined(trace_id, parent));
-                }
+        // Children inherit the variable: one whose parent already joined that trace stays its
+        // parent's child.
+        if let (Some(ids), Some((trace_id, parent))) = (process.span_ids, traceparent) {
+            if ids.trace_id != trace_id {
+                process.span_ids = Some(ids.joined(trace_id, parent));
             }
         }
         if exec.old_pid != exec.header.pid {
@@ -739,7 +741,7 @@ impl TaskModel {
         }
         if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
             if old != new {
-                let now = clock_ns(libc::CLOCK_MONOTONIC);
+                let now = self.host.clocks().monotonic_ns;
                 let mut figures = WorkloadTotals::figures_of(process, now, &self.running);
                 if let Some((tid, at)) = at_exec {
                     if let Some(sched) = process.threads.get(&tid).and_then(|t| t.sched) {
@@ -886,8 +888,10 @@ impl TaskModel {
     fn vanished(&mut self) -> Vec<u32> {
         let mut lost = Vec::new();
         for p in self.live.values_mut().filter(|p| p.exit.is_none()) {
-            let gone =
-                procfs::read_stat(p.pid).is_none_or(|stat| stat.start_ticks != p.start_ticks);
+            let gone = self
+                .host
+                .stat(p.pid)
+                .is_none_or(|stat| stat.start_ticks != p.start_ticks);
             if gone && p.missing_at_sweep {
                 lost.push(p.pid);
             }
@@ -931,7 +935,7 @@ impl TaskModel {
     /// Totals per workload (retired processes and live ones); workloads without live processes
     /// for `ttl` are dropped.
     pub fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
-        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let now = self.host.clocks().monotonic_ns;
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         self.workloads
             .totals(self.live.values(), now, &self.running, ttl_ns)
@@ -942,7 +946,7 @@ impl TaskModel {
         if selectors.is_empty() {
             return Vec::new();
         }
-        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let now = self.host.clocks().monotonic_ns;
         self.live
             .values()
             .filter(|p| selectors.iter().any(|s| s.matches(p)))
@@ -971,6 +975,10 @@ impl TaskModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        model::host::SystemHost,
+        procfs::{self, CgroupResolver},
+    };
     use taskscope_common::{event_kind, EventHeader, ExitEvent, ForkEvent, COMM_LEN};
 
     fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
@@ -1021,7 +1029,10 @@ mod tests {
     }
 
     fn model() -> TaskModel {
-        TaskModel::new(ModelConfig::default(), CgroupResolver::new(None))
+        TaskModel::new(
+            ModelConfig::default(),
+            Box::new(SystemHost::new(CgroupResolver::new(None))),
+        )
     }
 
     // Pids far above any real pid so /proc lookups miss.
@@ -1124,7 +1135,7 @@ mod tests {
                 max_exited: 3,
                 ..ModelConfig::default()
             },
-            CgroupResolver::new(None),
+            Box::new(SystemHost::new(CgroupResolver::new(None))),
         );
         let mut forget = Forget::default();
         for i in 0..10 {
@@ -1144,7 +1155,7 @@ mod tests {
                 max_live: 2,
                 ..ModelConfig::default()
             },
-            CgroupResolver::new(None),
+            Box::new(SystemHost::new(CgroupResolver::new(None))),
         );
         let mut forget = Forget::default();
         for i in 0..5 {

@@ -11,9 +11,11 @@ use std::hash::{BuildHasher, RandomState};
 use serde::{Serialize, Serializer};
 use taskscope_common::block_op;
 
+use crate::clock::Clocks;
+
 use super::{
     exit::ExitStatus,
-    view::{block_op_name, device_name, Clocks, SlowSyscallView},
+    view::{block_op_name, device_name, SlowSyscallView},
     workload::Workload,
     Process, SlowWait,
 };

@@ -12,35 +12,7 @@ use super::{
     workload::Workload,
     ExitStatus, Process,
 };
-use crate::{clock::clock_ns, procfs::NS_PER_TICK, syscall_names::syscall_name};
-
-/// Offsets between the kernel's clocks and wall-clock time, taken once per response.
-#[derive(Debug, Clone, Copy)]
-pub struct Clocks {
-    pub monotonic_ns: u64,
-    realtime_ns: u64,
-    boottime_ns: u64,
-}
-
-impl Clocks {
-    pub fn now() -> Self {
-        Self {
-            monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
-            realtime_ns: clock_ns(libc::CLOCK_REALTIME),
-            boottime_ns: clock_ns(libc::CLOCK_BOOTTIME),
-        }
-    }
-
-    /// Unix time of a CLOCK_MONOTONIC instant.
-    pub fn monotonic_to_unix(&self, ns: u64) -> u64 {
-        (self.realtime_ns + ns).saturating_sub(self.monotonic_ns)
-    }
-
-    /// Unix time of a CLOCK_BOOTTIME instant.
-    pub fn boottime_to_unix(&self, ns: u64) -> u64 {
-        (self.realtime_ns + ns).saturating_sub(self.boottime_ns)
-    }
-}
+use crate::{clock::Clocks, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 #[derive(Debug, Serialize)]
 pub struct ProcessView {
