@@ -3,6 +3,10 @@
 //! The poller (collector layer) fills a [`KernelSnapshot`] from the maps and removes what a
 //! [`Forget`] lists; the model only sees these plain values.
 
+use super::{
+    node::{cpu_windows, CpuTotals},
+    TaskModel, FINAL_READ_POLLS, SWEEP_EVERY_POLLS,
+};
 use taskscope_common::{
     CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, ProcessIo, ProcessIoKey, SyscallKey, SyscallStats,
     TaskSched, LOSS_KINDS,
@@ -35,4 +39,99 @@ pub struct Forget {
     pub syscalls: Vec<SyscallKey>,
     pub errnos: Vec<ErrnoKey>,
     pub process_io: Vec<ProcessIoKey>,
+}
+
+impl TaskModel {
+    /// Applies a read of the kernel maps; returns the map entries that are no longer needed.
+    pub fn apply_kernel(&mut self, snapshot: KernelSnapshot) -> Forget {
+        self.polls += 1;
+        self.counters.polls = self.polls;
+        let polls = self.polls;
+        let mut forget = Forget::default();
+
+        for (tid, task) in snapshot.tasks {
+            if task.tgid == 0 {
+                continue;
+            }
+            if let Some(process) = self.live_or_proc(task.tgid) {
+                process.last_switch_out_ns =
+                    process.last_switch_out_ns.max(task.last_switch_out_ns);
+                process.threads.entry(tid).or_default().sched = Some(task);
+            }
+        }
+        for (key, stats) in snapshot.syscalls {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.syscalls.insert(key.nr, stats);
+            }
+        }
+        for (key, count) in snapshot.errnos {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.errnos.insert((key.nr, key.errno), count);
+            }
+        }
+        for (key, io) in snapshot.process_io {
+            if let Some(process) = self.live.get_mut(&key.tgid) {
+                process.io.insert((key.dev, key.op), io);
+            }
+        }
+        self.running = snapshot
+            .cpus
+            .iter()
+            .filter(|cpu| cpu.current_pid != 0)
+            .map(|cpu| (cpu.current_pid, cpu.current_since_ns))
+            .collect();
+        self.cpus = snapshot.cpus;
+        self.advance_cpu_window(snapshot.taken_at_ns);
+        self.device_io = snapshot.device_io;
+        self.kernel_losses = snapshot.losses;
+        self.map_read_errors += snapshot.read_errors;
+        self.collected_at_ns = snapshot.taken_at_ns;
+
+        // Fold exited threads and retire exited processes once their final values are in.
+        let due = |after: Option<u64>| after.is_some_and(|a| a + FINAL_READ_POLLS <= polls);
+        let mut retire = Vec::new();
+        for process in self.live.values_mut() {
+            let done: Vec<u32> = process
+                .threads
+                .iter()
+                .filter(|(_, t)| due(t.exited_after_poll))
+                .map(|(&tid, _)| tid)
+                .collect();
+            for tid in done {
+                process.fold_thread(tid, &mut forget);
+            }
+            if due(process.exit_seen_after_poll) {
+                retire.push(process.pid);
+            }
+        }
+        if polls.is_multiple_of(SWEEP_EVERY_POLLS) {
+            retire.extend(self.vanished());
+        }
+        retire.sort_unstable();
+        retire.dedup();
+        for pid in retire {
+            self.retire(pid, &mut forget);
+        }
+        self.evict_exited();
+        forget
+    }
+
+    /// Closes the CPU window when it is long enough, and starts the next one.
+    pub(super) fn advance_cpu_window(&mut self, read_at_ns: u64) {
+        let totals: Vec<CpuTotals> = self
+            .cpus
+            .iter()
+            .map(|cpu| CpuTotals::of(cpu, read_at_ns))
+            .collect();
+        let window_ns = self.config.cpu_window.as_nanos() as u64;
+        match &self.cpu_window_start {
+            Some((start, before)) if read_at_ns.saturating_sub(*start) >= window_ns => {
+                let threshold = self.config.idle_fragment_threshold.as_nanos() as u64;
+                self.cpu_windows = cpu_windows(before, &totals, threshold);
+                self.cpu_window_start = Some((read_at_ns, totals));
+            }
+            Some(_) => {}
+            None => self.cpu_window_start = Some((read_at_ns, totals)),
+        }
+    }
 }

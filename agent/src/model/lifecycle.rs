@@ -1,0 +1,289 @@
+//! The process lifecycle: processes found in /proc at start, then fork, exec and exit events,
+//! slow-wait reports, and the cgroup a process is in.
+
+use taskscope_common::decode::{c_string, Event, Exec, ExecCounters};
+
+use super::{
+    aggregate::WorkloadTotals,
+    intake::Forget,
+    process::{Process, SlowWait, Thread},
+    ExitStatus, TaskModel,
+};
+use crate::procfs::NS_PER_TICK;
+
+impl TaskModel {
+    /// Adds every process in /proc (those that started before the agent).
+    pub fn scan_proc(&mut self) {
+        for pid in self.host.pids() {
+            if !self.live.contains_key(&pid) {
+                self.insert_from_proc(pid);
+            }
+        }
+    }
+
+    /// Builds a process from /proc; a bare entry when /proc has nothing (it already exited).
+    pub(super) fn insert_from_proc(&mut self, pid: u32) -> Option<&mut Process> {
+        let process = match self.host.stat(pid) {
+            Some(stat) => {
+                let mut p = Process::new(pid, stat.start_ticks);
+                p.ppid = stat.ppid;
+                p.comm = stat.comm;
+                p.exe = self.host.exe(pid);
+                p.cmdline = self.config.redactor.redact(self.host.cmdline(pid));
+                p.uid = self.host.uid(pid);
+                if let Some(path) = self.host.cgroup(pid) {
+                    p.cgroup_id = self.host.cgroup_id(&path);
+                    p.cgroup_path = Some(path);
+                }
+                p.threads.insert(pid, Thread::default());
+                p.threads_started = 1;
+                p
+            }
+            None => Process::new(pid, 0),
+        };
+        self.insert_live(process)
+    }
+
+    pub(super) fn insert_live(&mut self, process: Process) -> Option<&mut Process> {
+        if self.live.len() >= self.config.max_live && !self.live.contains_key(&process.pid) {
+            self.counters.processes_dropped += 1;
+            return None;
+        }
+        let pid = process.pid;
+        self.live.insert(pid, process);
+        self.live.get_mut(&pid)
+    }
+
+    pub(super) fn live_or_proc(&mut self, pid: u32) -> Option<&mut Process> {
+        if self.live.contains_key(&pid) {
+            return self.live.get_mut(&pid);
+        }
+        self.insert_from_proc(pid)
+    }
+
+    /// Applies one ring-buffer event. Returns map entries to forget (a pid reused before its
+    /// previous owner was retired).
+    pub fn apply_event(&mut self, event: Event, forget: &mut Forget) {
+        self.counters.events += 1;
+        match event {
+            Event::Fork(fork) => {
+                let pid = fork.header.pid;
+                let tgid = fork.header.tgid;
+                if fork.is_thread != 0 {
+                    if let Some(process) = self.live_or_proc(tgid) {
+                        process.threads.entry(pid).or_default();
+                        process.threads_started += 1;
+                    }
+                    return;
+                }
+                let start_ticks = fork.start_boottime_ns / NS_PER_TICK;
+                if let Some(existing) = self.live.get_mut(&pid) {
+                    let found_by_scan = existing.exit.is_none() && !existing.observed_from_start;
+                    if found_by_scan && existing.start_ticks == start_ticks {
+                        // Found by the /proc scan after the fork (the agent was starting):
+                        // the same process, seen from its start after all, so it gets a span.
+                        existing.observed_from_start = true;
+                        existing.start_boottime_ns = Some(fork.start_boottime_ns);
+                        let parent_ids = self.live.get(&fork.parent_tgid).and_then(|p| p.span_ids);
+                        let ids =
+                            self.span_ids
+                                .ids(pid, fork.start_boottime_ns, parent_ids.as_ref());
+                        if let Some(existing) = self.live.get_mut(&pid) {
+                            existing.span_ids = Some(ids);
+                        }
+                        self.counters.processes_started += 1;
+                        return;
+                    }
+                    // The pid was reused: its previous owner is gone.
+                    self.retire(pid, forget);
+                }
+                let parent = self.live.get(&fork.parent_tgid);
+                let mut process = Process::new(pid, start_ticks);
+                let parent_ids = parent.and_then(|p| p.span_ids);
+                process.span_ids = Some(self.span_ids.ids(
+                    pid,
+                    fork.start_boottime_ns,
+                    parent_ids.as_ref(),
+                ));
+                process.start_boottime_ns = Some(fork.start_boottime_ns);
+                process.ppid = fork.parent_tgid;
+                process.comm = c_string(&fork.comm);
+                process.exe = parent.and_then(|p| p.exe.clone());
+                process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
+                process.uid = Some(fork.uid);
+                process.cgroup_id = Some(fork.cgroup_id);
+                process.cgroup_path = self.host.cgroup_path(fork.cgroup_id, pid);
+                process.observed_from_start = true;
+                process.threads.insert(pid, Thread::default());
+                process.threads_started = 1;
+                self.counters.processes_started += 1;
+                self.insert_live(process);
+            }
+            Event::Exec(exec) => self.apply_exec(*exec),
+            Event::Exit(exit) => {
+                let polls = self.polls;
+                let Some(process) = self.live.get_mut(&exit.header.tgid) else {
+                    return;
+                };
+                process
+                    .threads
+                    .entry(exit.header.pid)
+                    .or_default()
+                    .exited_after_poll = Some(polls);
+                if exit.group_dead != 0 {
+                    process.exit = Some(ExitStatus::from_raw(exit.exit_code));
+                    process.exit_time_ns = Some(exit.header.ts_ns);
+                    process.exit_seen_after_poll = Some(polls);
+                }
+            }
+            Event::SlowSyscall(slow) => {
+                let max = self.config.max_slow_syscalls;
+                if let Some(process) = self.live.get_mut(&slow.header.tgid) {
+                    if process.slow_syscalls.len() >= max {
+                        process.slow_syscalls.pop_front();
+                    }
+                    process.slow_syscalls.push_back(slow);
+                }
+            }
+            Event::SlowRunqueueWait(slow) => self.add_slow_wait(
+                slow.header.tgid,
+                SlowWait::RunqueueWait {
+                    tid: slow.header.pid,
+                    at_ns: slow.header.ts_ns,
+                    wait_ns: slow.wait_ns,
+                },
+            ),
+            // Context switches (recording only) are the recorder's, not the model's.
+            Event::Switch(_) => {}
+            Event::SlowIo(slow) => self.add_slow_wait(
+                slow.header.tgid,
+                SlowWait::BlockIo {
+                    at_ns: slow.header.ts_ns,
+                    dev: slow.dev,
+                    op: slow.op,
+                    bytes: slow.bytes,
+                    latency_ns: slow.latency_ns,
+                },
+            ),
+        }
+    }
+
+    /// Remembers a long wait of a live process (the latest `max_slow_syscalls`).
+    pub(super) fn add_slow_wait(&mut self, tgid: u32, wait: SlowWait) {
+        let max = self.config.max_slow_syscalls;
+        if let Some(process) = self.live.get_mut(&tgid) {
+            if process.slow_waits.len() >= max {
+                process.slow_waits.pop_front();
+            }
+            process.slow_waits.push_back(wait);
+        }
+    }
+
+    pub(super) fn apply_exec(&mut self, exec: Exec) {
+        let tgid = exec.header.tgid;
+        let cgroup_path = self.host.cgroup_path(exec.cgroup_id, tgid);
+        let polls = self.polls;
+        let cmdline = self.config.redactor.redact(exec.args);
+        // Read while the process runs (a very short one may be gone: it keeps its trace).
+        let traceparent = if self.config.join_traceparent {
+            self.host.traceparent(tgid)
+        } else {
+            None
+        };
+        let exe = self.host.exe(tgid);
+        let Some(process) = self.live_or_proc(tgid) else {
+            return;
+        };
+        // The exe link is absolute and resolved; the filename passed to execve may be relative.
+        process.exe = exe.or(Some(exec.filename));
+        process.comm = exec.comm;
+        process.cmdline = cmdline;
+        process.cmdline_truncated = exec.args_truncated;
+        process.uid = Some(exec.uid);
+        process.cgroup_id = Some(exec.cgroup_id);
+        process.exec_time_ns = Some(exec.header.ts_ns);
+        // Children inherit the variable: one whose parent already joined that trace stays its
+        // parent's child.
+        if let (Some(ids), Some((trace_id, parent))) = (process.span_ids, traceparent) {
+            if ids.trace_id != trace_id {
+                process.span_ids = Some(ids.joined(trace_id, parent));
+            }
+        }
+        if exec.old_pid != exec.header.pid {
+            // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
+            process
+                .threads
+                .entry(exec.old_pid)
+                .or_default()
+                .exited_after_poll = Some(polls);
+        }
+        self.set_cgroup(tgid, cgroup_path, Some((exec.old_pid, exec.sched_at_exec)));
+    }
+
+    /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
+    /// workload it leaves, so that no workload's counter ever goes down. An unresolved path
+    /// (`None`) keeps the one known.
+    /// `at_exec`: the exec'ing thread and its counters at the exec, when the move is seen at
+    /// an exec: the figures left behind are the ones of that moment, not of when the event
+    /// was read (the process may have run for a while in its new cgroup by then).
+    pub(super) fn set_cgroup(
+        &mut self,
+        pid: u32,
+        path: Option<String>,
+        at_exec: Option<(u32, ExecCounters)>,
+    ) {
+        let Some(process) = self.live.get(&pid) else {
+            return;
+        };
+        if path.is_none() && process.cgroup_path.is_some() {
+            return;
+        }
+        if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
+            if old != new {
+                let now = self.host.clocks().monotonic_ns;
+                let mut figures = WorkloadTotals::figures_of(process, now, &self.running);
+                if let Some((tid, at)) = at_exec {
+                    if let Some(sched) = process.threads.get(&tid).and_then(|t| t.sched) {
+                        let running = self
+                            .running
+                            .get(&tid)
+                            .map_or(0, |since| now.saturating_sub(*since));
+                        // Swap the thread's figures as read for its figures at the exec.
+                        let swap = |total: &mut u64, current: u64, then: u64| {
+                            *total = total.saturating_sub(current).saturating_add(then);
+                        };
+                        let f = &mut figures.sched;
+                        swap(&mut f.on_cpu_ns, sched.on_cpu_ns + running, at.on_cpu_ns);
+                        swap(
+                            &mut f.runqueue_wait_ns,
+                            sched.runqueue_wait_ns,
+                            at.runqueue_wait_ns,
+                        );
+                        swap(
+                            &mut f.voluntary_switches,
+                            sched.voluntary_switches,
+                            at.voluntary_switches,
+                        );
+                        swap(
+                            &mut f.involuntary_switches,
+                            sched.involuntary_switches,
+                            at.involuntary_switches,
+                        );
+                    }
+                }
+                let credit = match &process.moved_baseline {
+                    Some(base) => figures.figures_minus(base),
+                    None => figures.clone(),
+                };
+                let old = old.clone();
+                self.workloads.credit(&old, &credit, now);
+                if let Some(process) = self.live.get_mut(&pid) {
+                    process.moved_baseline = Some(Box::new(figures));
+                }
+            }
+        }
+        if let Some(process) = self.live.get_mut(&pid) {
+            process.cgroup_path = path;
+        }
+    }
+}

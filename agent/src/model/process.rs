@@ -1,0 +1,219 @@
+//! A process (thread group) as the model keeps it: its threads' kernel counters rolled up,
+//! what /proc and the events said about it, and the scheduler totals type.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::Instant,
+};
+
+use taskscope_common::{ProcessIo, SlowSyscallEvent, SyscallStats, TaskSched, HIST_BUCKETS};
+
+use super::{aggregate::WorkloadTotals, histogram, intake::Forget, span::SpanIds, ExitStatus};
+
+/// Scheduler totals (the sum over threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedTotals {
+    pub on_cpu_ns: u64,
+    pub runqueue_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub runqueue_hist: [u64; HIST_BUCKETS],
+}
+
+impl Default for SchedTotals {
+    fn default() -> Self {
+        Self {
+            on_cpu_ns: 0,
+            runqueue_wait_ns: 0,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            runqueue_hist: [0; HIST_BUCKETS],
+        }
+    }
+}
+
+impl SchedTotals {
+    /// Adds another total.
+    pub fn add_totals(&mut self, other: &SchedTotals) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        self.runqueue_wait_ns += other.runqueue_wait_ns;
+        self.voluntary_switches += other.voluntary_switches;
+        self.involuntary_switches += other.involuntary_switches;
+        histogram::add(&mut self.runqueue_hist, &other.runqueue_hist);
+    }
+
+    /// Adds one thread's figures.
+    pub fn add(&mut self, task: &TaskSched) {
+        let TaskSched {
+            tgid: _,
+            _pad: _,
+            on_cpu_ns,
+            runqueue_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            queued_since_ns: _,
+            last_switch_out_ns: _,
+            runqueue_hist,
+        } = *task;
+        self.add_totals(&SchedTotals {
+            on_cpu_ns,
+            runqueue_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            runqueue_hist,
+        });
+    }
+}
+
+/// A wait over its threshold (`--slow-runqueue-wait`, `--slow-block-io`); times are
+/// CLOCK_MONOTONIC of when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowWait {
+    RunqueueWait {
+        tid: u32,
+        at_ns: u64,
+        wait_ns: u64,
+    },
+    BlockIo {
+        at_ns: u64,
+        dev: u32,
+        op: u32,
+        bytes: u64,
+        latency_ns: u64,
+    },
+}
+
+/// One thread of a process.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Thread {
+    /// Latest accumulators read from the kernel.
+    pub(super) sched: Option<TaskSched>,
+    /// Set when its exit was seen: the number of polls done by then.
+    pub(super) exited_after_poll: Option<u64>,
+}
+
+/// A process (thread group) and everything known about it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: u32,
+    /// Start time in clock ticks since boot, as in `/proc/<pid>/stat`: with `pid`, the key.
+    pub start_ticks: u64,
+    /// Exact start (ns since boot) when the fork was seen.
+    pub start_boottime_ns: Option<u64>,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub cmdline_truncated: bool,
+    pub uid: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<String>,
+    /// The agent saw it start, so its accumulators cover its whole life.
+    pub observed_from_start: bool,
+    pub exit: Option<ExitStatus>,
+    /// CLOCK_MONOTONIC of the exit event.
+    pub exit_time_ns: Option<u64>,
+    pub(super) exit_seen_after_poll: Option<u64>,
+    pub(super) threads: BTreeMap<u32, Thread>,
+    pub threads_started: u64,
+    pub threads_exited: u64,
+    pub(super) exited_sched: SchedTotals,
+    pub syscalls: BTreeMap<u32, SyscallStats>,
+    pub errnos: BTreeMap<(u32, u32), u64>,
+    /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
+    pub io: BTreeMap<(u32, u32), ProcessIo>,
+    pub slow_syscalls: VecDeque<SlowSyscallEvent>,
+    /// Run-queue waits and block requests over their thresholds (the latest few).
+    pub slow_waits: VecDeque<SlowWait>,
+    pub(super) exited_at: Option<Instant>,
+    /// Gone from /proc at the last sweep, with no exit event yet.
+    pub(super) missing_at_sweep: bool,
+    /// Its figures when it last moved to another cgroup: they belong to the workloads it
+    /// left, its current workload counts only what came after.
+    pub moved_baseline: Option<Box<WorkloadTotals>>,
+    /// Its place in a trace, when its fork was seen.
+    pub span_ids: Option<SpanIds>,
+    /// CLOCK_MONOTONIC of its latest exec.
+    pub exec_time_ns: Option<u64>,
+    /// CLOCK_MONOTONIC of the last time one of its threads left a CPU.
+    pub last_switch_out_ns: u64,
+    /// Already logged as a slow task.
+    pub(super) slow_logged: bool,
+}
+
+impl Process {
+    pub(super) fn new(pid: u32, start_ticks: u64) -> Self {
+        Self {
+            pid,
+            start_ticks,
+            start_boottime_ns: None,
+            ppid: 0,
+            comm: String::new(),
+            exe: None,
+            cmdline: Vec::new(),
+            cmdline_truncated: false,
+            uid: None,
+            cgroup_id: None,
+            cgroup_path: None,
+            observed_from_start: false,
+            slow_logged: false,
+            exit: None,
+            exit_time_ns: None,
+            exit_seen_after_poll: None,
+            threads: BTreeMap::new(),
+            threads_started: 0,
+            threads_exited: 0,
+            exited_sched: SchedTotals::default(),
+            syscalls: BTreeMap::new(),
+            errnos: BTreeMap::new(),
+            io: BTreeMap::new(),
+            slow_syscalls: VecDeque::new(),
+            slow_waits: VecDeque::new(),
+            exited_at: None,
+            missing_at_sweep: false,
+            moved_baseline: None,
+            span_ids: None,
+            exec_time_ns: None,
+            last_switch_out_ns: 0,
+        }
+    }
+
+    /// Scheduler totals over all threads. `running` maps the tids on a CPU right now to when
+    /// they were switched in: the slice they are in is added to their on-CPU time (the kernel's
+    /// counters were copied at their last switch-out).
+    pub fn sched(&self, now_ns: u64, running: &HashMap<u32, u64>) -> SchedTotals {
+        let mut totals = self.exited_sched;
+        for (tid, thread) in &self.threads {
+            if let Some(sched) = &thread.sched {
+                totals.add(sched);
+            }
+            if let Some(since) = running.get(tid) {
+                totals.on_cpu_ns += now_ns.saturating_sub(*since);
+            }
+        }
+        totals
+    }
+
+    /// Threads not yet exited.
+    pub fn live_threads(&self) -> usize {
+        self.threads
+            .values()
+            .filter(|t| t.exited_after_poll.is_none())
+            .count()
+    }
+
+    pub fn is_exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Moves a thread's final values into the exited totals.
+    pub(super) fn fold_thread(&mut self, tid: u32, forget: &mut Forget) {
+        if let Some(thread) = self.threads.remove(&tid) {
+            if let Some(sched) = &thread.sched {
+                self.exited_sched.add(sched);
+            }
+            self.threads_exited += 1;
+            forget.tids.push((tid, self.pid));
+        }
+    }
+}

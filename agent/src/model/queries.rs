@@ -1,0 +1,78 @@
+//! What the collector asks the model: processes, spans, workload totals, selected processes.
+
+use std::time::Duration;
+
+use super::{
+    aggregate::WorkloadTotals, process::Process, selector::ProcessSelector,
+    snapshot::SelectedProcess, span::TaskSpan, workload::Workload, TaskModel,
+};
+
+impl TaskModel {
+    /// Spans made since the last call (for the exporters).
+    pub fn take_new_spans(&mut self) -> Vec<TaskSpan> {
+        std::mem::take(&mut self.new_spans)
+    }
+
+    /// Recent spans, oldest first.
+    pub fn spans(&self) -> impl DoubleEndedIterator<Item = &TaskSpan> {
+        self.spans.iter()
+    }
+
+    /// Live processes, in pid order.
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.live.values()
+    }
+
+    /// Recently exited processes, oldest first.
+    pub fn exited(&self) -> impl Iterator<Item = &Process> {
+        self.exited.iter()
+    }
+
+    /// Every process with `pid`: the live one first, then exited ones, newest first.
+    pub fn by_pid(&self, pid: u32) -> Vec<&Process> {
+        self.live
+            .get(&pid)
+            .into_iter()
+            .chain(self.exited.iter().rev().filter(|p| p.pid == pid))
+            .collect()
+    }
+
+    /// Totals per workload (retired processes and live ones); workloads without live processes
+    /// for `ttl` are dropped.
+    pub fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
+        let now = self.host.clocks().monotonic_ns;
+        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
+        self.workloads
+            .totals(self.live.values(), now, &self.running, ttl_ns)
+    }
+
+    /// Live processes any of `selectors` matches, each with its own totals.
+    pub fn selected_processes(&self, selectors: &[ProcessSelector]) -> Vec<SelectedProcess> {
+        if selectors.is_empty() {
+            return Vec::new();
+        }
+        let now = self.host.clocks().monotonic_ns;
+        self.live
+            .values()
+            .filter(|p| selectors.iter().any(|s| s.matches(p)))
+            .map(|p| {
+                let mut totals = WorkloadTotals::default();
+                totals.add_process(p, now, &self.running);
+                SelectedProcess {
+                    workload: Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/")),
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    totals,
+                }
+            })
+            .collect()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn exited_count(&self) -> usize {
+        self.exited.len()
+    }
+}
