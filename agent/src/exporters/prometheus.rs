@@ -12,7 +12,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
-use taskscope_common::{SyscallStats, HIST_BUCKETS};
+use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
 
 use crate::{
     health::SharedHealth,
@@ -255,6 +255,20 @@ fn io_labels(labels: &Labels, dev: u32, op: u32) -> Labels {
     )
 }
 
+/// One counter of each device and operation of a subject's block IO.
+fn encode_io_counter(
+    family: &mut MetricEncoder<'_>,
+    labels: &Labels,
+    figures: &Figures,
+    value: fn(&ProcessIo) -> u64,
+) -> Result<(), std::fmt::Error> {
+    for ((dev, op), io) in &figures.totals.io {
+        ConstCounter::new(value(io))
+            .encode(family.encode_family(&io_labels(labels, *dev, *op))?)?;
+    }
+    Ok(())
+}
+
 /// Every per-subject family, in exposition order.
 const SUBJECT_FAMILIES: &[SubjectFamily] = &[
     SubjectFamily {
@@ -362,13 +376,7 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         series_group: "taskscope_block_io",
         workloads_only: false,
         series: |f| f.totals.io.len(),
-        encode: |family, labels, f| {
-            for ((dev, op), io) in &f.totals.io {
-                ConstCounter::new(io.bytes)
-                    .encode(family.encode_family(&io_labels(labels, *dev, *op))?)?;
-            }
-            Ok(())
-        },
+        encode: |family, labels, f| encode_io_counter(family, labels, f, |io| io.bytes),
     },
     SubjectFamily {
         suffix: "block_io_requests",
@@ -377,13 +385,7 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         series_group: "taskscope_block_io",
         workloads_only: false,
         series: |f| f.totals.io.len(),
-        encode: |family, labels, f| {
-            for ((dev, op), io) in &f.totals.io {
-                ConstCounter::new(io.requests)
-                    .encode(family.encode_family(&io_labels(labels, *dev, *op))?)?;
-            }
-            Ok(())
-        },
+        encode: |family, labels, f| encode_io_counter(family, labels, f, |io| io.requests),
     },
     SubjectFamily {
         suffix: "block_io_latency_seconds",
