@@ -11,7 +11,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const RECURSION_MISSES_AT: usize = 208;
 
 /// `recursion_misses` of the loaded program behind `fd`.
-pub fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+pub(crate) fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     let mut info = [0u8; RECURSION_MISSES_AT + 8];
     #[repr(C)]
     struct InfoAttr {

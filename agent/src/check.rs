@@ -8,10 +8,10 @@ use crate::{
 };
 
 /// Capability bits (linux/capability.h).
-pub const CAP_SYS_PTRACE: u32 = 19;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub(crate) const CAP_SYS_PTRACE: u32 = 19;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
+pub(crate) const CAP_BPF: u32 = 39;
 
 /// Oldest kernel with everything `run` needs: BPF ring buffer (5.8), tp_btf (5.5).
 const MIN_KERNEL: (u32, u32) = (5, 8);
@@ -19,14 +19,14 @@ const MIN_KERNEL: (u32, u32) = (5, 8);
 /// One requirement and how this host meets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
-    pub name: &'static str,
-    pub ok: bool,
+    pub(crate) name: &'static str,
+    pub(crate) ok: bool,
     /// `run` cannot work without it.
-    pub required: bool,
+    pub(crate) required: bool,
     /// What was found.
-    pub detail: String,
+    pub(crate) detail: String,
     /// What to do when it is missing.
-    pub fix: Option<String>,
+    pub(crate) fix: Option<String>,
 }
 
 impl fmt::Display for Requirement {
@@ -42,13 +42,13 @@ impl fmt::Display for Requirement {
 }
 
 /// Parses `major.minor` from a kernel release string such as `6.18.44-fc-v657`.
-pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// Effective capability mask from the `CapEff:` line of `/proc/self/status`.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))?
@@ -57,7 +57,7 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 }
 
 /// The effective capabilities of this process (0 when unreadable).
-pub fn effective_caps() -> u64 {
+pub(crate) fn effective_caps() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| parse_cap_eff(&s))
@@ -65,7 +65,7 @@ pub fn effective_caps() -> u64 {
 }
 
 /// Capabilities `run` lacks, by name. CAP_SYS_ADMIN stands in for both on any kernel.
-pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
+pub(crate) fn missing_capabilities(caps: u64) -> Vec<&'static str> {
     let has = |bit: u32| caps & (1u64 << bit) != 0;
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
@@ -82,7 +82,7 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
 
 /// Capabilities kept once the programs are attached, and why (docs/install.md lists the
 /// same). Everything else the process holds is dropped from every set, bounding included.
-pub const KEPT_CAPABILITIES: &[(caps::Capability, &str)] = &[
+pub(crate) const KEPT_CAPABILITIES: &[(caps::Capability, &str)] = &[
     (
         caps::Capability::CAP_BPF,
         "re-attach a probe group switched back on at runtime (reload)",
@@ -100,7 +100,7 @@ pub const KEPT_CAPABILITIES: &[(caps::Capability, &str)] = &[
 /// Drops every capability `run` no longer needs once the programs are attached: from the
 /// bounding set first (that needs CAP_SETPCAP, still held), then from the inheritable,
 /// permitted and effective sets. Returns the names of what was dropped.
-pub fn drop_capabilities() -> Result<Vec<String>, String> {
+pub(crate) fn drop_capabilities() -> Result<Vec<String>, String> {
     use caps::{CapSet, Capability};
     let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
     let mut keep: caps::CapsHashSet = KEPT_CAPABILITIES.iter().map(|(c, _)| *c).collect();
@@ -126,7 +126,7 @@ pub fn drop_capabilities() -> Result<Vec<String>, String> {
 }
 
 /// Names of the capabilities effective now.
-pub fn effective_capability_names() -> Vec<String> {
+pub(crate) fn effective_capability_names() -> Vec<String> {
     let mut names: Vec<String> = caps::read(None, caps::CapSet::Effective)
         .map(|set| set.iter().map(|c| c.to_string()).collect())
         .unwrap_or_default();

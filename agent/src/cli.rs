@@ -27,7 +27,7 @@ pub enum Command {
 
 /// How to attach the kernel programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
+pub(crate) enum AttachMode {
     /// tp_btf where the kernel allows it, raw_tp otherwise.
     Auto,
     /// raw_tp only.
@@ -36,7 +36,7 @@ pub enum AttachMode {
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OtlpProtocol {
+pub(crate) enum OtlpProtocol {
     /// OTLP/HTTP with protobuf bodies (port 4318).
     #[value(name = "http/protobuf", alias = "http")]
     HttpProtobuf,
@@ -45,7 +45,7 @@ pub enum OtlpProtocol {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
@@ -55,240 +55,240 @@ pub struct RunArgs {
     /// Config file (TOML): keys are these flags' names in snake_case (docs/configuration.md).
     /// Flags and environment variables win over it. Re-read on SIGHUP.
     #[arg(long, env = "TASKSCOPE_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:9720", env = "TASKSCOPE_LISTEN")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 
     /// How often the kernel maps are read into the task model.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
 
     /// An API answer comes from a kernel read at most this old.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub max_staleness: Duration,
+    pub(crate) max_staleness: Duration,
 
     /// How often lifecycle events are read from the ring buffer when the kernel has not woken
     /// the agent (it does when an eighth of the ring is full).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub drain_interval: Duration,
+    pub(crate) drain_interval: Duration,
 
     /// Syscalls at least this long are reported one by one.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub slow_syscall: Duration,
+    pub(crate) slow_syscall: Duration,
 
     /// Waits for a CPU at least this long are reported one by one (span events
     /// `slow_runqueue_wait`).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    pub slow_runqueue_wait: Duration,
+    pub(crate) slow_runqueue_wait: Duration,
 
     /// Block requests at least this long (issue to completion) are reported one by one (span
     /// events `slow_block_io`).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub slow_block_io: Duration,
+    pub(crate) slow_block_io: Duration,
 
     /// Capacity of the kernel's per-task table (threads).
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
-    pub max_tasks: u32,
+    pub(crate) max_tasks: u32,
 
     /// Capacity of the kernel's per-(process, syscall) table (the errno table gets half).
     /// Entries of exited processes are freed two polls after their exit.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
-    pub max_syscall_entries: u32,
+    pub(crate) max_syscall_entries: u32,
 
     /// Ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
-    pub ring_buffer_kib: u32,
+    pub(crate) ring_buffer_kib: u32,
 
     /// How long exited processes stay visible in the API.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub exited_retention: Duration,
+    pub(crate) exited_retention: Duration,
 
     /// At most this many exited processes are kept.
     #[arg(long, default_value_t = 10_000)]
-    pub max_exited: usize,
+    pub(crate) max_exited: usize,
 
     /// At most this many workload series per /metrics scrape; what is cut is counted in
     /// taskscope_series_dropped_total.
     #[arg(long, default_value_t = 10_000)]
-    pub max_series: usize,
+    pub(crate) max_series: usize,
 
     /// Syscalls exported by name per workload (the busiest); the rest as syscall="other".
     #[arg(long, default_value_t = 10)]
-    pub top_syscalls: usize,
+    pub(crate) top_syscalls: usize,
 
     /// Idle periods shorter than this count as fragmented idle CPU time (rounded to the
     /// nearest power of two nanoseconds).
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
-    pub idle_fragment_threshold: Duration,
+    pub(crate) idle_fragment_threshold: Duration,
 
     /// Processes that get their own series on /metrics (`taskscope_process_*`, with `pid` and
     /// `comm`): KEY=PATTERN[,KEY=PATTERN...], KEY one of comm, exe, pid, cgroup, `*` a
     /// wildcard. Repeat the flag for more selectors.
     #[arg(long = "process-metrics", value_name = "SELECTOR", value_parser = parse_selector)]
-    pub process_metrics: Vec<ProcessSelector>,
+    pub(crate) process_metrics: Vec<ProcessSelector>,
 
     /// Workloads without live processes stay in /metrics this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub series_ttl: Duration,
+    pub(crate) series_ttl: Duration,
 
     /// Turn on the kernel's BPF run statistics while the agent runs, for
     /// taskscope_bpf_program_runs_total and _run_seconds_total (about 20 ns per program run).
     #[arg(long)]
-    pub bpf_stats: bool,
+    pub(crate) bpf_stats: bool,
 
     /// Attach types to use.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub attach: AttachMode,
+    pub(crate) attach: AttachMode,
 
     /// Name pods, namespaces and containers from the Kubernetes API (pods of this node only,
     /// watched). Credentials: the pod's service account, or KUBECONFIG.
     #[arg(long, env = "TASKSCOPE_KUBERNETES")]
-    pub kubernetes: bool,
+    pub(crate) kubernetes: bool,
 
     /// This node's name, for --kubernetes (set NODE_NAME from the downward API).
     #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
 
     /// Also redact matches of this regular expression in command lines (the whole match, or
     /// its `value` group if it has one), on top of the built-in patterns (passwords, tokens,
     /// API keys, Authorization headers, AWS key ids, URL credentials). Repeatable.
     #[arg(long = "redact-pattern", value_name = "REGEX", value_parser = parse_regex)]
-    pub redact_patterns: Vec<regex::Regex>,
+    pub(crate) redact_patterns: Vec<regex::Regex>,
 
     /// A process started with TRACEPARENT (W3C trace context) in its environment joins that
     /// trace, its span a child of the given span (its children follow it).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub join_traceparent: bool,
+    pub(crate) join_traceparent: bool,
 
     /// Export task spans and metrics over OTLP to this collector base URL (for HTTP,
     /// `/v1/traces` and `/v1/metrics` are appended; https:// for TLS). Without it: the
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT, or the per-signal
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (full URLs).
     #[arg(long, env = "TASKSCOPE_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    pub(crate) otlp_endpoint: Option<String>,
 
     /// Share of ordinary process trees whose spans are exported (0 to 1); a tree with a failed
     /// or slow process is always exported whole.
     #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
-    pub span_sample_ratio: f64,
+    pub(crate) span_sample_ratio: f64,
 
     /// A process at least this long keeps its whole tree's spans whatever the sample ratio.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub slow_span: Duration,
+    pub(crate) slow_span: Duration,
 
     /// Spans exported per second at most (0: no limit); the rest are counted
     /// (reason="rate_limited").
     #[arg(long, default_value_t = 5000)]
-    pub span_rate_limit: u32,
+    pub(crate) span_rate_limit: u32,
 
     /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317). Default: from
     /// OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL, else
     /// http/protobuf.
     #[arg(long, value_enum)]
-    pub otlp_protocol: Option<OtlpProtocol>,
+    pub(crate) otlp_protocol: Option<OtlpProtocol>,
 
     /// A header sent with every OTLP request (HTTP header or gRPC metadata), NAME=VALUE;
     /// repeatable. Added to OTEL_EXPORTER_OTLP_HEADERS and ..._{TRACES,METRICS}_HEADERS (the
     /// flag wins for the same name).
     /// (Checked at start, not by the parser, so that an error never shows the value.)
     #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
-    pub otlp_headers: Vec<String>,
+    pub(crate) otlp_headers: Vec<String>,
 
     /// PEM file of the CA that signed the collector's certificate (https:// endpoints), on top
     /// of the system's roots. Default: OTEL_EXPORTER_OTLP_CERTIFICATE.
     #[arg(long, value_name = "PEM")]
-    pub otlp_ca_file: Option<PathBuf>,
+    pub(crate) otlp_ca_file: Option<PathBuf>,
 
     /// Client certificate (PEM) for collectors that require mutual TLS, with
     /// --otlp-client-key. Default: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
     #[arg(long, value_name = "PEM", requires = "otlp_client_key")]
-    pub otlp_client_certificate: Option<PathBuf>,
+    pub(crate) otlp_client_certificate: Option<PathBuf>,
 
     /// The client certificate's private key (PEM). Default: OTEL_EXPORTER_OTLP_CLIENT_KEY.
     #[arg(long, value_name = "PEM", requires = "otlp_client_certificate")]
-    pub otlp_client_key: Option<PathBuf>,
+    pub(crate) otlp_client_key: Option<PathBuf>,
 
     /// The passwd file that names span owners (`process.owner`); in a container, mount the
     /// host's /etc/passwd and point this at it.
     #[arg(long, default_value = "/etc/passwd", value_name = "PATH")]
-    pub passwd_file: PathBuf,
+    pub(crate) passwd_file: PathBuf,
 
     /// How often the /metrics families are sent over OTLP (to --otlp-endpoint,
     /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT); 0s turns it off.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub otlp_metrics_interval: Duration,
+    pub(crate) otlp_metrics_interval: Duration,
 
     /// Spans waiting for export at most; more are dropped and counted
     /// (taskscope_events_lost_total{source="otlp_spans",reason="queue_full"}).
     #[arg(long, default_value_t = 4096)]
-    pub otlp_queue: usize,
+    pub(crate) otlp_queue: usize,
 
     /// A failed export is retried with backoff this long, then its spans are dropped and
     /// counted (reason="export_failed").
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub otlp_retry_for: Duration,
+    pub(crate) otlp_retry_for: Duration,
 
     /// At most this many pods' names are cached (a node runs at most a few hundred); pods
     /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
     #[arg(long, default_value_t = 2048)]
-    pub kubernetes_max_pods: usize,
+    pub(crate) kubernetes_max_pods: usize,
 
     /// Probe groups to leave detached: syscalls, block_io (scheduling and lifecycle are the
     /// task model's and always on). Repeatable; changes live on reload.
     #[arg(long = "disable-probes", value_name = "GROUP", value_parser = parse_optional_probe_group)]
-    pub disable_probes: Vec<crate::probes::ProbeGroup>,
+    pub(crate) disable_probes: Vec<crate::probes::ProbeGroup>,
 
     /// How often health is evaluated (/health, /readyz, taskscope_health_status); workload
     /// health is judged on the figures of this window.
     #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
-    pub health_interval: Duration,
+    pub(crate) health_interval: Duration,
 
     /// A workload is `starved` when its run-queue latency p99 over the window is above this.
     #[arg(long, default_value = "50ms", value_parser = parse_positive_duration)]
-    pub health_starved_runqueue_p99: Duration,
+    pub(crate) health_starved_runqueue_p99: Duration,
 
     /// A workload is `failing` when at least this share of its syscalls failed in the window
     /// (with at least 100 syscalls), 0 to 1 ...
     #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
-    pub health_failing_syscall_error_ratio: f64,
+    pub(crate) health_failing_syscall_error_ratio: f64,
 
     /// ... or when at least this many of its processes exited with failure in the window.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    pub health_failing_exits: u64,
+    pub(crate) health_failing_exits: u64,
 
     /// A workload is `io_bound` when its block IO latency p99 over the window is above this.
     #[arg(long, default_value = "200ms", value_parser = parse_positive_duration)]
-    pub health_io_latency_p99: Duration,
+    pub(crate) health_io_latency_p99: Duration,
 
     /// A workload is `churning` when more processes than this start per second.
     #[arg(long, default_value_t = 50.0, value_parser = parse_positive)]
-    pub health_churn_starts_per_second: f64,
+    pub(crate) health_churn_starts_per_second: f64,
 
     /// A process running longer than this is logged once, with where its time went.
     #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
-    pub slow_task: Duration,
+    pub(crate) slow_task: Duration,
 
     /// A process (running at least 1 s) that spent more than this share of its life waiting
     /// for a CPU is logged once, 0 to 1.
     #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
-    pub slow_task_runqueue_share: f64,
+    pub(crate) slow_task_runqueue_share: f64,
 
     /// Start in debug mode (switchable at runtime with POST /api/v1/debug): debug logs, every
     /// task's span exported whatever the sampling, slow-task threshold divided by 10.
     #[arg(long)]
-    pub debug: bool,
+    pub(crate) debug: bool,
 
     /// File holding the bearer token of the admin endpoints (/api/v1/config, /api/v1/debug);
     /// TASKSCOPE_ADMIN_TOKEN gives the token itself. Without either they are off.
     #[arg(long, value_name = "PATH")]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
 
     /// Put the read-only JSON API (/api/v1/*) behind the admin token too. /metrics, /livez,
     /// /readyz and /health stay open.
     #[arg(long)]
-    pub api_auth: bool,
+    pub(crate) api_auth: bool,
 
     /// Log lines per second from one place in the code at most; the rest are counted and
     /// summarized (taskscope_log_lines_suppressed_total).
@@ -296,7 +296,7 @@ pub struct RunArgs {
     pub log_rate_limit: u32,
 
     #[command(flatten)]
-    pub kernel: KernelArgs,
+    pub(crate) kernel: KernelArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -306,7 +306,7 @@ pub struct RunArgs {
 pub struct RecordArgs {
     /// How long to record.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 
     /// The Chrome trace event file to write (JSON).
     #[arg(short, long)]
@@ -315,10 +315,10 @@ pub struct RecordArgs {
     /// The spans of processes that ended in the window, as JSON lines (default: OUTPUT with
     /// `.spans.jsonl` in place of its extension).
     #[arg(long)]
-    pub spans_output: Option<PathBuf>,
+    pub(crate) spans_output: Option<PathBuf>,
 
     #[command(flatten)]
-    pub kernel: KernelArgs,
+    pub(crate) kernel: KernelArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -344,11 +344,11 @@ pub struct KernelArgs {
 pub struct LogArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "TASKSCOPE_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `taskscope=debug`).
     #[arg(long, default_value = "info", env = "TASKSCOPE_LOG")]
-    pub log_level: String,
+    pub(crate) log_level: String,
 }
 
 /// Parses a ratio from 0 to 1.
@@ -400,7 +400,7 @@ fn parse_regex(text: &str) -> Result<regex::Regex, String> {
 }
 
 /// Parses `250ms`, `1s`, `5m`, `2h`, `1500us`, `10ns`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -2,12 +2,12 @@
 //! start on CLOCK_BOOTTIME, and people read CLOCK_REALTIME.
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Reads a clock in nanoseconds.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -19,15 +19,15 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 
 /// The three clocks read at one instant: converts the kernel's timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
-pub struct Clocks {
-    pub monotonic_ns: u64,
-    pub realtime_ns: u64,
-    pub boottime_ns: u64,
+pub(crate) struct Clocks {
+    pub(crate) monotonic_ns: u64,
+    pub(crate) realtime_ns: u64,
+    pub(crate) boottime_ns: u64,
 }
 
 impl Clocks {
     /// Reads the clocks now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
             realtime_ns: clock_ns(libc::CLOCK_REALTIME),
@@ -36,12 +36,12 @@ impl Clocks {
     }
 
     /// Unix time of a CLOCK_MONOTONIC instant.
-    pub fn monotonic_to_unix(&self, ns: u64) -> u64 {
+    pub(crate) fn monotonic_to_unix(&self, ns: u64) -> u64 {
         (self.realtime_ns + ns).saturating_sub(self.monotonic_ns)
     }
 
     /// Unix time of a CLOCK_BOOTTIME instant.
-    pub fn boottime_to_unix(&self, ns: u64) -> u64 {
+    pub(crate) fn boottime_to_unix(&self, ns: u64) -> u64 {
         (self.realtime_ns + ns).saturating_sub(self.boottime_ns)
     }
 }

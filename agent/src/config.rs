@@ -48,7 +48,7 @@ pub enum ConfigError {
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     Default,
     File,
     Environment,
@@ -57,10 +57,10 @@ pub enum Source {
 
 /// One setting as the agent runs with it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Setting {
+pub(crate) struct Setting {
     /// The value(s) as given (secrets replaced by `[REDACTED]`).
-    pub value: serde_json::Value,
-    pub source: Source,
+    pub(crate) value: serde_json::Value,
+    pub(crate) source: Source,
 }
 
 /// The `run` configuration with what is needed to read it again (reload) and to show it.
@@ -68,11 +68,11 @@ pub struct Setting {
 pub struct RunConfig {
     pub args: RunArgs,
     /// Every setting by key, with its source.
-    pub effective: BTreeMap<String, Setting>,
+    pub(crate) effective: BTreeMap<String, Setting>,
     /// The command line as given (flags keep winning over the file on reload).
     argv: Vec<OsString>,
     /// The config file, if any.
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 /// What the command line asked for.
@@ -111,13 +111,13 @@ pub enum ParseFailure {
 impl RunConfig {
     /// Reads the config file again (for a reload): the command line and environment still
     /// win over it.
-    pub fn reload(&self) -> Result<RunConfig, ParseFailure> {
+    pub(crate) fn reload(&self) -> Result<RunConfig, ParseFailure> {
         load(self.argv.clone(), self.file.clone())
     }
 
     /// The same command line with another file's text (PUT /api/v1/config): validated the
     /// same way; `origin` names it in errors.
-    pub fn with_text(&self, text: &str, origin: &Path) -> Result<RunConfig, ParseFailure> {
+    pub(crate) fn with_text(&self, text: &str, origin: &Path) -> Result<RunConfig, ParseFailure> {
         let table = parse_toml(text, origin)?;
         let mut config = merge(self.argv.clone(), origin, table)?;
         config.file = self.file.clone();
@@ -157,7 +157,7 @@ fn run_command() -> clap::Command {
 }
 
 /// Every key the file accepts (the run flags' ids).
-pub fn keys() -> Vec<String> {
+pub(crate) fn keys() -> Vec<String> {
     run_command()
         .get_arguments()
         .filter(|a| a.get_long().is_some() && a.get_id() != CONFIG_KEY)

@@ -22,7 +22,7 @@ use crate::{
 use taskscope_common::Thresholds;
 
 /// Keys a reload applies while the agent runs.
-pub const LIVE_KEYS: &[&str] = &[
+pub(crate) const LIVE_KEYS: &[&str] = &[
     "slow_syscall",
     "slow_runqueue_wait",
     "slow_block_io",
@@ -49,15 +49,15 @@ const SAMPLING_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Live keys whose value changed, now in effect.
-    pub applied: Vec<String>,
+    pub(crate) applied: Vec<String>,
     /// Keys whose value changed but that only a restart applies (still the old value).
-    pub needs_restart: Vec<String>,
+    pub(crate) needs_restart: Vec<String>,
 }
 
 /// The running configuration and the handles that apply it.
-pub struct Control {
+pub(crate) struct Control {
     config: RunConfig,
     debug: bool,
     queries: mpsc::Sender<Query>,
@@ -70,7 +70,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 /// The kernel thresholds of `args`.
-pub fn thresholds(args: &RunArgs) -> Thresholds {
+pub(crate) fn thresholds(args: &RunArgs) -> Thresholds {
     Thresholds {
         slow_syscall_ns: nanos(args.slow_syscall),
         slow_runqueue_wait_ns: nanos(args.slow_runqueue_wait),
@@ -79,7 +79,7 @@ pub fn thresholds(args: &RunArgs) -> Thresholds {
 }
 
 /// What the collector runs with, debug mode applied.
-pub fn live_settings(args: &RunArgs, debug: bool) -> LiveSettings {
+pub(crate) fn live_settings(args: &RunArgs, debug: bool) -> LiveSettings {
     let mut sampling = SamplingConfig {
         ratio: args.span_sample_ratio,
         slow_span: args.slow_span,
@@ -107,7 +107,7 @@ pub fn live_settings(args: &RunArgs, debug: bool) -> LiveSettings {
 }
 
 /// The workload health thresholds of `args`.
-pub fn health_thresholds(args: &RunArgs) -> HealthThresholds {
+pub(crate) fn health_thresholds(args: &RunArgs) -> HealthThresholds {
     HealthThresholds {
         starved_runqueue_p99: args.health_starved_runqueue_p99,
         failing_syscall_error_ratio: args.health_failing_syscall_error_ratio,
@@ -120,15 +120,15 @@ pub fn health_thresholds(args: &RunArgs) -> HealthThresholds {
 
 /// `GET /api/v1/config`.
 #[derive(Debug, Serialize)]
-pub struct ConfigView<'a> {
-    pub file: Option<&'a std::path::Path>,
-    pub debug: bool,
-    pub settings: &'a std::collections::BTreeMap<String, Setting>,
-    pub live_keys: &'static [&'static str],
+pub(crate) struct ConfigView<'a> {
+    pub(crate) file: Option<&'a std::path::Path>,
+    pub(crate) debug: bool,
+    pub(crate) settings: &'a std::collections::BTreeMap<String, Setting>,
+    pub(crate) live_keys: &'static [&'static str],
 }
 
 impl Control {
-    pub fn new(
+    pub(crate) fn new(
         config: RunConfig,
         queries: mpsc::Sender<Query>,
         log: LogControl,
@@ -144,7 +144,7 @@ impl Control {
         }
     }
 
-    pub fn view(&self) -> ConfigView<'_> {
+    pub(crate) fn view(&self) -> ConfigView<'_> {
         ConfigView {
             file: self.config.file.as_deref(),
             debug: self.debug,
@@ -153,18 +153,18 @@ impl Control {
         }
     }
 
-    pub fn debug(&self) -> bool {
+    pub(crate) fn debug(&self) -> bool {
         self.debug
     }
 
     /// Reads the config file again (SIGHUP, `POST /api/v1/config`).
-    pub async fn reload_file(&mut self) -> Result<ReloadReport, String> {
+    pub(crate) async fn reload_file(&mut self) -> Result<ReloadReport, String> {
         let new = self.config.reload().map_err(|e| e.to_string())?;
         self.apply(new).await
     }
 
     /// Applies a config file's text (`PUT /api/v1/config`).
-    pub async fn reload_text(&mut self, text: &str) -> Result<ReloadReport, String> {
+    pub(crate) async fn reload_text(&mut self, text: &str) -> Result<ReloadReport, String> {
         let origin = std::path::Path::new("the request body");
         let new = self
             .config
@@ -174,7 +174,7 @@ impl Control {
     }
 
     /// Switches debug mode.
-    pub async fn set_debug(&mut self, on: bool) -> Result<(), String> {
+    pub(crate) async fn set_debug(&mut self, on: bool) -> Result<(), String> {
         let args = self.config.args.clone();
         self.push(&args, on).await?;
         self.debug = on;

@@ -30,7 +30,7 @@ use crate::{
 /// A component's or the agent's state, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Healthy,
     /// Switched off on purpose.
     Disabled,
@@ -41,7 +41,7 @@ pub enum Status {
 
 impl Status {
     /// The value of `taskscope_health_status`: 1 healthy, 0.5 degraded, 0 unhealthy; -1 off.
-    pub fn gauge(self) -> f64 {
+    pub(crate) fn gauge(self) -> f64 {
         match self {
             Status::Healthy => 1.0,
             Status::Degraded => 0.5,
@@ -53,9 +53,9 @@ impl Status {
 
 /// One component's state and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Component {
-    pub status: Status,
-    pub message: String,
+pub(crate) struct Component {
+    pub(crate) status: Status,
+    pub(crate) message: String,
 }
 
 fn component(status: Status, message: impl Into<String>) -> Component {
@@ -67,21 +67,21 @@ fn component(status: Status, message: impl Into<String>) -> Component {
 
 /// Thresholds of workload health (`--health-*` flags; live on reload).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HealthThresholds {
+pub(crate) struct HealthThresholds {
     /// Starved: run-queue latency p99 over this.
-    pub starved_runqueue_p99: Duration,
+    pub(crate) starved_runqueue_p99: Duration,
     /// Failing: this share of syscalls failed (with at least `min_syscalls` in the window).
-    pub failing_syscall_error_ratio: f64,
+    pub(crate) failing_syscall_error_ratio: f64,
     /// Failing: at least this many processes exited with failure in the window.
-    pub failing_exits: u64,
+    pub(crate) failing_exits: u64,
     /// IO-bound: block IO completion latency p99 over this.
-    pub io_latency_p99: Duration,
+    pub(crate) io_latency_p99: Duration,
     /// Churning: more than this many processes started per second.
-    pub churn_starts_per_second: f64,
+    pub(crate) churn_starts_per_second: f64,
     /// Fewer events than these in a window say nothing (a workload that did 3 syscalls, 2
     /// failing, is not failing).
-    pub min_syscalls: u64,
-    pub min_samples: u64,
+    pub(crate) min_syscalls: u64,
+    pub(crate) min_samples: u64,
 }
 
 impl Default for HealthThresholds {
@@ -101,7 +101,7 @@ impl Default for HealthThresholds {
 /// A workload's health state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WorkloadState {
+pub(crate) enum WorkloadState {
     Starved,
     Failing,
     IoBound,
@@ -109,14 +109,7 @@ pub enum WorkloadState {
 }
 
 impl WorkloadState {
-    pub const ALL: [WorkloadState; 4] = [
-        WorkloadState::Starved,
-        WorkloadState::Failing,
-        WorkloadState::IoBound,
-        WorkloadState::Churning,
-    ];
-
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             WorkloadState::Starved => "starved",
             WorkloadState::Failing => "failing",
@@ -128,35 +121,35 @@ impl WorkloadState {
 
 /// One workload that is not healthy, with the reason for each state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WorkloadHealth {
-    pub workload: Workload,
+pub(crate) struct WorkloadHealth {
+    pub(crate) workload: Workload,
     /// State -> why, with the figures and the threshold.
-    pub states: BTreeMap<WorkloadState, String>,
+    pub(crate) states: BTreeMap<WorkloadState, String>,
 }
 
 /// The latest evaluation.
 #[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
-    pub status: Status,
+pub(crate) struct HealthReport {
+    pub(crate) status: Status,
     /// Unix seconds of the evaluation.
-    pub timestamp: f64,
-    pub version: &'static str,
-    pub uptime_seconds: f64,
-    pub components: BTreeMap<String, Component>,
-    pub message: String,
+    pub(crate) timestamp: f64,
+    pub(crate) version: &'static str,
+    pub(crate) uptime_seconds: f64,
+    pub(crate) components: BTreeMap<String, Component>,
+    pub(crate) message: String,
     /// Only for `/health/detailed`.
     #[serde(skip)]
-    pub workloads: Vec<WorkloadHealth>,
+    pub(crate) workloads: Vec<WorkloadHealth>,
     /// Window of the workload figures (seconds).
     #[serde(skip)]
-    pub window_seconds: f64,
+    pub(crate) window_seconds: f64,
     /// The programs are attached, events are flowing, metadata is ready.
     #[serde(skip)]
-    pub ready: Result<(), String>,
+    pub(crate) ready: Result<(), String>,
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -164,24 +157,24 @@ pub fn unix_now() -> f64 {
 }
 
 /// The report as shared with readers.
-pub type SharedHealth = Arc<RwLock<Option<HealthReport>>>;
+pub(crate) type SharedHealth = Arc<RwLock<Option<HealthReport>>>;
 
 /// What the agent's other parts say about themselves, gathered for one evaluation.
-pub struct Inputs<'a> {
-    pub status: &'a StatusResponse,
-    pub kubernetes: &'a SourceState,
-    pub kubernetes_synced_once: bool,
+pub(crate) struct Inputs<'a> {
+    pub(crate) status: &'a StatusResponse,
+    pub(crate) kubernetes: &'a SourceState,
+    pub(crate) kubernetes_synced_once: bool,
     /// (up, configured) of the span exporter and of the metrics exporter.
-    pub otlp_traces: Option<bool>,
-    pub otlp_metrics: Option<bool>,
+    pub(crate) otlp_traces: Option<bool>,
+    pub(crate) otlp_metrics: Option<bool>,
     /// A cgroup v2 hierarchy was found (workload attribution).
-    pub cgroup_v2: bool,
-    pub workloads: &'a [(Workload, WorkloadTotals)],
+    pub(crate) cgroup_v2: bool,
+    pub(crate) workloads: &'a [(Workload, WorkloadTotals)],
 }
 
 /// Keeps what the last evaluation saw, to judge the window since.
 #[derive(Default)]
-pub struct Evaluator {
+pub(crate) struct Evaluator {
     previous: Option<Previous>,
     started: Option<Instant>,
     /// Last state of each component and workload, to log changes once.
@@ -203,7 +196,11 @@ const MAX_WORKLOADS: usize = 20_000;
 
 impl Evaluator {
     /// Judges the agent and the workloads from `inputs`.
-    pub fn evaluate(&mut self, inputs: &Inputs<'_>, thresholds: &HealthThresholds) -> HealthReport {
+    pub(crate) fn evaluate(
+        &mut self,
+        inputs: &Inputs<'_>,
+        thresholds: &HealthThresholds,
+    ) -> HealthReport {
         let now = Instant::now();
         let started = *self.started.get_or_insert(now);
         let window = self
@@ -545,16 +542,16 @@ fn readiness(inputs: &Inputs<'_>, events: u64) -> Result<(), String> {
 }
 
 /// Where the monitor gets its inputs.
-pub struct MonitorSources {
-    pub queries: tokio::sync::mpsc::Sender<crate::collector::Query>,
-    pub pods: crate::metadata::SharedPods,
-    pub otlp_traces: Option<crate::collector::export::SpanSink>,
-    pub otlp_metrics: Option<Arc<crate::collector::export::MetricsExportStats>>,
-    pub cgroup_v2: bool,
+pub(crate) struct MonitorSources {
+    pub(crate) queries: tokio::sync::mpsc::Sender<crate::collector::Query>,
+    pub(crate) pods: crate::metadata::SharedPods,
+    pub(crate) otlp_traces: Option<crate::collector::export::SpanSink>,
+    pub(crate) otlp_metrics: Option<Arc<crate::collector::export::MetricsExportStats>>,
+    pub(crate) cgroup_v2: bool,
 }
 
 /// Evaluates health every `interval` until `shutdown`, keeping the latest report in `shared`.
-pub async fn monitor(
+pub(crate) async fn monitor(
     sources: MonitorSources,
     interval: Duration,
     mut thresholds: tokio::sync::watch::Receiver<HealthThresholds>,

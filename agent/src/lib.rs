@@ -19,20 +19,20 @@
 //! 11. [`agent`]: `taskscope run`, wiring it all together.
 
 pub mod agent;
-pub mod api;
-pub mod bpf_sys;
+pub(crate) mod api;
+pub(crate) mod bpf_sys;
 pub mod check;
 pub mod cli;
-pub mod clock;
-pub mod collector;
+pub(crate) mod clock;
+pub(crate) mod collector;
 pub mod config;
-pub mod control;
-pub mod exporters;
-pub mod health;
+pub(crate) mod control;
+pub(crate) mod exporters;
+pub(crate) mod health;
 pub mod logging;
-pub mod metadata;
-pub mod model;
-pub mod probes;
-pub mod procfs;
+pub(crate) mod metadata;
+pub(crate) mod model;
+pub(crate) mod probes;
+pub(crate) mod procfs;
 pub mod record;
-pub mod syscall_names;
+pub(crate) mod syscall_names;

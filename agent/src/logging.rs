@@ -24,13 +24,13 @@ use tracing_subscriber::{
 use crate::cli::{LogArgs, LogFormat};
 
 /// Log lines suppressed by the rate limit since start (`taskscope_log_lines_suppressed_total`).
-pub static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
+pub(crate) static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Filter used when `--log-level` does not parse.
 const FALLBACK_FILTER: &str = "info";
 
 /// Filter of debug mode: the agent's own debug lines, not its libraries'.
-pub const DEBUG_FILTER: &str = "info,taskscope=debug";
+pub(crate) const DEBUG_FILTER: &str = "info,taskscope=debug";
 
 /// Changes the log filter while the agent runs.
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct LogControl {
 
 impl LogControl {
     /// Sets the filter (tracing EnvFilter syntax); an invalid one is an error, nothing changes.
-    pub fn set_filter(&self, filter: &str) -> Result<(), String> {
+    pub(crate) fn set_filter(&self, filter: &str) -> Result<(), String> {
         let parsed = EnvFilter::try_new(filter)
             .map_err(|e| format!("log filter '{filter}' is not valid: {e}"))?;
         match &self.handle {
@@ -53,12 +53,12 @@ impl LogControl {
     }
 
     /// Sets the rate limit (lines per second per call site).
-    pub fn set_rate_limit(&self, per_second: u32) {
+    pub(crate) fn set_rate_limit(&self, per_second: u32) {
         self.limiter.per_second.store(per_second, Ordering::Relaxed);
     }
 
     /// Logs one summary line per call site that was rate limited since the last call.
-    pub fn report_suppressed(&self) {
+    pub(crate) fn report_suppressed(&self) {
         for (target, file_line, count) in self.limiter.take_suppressed() {
             tracing::warn!(
                 suppressed = count,

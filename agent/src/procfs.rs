@@ -12,24 +12,24 @@ use std::{
 use taskscope_common::decode::split_args;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on every Linux ABI).
-pub const USER_HZ: u64 = 100;
+pub(crate) const USER_HZ: u64 = 100;
 /// Nanoseconds per clock tick, as the kernel converts `start_boottime` for procfs.
-pub const NS_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
+pub(crate) const NS_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
 
 /// Fields of `/proc/<pid>/stat` the task model uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stat {
-    pub pid: u32,
-    pub comm: String,
-    pub state: char,
-    pub ppid: u32,
+pub(crate) struct Stat {
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) state: char,
+    pub(crate) ppid: u32,
     /// Start time in clock ticks since boot (field 22).
-    pub start_ticks: u64,
+    pub(crate) start_ticks: u64,
 }
 
 /// Parses `/proc/<pid>/stat`. The comm (field 2) may hold spaces and parentheses, so fields are
 /// counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
+pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let pid = text.get(..open)?.trim().parse().ok()?;
@@ -45,36 +45,36 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-pub fn read_stat(pid: u32) -> Option<Stat> {
+pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Real uid from the `Uid:` line of `/proc/<pid>/status`.
-pub fn parse_status_uid(text: &str) -> Option<u32> {
+pub(crate) fn parse_status_uid(text: &str) -> Option<u32> {
     text.lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
 
-pub fn read_uid(pid: u32) -> Option<u32> {
+pub(crate) fn read_uid(pid: u32) -> Option<u32> {
     parse_status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
-pub fn read_cmdline(pid: u32) -> Vec<String> {
+pub(crate) fn read_cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| split_args(&b))
         .unwrap_or_default()
 }
 
-pub fn read_exe(pid: u32) -> Option<String> {
+pub(crate) fn read_exe(pid: u32) -> Option<String> {
     fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// The cgroup v2 path of a process, from the `0::` line of `/proc/<pid>/cgroup`.
-pub fn parse_cgroup_v2(text: &str) -> Option<String> {
+pub(crate) fn parse_cgroup_v2(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)
@@ -83,7 +83,7 @@ pub fn parse_cgroup_v2(text: &str) -> Option<String> {
 /// The cgroup v2 path of a process from the root of the hierarchy, also when the agent runs
 /// in a cgroup namespace of its own (a container), where `/proc/<pid>/cgroup` is relative to
 /// that namespace's root (`/../../kubepods.slice/...`).
-pub fn read_cgroup_v2(pid: u32) -> Option<String> {
+pub(crate) fn read_cgroup_v2(pid: u32) -> Option<String> {
     let path = parse_cgroup_v2(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
     Some(match cgroup_namespace_root() {
         Some(root) => resolve_in_namespace(root, &path),
@@ -146,7 +146,7 @@ fn find_cgroup_namespace_root() -> Option<String> {
 
 /// `path`, as `/proc` shows it inside a cgroup namespace rooted at `root`, as a path from the
 /// root of the hierarchy.
-pub fn resolve_in_namespace(root: &str, path: &str) -> String {
+pub(crate) fn resolve_in_namespace(root: &str, path: &str) -> String {
     let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         match part {
@@ -161,7 +161,7 @@ pub fn resolve_in_namespace(root: &str, path: &str) -> String {
 }
 
 /// Thread group ids of every process (numeric entries of /proc).
-pub fn list_pids() -> Vec<u32> {
+pub(crate) fn list_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -171,7 +171,7 @@ pub fn list_pids() -> Vec<u32> {
 
 /// A W3C trace context (`TRACEPARENT`) from the environment text of `/proc/<pid>/environ`:
 /// (trace id, parent span id). Invalid or all-zero ids are ignored, as the spec says.
-pub fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {
+pub(crate) fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {
     let value = environ.split(|&b| b == 0).find_map(|var| {
         var.strip_prefix(b"TRACEPARENT=")
             .or_else(|| var.strip_prefix(b"traceparent="))
@@ -198,12 +198,12 @@ pub fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {
 }
 
 /// The W3C trace context in a process's environment, if any (see [`parse_traceparent`]).
-pub fn read_traceparent(pid: u32) -> Option<(u128, u64)> {
+pub(crate) fn read_traceparent(pid: u32) -> Option<(u128, u64)> {
     parse_traceparent(&fs::read(format!("/proc/{pid}/environ")).ok()?)
 }
 
 /// Where the first filesystem of type `fstype` is mounted, from `/proc/self/mountinfo` text.
-pub fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
+pub(crate) fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         if right.split_whitespace().next()? != fstype {
@@ -214,18 +214,18 @@ pub fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
 }
 
 /// This process's view of the mounts (empty when unreadable).
-pub fn mountinfo() -> String {
+pub(crate) fn mountinfo() -> String {
     fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
 }
 
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
 /// hybrid ones; read from mountinfo rather than guessed.
-pub fn cgroup2_mount() -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
     mount_point(&mountinfo(), "cgroup2")
 }
 
 /// Where the cgroup v1 hierarchy holding `controller` is mounted, from mountinfo text.
-pub fn cgroup_v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup_v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let mut fields = right.split_whitespace();
@@ -242,12 +242,12 @@ pub fn cgroup_v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
 
 /// Memory charged to a cgroup and its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupMemory {
+pub(crate) struct CgroupMemory {
     /// `memory.current` (v2) or `memory.usage_in_bytes` (v1): page cache included, as the
     /// kernel charges it.
-    pub usage_bytes: u64,
+    pub(crate) usage_bytes: u64,
     /// `memory.max` (v2) or `memory.limit_in_bytes` (v1); `None` when unlimited.
-    pub limit_bytes: Option<u64>,
+    pub(crate) limit_bytes: Option<u64>,
 }
 
 /// v1 writes "unlimited" as the largest page-aligned `i64`; anything this large is no limit.
@@ -257,7 +257,7 @@ const V1_UNLIMITED: u64 = 1 << 62;
 /// is enabled there, else from the v1 memory hierarchy at the same path (hybrid hosts, where
 /// systemd and runc create the same path in every hierarchy).
 #[derive(Debug, Clone, Default)]
-pub struct CgroupMemoryReader {
+pub(crate) struct CgroupMemoryReader {
     v2_root: Option<PathBuf>,
     v1_memory_root: Option<PathBuf>,
 }
@@ -265,7 +265,7 @@ pub struct CgroupMemoryReader {
 impl CgroupMemoryReader {
     /// A reader for the hierarchies mounted on this host. Cgroup v2 is asked only when its
     /// root offers the memory controller (on hybrid hosts it is bound to v1).
-    pub fn from_mounts(mountinfo: &str) -> Self {
+    pub(crate) fn from_mounts(mountinfo: &str) -> Self {
         let v2_root = mount_point(mountinfo, "cgroup2").filter(|root| {
             fs::read_to_string(root.join("cgroup.controllers"))
                 .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
@@ -279,7 +279,7 @@ impl CgroupMemoryReader {
     /// Memory of the cgroup at `path` (relative to the v2 root, as in `/proc/<pid>/cgroup`);
     /// `None` when no hierarchy accounts memory for it, and for the root cgroup (v2 keeps no
     /// figure for it; v1's is the whole host's, not its own processes').
-    pub fn read(&self, path: &str) -> Option<CgroupMemory> {
+    pub(crate) fn read(&self, path: &str) -> Option<CgroupMemory> {
         let relative = path.trim_start_matches('/');
         if relative.is_empty() {
             return None;
@@ -308,15 +308,15 @@ impl CgroupMemoryReader {
 
 /// Free blocks of one zone, per order, from `/proc/buddyinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZoneFreeBlocks {
-    pub node: u32,
-    pub zone: String,
+pub(crate) struct ZoneFreeBlocks {
+    pub(crate) node: u32,
+    pub(crate) zone: String,
     /// Free blocks of 2^order pages, by order.
-    pub free_blocks: Vec<u64>,
+    pub(crate) free_blocks: Vec<u64>,
 }
 
 /// Parses `/proc/buddyinfo` (`Node 0, zone   Normal   7610   3476 ...`).
-pub fn parse_buddyinfo(text: &str) -> Vec<ZoneFreeBlocks> {
+pub(crate) fn parse_buddyinfo(text: &str) -> Vec<ZoneFreeBlocks> {
     text.lines()
         .filter_map(|line| {
             let (node_part, rest) = line.split_once(',')?;
@@ -338,14 +338,14 @@ pub fn parse_buddyinfo(text: &str) -> Vec<ZoneFreeBlocks> {
         .collect()
 }
 
-pub fn read_buddyinfo() -> Vec<ZoneFreeBlocks> {
+pub(crate) fn read_buddyinfo() -> Vec<ZoneFreeBlocks> {
     fs::read_to_string("/proc/buddyinfo")
         .map(|t| parse_buddyinfo(&t))
         .unwrap_or_default()
 }
 
 /// Total stall time (µs) of one `/proc/pressure/<resource>` file: (`some`, `full`).
-pub fn parse_pressure(text: &str) -> (Option<u64>, Option<u64>) {
+pub(crate) fn parse_pressure(text: &str) -> (Option<u64>, Option<u64>) {
     let total = |kind: &str| {
         text.lines()
             .find(|l| l.starts_with(kind))?
@@ -358,7 +358,7 @@ pub fn parse_pressure(text: &str) -> (Option<u64>, Option<u64>) {
 }
 
 /// Stall totals in µs per resource (`cpu`, `memory`, `io`) where the kernel has PSI enabled.
-pub fn read_pressure() -> Vec<(&'static str, Option<u64>, Option<u64>)> {
+pub(crate) fn read_pressure() -> Vec<(&'static str, Option<u64>, Option<u64>)> {
     ["cpu", "memory", "io"]
         .into_iter()
         .filter_map(|resource| {
@@ -372,7 +372,7 @@ pub fn read_pressure() -> Vec<(&'static str, Option<u64>, Option<u64>)> {
 /// Maps cgroup v2 ids (the inode numbers of cgroup directories, as `bpf_get_current_cgroup_id`
 /// returns them) to paths. Unknown ids trigger a rescan of the hierarchy, at most once per
 /// `min_rescan`; the cache is capped.
-pub struct CgroupResolver {
+pub(crate) struct CgroupResolver {
     root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
     last_scan: Option<Instant>,
@@ -381,7 +381,7 @@ pub struct CgroupResolver {
 }
 
 impl CgroupResolver {
-    pub fn new(root: Option<PathBuf>) -> Self {
+    pub(crate) fn new(root: Option<PathBuf>) -> Self {
         Self {
             root,
             by_id: HashMap::new(),
@@ -392,7 +392,7 @@ impl CgroupResolver {
     }
 
     /// The cgroup id of a path relative to the cgroup v2 root (as in `/proc/<pid>/cgroup`).
-    pub fn id_of(&mut self, path: &str) -> Option<u64> {
+    pub(crate) fn id_of(&mut self, path: &str) -> Option<u64> {
         let root = self.root.as_ref()?;
         let ino = fs::metadata(root.join(path.trim_start_matches('/')))
             .ok()?
@@ -407,7 +407,7 @@ impl CgroupResolver {
     /// `/proc/<pid>/cgroup` if the process is still there (one stat to confirm the id), else by
     /// a rescan. A burst of new cgroups (containers starting) is thus resolved one process at
     /// a time without waiting out the rescan rate limit.
-    pub fn path_of_process(&mut self, id: u64, pid: u32) -> Option<String> {
+    pub(crate) fn path_of_process(&mut self, id: u64, pid: u32) -> Option<String> {
         if id == 0 {
             return None;
         }

@@ -191,7 +191,7 @@ fn micros(unix_ns: u64, start_unix_ns: u64) -> f64 {
 
 /// The recording as Chrome trace events: pid 0 holds one track (tid) per CPU; every process
 /// alive in the window gets a track of its own (pid = its pid).
-pub fn chrome_trace(
+pub(crate) fn chrome_trace(
     recording: &Recording,
     processes: &ProcessesResponse,
     start: &Clocks,

@@ -1,7 +1,7 @@
 //! x86_64 syscall names by number, generated from Linux's `asm/unistd_64.h`.
 
 /// Name of syscall `nr` on this architecture, if known.
-pub fn syscall_name(nr: u32) -> Option<&'static str> {
+pub(crate) fn syscall_name(nr: u32) -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
         X86_64.get(nr as usize).copied().flatten()

@@ -34,33 +34,33 @@ use crate::{
 
 /// Handle on the collector for request handlers.
 #[derive(Clone)]
-pub struct ApiState {
-    pub queries: mpsc::Sender<Query>,
+pub(crate) struct ApiState {
+    pub(crate) queries: mpsc::Sender<Query>,
     /// Prometheus exposition state (kept across scrapes) and settings.
-    pub exposition: Arc<Mutex<Exposition>>,
-    pub exposition_config: ExpositionConfig,
+    pub(crate) exposition: Arc<Mutex<Exposition>>,
+    pub(crate) exposition_config: ExpositionConfig,
     /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
-    pub pods: SharedPods,
+    pub(crate) pods: SharedPods,
     /// The OTLP metrics exporter, when on (part of /api/v1/status).
-    pub otlp_metrics: Option<Arc<MetricsExportStats>>,
+    pub(crate) otlp_metrics: Option<Arc<MetricsExportStats>>,
     /// The latest health evaluation.
-    pub health: SharedHealth,
+    pub(crate) health: SharedHealth,
     /// Reload and debug mode.
-    pub control: Arc<tokio::sync::Mutex<Control>>,
+    pub(crate) control: Arc<tokio::sync::Mutex<Control>>,
     /// Bearer token of the admin endpoints; `None`: they are off.
-    pub admin_token: Option<Arc<str>>,
+    pub(crate) admin_token: Option<Arc<str>>,
     /// The read-only JSON API needs the token too.
-    pub api_auth: bool,
+    pub(crate) api_auth: bool,
     /// For /livez: how often the collector polls and health is evaluated.
-    pub poll_interval: Duration,
-    pub health_interval: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) health_interval: Duration,
 }
 
 /// Largest request body accepted (a config file); larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Builds the router.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     let read_api = Router::new()
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))

@@ -16,45 +16,45 @@ use crate::model::span::TaskSpan;
 
 /// What the span exporter did, for /metrics and /api/v1/status.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct SpanExportStats {
-    pub exported: AtomicU64,
+pub(crate) struct SpanExportStats {
+    pub(crate) exported: AtomicU64,
     /// Spans offered while the queue was full.
-    pub dropped_queue_full: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
     /// Spans of batches still failing after the exporter's retry period.
-    pub dropped_export_failed: AtomicU64,
+    pub(crate) dropped_export_failed: AtomicU64,
     /// Export requests that failed (each retry counts).
-    pub failed_requests: AtomicU64,
+    pub(crate) failed_requests: AtomicU64,
     /// The last request succeeded.
-    pub up: AtomicBool,
+    pub(crate) up: AtomicBool,
 }
 
 /// The collector's end of the export queue.
 #[derive(Debug, Clone)]
-pub struct SpanSink {
+pub(crate) struct SpanSink {
     tx: mpsc::Sender<TaskSpan>,
     stats: Arc<SpanExportStats>,
 }
 
 impl SpanSink {
     /// A queue of `capacity` spans (at least one): the sink and the exporter's end.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<TaskSpan>) {
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<TaskSpan>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::default();
         (Self { tx, stats }, rx)
     }
 
     /// What the exporter did so far.
-    pub fn stats(&self) -> &SpanExportStats {
+    pub(crate) fn stats(&self) -> &SpanExportStats {
         &self.stats
     }
 
     /// The statistics, for the exporter to write.
-    pub fn shared_stats(&self) -> Arc<SpanExportStats> {
+    pub(crate) fn shared_stats(&self) -> Arc<SpanExportStats> {
         Arc::clone(&self.stats)
     }
 
     /// Queues a span, or counts it dropped when the queue is full. Never waits.
-    pub fn offer(&self, span: TaskSpan) {
+    pub(crate) fn offer(&self, span: TaskSpan) {
         if self.tx.try_send(span).is_err() {
             self.stats
                 .dropped_queue_full
@@ -65,10 +65,10 @@ impl SpanSink {
 
 /// What the OTLP metrics exporter did.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct MetricsExportStats {
+pub(crate) struct MetricsExportStats {
     /// Requests the collector accepted.
-    pub exported_requests: AtomicU64,
+    pub(crate) exported_requests: AtomicU64,
     /// Requests that failed (their points are lost; the next ones carry the same totals).
-    pub failed_requests: AtomicU64,
-    pub up: AtomicBool,
+    pub(crate) failed_requests: AtomicU64,
+    pub(crate) up: AtomicBool,
 }

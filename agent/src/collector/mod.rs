@@ -4,9 +4,9 @@
 //! (and when a query finds the last read too old), and answers queries from the API with views
 //! built from the model. Nothing else touches the model or the maps.
 
-pub mod export;
-pub mod poller;
-pub mod sampling;
+pub(crate) mod export;
+pub(crate) mod poller;
+pub(crate) mod sampling;
 
 use std::{
     collections::BTreeMap,
@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// A question from the API, answered by the collector.
-pub enum Query {
+pub(crate) enum Query {
     /// Every live and recently exited process.
     Processes(oneshot::Sender<ProcessesResponse>),
     /// Every process with this pid (the live one first, then exited ones, newest first).
@@ -70,7 +70,7 @@ pub enum Query {
 
 /// Sends the query `make` builds around a reply channel and waits for the answer; `None`
 /// when the collector has stopped.
-pub async fn ask<T>(
+pub(crate) async fn ask<T>(
     queries: &mpsc::Sender<Query>,
     make: impl FnOnce(oneshot::Sender<T>) -> Query,
 ) -> Option<T> {
@@ -82,108 +82,108 @@ pub async fn ask<T>(
 /// What a reload changes in the collector while it runs (nothing is reloaded or re-attached
 /// but the probe groups switched).
 #[derive(Debug, Clone)]
-pub struct LiveSettings {
-    pub thresholds: Thresholds,
-    pub disabled_groups: Vec<ProbeGroup>,
-    pub sampling: SamplingConfig,
-    pub process_selectors: Vec<ProcessSelector>,
-    pub slow_task: SlowTaskConfig,
+pub(crate) struct LiveSettings {
+    pub(crate) thresholds: Thresholds,
+    pub(crate) disabled_groups: Vec<ProbeGroup>,
+    pub(crate) sampling: SamplingConfig,
+    pub(crate) process_selectors: Vec<ProcessSelector>,
+    pub(crate) slow_task: SlowTaskConfig,
 }
 
 /// Which spans `/api/v1/spans` returns.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SpanFilter {
-    pub trace_id: Option<u128>,
+pub(crate) struct SpanFilter {
+    pub(crate) trace_id: Option<u128>,
     /// The trace of this process's latest span.
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// At most this many, the latest.
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 /// Answer to a spans query.
 #[derive(Debug, Serialize)]
-pub struct SpansResponse {
-    pub spans: Vec<TaskSpan>,
+pub(crate) struct SpansResponse {
+    pub(crate) spans: Vec<TaskSpan>,
 }
 
 /// Answer to a node query.
 #[derive(Debug, Serialize)]
-pub struct NodeResponse {
-    pub collected_at_monotonic_ns: u64,
+pub(crate) struct NodeResponse {
+    pub(crate) collected_at_monotonic_ns: u64,
     #[serde(flatten)]
-    pub node: NodeView,
+    pub(crate) node: NodeView,
 }
 
 /// Answer to a process query.
 #[derive(Debug, Serialize)]
-pub struct ProcessesResponse {
+pub(crate) struct ProcessesResponse {
     /// CLOCK_MONOTONIC of the kernel read these numbers come from.
-    pub collected_at_monotonic_ns: u64,
-    pub collected_at_unix_ns: u64,
-    pub live: usize,
-    pub exited: usize,
-    pub processes: Vec<ProcessView>,
+    pub(crate) collected_at_monotonic_ns: u64,
+    pub(crate) collected_at_unix_ns: u64,
+    pub(crate) live: usize,
+    pub(crate) exited: usize,
+    pub(crate) processes: Vec<ProcessView>,
 }
 
 /// Answer to a status query.
 #[derive(Debug, Serialize)]
-pub struct StatusResponse {
-    pub agent_pid: u32,
-    pub hooks: Vec<HookStatus>,
+pub(crate) struct StatusResponse {
+    pub(crate) agent_pid: u32,
+    pub(crate) hooks: Vec<HookStatus>,
     /// Data lost, by source and reason: kernel map or ring buffer full, undecodable records.
-    pub lost: Vec<LossView>,
+    pub(crate) lost: Vec<LossView>,
     /// Ring-buffer events received, by kind.
-    pub events: BTreeMap<&'static str, u64>,
-    pub model: ModelCounters,
-    pub live_processes: usize,
-    pub exited_processes: usize,
+    pub(crate) events: BTreeMap<&'static str, u64>,
+    pub(crate) model: ModelCounters,
+    pub(crate) live_processes: usize,
+    pub(crate) exited_processes: usize,
     /// The OTLP span exporter, when configured.
-    pub otlp: Option<OtlpStatus>,
+    pub(crate) otlp: Option<OtlpStatus>,
     /// How long ago the kernel maps were last read.
-    pub last_poll_seconds_ago: Option<f64>,
+    pub(crate) last_poll_seconds_ago: Option<f64>,
     /// Tasks in the kernel's task table at the last read (the scheduling probes at work).
-    pub kernel_tasks: usize,
+    pub(crate) kernel_tasks: usize,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
 #[derive(Debug, Serialize)]
-pub struct OtlpStatus {
+pub(crate) struct OtlpStatus {
     /// Spans the collector accepted.
-    pub exported: u64,
+    pub(crate) exported: u64,
     /// Export requests that failed (each retry counts).
-    pub failed_requests: u64,
+    pub(crate) failed_requests: u64,
     /// The latest request succeeded.
-    pub up: bool,
+    pub(crate) up: bool,
 }
 
 /// How often the collector reads the kernel maps.
 #[derive(Debug, Clone)]
-pub struct CollectorConfig {
-    pub poll_interval: Duration,
+pub(crate) struct CollectorConfig {
+    pub(crate) poll_interval: Duration,
     /// A query is answered from a kernel read at most this old (else the maps are read again).
-    pub max_staleness: Duration,
+    pub(crate) max_staleness: Duration,
     /// How often the ring buffer is drained when the kernel has not woken the reader (it
     /// wakes it only when an eighth of the ring is pending).
-    pub drain_interval: Duration,
+    pub(crate) drain_interval: Duration,
     /// Workloads without live processes stay in /metrics this long.
-    pub series_ttl: Duration,
+    pub(crate) series_ttl: Duration,
     /// Processes that get their own series on /metrics.
-    pub process_selectors: Vec<ProcessSelector>,
+    pub(crate) process_selectors: Vec<ProcessSelector>,
     /// Where finished spans go for OTLP export (none: they stay in the API only).
-    pub span_sink: Option<SpanSink>,
+    pub(crate) span_sink: Option<SpanSink>,
     /// Which spans go to the exporter.
-    pub sampling: SamplingConfig,
+    pub(crate) sampling: SamplingConfig,
     /// Keep the context switches the kernel programs send (`taskscope record`).
-    pub record_switches: bool,
+    pub(crate) record_switches: bool,
     /// Which running processes are logged as slow.
-    pub slow_task: SlowTaskConfig,
+    pub(crate) slow_task: SlowTaskConfig,
 }
 
 /// Switches a recording keeps at most (about 32 bytes each).
 const MAX_RECORDED_SWITCHES: usize = 4 << 20;
 
 /// Owner of the maps, the ring buffer and the model.
-pub struct Collector {
+pub(crate) struct Collector {
     /// Kept so that dropping the collector detaches and unloads the programs.
     probes: Probes,
     maps: KernelMaps,
@@ -203,15 +203,15 @@ pub struct Collector {
 
 /// Context switches collected for `taskscope record`, bounded.
 #[derive(Debug, Default)]
-pub struct Recording {
-    pub switches: Vec<SwitchEvent>,
+pub(crate) struct Recording {
+    pub(crate) switches: Vec<SwitchEvent>,
     /// Switches not kept because `max` was reached.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     max: usize,
 }
 
 impl Recording {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             switches: Vec::new(),
             dropped: 0,
@@ -238,7 +238,7 @@ pub enum CollectorError {
 }
 
 impl Collector {
-    pub fn new(
+    pub(crate) fn new(
         mut probes: Probes,
         model: TaskModel,
         config: CollectorConfig,
@@ -272,7 +272,7 @@ impl Collector {
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), then drops the programs.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut queries: mpsc::Receiver<Query>,
         mut shutdown: watch::Receiver<bool>,

@@ -25,7 +25,7 @@ pub struct MapsError {
 }
 
 /// Typed handles to the accumulator maps.
-pub struct KernelMaps {
+pub(crate) struct KernelMaps {
     tasks: HashMap<MapData, u32, TaskSched>,
     syscall_starts: HashMap<MapData, u32, SyscallStart>,
     syscalls: HashMap<MapData, SyscallKey, SyscallStats>,
@@ -133,7 +133,7 @@ fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result
 }
 
 impl KernelMaps {
-    pub fn take(probes: &mut Probes) -> Result<Self, MapsError> {
+    pub(crate) fn take(probes: &mut Probes) -> Result<Self, MapsError> {
         Ok(Self {
             tasks: take(probes, maps::TASKS)?,
             syscall_starts: take(probes, maps::SYSCALL_STARTS)?,
@@ -147,7 +147,7 @@ impl KernelMaps {
     }
 
     /// Reads every accumulator map.
-    pub fn read(&self) -> KernelSnapshot {
+    pub(crate) fn read(&self) -> KernelSnapshot {
         let mut errors = 0;
         let taken_at_ns = monotonic_ns();
         let cpus = match self.cpus.get(&0, 0) {
@@ -178,7 +178,7 @@ impl KernelMaps {
     }
 
     /// Removes what the model has finished with.
-    pub fn forget(&mut self, forget: &Forget) {
+    pub(crate) fn forget(&mut self, forget: &Forget) {
         // A missing entry is fine: a task may never have been scheduled while attached.
         for (tid, tgid) in &forget.tids {
             // The tid may already belong to a new task (the kernel resets entries at fork).

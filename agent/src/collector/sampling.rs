@@ -15,24 +15,24 @@ use crate::model::span::TaskSpan;
 
 /// Sampling settings.
 #[derive(Debug, Clone, Copy)]
-pub struct SamplingConfig {
+pub(crate) struct SamplingConfig {
     /// Share of ordinary traces kept, 0.0 to 1.0.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// A span at least this long keeps its whole trace.
-    pub slow_span: Duration,
+    pub(crate) slow_span: Duration,
     /// Spans exported per second at most (token bucket, one second of burst); 0: no limit.
-    pub max_per_second: u32,
+    pub(crate) max_per_second: u32,
     /// Spans waiting for their trace's root at most; beyond, the oldest trace is decided now.
-    pub max_pending: usize,
+    pub(crate) max_pending: usize,
     /// A trace whose root has not ended after this long is decided with what is known.
-    pub max_wait: Duration,
+    pub(crate) max_wait: Duration,
 }
 
 /// Spans not exported, by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SamplingCounts {
-    pub sampled_out: u64,
-    pub rate_limited: u64,
+pub(crate) struct SamplingCounts {
+    pub(crate) sampled_out: u64,
+    pub(crate) rate_limited: u64,
 }
 
 #[derive(Debug)]
@@ -43,7 +43,7 @@ struct Pending {
 
 /// The sampler; owned by the collector.
 #[derive(Debug)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     config: SamplingConfig,
     pending: HashMap<u128, Pending>,
     pending_spans: usize,
@@ -52,7 +52,7 @@ pub struct Sampler {
     decided_order: VecDeque<u128>,
     tokens: f64,
     refilled: Instant,
-    pub counts: SamplingCounts,
+    pub(crate) counts: SamplingCounts,
 }
 
 const MAX_DECISIONS: usize = 65_536;
@@ -64,11 +64,11 @@ fn is_root(span: &TaskSpan) -> bool {
 
 impl Sampler {
     /// Applies new settings (a reload); the token bucket keeps its level.
-    pub fn set_config(&mut self, config: SamplingConfig) {
+    pub(crate) fn set_config(&mut self, config: SamplingConfig) {
         self.config = config;
     }
 
-    pub fn new(config: SamplingConfig) -> Self {
+    pub(crate) fn new(config: SamplingConfig) -> Self {
         Self {
             config,
             pending: HashMap::new(),
@@ -98,7 +98,7 @@ impl Sampler {
     /// Takes the spans finished since the last call (in any order) and returns the spans to
     /// export now. Roots go last, so a root retired in the same poll as its children finds
     /// them waiting.
-    pub fn offer_batch(&mut self, mut spans: Vec<TaskSpan>, now: Instant) -> Vec<TaskSpan> {
+    pub(crate) fn offer_batch(&mut self, mut spans: Vec<TaskSpan>, now: Instant) -> Vec<TaskSpan> {
         spans.sort_by_key(is_root);
         let mut out = Vec::new();
         for span in spans {
@@ -109,7 +109,7 @@ impl Sampler {
     }
 
     /// Takes a finished span; returns the spans to export now.
-    pub fn offer(&mut self, span: TaskSpan, now: Instant) -> Vec<TaskSpan> {
+    pub(crate) fn offer(&mut self, span: TaskSpan, now: Instant) -> Vec<TaskSpan> {
         let mut out = Vec::new();
         if self.keeps_all() {
             out.push(span);
@@ -148,7 +148,7 @@ impl Sampler {
     }
 
     /// Decides traces that waited longer than `max_wait`; returns the spans to export.
-    pub fn expire(&mut self, now: Instant) -> Vec<TaskSpan> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<TaskSpan> {
         let due: Vec<u128> = self
             .pending
             .iter()

@@ -37,27 +37,27 @@ use crate::{
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
-pub struct OtlpConfig {
+pub(crate) struct OtlpConfig {
     /// The collector, resolved from flags and environment (`otlp_target::resolve`).
-    pub target: SignalTarget,
+    pub(crate) target: SignalTarget,
     /// Spans waiting for export; more are dropped (counted).
-    pub queue: usize,
+    pub(crate) queue: usize,
     /// Spans per export request.
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// A failed batch is retried (backoff from 1 s, doubling, at most 8 s) for this long, then
     /// dropped (counted).
-    pub retry_for: Duration,
+    pub(crate) retry_for: Duration,
     /// Where `process.owner` names come from.
-    pub passwd_file: std::path::PathBuf,
+    pub(crate) passwd_file: std::path::PathBuf,
 }
 
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("OTLP exporter: {0}; set --otlp-endpoint to the collector's OTLP address (e.g. http://otel-collector:4318, or :4317 with --otlp-protocol grpc)")]
-pub struct OtlpError(String);
+pub(crate) struct OtlpError(String);
 
 /// Builds the exporter and starts the export task.
-pub fn start(
+pub(crate) fn start(
     config: OtlpConfig,
     pods: SharedPods,
     shutdown: watch::Receiver<bool>,
@@ -250,7 +250,7 @@ fn secs(ns: u64) -> f64 {
 }
 
 /// A task span as OTLP span data, with OpenTelemetry semantic-convention attributes.
-pub fn span_data(
+pub(crate) fn span_data(
     s: &TaskSpan,
     pods: &crate::metadata::PodDirectory,
     owner: Option<String>,

@@ -36,11 +36,11 @@ use crate::{
 
 /// Where and how often.
 #[derive(Debug, Clone)]
-pub struct OtlpMetricsConfig {
+pub(crate) struct OtlpMetricsConfig {
     /// The collector, resolved from flags and environment (`otlp_target::resolve`).
-    pub target: SignalTarget,
-    pub interval: Duration,
-    pub exposition: ExpositionConfig,
+    pub(crate) target: SignalTarget,
+    pub(crate) interval: Duration,
+    pub(crate) exposition: ExpositionConfig,
 }
 
 /// The connection to the collector, kept across intervals.
@@ -123,7 +123,7 @@ fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
 /// Converts OpenMetrics text (as [`Exposition::encode`] makes it) into OTLP metrics: counters
 /// as cumulative monotonic sums, gauges (and info) as gauges, histograms as explicit-bucket
 /// histograms. `start_ns` is when the counters started (the agent's start).
-pub fn to_otlp(text: &str, start_ns: u64, now_ns: u64) -> Vec<Metric> {
+pub(crate) fn to_otlp(text: &str, start_ns: u64, now_ns: u64) -> Vec<Metric> {
     let mut metrics = Vec::new();
     let mut family: Option<(String, String, String)> = None; // (name, type, help)
     let mut help: BTreeMap<String, String> = BTreeMap::new();
@@ -273,7 +273,7 @@ fn unix_now_ns() -> u64 {
 
 /// Starts the periodic export; `exposition` is its own encoder (its dropped-series count is
 /// this exporter's).
-pub fn start(
+pub(crate) fn start(
     config: OtlpMetricsConfig,
     queries: mpsc::Sender<Query>,
     exposition: Exposition,

@@ -12,11 +12,11 @@ use std::{path::PathBuf, time::Duration};
 use crate::cli::OtlpProtocol;
 
 /// What a request to the collector may take before it counts as failed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two signals taskscope exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Traces,
     Metrics,
 }
@@ -33,46 +33,46 @@ impl Signal {
 
 /// The OTLP flags, as given on the command line (or in the config file).
 #[derive(Debug, Clone, Default)]
-pub struct OtlpFlags {
+pub(crate) struct OtlpFlags {
     /// Base URL of the collector (`http://collector:4318`).
-    pub endpoint: Option<String>,
-    pub protocol: Option<OtlpProtocol>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) protocol: Option<OtlpProtocol>,
     /// `--otlp-header NAME=VALUE`, repeatable.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// PEM file of the CA that signed the collector's certificate.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// PEM files of a client certificate and its key, for collectors that ask for one (mTLS).
-    pub client_certificate: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+    pub(crate) client_certificate: Option<PathBuf>,
+    pub(crate) client_key: Option<PathBuf>,
 }
 
 /// Where one signal goes, ready for the exporter.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SignalTarget {
+pub(crate) struct SignalTarget {
     /// For HTTP the full URL (`.../v1/traces`); for gRPC the collector's base URL.
-    pub url: String,
-    pub protocol: OtlpProtocol,
+    pub(crate) url: String,
+    pub(crate) protocol: OtlpProtocol,
     /// Sent with every request (HTTP headers or gRPC metadata). Names are lower case.
-    pub headers: Vec<(String, String)>,
-    pub tls: TlsFiles,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) tls: TlsFiles,
 }
 
 /// TLS material, read at start (PEM).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     /// CA certificates trusted on top of the system's.
-    pub ca_pem: Option<Vec<u8>>,
+    pub(crate) ca_pem: Option<Vec<u8>>,
     /// Client certificate and key (PEM) for mutual TLS.
-    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) client_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A flag or variable that cannot be used: names it and says what is allowed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{source_name}: {message}")]
-pub struct TargetError {
+pub(crate) struct TargetError {
     /// The flag or environment variable at fault.
-    pub source_name: String,
-    pub message: String,
+    pub(crate) source_name: String,
+    pub(crate) message: String,
 }
 
 fn error(source_name: &str, message: impl Into<String>) -> TargetError {
@@ -84,7 +84,7 @@ fn error(source_name: &str, message: impl Into<String>) -> TargetError {
 
 /// Resolves one signal's target; `Ok(None)` when no endpoint is configured for it.
 /// `env` looks a variable up (the process environment in the agent, a table in tests).
-pub fn resolve(
+pub(crate) fn resolve(
     signal: Signal,
     flags: &OtlpFlags,
     env: &dyn Fn(&str) -> Option<String>,
@@ -228,7 +228,7 @@ fn merge_header(headers: &mut Vec<(String, String)>, header: (String, String)) {
 
 /// Parses `name=value,name2=value2` (values percent-encoded, as the OpenTelemetry
 /// specification writes them). Names are lower-cased.
-pub fn parse_header_list(list: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_header_list(list: &str) -> Result<Vec<(String, String)>, String> {
     list.split(',')
         .filter(|item| !item.trim().is_empty())
         .map(|item| {
@@ -239,7 +239,7 @@ pub fn parse_header_list(list: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Parses one `NAME=VALUE` header (as `--otlp-header` takes it: the value verbatim).
-pub fn parse_header(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
         .ok_or_else(|| format!("'{}' is not NAME=VALUE", redact_value(text)))?;
@@ -299,7 +299,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 
 /// An HTTP client for the collector: its CA and client identity if given, the system's roots
 /// otherwise. Also used by the span exporter, so both signals trust the same roots.
-pub fn http_client(tls: &TlsFiles) -> Result<reqwest::Client, String> {
+pub(crate) fn http_client(tls: &TlsFiles) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
     if let Some(pem) = &tls.ca_pem {
@@ -323,7 +323,7 @@ pub fn http_client(tls: &TlsFiles) -> Result<reqwest::Client, String> {
 
 /// A gRPC channel to the collector (TLS when the URL is https://), connecting lazily and
 /// reconnecting by itself when the collector comes back.
-pub fn grpc_channel(target: &SignalTarget) -> Result<tonic::transport::Channel, String> {
+pub(crate) fn grpc_channel(target: &SignalTarget) -> Result<tonic::transport::Channel, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     install_crypto_provider();
     let mut endpoint = Endpoint::from_shared(target.url.clone())
@@ -346,7 +346,9 @@ pub fn grpc_channel(target: &SignalTarget) -> Result<tonic::transport::Channel, 
 }
 
 /// The headers as gRPC metadata.
-pub fn grpc_metadata(headers: &[(String, String)]) -> Result<tonic::metadata::MetadataMap, String> {
+pub(crate) fn grpc_metadata(
+    headers: &[(String, String)],
+) -> Result<tonic::metadata::MetadataMap, String> {
     let mut metadata = tonic::metadata::MetadataMap::new();
     for (name, value) in headers {
         let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())

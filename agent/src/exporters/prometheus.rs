@@ -32,11 +32,11 @@ use crate::{
 
 /// Exposition settings.
 #[derive(Debug, Clone, Copy)]
-pub struct ExpositionConfig {
+pub(crate) struct ExpositionConfig {
     /// At most this many workload series per scrape; the rest is cut and counted.
-    pub max_series: usize,
+    pub(crate) max_series: usize,
     /// Syscalls exported by name per workload (the busiest); the rest are `syscall="other"`.
-    pub top_syscalls: usize,
+    pub(crate) top_syscalls: usize,
 }
 
 /// Upper bounds (ns) of exported histogram buckets: every second log2 bucket from 1 µs
@@ -45,7 +45,7 @@ const EXPORTED_BOUNDS_LOG2: [usize; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 2
 
 /// Folds a kernel log2 histogram (bucket `j` counts values below 2^j) into exported buckets
 /// of seconds, per-bucket counts (the encoder makes them cumulative).
-pub fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
+pub(crate) fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
     let mut out: Vec<(f64, u64)> = EXPORTED_BOUNDS_LOG2
         .iter()
         .map(|&i| ((1u64 << i) as f64 / 1e9, 0))
@@ -736,7 +736,7 @@ struct Selected {
 
 /// Encoder state kept across scrapes.
 #[derive(Debug)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     dropped_series_total: u64,
     previous_scrape_seconds: f64,
     previous_len: usize,
@@ -756,7 +756,7 @@ impl Default for Exposition {
 
 impl Exposition {
     /// An encoder reading workload memory with `memory` and naming pods from `pods`.
-    pub fn new(memory: CgroupMemoryReader, pods: SharedPods) -> Self {
+    pub(crate) fn new(memory: CgroupMemoryReader, pods: SharedPods) -> Self {
         Self {
             dropped_series_total: 0,
             previous_scrape_seconds: 0.0,
@@ -768,13 +768,13 @@ impl Exposition {
     }
 
     /// Also exports the latest health evaluation.
-    pub fn with_health(mut self, health: SharedHealth) -> Self {
+    pub(crate) fn with_health(mut self, health: SharedHealth) -> Self {
         self.health = Some(health);
         self
     }
 
     /// Encodes a snapshot as OpenMetrics text.
-    pub fn encode(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> String {
+    pub(crate) fn encode(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> String {
         let started = std::time::Instant::now();
         let pods = Arc::clone(&self.pods);
         let pods = pods.read().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -929,20 +929,20 @@ impl Exposition {
 }
 
 /// Content type of OpenMetrics text.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the classic Prometheus text format.
-pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether an `Accept` header asks for OpenMetrics (as Prometheus servers do).
-pub fn wants_openmetrics(accept: &str) -> bool {
+pub(crate) fn wants_openmetrics(accept: &str) -> bool {
     accept.contains("application/openmetrics-text")
 }
 
 /// Rewrites OpenMetrics text into the classic text format (0.0.4): counter and info families
 /// are named by their samples (`x_total`, `x_info`, info becoming a gauge), `# EOF` and
 /// `# UNIT` lines go.
-pub fn to_classic(openmetrics: &str) -> String {
+pub(crate) fn to_classic(openmetrics: &str) -> String {
     let mut types: BTreeMap<&str, &str> = BTreeMap::new();
     for line in openmetrics.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {

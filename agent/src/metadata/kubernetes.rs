@@ -17,7 +17,7 @@ use super::{PodDirectory, PodNames, SharedPods, SourceState};
 
 /// Why the Kubernetes API cannot be used at all.
 #[derive(Debug, thiserror::Error)]
-pub enum KubernetesError {
+pub(crate) enum KubernetesError {
     #[error("--kubernetes needs this node's name: set NODE_NAME (from the downward API, spec.nodeName) or pass --node-name")]
     NoNodeName,
     #[error("--kubernetes: no Kubernetes API credentials found ({0}); run in a pod with a service account, or set KUBECONFIG")]
@@ -27,7 +27,7 @@ pub enum KubernetesError {
 }
 
 /// A client for the API the environment points to (in-cluster service account, or KUBECONFIG).
-pub async fn client() -> Result<Client, KubernetesError> {
+pub(crate) async fn client() -> Result<Client, KubernetesError> {
     let config = Config::infer()
         .await
         .map_err(|e| KubernetesError::NoConfig(e.to_string()))?;
@@ -35,7 +35,7 @@ pub async fn client() -> Result<Client, KubernetesError> {
 }
 
 /// The names kept of a pod; `None` without a UID.
-pub fn pod_names(pod: &Pod) -> Option<PodNames> {
+pub(crate) fn pod_names(pod: &Pod) -> Option<PodNames> {
     let meta = &pod.metadata;
     let status = pod.status.as_ref();
     let containers = status
@@ -89,7 +89,7 @@ fn with_directory(pods: &SharedPods, f: impl FnOnce(&mut PodDirectory)) {
 }
 
 /// Watches the pods scheduled on `node` into `pods` until `shutdown`.
-pub async fn watch_pods(
+pub(crate) async fn watch_pods(
     client: Client,
     node: String,
     pods: SharedPods,

@@ -3,8 +3,8 @@
 //! keep what the cgroup gives (pod UID, container id), and `/api/v1/status` says why.
 
 #[cfg(feature = "kubernetes")]
-pub mod kubernetes;
-pub mod users;
+pub(crate) mod kubernetes;
+pub(crate) mod users;
 
 use std::{
     collections::HashMap,
@@ -15,18 +15,18 @@ use serde::Serialize;
 
 /// What is kept of one pod: only the names, so that the cache stays small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodNames {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
+pub(crate) struct PodNames {
+    pub(crate) uid: String,
+    pub(crate) name: String,
+    pub(crate) namespace: String,
     /// (container id without the runtime scheme, container name).
-    pub containers: Vec<(String, String)>,
+    pub(crate) containers: Vec<(String, String)>,
 }
 
 /// The state of the Kubernetes metadata source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "detail")]
-pub enum SourceState {
+pub(crate) enum SourceState {
     /// `--kubernetes` not given: labels come from the cgroup path only.
     Disabled,
     /// Listing pods for the first time.
@@ -40,40 +40,40 @@ pub enum SourceState {
 
 /// Names of the pods on this node, by pod UID. One writer (the watch task), read at scrape time.
 #[derive(Debug)]
-pub struct PodDirectory {
+pub(crate) struct PodDirectory {
     pods: HashMap<String, PodNames>,
     /// Container name by container id, across all pods.
     containers: HashMap<String, String>,
     max_pods: usize,
     /// Pods not cached because the directory was full.
-    pub dropped_total: u64,
-    pub state: SourceState,
+    pub(crate) dropped_total: u64,
+    pub(crate) state: SourceState,
 }
 
 /// The directory as shared between the watch task and readers.
-pub type SharedPods = Arc<RwLock<PodDirectory>>;
+pub(crate) type SharedPods = Arc<RwLock<PodDirectory>>;
 
 /// What the directory knows of a workload.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct KubernetesNames<'a> {
-    pub pod: Option<&'a str>,
-    pub namespace: Option<&'a str>,
-    pub container: Option<&'a str>,
+pub(crate) struct KubernetesNames<'a> {
+    pub(crate) pod: Option<&'a str>,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) container: Option<&'a str>,
 }
 
 /// A status summary for `/api/v1/status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct DirectoryStatus {
+pub(crate) struct DirectoryStatus {
     #[serde(flatten)]
-    pub state: SourceState,
-    pub pods: usize,
-    pub max_pods: usize,
-    pub dropped_total: u64,
+    pub(crate) state: SourceState,
+    pub(crate) pods: usize,
+    pub(crate) max_pods: usize,
+    pub(crate) dropped_total: u64,
 }
 
 impl PodDirectory {
     /// An empty directory holding at most `max_pods` pods.
-    pub fn new(max_pods: usize, state: SourceState) -> Self {
+    pub(crate) fn new(max_pods: usize, state: SourceState) -> Self {
         Self {
             pods: HashMap::new(),
             containers: HashMap::new(),
@@ -84,12 +84,12 @@ impl PodDirectory {
     }
 
     /// A directory that will stay empty (no Kubernetes API).
-    pub fn disabled() -> SharedPods {
+    pub(crate) fn disabled() -> SharedPods {
         Arc::new(RwLock::new(Self::new(0, SourceState::Disabled)))
     }
 
     /// Adds or updates a pod; a new pod beyond `max_pods` is counted and left out.
-    pub fn apply(&mut self, pod: PodNames) {
+    pub(crate) fn apply(&mut self, pod: PodNames) {
         if !self.pods.contains_key(&pod.uid) && self.pods.len() >= self.max_pods {
             self.dropped_total += 1;
             return;
@@ -102,7 +102,7 @@ impl PodDirectory {
     }
 
     /// Forgets a pod and its containers.
-    pub fn remove(&mut self, uid: &str) {
+    pub(crate) fn remove(&mut self, uid: &str) {
         if let Some(old) = self.pods.remove(uid) {
             for (id, _) in &old.containers {
                 self.containers.remove(id);
@@ -111,7 +111,7 @@ impl PodDirectory {
     }
 
     /// Replaces everything with a complete list (after a (re)list of the API).
-    pub fn replace_all(&mut self, pods: Vec<PodNames>) {
+    pub(crate) fn replace_all(&mut self, pods: Vec<PodNames>) {
         self.pods.clear();
         self.containers.clear();
         for pod in pods {
@@ -120,7 +120,11 @@ impl PodDirectory {
     }
 
     /// Names for a workload known by pod UID and container id (from its cgroup).
-    pub fn names(&self, pod_uid: Option<&str>, container_id: Option<&str>) -> KubernetesNames<'_> {
+    pub(crate) fn names(
+        &self,
+        pod_uid: Option<&str>,
+        container_id: Option<&str>,
+    ) -> KubernetesNames<'_> {
         let pod = pod_uid.and_then(|uid| self.pods.get(uid));
         KubernetesNames {
             pod: pod.map(|p| p.name.as_str()),
@@ -131,7 +135,7 @@ impl PodDirectory {
         }
     }
 
-    pub fn status(&self) -> DirectoryStatus {
+    pub(crate) fn status(&self) -> DirectoryStatus {
         DirectoryStatus {
             state: self.state.clone(),
             pods: self.pods.len(),

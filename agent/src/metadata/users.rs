@@ -16,7 +16,7 @@ const RECHECK: Duration = Duration::from_secs(60);
 
 /// uid -> user name, from a passwd file.
 #[derive(Debug)]
-pub struct UserNames {
+pub(crate) struct UserNames {
     path: PathBuf,
     names: HashMap<u32, String>,
     modified: Option<SystemTime>,
@@ -25,7 +25,7 @@ pub struct UserNames {
 
 impl UserNames {
     /// Names from `path` (read on first use).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             names: HashMap::new(),
@@ -35,7 +35,7 @@ impl UserNames {
     }
 
     /// The name of `uid`, if the passwd file has it.
-    pub fn name(&mut self, uid: u32) -> Option<&str> {
+    pub(crate) fn name(&mut self, uid: u32) -> Option<&str> {
         self.refresh();
         self.names.get(&uid).map(String::as_str)
     }

@@ -12,22 +12,22 @@ use super::{histogram, workload::Workload, ExitStatus, Process, SchedTotals};
 
 /// Everything exported about one workload.
 #[derive(Debug, Clone)]
-pub struct WorkloadTotals {
-    pub sched: SchedTotals,
-    pub syscalls: BTreeMap<u32, SyscallStats>,
-    pub errnos: BTreeMap<(u32, u32), u64>,
+pub(crate) struct WorkloadTotals {
+    pub(crate) sched: SchedTotals,
+    pub(crate) syscalls: BTreeMap<u32, SyscallStats>,
+    pub(crate) errnos: BTreeMap<(u32, u32), u64>,
     /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
-    pub io: BTreeMap<(u32, u32), ProcessIo>,
+    pub(crate) io: BTreeMap<(u32, u32), ProcessIo>,
     /// Processes seen starting (fork) while the agent ran.
-    pub started: u64,
-    pub exited_success: u64,
-    pub exited_failure: u64,
-    pub exited_signal: u64,
+    pub(crate) started: u64,
+    pub(crate) exited_success: u64,
+    pub(crate) exited_failure: u64,
+    pub(crate) exited_signal: u64,
     /// Live processes (filled in at read time).
-    pub running: u64,
+    pub(crate) running: u64,
     /// Lifetimes of exited processes seen from their start: log2 buckets of ns, and the sum.
-    pub durations: [u64; HIST_BUCKETS],
-    pub durations_sum_ns: u64,
+    pub(crate) durations: [u64; HIST_BUCKETS],
+    pub(crate) durations_sum_ns: u64,
 }
 
 impl Default for WorkloadTotals {
@@ -49,7 +49,7 @@ impl Default for WorkloadTotals {
 }
 
 /// Adds syscall statistics `from` into `into`.
-pub fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
+pub(crate) fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
     into.count += from.count;
     into.errors += from.errors;
     into.total_ns += from.total_ns;
@@ -87,14 +87,18 @@ impl WorkloadTotals {
     }
 
     /// The scheduler, syscall and IO figures `process` has accumulated (no counts).
-    pub fn figures_of(p: &Process, now_ns: u64, running: &HashMap<u32, u64>) -> WorkloadTotals {
+    pub(crate) fn figures_of(
+        p: &Process,
+        now_ns: u64,
+        running: &HashMap<u32, u64>,
+    ) -> WorkloadTotals {
         let mut figures = WorkloadTotals::default();
         figures.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
         figures
     }
 
     /// These figures less `base` (what was already credited elsewhere), never below zero.
-    pub fn figures_minus(&self, base: &WorkloadTotals) -> WorkloadTotals {
+    pub(crate) fn figures_minus(&self, base: &WorkloadTotals) -> WorkloadTotals {
         let mut out = WorkloadTotals {
             sched: self.sched,
             syscalls: self.syscalls.clone(),
@@ -108,7 +112,7 @@ impl WorkloadTotals {
 
     /// Adds what `process` accumulated in its current workload (its running slices included,
     /// via `running`): all of it, or what came after it moved here from another cgroup.
-    pub fn add_process(&mut self, p: &Process, now_ns: u64, running: &HashMap<u32, u64>) {
+    pub(crate) fn add_process(&mut self, p: &Process, now_ns: u64, running: &HashMap<u32, u64>) {
         match &p.moved_baseline {
             None => self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io),
             Some(base) => {
@@ -181,14 +185,14 @@ impl WorkloadTotals {
 
 /// Retired totals per workload, with when each last had live processes (CLOCK_MONOTONIC).
 #[derive(Debug, Default)]
-pub struct WorkloadLedger {
+pub(crate) struct WorkloadLedger {
     retired: HashMap<String, (Workload, WorkloadTotals, u64)>,
 }
 
 impl WorkloadLedger {
     /// Keeps what a retired process accumulated. `boot_minus_mono_ns` converts its exit time
     /// (CLOCK_MONOTONIC) to the clock of its start time (CLOCK_BOOTTIME).
-    pub fn retire(&mut self, p: &Process, now_ns: u64, boot_minus_mono_ns: u64) {
+    pub(crate) fn retire(&mut self, p: &Process, now_ns: u64, boot_minus_mono_ns: u64) {
         let workload = Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/"));
         let entry = self
             .retired
@@ -208,7 +212,7 @@ impl WorkloadLedger {
     }
 
     /// Credits a workload with figures a process accumulated there before it moved away.
-    pub fn credit(&mut self, cgroup_path: &str, figures: &WorkloadTotals, now_ns: u64) {
+    pub(crate) fn credit(&mut self, cgroup_path: &str, figures: &WorkloadTotals, now_ns: u64) {
         let workload = Workload::from_cgroup(cgroup_path);
         let entry = self
             .retired
@@ -225,7 +229,7 @@ impl WorkloadLedger {
 
     /// Every workload's totals: retired ones plus the live processes. Workloads with no live
     /// process that have not had one for `ttl_ns` are forgotten first.
-    pub fn totals<'a>(
+    pub(crate) fn totals<'a>(
         &mut self,
         live: impl Iterator<Item = &'a Process>,
         now_ns: u64,
@@ -255,13 +259,5 @@ impl WorkloadLedger {
                 .merge(retired);
         }
         out.into_values().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.retired.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.retired.is_empty()
     }
 }

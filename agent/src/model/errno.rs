@@ -1,7 +1,7 @@
 //! Linux errno names (asm-generic/errno-base.h and errno.h, the common ones).
 
 /// The symbolic name of `errno`, e.g. `ENOENT`; `None` when it is not in the table.
-pub fn errno_name(errno: u32) -> Option<&'static str> {
+pub(crate) fn errno_name(errno: u32) -> Option<&'static str> {
     const NAMES: [&str; 41] = [
         "",
         "EPERM",

@@ -5,7 +5,7 @@ use serde::Serialize;
 /// Decoded exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     /// `exit(code)` or a return from main.
     Exited { code: i32 },
     /// Killed by a signal.
@@ -20,7 +20,7 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// Decodes `task_struct.exit_code` (`code << 8`, or the signal with 0x80 for a core dump).
-    pub fn from_raw(raw: u32) -> Self {
+    pub(crate) fn from_raw(raw: u32) -> Self {
         let signal = (raw & 0x7f) as i32;
         if signal == 0 {
             ExitStatus::Exited {
@@ -36,13 +36,13 @@ impl ExitStatus {
     }
 
     /// A non-zero exit or a fatal signal.
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         !matches!(self, ExitStatus::Exited { code: 0 })
     }
 }
 
 /// The conventional name of a Linux signal number.
-pub fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     const NAMES: [&str; 32] = [
         "",
         "SIGHUP",

@@ -7,10 +7,10 @@ use serde::Serialize;
 use taskscope_common::{bucket_upper_bound_ns, HIST_BUCKETS};
 
 /// A kernel log2 histogram.
-pub type Log2Hist = [u64; HIST_BUCKETS];
+pub(crate) type Log2Hist = [u64; HIST_BUCKETS];
 
 /// Adds `from` into `into`, bucket by bucket.
-pub fn add(into: &mut Log2Hist, from: &Log2Hist) {
+pub(crate) fn add(into: &mut Log2Hist, from: &Log2Hist) {
     for (a, b) in into.iter_mut().zip(from) {
         *a += b;
     }
@@ -18,12 +18,12 @@ pub fn add(into: &mut Log2Hist, from: &Log2Hist) {
 
 /// `now` less `before` (nothing when absent), bucket by bucket, never below zero: what was
 /// added between two reads of the same histogram.
-pub fn delta(now: &Log2Hist, before: Option<&Log2Hist>) -> Log2Hist {
+pub(crate) fn delta(now: &Log2Hist, before: Option<&Log2Hist>) -> Log2Hist {
     std::array::from_fn(|i| now[i].saturating_sub(before.map_or(0, |b| b[i])))
 }
 
 /// The upper bound of the bucket holding quantile `q` (ns); `None` when empty.
-pub fn quantile_ns(hist: &Log2Hist, q: f64) -> Option<u64> {
+pub(crate) fn quantile_ns(hist: &Log2Hist, q: f64) -> Option<u64> {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return None;
@@ -41,19 +41,19 @@ pub fn quantile_ns(hist: &Log2Hist, q: f64) -> Option<u64> {
 
 /// One non-empty bucket, as the JSON API shows it.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     /// Exclusive upper bound; `null` for the last (unbounded) bucket.
-    pub below_ns: Option<u64>,
-    pub count: u64,
+    pub(crate) below_ns: Option<u64>,
+    pub(crate) count: u64,
 }
 
 /// Exclusive upper bound of bucket `index`; `None` for the open-ended last one.
-pub fn below_ns(index: usize) -> Option<u64> {
+pub(crate) fn below_ns(index: usize) -> Option<u64> {
     Some(bucket_upper_bound_ns(index)).filter(|&b| b != u64::MAX)
 }
 
 /// The non-empty buckets.
-pub fn buckets(hist: &Log2Hist) -> Vec<Bucket> {
+pub(crate) fn buckets(hist: &Log2Hist) -> Vec<Bucket> {
     hist.iter()
         .enumerate()
         .filter(|(_, &count)| count > 0)

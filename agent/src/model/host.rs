@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// The host as the task model sees it.
-pub trait Host: Send {
+pub(crate) trait Host: Send {
     /// The clocks, now.
     fn clocks(&self) -> Clocks;
     /// Every pid in /proc.
@@ -33,13 +33,13 @@ pub trait Host: Send {
 }
 
 /// The real host: procfs, cgroupfs and the clocks.
-pub struct SystemHost {
+pub(crate) struct SystemHost {
     cgroups: CgroupResolver,
 }
 
 impl SystemHost {
     /// The host, resolving cgroup paths with `cgroups`.
-    pub fn new(cgroups: CgroupResolver) -> Self {
+    pub(crate) fn new(cgroups: CgroupResolver) -> Self {
         Self { cgroups }
     }
 }

@@ -14,36 +14,36 @@ use taskscope_common::{
 
 /// Everything the kernel has accumulated, read in one pass.
 #[derive(Debug, Clone, Default)]
-pub struct KernelSnapshot {
+pub(crate) struct KernelSnapshot {
     /// CLOCK_MONOTONIC when the read started (the kernel programs' clock).
-    pub taken_at_ns: u64,
-    pub tasks: Vec<(u32, TaskSched)>,
-    pub syscalls: Vec<(SyscallKey, SyscallStats)>,
-    pub errnos: Vec<(ErrnoKey, u64)>,
-    pub process_io: Vec<(ProcessIoKey, ProcessIo)>,
-    pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
+    pub(crate) taken_at_ns: u64,
+    pub(crate) tasks: Vec<(u32, TaskSched)>,
+    pub(crate) syscalls: Vec<(SyscallKey, SyscallStats)>,
+    pub(crate) errnos: Vec<(ErrnoKey, u64)>,
+    pub(crate) process_io: Vec<(ProcessIoKey, ProcessIo)>,
+    pub(crate) device_io: Vec<(DeviceIoKey, DeviceIo)>,
     /// One entry per possible CPU.
-    pub cpus: Vec<CpuStats>,
+    pub(crate) cpus: Vec<CpuStats>,
     /// Lost data per [`taskscope_common::Loss`], summed over CPUs.
-    pub losses: [u64; LOSS_KINDS as usize],
+    pub(crate) losses: [u64; LOSS_KINDS as usize],
     /// Entries that could not be read (they vanished mid-iteration, usually).
-    pub read_errors: u64,
+    pub(crate) read_errors: u64,
 }
 
 /// Map entries the task model no longer needs.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Forget {
+pub(crate) struct Forget {
     /// Exited threads (tid, tgid): their `TASKS` and `SYSCALL_STARTS` entries.
-    pub tids: Vec<(u32, u32)>,
+    pub(crate) tids: Vec<(u32, u32)>,
     /// Entries of exited processes.
-    pub syscalls: Vec<SyscallKey>,
-    pub errnos: Vec<ErrnoKey>,
-    pub process_io: Vec<ProcessIoKey>,
+    pub(crate) syscalls: Vec<SyscallKey>,
+    pub(crate) errnos: Vec<ErrnoKey>,
+    pub(crate) process_io: Vec<ProcessIoKey>,
 }
 
 impl TaskModel {
     /// Applies a read of the kernel maps; returns the map entries that are no longer needed.
-    pub fn apply_kernel(&mut self, snapshot: KernelSnapshot) -> Forget {
+    pub(crate) fn apply_kernel(&mut self, snapshot: KernelSnapshot) -> Forget {
         self.polls += 1;
         self.counters.polls = self.polls;
         let polls = self.polls;

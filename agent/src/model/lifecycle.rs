@@ -13,7 +13,7 @@ use crate::procfs::NS_PER_TICK;
 
 impl TaskModel {
     /// Adds every process in /proc (those that started before the agent).
-    pub fn scan_proc(&mut self) {
+    pub(crate) fn scan_proc(&mut self) {
         for pid in self.host.pids() {
             if !self.live.contains_key(&pid) {
                 self.insert_from_proc(pid);
@@ -63,7 +63,7 @@ impl TaskModel {
 
     /// Applies one ring-buffer event. Returns map entries to forget (a pid reused before its
     /// previous owner was retired).
-    pub fn apply_event(&mut self, event: Event, forget: &mut Forget) {
+    pub(crate) fn apply_event(&mut self, event: Event, forget: &mut Forget) {
         self.counters.events += 1;
         match event {
             Event::Fork(fork) => {

@@ -6,24 +6,24 @@
 //! up into their process: its totals are the sum of its live threads' current values and the
 //! final values of its exited threads.
 
-pub mod aggregate;
-pub mod errno;
-pub mod exit;
-pub mod histogram;
-pub mod host;
-pub mod intake;
+pub(crate) mod aggregate;
+pub(crate) mod errno;
+pub(crate) mod exit;
+pub(crate) mod histogram;
+pub(crate) mod host;
+pub(crate) mod intake;
 mod lifecycle;
-pub mod node;
-pub mod process;
+pub(crate) mod node;
+pub(crate) mod process;
 mod queries;
-pub mod redact;
+pub(crate) mod redact;
 mod retire;
-pub mod selector;
-pub mod slow;
-pub mod snapshot;
-pub mod span;
-pub mod view;
-pub mod workload;
+pub(crate) mod selector;
+pub(crate) mod slow;
+pub(crate) mod snapshot;
+pub(crate) mod span;
+pub(crate) mod view;
+pub(crate) mod workload;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -38,7 +38,7 @@ use self::{
     node::{CpuTotals, CpuWindow},
     span::{SpanIdSource, TaskSpan},
 };
-pub use self::{
+pub(crate) use self::{
     exit::ExitStatus,
     process::{Process, SchedTotals, SlowWait},
     slow::{SlowTask, SlowTaskConfig},
@@ -46,23 +46,23 @@ pub use self::{
 
 /// Limits of the task model.
 #[derive(Debug, Clone)]
-pub struct ModelConfig {
+pub(crate) struct ModelConfig {
     /// How long an exited process stays visible.
-    pub exited_retention: Duration,
+    pub(crate) exited_retention: Duration,
     /// At most this many exited processes are kept (oldest evicted first).
-    pub max_exited: usize,
+    pub(crate) max_exited: usize,
     /// At most this many live processes are tracked; more are counted as dropped.
-    pub max_live: usize,
+    pub(crate) max_live: usize,
     /// Slow syscalls remembered per process.
-    pub max_slow_syscalls: usize,
+    pub(crate) max_slow_syscalls: usize,
     /// CPU busy share and idle fragmentation are measured over windows at least this long.
-    pub cpu_window: Duration,
+    pub(crate) cpu_window: Duration,
     /// Idle periods shorter than this count as fragmented idle time.
-    pub idle_fragment_threshold: Duration,
+    pub(crate) idle_fragment_threshold: Duration,
     /// Takes secrets out of command lines before they are stored.
-    pub redactor: redact::Redactor,
+    pub(crate) redactor: redact::Redactor,
     /// A process exec'd with `TRACEPARENT` in its environment joins that trace.
-    pub join_traceparent: bool,
+    pub(crate) join_traceparent: bool,
 }
 
 impl Default for ModelConfig {
@@ -82,49 +82,49 @@ impl Default for ModelConfig {
 
 /// Counters of the model's own work.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct ModelCounters {
-    pub processes_started: u64,
-    pub processes_exited: u64,
-    pub processes_evicted: u64,
+pub(crate) struct ModelCounters {
+    pub(crate) processes_started: u64,
+    pub(crate) processes_exited: u64,
+    pub(crate) processes_evicted: u64,
     /// Processes that vanished without an exit event (it was lost).
-    pub processes_lost: u64,
+    pub(crate) processes_lost: u64,
     /// Processes not tracked because `max_live` was reached.
-    pub processes_dropped: u64,
-    pub events: u64,
-    pub polls: u64,
+    pub(crate) processes_dropped: u64,
+    pub(crate) events: u64,
+    pub(crate) polls: u64,
     /// Spans of exited processes made.
-    pub spans: u64,
+    pub(crate) spans: u64,
     /// Spans not handed to the exporters because nobody took them in time.
-    pub spans_dropped: u64,
+    pub(crate) spans_dropped: u64,
 }
 
 /// The task model.
-pub struct TaskModel {
+pub(crate) struct TaskModel {
     config: ModelConfig,
     live: HashMap<u32, Process>,
     exited: VecDeque<Process>,
     /// /proc, cgroupfs and the clocks.
     host: Box<dyn Host>,
     polls: u64,
-    pub counters: ModelCounters,
+    pub(crate) counters: ModelCounters,
     /// Latest per-CPU accounting.
-    pub cpus: Vec<taskscope_common::CpuStats>,
+    pub(crate) cpus: Vec<taskscope_common::CpuStats>,
     /// Tasks on a CPU at the latest read: tid -> when they were switched in.
-    pub running: HashMap<u32, u64>,
+    pub(crate) running: HashMap<u32, u64>,
     /// Latest per-device IO.
-    pub device_io: Vec<(DeviceIoKey, DeviceIo)>,
+    pub(crate) device_io: Vec<(DeviceIoKey, DeviceIo)>,
     /// Kernel-side losses, summed over CPUs.
-    pub kernel_losses: [u64; LOSS_KINDS as usize],
+    pub(crate) kernel_losses: [u64; LOSS_KINDS as usize],
     /// Map entries that could not be read, summed over reads.
-    pub map_read_errors: u64,
+    pub(crate) map_read_errors: u64,
     /// CLOCK_MONOTONIC of the latest kernel read.
-    pub collected_at_ns: u64,
+    pub(crate) collected_at_ns: u64,
     /// What retired processes left to their workloads.
     workloads: WorkloadLedger,
     /// Start of the current CPU window: (CLOCK_MONOTONIC, per-CPU totals).
     cpu_window_start: Option<(u64, Vec<CpuTotals>)>,
     /// Busy share and idle fragmentation per CPU over the latest complete window.
-    pub cpu_windows: Vec<CpuWindow>,
+    pub(crate) cpu_windows: Vec<CpuWindow>,
     span_ids: SpanIdSource,
     /// Spans of the latest exited processes (at most `max_exited`), for the API.
     spans: VecDeque<TaskSpan>,
@@ -144,7 +144,7 @@ const SWEEP_EVERY_POLLS: u64 = 10;
 
 impl TaskModel {
     /// A model reading what the kernel does not carry from `host`.
-    pub fn new(config: ModelConfig, host: Box<dyn Host>) -> Self {
+    pub(crate) fn new(config: ModelConfig, host: Box<dyn Host>) -> Self {
         Self {
             config,
             live: HashMap::new(),

@@ -8,11 +8,11 @@ use crate::procfs::ZoneFreeBlocks;
 
 /// Busy and idle time of one CPU up to a read, the current period included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuTotals {
-    pub busy_ns: u64,
-    pub idle_ns: u64,
+pub(crate) struct CpuTotals {
+    pub(crate) busy_ns: u64,
+    pub(crate) idle_ns: u64,
     /// Idle time in closed idle periods, by log2 length bucket.
-    pub idle_ns_by_bucket: [u64; HIST_BUCKETS],
+    pub(crate) idle_ns_by_bucket: [u64; HIST_BUCKETS],
 }
 
 impl Default for CpuTotals {
@@ -27,7 +27,7 @@ impl Default for CpuTotals {
 
 impl CpuTotals {
     /// `read_at_ns`: CLOCK_MONOTONIC of the kernel read.
-    pub fn of(cpu: &CpuStats, read_at_ns: u64) -> Self {
+    pub(crate) fn of(cpu: &CpuStats, read_at_ns: u64) -> Self {
         let since = |start: u64| {
             if start == 0 {
                 0
@@ -45,21 +45,21 @@ impl CpuTotals {
 
 /// One CPU over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct CpuWindow {
-    pub cpu: usize,
+pub(crate) struct CpuWindow {
+    pub(crate) cpu: usize,
     /// Share of the window the CPU ran something other than its idle task.
-    pub busy_ratio: f64,
+    pub(crate) busy_ratio: f64,
     /// Share of the idle time closed in the window that came in periods shorter than the
     /// threshold; `None` when no idle period closed.
-    pub idle_fragmentation_ratio: Option<f64>,
+    pub(crate) idle_fragmentation_ratio: Option<f64>,
     /// Idle time in periods that closed in the window, and the part in short ones.
-    pub idle_closed_ns: u64,
-    pub idle_short_ns: u64,
+    pub(crate) idle_closed_ns: u64,
+    pub(crate) idle_short_ns: u64,
 }
 
 /// Highest log2 bucket whose periods are all shorter than `threshold_ns`, rounded to the
 /// nearest power of two (1 ms counts periods below 2^20 ns = 1.049 ms).
-pub fn short_idle_buckets(threshold_ns: u64) -> usize {
+pub(crate) fn short_idle_buckets(threshold_ns: u64) -> usize {
     let log2 = 63 - threshold_ns.max(1).leading_zeros() as usize;
     let nearest = if threshold_ns >= (3u64 << log2) >> 1 {
         log2 + 1
@@ -70,7 +70,11 @@ pub fn short_idle_buckets(threshold_ns: u64) -> usize {
 }
 
 /// Busy share and idle fragmentation per CPU between two reads.
-pub fn cpu_windows(before: &[CpuTotals], after: &[CpuTotals], threshold_ns: u64) -> Vec<CpuWindow> {
+pub(crate) fn cpu_windows(
+    before: &[CpuTotals],
+    after: &[CpuTotals],
+    threshold_ns: u64,
+) -> Vec<CpuWindow> {
     let short = short_idle_buckets(threshold_ns);
     before
         .iter()
@@ -101,7 +105,7 @@ pub fn cpu_windows(before: &[CpuTotals], after: &[CpuTotals], threshold_ns: u64)
 }
 
 /// Node-wide idle fragmentation over CPU windows: short idle time over all closed idle time.
-pub fn node_idle_fragmentation(windows: &[CpuWindow]) -> Option<f64> {
+pub(crate) fn node_idle_fragmentation(windows: &[CpuWindow]) -> Option<f64> {
     let all: u64 = windows.iter().map(|w| w.idle_closed_ns).sum();
     let short: u64 = windows.iter().map(|w| w.idle_short_ns).sum();
     (all > 0).then(|| short as f64 / all as f64)
@@ -109,7 +113,7 @@ pub fn node_idle_fragmentation(windows: &[CpuWindow]) -> Option<f64> {
 
 /// Share of a zone's free memory that cannot serve an allocation of each order: the kernel's
 /// unusable free space index (1.0 when nothing is free).
-pub fn memory_fragmentation(zone: &ZoneFreeBlocks) -> Vec<f64> {
+pub(crate) fn memory_fragmentation(zone: &ZoneFreeBlocks) -> Vec<f64> {
     let pages = |from: usize| -> u64 {
         zone.free_blocks
             .iter()

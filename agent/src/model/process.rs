@@ -12,12 +12,12 @@ use super::{aggregate::WorkloadTotals, histogram, intake::Forget, span::SpanIds,
 
 /// Scheduler totals (the sum over threads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedTotals {
-    pub on_cpu_ns: u64,
-    pub runqueue_wait_ns: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
-    pub runqueue_hist: [u64; HIST_BUCKETS],
+pub(crate) struct SchedTotals {
+    pub(crate) on_cpu_ns: u64,
+    pub(crate) runqueue_wait_ns: u64,
+    pub(crate) voluntary_switches: u64,
+    pub(crate) involuntary_switches: u64,
+    pub(crate) runqueue_hist: [u64; HIST_BUCKETS],
 }
 
 impl Default for SchedTotals {
@@ -34,7 +34,7 @@ impl Default for SchedTotals {
 
 impl SchedTotals {
     /// Adds another total.
-    pub fn add_totals(&mut self, other: &SchedTotals) {
+    pub(crate) fn add_totals(&mut self, other: &SchedTotals) {
         self.on_cpu_ns += other.on_cpu_ns;
         self.runqueue_wait_ns += other.runqueue_wait_ns;
         self.voluntary_switches += other.voluntary_switches;
@@ -43,7 +43,7 @@ impl SchedTotals {
     }
 
     /// Adds one thread's figures.
-    pub fn add(&mut self, task: &TaskSched) {
+    pub(crate) fn add(&mut self, task: &TaskSched) {
         let TaskSched {
             tgid: _,
             _pad: _,
@@ -68,7 +68,7 @@ impl SchedTotals {
 /// A wait over its threshold (`--slow-runqueue-wait`, `--slow-block-io`); times are
 /// CLOCK_MONOTONIC of when it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowWait {
+pub(crate) enum SlowWait {
     RunqueueWait {
         tid: u32,
         at_ns: u64,
@@ -94,49 +94,49 @@ pub(super) struct Thread {
 
 /// A process (thread group) and everything known about it.
 #[derive(Debug, Clone)]
-pub struct Process {
-    pub pid: u32,
+pub(crate) struct Process {
+    pub(crate) pid: u32,
     /// Start time in clock ticks since boot, as in `/proc/<pid>/stat`: with `pid`, the key.
-    pub start_ticks: u64,
+    pub(crate) start_ticks: u64,
     /// Exact start (ns since boot) when the fork was seen.
-    pub start_boottime_ns: Option<u64>,
-    pub ppid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cmdline: Vec<String>,
-    pub cmdline_truncated: bool,
-    pub uid: Option<u32>,
-    pub cgroup_id: Option<u64>,
-    pub cgroup_path: Option<String>,
+    pub(crate) start_boottime_ns: Option<u64>,
+    pub(crate) ppid: u32,
+    pub(crate) comm: String,
+    pub(crate) exe: Option<String>,
+    pub(crate) cmdline: Vec<String>,
+    pub(crate) cmdline_truncated: bool,
+    pub(crate) uid: Option<u32>,
+    pub(crate) cgroup_id: Option<u64>,
+    pub(crate) cgroup_path: Option<String>,
     /// The agent saw it start, so its accumulators cover its whole life.
-    pub observed_from_start: bool,
-    pub exit: Option<ExitStatus>,
+    pub(crate) observed_from_start: bool,
+    pub(crate) exit: Option<ExitStatus>,
     /// CLOCK_MONOTONIC of the exit event.
-    pub exit_time_ns: Option<u64>,
+    pub(crate) exit_time_ns: Option<u64>,
     pub(super) exit_seen_after_poll: Option<u64>,
     pub(super) threads: BTreeMap<u32, Thread>,
-    pub threads_started: u64,
-    pub threads_exited: u64,
+    pub(crate) threads_started: u64,
+    pub(crate) threads_exited: u64,
     pub(super) exited_sched: SchedTotals,
-    pub syscalls: BTreeMap<u32, SyscallStats>,
-    pub errnos: BTreeMap<(u32, u32), u64>,
+    pub(crate) syscalls: BTreeMap<u32, SyscallStats>,
+    pub(crate) errnos: BTreeMap<(u32, u32), u64>,
     /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
-    pub io: BTreeMap<(u32, u32), ProcessIo>,
-    pub slow_syscalls: VecDeque<SlowSyscallEvent>,
+    pub(crate) io: BTreeMap<(u32, u32), ProcessIo>,
+    pub(crate) slow_syscalls: VecDeque<SlowSyscallEvent>,
     /// Run-queue waits and block requests over their thresholds (the latest few).
-    pub slow_waits: VecDeque<SlowWait>,
+    pub(crate) slow_waits: VecDeque<SlowWait>,
     pub(super) exited_at: Option<Instant>,
     /// Gone from /proc at the last sweep, with no exit event yet.
     pub(super) missing_at_sweep: bool,
     /// Its figures when it last moved to another cgroup: they belong to the workloads it
     /// left, its current workload counts only what came after.
-    pub moved_baseline: Option<Box<WorkloadTotals>>,
+    pub(crate) moved_baseline: Option<Box<WorkloadTotals>>,
     /// Its place in a trace, when its fork was seen.
-    pub span_ids: Option<SpanIds>,
+    pub(crate) span_ids: Option<SpanIds>,
     /// CLOCK_MONOTONIC of its latest exec.
-    pub exec_time_ns: Option<u64>,
+    pub(crate) exec_time_ns: Option<u64>,
     /// CLOCK_MONOTONIC of the last time one of its threads left a CPU.
-    pub last_switch_out_ns: u64,
+    pub(crate) last_switch_out_ns: u64,
     /// Already logged as a slow task.
     pub(super) slow_logged: bool,
 }
@@ -181,7 +181,7 @@ impl Process {
     /// Scheduler totals over all threads. `running` maps the tids on a CPU right now to when
     /// they were switched in: the slice they are in is added to their on-CPU time (the kernel's
     /// counters were copied at their last switch-out).
-    pub fn sched(&self, now_ns: u64, running: &HashMap<u32, u64>) -> SchedTotals {
+    pub(crate) fn sched(&self, now_ns: u64, running: &HashMap<u32, u64>) -> SchedTotals {
         let mut totals = self.exited_sched;
         for (tid, thread) in &self.threads {
             if let Some(sched) = &thread.sched {
@@ -195,14 +195,14 @@ impl Process {
     }
 
     /// Threads not yet exited.
-    pub fn live_threads(&self) -> usize {
+    pub(crate) fn live_threads(&self) -> usize {
         self.threads
             .values()
             .filter(|t| t.exited_after_poll.is_none())
             .count()
     }
 
-    pub fn is_exited(&self) -> bool {
+    pub(crate) fn is_exited(&self) -> bool {
         self.exit.is_some()
     }
 

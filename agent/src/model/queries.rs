@@ -9,27 +9,27 @@ use super::{
 
 impl TaskModel {
     /// Spans made since the last call (for the exporters).
-    pub fn take_new_spans(&mut self) -> Vec<TaskSpan> {
+    pub(crate) fn take_new_spans(&mut self) -> Vec<TaskSpan> {
         std::mem::take(&mut self.new_spans)
     }
 
     /// Recent spans, oldest first.
-    pub fn spans(&self) -> impl DoubleEndedIterator<Item = &TaskSpan> {
+    pub(crate) fn spans(&self) -> impl DoubleEndedIterator<Item = &TaskSpan> {
         self.spans.iter()
     }
 
     /// Live processes, in pid order.
-    pub fn live(&self) -> impl Iterator<Item = &Process> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Process> {
         self.live.values()
     }
 
     /// Recently exited processes, oldest first.
-    pub fn exited(&self) -> impl Iterator<Item = &Process> {
+    pub(crate) fn exited(&self) -> impl Iterator<Item = &Process> {
         self.exited.iter()
     }
 
     /// Every process with `pid`: the live one first, then exited ones, newest first.
-    pub fn by_pid(&self, pid: u32) -> Vec<&Process> {
+    pub(crate) fn by_pid(&self, pid: u32) -> Vec<&Process> {
         self.live
             .get(&pid)
             .into_iter()
@@ -39,7 +39,7 @@ impl TaskModel {
 
     /// Totals per workload (retired processes and live ones); workloads without live processes
     /// for `ttl` are dropped.
-    pub fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
+    pub(crate) fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
         let now = self.host.clocks().monotonic_ns;
         let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
         self.workloads
@@ -47,7 +47,7 @@ impl TaskModel {
     }
 
     /// Live processes any of `selectors` matches, each with its own totals.
-    pub fn selected_processes(&self, selectors: &[ProcessSelector]) -> Vec<SelectedProcess> {
+    pub(crate) fn selected_processes(&self, selectors: &[ProcessSelector]) -> Vec<SelectedProcess> {
         if selectors.is_empty() {
             return Vec::new();
         }
@@ -68,11 +68,11 @@ impl TaskModel {
             .collect()
     }
 
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.live.len()
     }
 
-    pub fn exited_count(&self) -> usize {
+    pub(crate) fn exited_count(&self) -> usize {
         self.exited.len()
     }
 }

@@ -4,7 +4,7 @@
 use regex::Regex;
 
 /// What a redacted value is replaced with.
-pub const REDACTED: &str = "[REDACTED]";
+pub(crate) const REDACTED: &str = "[REDACTED]";
 
 /// Flags whose next argument is a secret (`--password hunter2`).
 const SECRET_FLAGS: &str = r"(?i)^--?[a-z0-9_.-]*(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)$";
@@ -24,7 +24,7 @@ const BUILT_IN: [&str; 5] = [
 
 /// Redacts command-line arguments.
 #[derive(Debug, Clone)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     /// `None` only if the built-in pattern did not compile (a unit test makes sure it does).
     secret_flags: Option<Regex>,
     patterns: Vec<Regex>,
@@ -33,7 +33,7 @@ pub struct Redactor {
 impl Redactor {
     /// The built-in patterns plus `extra` (a match of an extra pattern is replaced whole, or
     /// only its `value` group if it has one).
-    pub fn new(extra: &[Regex]) -> Self {
+    pub(crate) fn new(extra: &[Regex]) -> Self {
         let patterns = BUILT_IN
             .iter()
             .filter_map(|p| Regex::new(p).ok())
@@ -46,7 +46,7 @@ impl Redactor {
     }
 
     /// The arguments with secrets replaced by [`REDACTED`].
-    pub fn redact(&self, args: Vec<String>) -> Vec<String> {
+    pub(crate) fn redact(&self, args: Vec<String>) -> Vec<String> {
         let mut out = Vec::with_capacity(args.len());
         let mut next_is_secret = false;
         for arg in args {

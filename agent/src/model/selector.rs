@@ -19,14 +19,14 @@ enum Key {
 
 /// One `--process-metrics` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessSelector {
+pub(crate) struct ProcessSelector {
     terms: Vec<(Key, String)>,
     text: String,
 }
 
 /// Why a selector is not valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SelectorError(String);
+pub(crate) struct SelectorError(String);
 
 impl fmt::Display for SelectorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,7 +94,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 
 impl ProcessSelector {
     /// Whether `process` matches every term.
-    pub fn matches(&self, process: &Process) -> bool {
+    pub(crate) fn matches(&self, process: &Process) -> bool {
         self.terms.iter().all(|(key, pattern)| match key {
             Key::Comm => glob(pattern, &process.comm),
             Key::Exe => process.exe.as_deref().is_some_and(|exe| glob(pattern, exe)),

@@ -7,16 +7,16 @@ use crate::procfs::NS_PER_TICK;
 
 /// When a running process is worth a log line (`--slow-task`, `--slow-task-runqueue-share`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SlowTaskConfig {
+pub(crate) struct SlowTaskConfig {
     /// Running longer than this.
-    pub wall: Duration,
+    pub(crate) wall: Duration,
     /// Or waiting for a CPU more than this share of its life (once it has lived 1 s).
-    pub runqueue_share: f64,
+    pub(crate) runqueue_share: f64,
 }
 
 impl SlowTaskConfig {
     /// Nothing is slow (`taskscope record`).
-    pub const NEVER: SlowTaskConfig = SlowTaskConfig {
+    pub(crate) const NEVER: SlowTaskConfig = SlowTaskConfig {
         wall: Duration::MAX,
         runqueue_share: f64::INFINITY,
     };
@@ -24,23 +24,23 @@ impl SlowTaskConfig {
 
 /// A process found slow, with where its time went.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SlowTask {
-    pub pid: u32,
-    pub comm: String,
-    pub cgroup: Option<String>,
-    pub wall_ns: u64,
-    pub on_cpu_ns: u64,
-    pub runqueue_wait_ns: u64,
+pub(crate) struct SlowTask {
+    pub(crate) pid: u32,
+    pub(crate) comm: String,
+    pub(crate) cgroup: Option<String>,
+    pub(crate) wall_ns: u64,
+    pub(crate) on_cpu_ns: u64,
+    pub(crate) runqueue_wait_ns: u64,
     /// Wall time neither on a CPU nor waiting for one (for one thread; 0 if threads overlap).
-    pub blocked_ns: u64,
-    pub ids: Option<SpanIds>,
+    pub(crate) blocked_ns: u64,
+    pub(crate) ids: Option<SpanIds>,
     /// Why: "running longer than 5m" or "waiting for a CPU 62% of the time".
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl TaskModel {
     /// Live processes that just became slow (each reported once in its life).
-    pub fn new_slow_tasks(&mut self, config: SlowTaskConfig) -> Vec<SlowTask> {
+    pub(crate) fn new_slow_tasks(&mut self, config: SlowTaskConfig) -> Vec<SlowTask> {
         let boottime = self.host.clocks().boottime_ns;
         let mono = self.collected_at_ns;
         let mut slow = Vec::new();

@@ -22,17 +22,17 @@ use super::{
 
 /// Where a span sits in its trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanIds {
-    pub trace_id: u128,
-    pub span_id: u64,
-    pub parent_span_id: Option<u64>,
+pub(crate) struct SpanIds {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    pub(crate) parent_span_id: Option<u64>,
     /// The parent is a span of another program (from `TRACEPARENT`), not a process's.
-    pub parent_is_remote: bool,
+    pub(crate) parent_is_remote: bool,
 }
 
 impl SpanIds {
     /// These ids moved into the trace a `TRACEPARENT` names, under its span.
-    pub fn joined(self, trace_id: u128, parent_span_id: u64) -> SpanIds {
+    pub(crate) fn joined(self, trace_id: u128, parent_span_id: u64) -> SpanIds {
         SpanIds {
             trace_id,
             span_id: self.span_id,
@@ -44,14 +44,14 @@ impl SpanIds {
 
 /// Makes span and trace ids.
 #[derive(Debug, Default)]
-pub struct SpanIdSource {
+pub(crate) struct SpanIdSource {
     key: RandomState,
 }
 
 impl SpanIdSource {
     /// The ids of a process started at `start_ns` (CLOCK_BOOTTIME) whose parent's ids are
     /// `parent` when the parent's start was seen too.
-    pub fn ids(&self, pid: u32, start_ns: u64, parent: Option<&SpanIds>) -> SpanIds {
+    pub(crate) fn ids(&self, pid: u32, start_ns: u64, parent: Option<&SpanIds>) -> SpanIds {
         // Never zero: an all-zero id is invalid in W3C trace context and OTLP.
         let span_id = self.key.hash_one((pid, start_ns, 0u8)) | 1;
         match parent {
@@ -91,43 +91,43 @@ fn hex64_opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
 
 /// One finished process as a span.
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskSpan {
+pub(crate) struct TaskSpan {
     #[serde(serialize_with = "hex128")]
-    pub trace_id: u128,
+    pub(crate) trace_id: u128,
     #[serde(serialize_with = "hex64")]
-    pub span_id: u64,
+    pub(crate) span_id: u64,
     #[serde(serialize_with = "hex64_opt")]
-    pub parent_span_id: Option<u64>,
+    pub(crate) parent_span_id: Option<u64>,
     /// The parent span came from `TRACEPARENT` in the process's environment.
-    pub parent_is_remote: bool,
+    pub(crate) parent_is_remote: bool,
     /// The executable's name (`comm`).
-    pub name: String,
-    pub start_unix_ns: u64,
-    pub end_unix_ns: u64,
-    pub duration_ns: u64,
+    pub(crate) name: String,
+    pub(crate) start_unix_ns: u64,
+    pub(crate) end_unix_ns: u64,
+    pub(crate) duration_ns: u64,
     /// Unix time of its (last) exec, if it exec'd.
-    pub exec_unix_ns: Option<u64>,
-    pub pid: u32,
-    pub ppid: u32,
-    pub exe: Option<String>,
-    pub command_line: Vec<String>,
-    pub uid: Option<u32>,
-    pub workload: Option<Workload>,
-    pub exit: ExitStatus,
+    pub(crate) exec_unix_ns: Option<u64>,
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+    pub(crate) exe: Option<String>,
+    pub(crate) command_line: Vec<String>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) workload: Option<Workload>,
+    pub(crate) exit: ExitStatus,
     /// Error for a non-zero exit or a fatal signal.
-    pub error: bool,
+    pub(crate) error: bool,
     /// "exit code 3", "killed by SIGTERM".
-    pub status_message: String,
-    pub time: SpanTime,
-    pub slow_syscalls: Vec<SlowSyscallView>,
+    pub(crate) status_message: String,
+    pub(crate) time: SpanTime,
+    pub(crate) slow_syscalls: Vec<SlowSyscallView>,
     /// Run-queue waits and block requests over their thresholds.
-    pub slow_waits: Vec<SlowWaitView>,
+    pub(crate) slow_waits: Vec<SlowWaitView>,
 }
 
 /// A wait over its threshold, as spans and the API show it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SlowWaitView {
+pub(crate) enum SlowWaitView {
     /// Waited this long for a CPU (`--slow-runqueue-wait`).
     RunqueueWait {
         tid: u32,
@@ -147,7 +147,7 @@ pub enum SlowWaitView {
 }
 
 impl SlowWaitView {
-    pub fn new(wait: &SlowWait, clocks: &Clocks) -> Self {
+    pub(crate) fn new(wait: &SlowWait, clocks: &Clocks) -> Self {
         match *wait {
             SlowWait::RunqueueWait {
                 tid,
@@ -177,27 +177,27 @@ impl SlowWaitView {
 
 /// Where the span's wall time went (docs/spans.md: how they add up).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct SpanTime {
+pub(crate) struct SpanTime {
     /// On a CPU, all threads.
-    pub on_cpu_ns: u64,
+    pub(crate) on_cpu_ns: u64,
     /// Runnable, waiting for a CPU, all threads.
-    pub runqueue_wait_ns: u64,
+    pub(crate) runqueue_wait_ns: u64,
     /// The rest of the duration: sleeping or blocked (for a single thread, exactly
     /// duration - on CPU - run-queue wait; never below zero).
-    pub blocked_ns: u64,
+    pub(crate) blocked_ns: u64,
     /// Completion latency of the block IO it issued (part of `blocked_ns` when it waited).
-    pub block_io_ns: u64,
-    pub syscalls: u64,
-    pub syscall_ns: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
+    pub(crate) block_io_ns: u64,
+    pub(crate) syscalls: u64,
+    pub(crate) syscall_ns: u64,
+    pub(crate) read_bytes: u64,
+    pub(crate) write_bytes: u64,
+    pub(crate) voluntary_switches: u64,
+    pub(crate) involuntary_switches: u64,
 }
 
 impl TaskSpan {
     /// The span of a retired process; `None` unless its fork and exit were both seen.
-    pub fn of(p: &Process, clocks: &Clocks) -> Option<TaskSpan> {
+    pub(crate) fn of(p: &Process, clocks: &Clocks) -> Option<TaskSpan> {
         let ids = p.span_ids?;
         let start_boot = p.start_boottime_ns?;
         let exit_mono = p.exit_time_ns?;

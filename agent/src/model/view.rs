@@ -15,110 +15,110 @@ use super::{
 use crate::{clock::Clocks, procfs::NS_PER_TICK, syscall_names::syscall_name};
 
 #[derive(Debug, Serialize)]
-pub struct ProcessView {
-    pub pid: u32,
+pub(crate) struct ProcessView {
+    pub(crate) pid: u32,
     /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22); with `pid`, the
     /// process's identity.
-    pub start_ticks: u64,
+    pub(crate) start_ticks: u64,
     /// `"<pid>-<start_ticks>"`: unique even when a pid is reused.
-    pub key: String,
-    pub ppid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cmdline: Vec<String>,
-    pub cmdline_truncated: bool,
-    pub uid: Option<u32>,
-    pub cgroup: CgroupView,
+    pub(crate) key: String,
+    pub(crate) ppid: u32,
+    pub(crate) comm: String,
+    pub(crate) exe: Option<String>,
+    pub(crate) cmdline: Vec<String>,
+    pub(crate) cmdline_truncated: bool,
+    pub(crate) uid: Option<u32>,
+    pub(crate) cgroup: CgroupView,
     /// Container, pod and systemd unit, as far as the cgroup path tells.
-    pub workload: Workload,
-    pub start_time_unix_ns: u64,
-    pub exit_time_unix_ns: Option<u64>,
+    pub(crate) workload: Workload,
+    pub(crate) start_time_unix_ns: u64,
+    pub(crate) exit_time_unix_ns: Option<u64>,
     /// `"running"` or `"exited"`.
-    pub state: &'static str,
-    pub exit: Option<ExitStatus>,
+    pub(crate) state: &'static str,
+    pub(crate) exit: Option<ExitStatus>,
     /// True when the agent saw the process start, so its accumulators cover its whole life;
     /// false for processes that were already running when the agent started.
-    pub observed_from_start: bool,
-    pub threads: ThreadsView,
-    pub sched: SchedView,
-    pub syscalls: SyscallsView,
-    pub block_io: BlockIoView,
-    pub slow_syscalls: Vec<SlowSyscallView>,
+    pub(crate) observed_from_start: bool,
+    pub(crate) threads: ThreadsView,
+    pub(crate) sched: SchedView,
+    pub(crate) syscalls: SyscallsView,
+    pub(crate) block_io: BlockIoView,
+    pub(crate) slow_syscalls: Vec<SlowSyscallView>,
     /// Run-queue waits and block requests over their thresholds (the latest 16).
-    pub slow_waits: Vec<super::span::SlowWaitView>,
+    pub(crate) slow_waits: Vec<super::span::SlowWaitView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct CgroupView {
-    pub id: Option<u64>,
-    pub path: Option<String>,
+pub(crate) struct CgroupView {
+    pub(crate) id: Option<u64>,
+    pub(crate) path: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ThreadsView {
-    pub live: usize,
-    pub started: u64,
-    pub exited: u64,
+pub(crate) struct ThreadsView {
+    pub(crate) live: usize,
+    pub(crate) started: u64,
+    pub(crate) exited: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct SchedView {
-    pub on_cpu_ns: u64,
-    pub runqueue_wait_ns: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
-    pub runqueue_latency: Vec<Bucket>,
+pub(crate) struct SchedView {
+    pub(crate) on_cpu_ns: u64,
+    pub(crate) runqueue_wait_ns: u64,
+    pub(crate) voluntary_switches: u64,
+    pub(crate) involuntary_switches: u64,
+    pub(crate) runqueue_latency: Vec<Bucket>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct SyscallsView {
-    pub count: u64,
-    pub errors: u64,
-    pub total_latency_ns: u64,
-    pub by_syscall: Vec<SyscallView>,
+pub(crate) struct SyscallsView {
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) total_latency_ns: u64,
+    pub(crate) by_syscall: Vec<SyscallView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct SyscallView {
-    pub nr: u32,
-    pub name: Option<&'static str>,
-    pub count: u64,
-    pub errors: u64,
-    pub total_latency_ns: u64,
-    pub errnos: Vec<ErrnoView>,
-    pub latency: Vec<Bucket>,
+pub(crate) struct SyscallView {
+    pub(crate) nr: u32,
+    pub(crate) name: Option<&'static str>,
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) total_latency_ns: u64,
+    pub(crate) errnos: Vec<ErrnoView>,
+    pub(crate) latency: Vec<Bucket>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ErrnoView {
-    pub errno: u32,
-    pub name: Option<&'static str>,
-    pub count: u64,
+pub(crate) struct ErrnoView {
+    pub(crate) errno: u32,
+    pub(crate) name: Option<&'static str>,
+    pub(crate) count: u64,
 }
 
 #[derive(Debug, Serialize, Default)]
-pub struct BlockIoView {
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub read_requests: u64,
-    pub write_requests: u64,
+pub(crate) struct BlockIoView {
+    pub(crate) read_bytes: u64,
+    pub(crate) write_bytes: u64,
+    pub(crate) read_requests: u64,
+    pub(crate) write_requests: u64,
     /// Flushes, discards and other non-data requests.
-    pub other_requests: u64,
-    pub total_latency_ns: u64,
+    pub(crate) other_requests: u64,
+    pub(crate) total_latency_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SlowSyscallView {
-    pub tid: u32,
-    pub nr: u32,
-    pub name: Option<&'static str>,
-    pub duration_ns: u64,
-    pub ret: i64,
-    pub time_unix_ns: u64,
+pub(crate) struct SlowSyscallView {
+    pub(crate) tid: u32,
+    pub(crate) nr: u32,
+    pub(crate) name: Option<&'static str>,
+    pub(crate) duration_ns: u64,
+    pub(crate) ret: i64,
+    pub(crate) time_unix_ns: u64,
 }
 
 impl SlowSyscallView {
-    pub fn new(s: &taskscope_common::SlowSyscallEvent, clocks: &Clocks) -> Self {
+    pub(crate) fn new(s: &taskscope_common::SlowSyscallEvent, clocks: &Clocks) -> Self {
         Self {
             tid: s.header.pid,
             nr: s.nr,
@@ -132,7 +132,7 @@ impl SlowSyscallView {
 
 impl ProcessView {
     /// `running`: tids on a CPU now, with their switch-in time (see [`Process::sched`]).
-    pub fn new(p: &Process, clocks: &Clocks, running: &HashMap<u32, u64>) -> Self {
+    pub(crate) fn new(p: &Process, clocks: &Clocks, running: &HashMap<u32, u64>) -> Self {
         let sched = p.sched(clocks.monotonic_ns, running);
         let mut block_io = BlockIoView::default();
         for (&(_, op), io) in &p.io {
@@ -226,48 +226,48 @@ impl ProcessView {
 
 /// Per-CPU and per-device figures (`/api/v1/node`).
 #[derive(Debug, Serialize)]
-pub struct NodeView {
-    pub cpus: Vec<CpuView>,
-    pub block_devices: Vec<BlockDeviceView>,
+pub(crate) struct NodeView {
+    pub(crate) cpus: Vec<CpuView>,
+    pub(crate) block_devices: Vec<BlockDeviceView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct CpuView {
-    pub cpu: usize,
+pub(crate) struct CpuView {
+    pub(crate) cpu: usize,
     /// False until the CPU's first context switch after the agent started.
-    pub observed: bool,
+    pub(crate) observed: bool,
     /// Busy and idle time since the agent started (the current period closed at the read).
-    pub busy_ns: u64,
-    pub idle_ns: u64,
+    pub(crate) busy_ns: u64,
+    pub(crate) idle_ns: u64,
     /// Closed idle periods by length: `count` periods, `idle_ns` of idle time in them.
-    pub idle_periods: Vec<IdleBucket>,
+    pub(crate) idle_periods: Vec<IdleBucket>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct IdleBucket {
-    pub below_ns: Option<u64>,
-    pub count: u64,
-    pub idle_ns: u64,
+pub(crate) struct IdleBucket {
+    pub(crate) below_ns: Option<u64>,
+    pub(crate) count: u64,
+    pub(crate) idle_ns: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct BlockDeviceView {
+pub(crate) struct BlockDeviceView {
     /// `major:minor`.
-    pub device: String,
-    pub op: String,
-    pub requests: u64,
-    pub bytes: u64,
-    pub total_latency_ns: u64,
-    pub latency: Vec<Bucket>,
+    pub(crate) device: String,
+    pub(crate) op: String,
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    pub(crate) total_latency_ns: u64,
+    pub(crate) latency: Vec<Bucket>,
 }
 
 /// `major:minor` of a kernel `dev_t` (`MAJOR << 20 | MINOR`), as in `/proc/diskstats`.
-pub fn device_name(dev: u32) -> String {
+pub(crate) fn device_name(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
 /// Name of a kernel `REQ_OP_*` value.
-pub fn block_op_name(op: u32) -> String {
+pub(crate) fn block_op_name(op: u32) -> String {
     match op {
         block_op::READ => "read".into(),
         block_op::WRITE => "write".into(),
@@ -281,7 +281,7 @@ pub fn block_op_name(op: u32) -> String {
 
 impl NodeView {
     /// `read_at_ns` is the CLOCK_MONOTONIC of the kernel read the figures come from.
-    pub fn new(
+    pub(crate) fn new(
         cpus: &[taskscope_common::CpuStats],
         devices: &[(taskscope_common::DeviceIoKey, taskscope_common::DeviceIo)],
         read_at_ns: u64,

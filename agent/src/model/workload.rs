@@ -16,7 +16,7 @@ use serde::Serialize;
 /// Kubernetes QoS class of a pod, from its cgroup slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum QosClass {
+pub(crate) enum QosClass {
     Guaranteed,
     Burstable,
     BestEffort,
@@ -24,18 +24,18 @@ pub enum QosClass {
 
 /// Who a cgroup belongs to, as far as its path tells.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// The cgroup v2 path.
-    pub cgroup: String,
+    pub(crate) cgroup: String,
     /// Full container id (64 hex digits for the common runtimes).
-    pub container_id: Option<String>,
+    pub(crate) container_id: Option<String>,
     /// `containerd`, `cri-o`, `docker` or `podman`.
-    pub runtime: Option<&'static str>,
+    pub(crate) runtime: Option<&'static str>,
     /// Kubernetes pod UID (with dashes).
-    pub pod_uid: Option<String>,
-    pub qos_class: Option<QosClass>,
+    pub(crate) pod_uid: Option<String>,
+    pub(crate) qos_class: Option<QosClass>,
     /// systemd unit (`ssh.service`, `session-3.scope`) for processes outside containers.
-    pub systemd_unit: Option<String>,
+    pub(crate) systemd_unit: Option<String>,
 }
 
 /// Container scope prefixes and their runtimes (the `*-conmon-*` helpers excluded first).
@@ -74,7 +74,7 @@ fn qos_class(component: &str) -> Option<QosClass> {
 
 impl Workload {
     /// Identifies the workload of a cgroup v2 path. Never fails: unknown layouts keep the path.
-    pub fn from_cgroup(path: &str) -> Self {
+    pub(crate) fn from_cgroup(path: &str) -> Self {
         let mut workload = Workload {
             cgroup: path.to_string(),
             ..Workload::default()
@@ -116,7 +116,7 @@ impl Workload {
     }
 
     /// The key metrics aggregate by: the container, else the cgroup.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         self.container_id.as_deref().unwrap_or(&self.cgroup)
     }
 }

@@ -71,7 +71,7 @@ enum Type {
 }
 
 /// Parsed BTF: types by id and the string section.
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<(u32, Type)>, // (name_off, type); index = id - 1
     strings: Vec<u8>,
     by_name: HashMap<(u32, String), u32>, // (kind class, name) -> id
@@ -89,7 +89,7 @@ fn u32_at(data: &[u8], at: usize, what: &'static str) -> Result<u32, BtfError> {
 
 impl Btf {
     /// Parses a little-endian BTF blob (as found in `/sys/kernel/btf/vmlinux`).
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Self, BtfError> {
         let magic = data
             .get(0..2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -222,7 +222,7 @@ impl Btf {
     }
 
     /// Byte offset of `member` in `struct strukt`, looking into anonymous structs and unions.
-    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+    pub(crate) fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self
             .by_name
             .get(&(CLASS_STRUCT, strukt.to_string()))
@@ -262,7 +262,7 @@ impl Btf {
 
     /// Number of parameters of the function-pointer typedef `name` (e.g. the
     /// `btf_trace_<tracepoint>` typedefs, whose first parameter is the tracepoint's `void *`).
-    pub fn func_typedef_params(&self, name: &str) -> Result<u32, BtfError> {
+    pub(crate) fn func_typedef_params(&self, name: &str) -> Result<u32, BtfError> {
         let id = *self
             .by_name
             .get(&(CLASS_TYPEDEF, name.to_string()))

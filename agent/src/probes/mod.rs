@@ -4,8 +4,8 @@
 //! `raw_tp` fallback (no tracefs either). The loader tries them in that order and records which
 //! one it used, or why neither worked.
 
-pub mod btf;
-pub mod offsets;
+pub(crate) mod btf;
+pub(crate) mod offsets;
 
 use std::{fmt, os::fd::AsFd, path::PathBuf};
 
@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use serde::Serialize;
-pub use taskscope_common::contract::{Hook, ProbeGroup, HOOKS};
+pub(crate) use taskscope_common::contract::{Hook, ProbeGroup, HOOKS};
 use taskscope_common::{
     contract::{globals, maps},
     Thresholds,
@@ -23,15 +23,15 @@ use taskscope_common::{
 use self::{btf::Btf, offsets::KernelOffsets};
 
 /// The compiled kernel programs.
-pub static PROBES_OBJECT: &[u8] =
+pub(crate) static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/taskscope-probes"));
 
 /// Where the running kernel publishes its BTF.
-pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// How a hook got attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum AttachType {
+pub(crate) enum AttachType {
     #[serde(rename = "tp_btf")]
     TpBtf,
     #[serde(rename = "raw_tp")]
@@ -49,44 +49,44 @@ impl fmt::Display for AttachType {
 
 /// The outcome of attaching one hook.
 #[derive(Debug, Clone, Serialize)]
-pub struct HookStatus {
-    pub tracepoint: &'static str,
-    pub group: ProbeGroup,
+pub(crate) struct HookStatus {
+    pub(crate) tracepoint: &'static str,
+    pub(crate) group: ProbeGroup,
     #[serde(skip)]
-    pub btf_program: &'static str,
+    pub(crate) btf_program: &'static str,
     #[serde(skip)]
-    pub raw_program: &'static str,
+    pub(crate) raw_program: &'static str,
     /// The attach type used, or `None` when the hook could not be attached.
-    pub attach_type: Option<AttachType>,
+    pub(crate) attach_type: Option<AttachType>,
     /// False while its group is switched off (`--disable-probes`): loaded, not attached.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Why the cheaper type (or every type) failed, if it did.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// Settings the kernel programs are loaded with.
 #[derive(Debug, Clone)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Thread group whose activity is not accounted (the agent itself).
-    pub agent_tgid: u32,
+    pub(crate) agent_tgid: u32,
     /// Syscalls, run-queue waits and block requests at least this long are reported one by
     /// one (changed later with [`Probes::set_thresholds`]).
-    pub thresholds: Thresholds,
+    pub(crate) thresholds: Thresholds,
     /// Groups loaded but left detached (see [`ProbeGroup::can_be_disabled`]).
-    pub disabled_groups: Vec<ProbeGroup>,
+    pub(crate) disabled_groups: Vec<ProbeGroup>,
     /// Send every context switch to userspace (`taskscope record` only: it costs a ring-buffer
     /// record per switch).
-    pub record_switches: bool,
+    pub(crate) record_switches: bool,
     /// Capacity of the per-task map.
-    pub max_tasks: u32,
+    pub(crate) max_tasks: u32,
     /// Capacity of the per-(process, syscall) map; the errno map gets half.
-    pub max_syscall_entries: u32,
+    pub(crate) max_syscall_entries: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    pub ring_buffer_bytes: u32,
+    pub(crate) ring_buffer_bytes: u32,
     /// Try only raw tracepoints (for testing the fallback).
-    pub force_raw_tp: bool,
+    pub(crate) force_raw_tp: bool,
     /// The running kernel's BTF ([`KERNEL_BTF`] unless the kernel publishes it elsewhere).
-    pub kernel_btf: PathBuf,
+    pub(crate) kernel_btf: PathBuf,
 }
 
 /// Why the programs could not be loaded or attached.
@@ -121,9 +121,9 @@ pub enum LoadError {
 }
 
 /// The loaded programs and maps. Dropping it detaches and unloads everything.
-pub struct Probes {
-    pub ebpf: Ebpf,
-    pub hooks: Vec<HookStatus>,
+pub(crate) struct Probes {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) hooks: Vec<HookStatus>,
     /// The link of each hook (same order as `hooks`), while attached.
     links: Vec<Option<HookLink>>,
 }
@@ -136,7 +136,7 @@ enum HookLink {
 }
 
 /// Renders a program error; for a verifier rejection, the verifier's last lines.
-pub fn describe_program_error(program: &str, err: &ProgramError) -> String {
+pub(crate) fn describe_program_error(program: &str, err: &ProgramError) -> String {
     match err {
         ProgramError::LoadError {
             io_error,
@@ -156,7 +156,7 @@ pub fn describe_program_error(program: &str, err: &ProgramError) -> String {
 
 impl Probes {
     /// Loads the kernel object with offsets from the running kernel and attaches every hook.
-    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+    pub(crate) fn load(options: &LoadOptions) -> Result<Self, LoadError> {
         let path = &options.kernel_btf;
         let btf_bytes = std::fs::read(path).map_err(|source| LoadError::NoBtf {
             path: path.clone(),
@@ -222,7 +222,7 @@ impl Probes {
     }
 
     /// Writes the reporting thresholds the programs read on every event.
-    pub fn set_thresholds(&mut self, thresholds: Thresholds) -> Result<(), aya::EbpfError> {
+    pub(crate) fn set_thresholds(&mut self, thresholds: Thresholds) -> Result<(), aya::EbpfError> {
         let map = self
             .ebpf
             .map_mut(maps::THRESHOLDS)
@@ -236,7 +236,11 @@ impl Probes {
 
     /// Attaches or detaches every hook of `group`, leaving the others as they are. Returns
     /// whether anything changed.
-    pub fn set_group_enabled(&mut self, group: ProbeGroup, enabled: bool) -> Result<bool, String> {
+    pub(crate) fn set_group_enabled(
+        &mut self,
+        group: ProbeGroup,
+        enabled: bool,
+    ) -> Result<bool, String> {
         if !group.can_be_disabled() {
             return Err(format!(
                 "the {group:?} probes cannot be switched off: the task model needs them"
@@ -300,18 +304,18 @@ impl Probes {
 
 /// Kernel run statistics of one attached program.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProgramStats {
+pub(crate) struct ProgramStats {
     /// Runs, counted only while BPF statistics are enabled.
-    pub run_cnt: u64,
+    pub(crate) run_cnt: u64,
     /// Time spent running, likewise.
-    pub run_time_ns: u64,
+    pub(crate) run_time_ns: u64,
     /// Times the kernel skipped the program because it was already running on that CPU.
-    pub recursion_misses: u64,
+    pub(crate) recursion_misses: u64,
 }
 
 impl Probes {
     /// Run statistics of every attached program, by program name.
-    pub fn program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
+    pub(crate) fn program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
         self.hooks
             .iter()
             .filter_map(|hook| {
@@ -328,14 +332,14 @@ impl Probes {
 /// Keeps the kernel's BPF run statistics on while it lives (`BPF_ENABLE_STATS`): they cost
 /// about 20 ns per program run, so they are on only when asked for.
 #[derive(Debug)]
-pub struct BpfStatsGuard {
+pub(crate) struct BpfStatsGuard {
     /// Statistics stay on while this fd is open.
     _enabled: std::os::fd::OwnedFd,
 }
 
 impl BpfStatsGuard {
     /// Turns the statistics on (`BPF_ENABLE_STATS`); they go off when the guard is dropped.
-    pub fn enable() -> std::io::Result<Self> {
+    pub(crate) fn enable() -> std::io::Result<Self> {
         let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)?;
         Ok(BpfStatsGuard { _enabled: enabled })
     }

@@ -4,11 +4,11 @@ use super::btf::{Btf, BtfError};
 
 /// Every offset the kernel programs read through, by the name of the global it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelOffsets {
+pub(crate) struct KernelOffsets {
     /// (global name, value) pairs, in a fixed order.
-    pub globals: Vec<(&'static str, u32)>,
+    pub(crate) globals: Vec<(&'static str, u32)>,
     /// Whether `sched_process_exit` passes `group_dead` (Linux 6.16+).
-    pub exit_has_group_dead: bool,
+    pub(crate) exit_has_group_dead: bool,
 }
 
 /// (global, struct, member) for every offset of a direct member.
@@ -66,7 +66,7 @@ pub enum OffsetsError {
 }
 
 impl KernelOffsets {
-    pub fn from_btf(btf: &Btf) -> Result<Self, OffsetsError> {
+    pub(crate) fn from_btf(btf: &Btf) -> Result<Self, OffsetsError> {
         let mut globals = Vec::with_capacity(MEMBERS.len() + NESTED.len());
         for (global, strukt, member) in MEMBERS {
             globals.push((*global, btf.member_offset(strukt, member)?));
