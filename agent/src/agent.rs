@@ -20,10 +20,10 @@ use crate::{
     config::RunConfig,
     control::{self, Control},
     exporters::{
+        families::{Exposition, ExpositionConfig},
         otlp::{self, OtlpConfig},
         otlp_metrics::{self, OtlpMetricsConfig},
         otlp_target::{self, OtlpFlags, Signal},
-        prometheus::{Exposition, ExpositionConfig},
     },
     health::{self, MonitorSources, SharedHealth},
     logging::LogControl,

@@ -323,6 +323,29 @@ impl Workload {
     }
 }
 
+/// Waits (at most 10 s) until `pid` is blocked (state `S` or `D` in `/proc/<pid>/stat`): a
+/// workload that said it is ready may still be on a CPU, or waiting for one, for a moment
+/// before it blocks; the kernel's figures read before that are not its final ones.
+pub fn wait_until_blocked(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        if state == "S" || state == "D" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} is still in state {state} 10 s after it said it was ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `/proc/<pid>/schedstat`: (ns on CPU, ns waiting on a run queue, timeslices).
 pub fn schedstat(pid: u32) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");

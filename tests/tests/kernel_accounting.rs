@@ -2,7 +2,8 @@
 //! with the real programs loaded into the running kernel. Run as root (`cargo xtask test`).
 
 use taskscope_e2e::{
-    assert_close, assert_count_close, monotonic_ns, proc_field, schedstat, Agent, Workload,
+    assert_close, assert_count_close, monotonic_ns, proc_field, schedstat, wait_until_blocked,
+    Agent, Workload,
 };
 
 #[test]
@@ -32,6 +33,10 @@ fn runqueue_wait_and_switches_of_competing_processes_match_the_kernel() {
             .map(|h| h.join().expect("workload"))
             .collect()
     });
+    // Each one's final figures: read once it is blocked (waiting to be told to exit).
+    for child in &children {
+        wait_until_blocked(child.pid());
+    }
     let truth: Vec<_> = children
         .iter()
         .map(|c| {

@@ -191,9 +191,14 @@ fn setup(for_tests: bool) -> Result<()> {
             .context("the nightly toolchain has no libLLVM.so.* to build bpf-linker against")?;
         let prefix = tools.join("llvm");
         std::fs::create_dir_all(prefix.join("lib"))?;
-        let link = prefix.join("lib/libLLVM.so");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &link)?;
+        // Under the name the linker is built against, and under the name bpf-linker asks the
+        // dynamic loader for (its rpath points here): without the second, running it outside
+        // rustc (which adds its own library path) fails, and this check reinstalled it each time.
+        for name in ["libLLVM.so", lib.as_str()] {
+            let link = prefix.join("lib").join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &link)?;
+        }
         let llvm_major = lib
             .trim_start_matches("libLLVM.so.")
             .split('.')

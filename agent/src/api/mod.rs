@@ -24,9 +24,11 @@ use crate::{
     collector::export::MetricsExportStats,
     collector::{Query, SpanFilter, StatusResponse},
     control::Control,
-    exporters::prometheus::{
-        to_classic, wants_openmetrics, Exposition, ExpositionConfig, CLASSIC_CONTENT_TYPE,
-        OPENMETRICS_CONTENT_TYPE,
+    exporters::{
+        families::{Exposition, ExpositionConfig},
+        prometheus::{
+            to_classic, wants_openmetrics, CLASSIC_CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE,
+        },
     },
     health::{HealthReport, SharedHealth, Status},
     metadata::{DirectoryStatus, SharedPods},

@@ -1,11 +1,11 @@
-//! The /metrics families over OTLP: every `--otlp-metrics-interval`, the exposition a scrape
-//! would get (same families, labels, series cap) is converted sample by sample into an OTLP
-//! `ExportMetricsServiceRequest` (the official protobuf types, `opentelemetry-proto`) and sent
-//! over HTTP/protobuf or gRPC. Values are cumulative, so a failed send loses nothing but that
+//! The /metrics families over OTLP: every `--otlp-metrics-interval`, the scrape /metrics
+//! would get (same families, labels, series cap; `families.rs`) is exposed straight into an
+//! OTLP `ExportMetricsServiceRequest` (the official protobuf types, `opentelemetry-proto`) and
+//! sent over HTTP/protobuf or gRPC. Values are cumulative, so a failed send loses nothing but that
 //! point in time: nothing is queued or retried, and failures are counted.
 
 use std::{
-    collections::BTreeMap,
+    fmt,
     sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
+    families::{Exposer, Exposition, ExpositionConfig, FamilyType, Number, Samples, Scrape},
     otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget},
-    prometheus::{Exposition, ExpositionConfig},
 };
 use crate::{
     cli::OtlpProtocol,
@@ -49,63 +49,6 @@ enum Client {
     Grpc(MetricsServiceClient<tonic::transport::Channel>),
 }
 
-/// A label set as (name, value) pairs.
-type Labels = Vec<(String, String)>;
-
-/// One histogram series as read from the exposition: (upper bound, cumulative count) per
-/// bucket, sum, count.
-type HistogramParts = (Vec<(f64, f64)>, f64, f64);
-
-/// One sample line of the exposition.
-#[derive(Debug, PartialEq)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-/// Parses `name{k="v",...} value` (the label values escaped as OpenMetrics escapes them).
-fn parse_sample(line: &str) -> Option<Sample> {
-    let (head, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some(open) = head.find('{') else {
-        return Some(Sample {
-            name: head.to_string(),
-            labels: Vec::new(),
-            value,
-        });
-    };
-    let name = head[..open].to_string();
-    let mut rest = head[open + 1..].strip_suffix('}')?;
-    let mut labels = Vec::new();
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.push((key.trim_start_matches(',').to_string(), value));
-        rest = after[end? + 1..].trim_start_matches(',');
-    }
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
 fn key_value(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -116,153 +59,122 @@ fn key_value(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
+fn attributes(labels: &[(&'static str, String)]) -> Vec<KeyValue> {
     labels.iter().map(|(k, v)| key_value(k, v)).collect()
 }
 
-/// Converts OpenMetrics text (as [`Exposition::encode`] makes it) into OTLP metrics: counters
-/// as cumulative monotonic sums, gauges (and info) as gauges, histograms as explicit-bucket
-/// histograms. `start_ns` is when the counters started (the agent's start).
-pub(crate) fn to_otlp(text: &str, start_ns: u64, now_ns: u64) -> Vec<Metric> {
-    let mut metrics = Vec::new();
-    let mut family: Option<(String, String, String)> = None; // (name, type, help)
-    let mut help: BTreeMap<String, String> = BTreeMap::new();
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut flush = |family: &Option<(String, String, String)>, samples: &mut Vec<Sample>| {
-        if let Some((name, kind, description)) = family {
-            if let Some(metric) = build(name, kind, description, samples, start_ns, now_ns) {
-                metrics.push(metric);
-            }
-        }
-        samples.clear();
+/// A scrape as OTLP metrics: counters as cumulative monotonic sums, gauges (and info) as
+/// gauges, histograms as explicit-bucket histograms. `start_ns` is when the counters started
+/// (the agent's start).
+pub(crate) fn to_otlp(scrape: &Scrape, start_ns: u64, now_ns: u64) -> Vec<Metric> {
+    let mut exposer = OtlpExposer {
+        metrics: Vec::new(),
+        start_ns,
+        now_ns,
     };
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            if let Some((name, text)) = rest.split_once(' ') {
-                help.insert(name.to_string(), text.to_string());
-            }
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            flush(&family, &mut samples);
-            let mut parts = rest.split_whitespace();
-            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
-                let description = help.get(name).cloned().unwrap_or_default();
-                family = Some((name.to_string(), kind.to_string(), description));
-            }
-        } else if !line.starts_with('#') {
-            if let Some(sample) = parse_sample(line) {
-                samples.push(sample);
-            }
-        }
-    }
-    flush(&family, &mut samples);
-    metrics
+    // Nothing here can fail: the converter's methods always succeed.
+    let _ = scrape.expose(&mut exposer);
+    exposer.metrics
 }
 
-fn number_point(
-    labels: &[(String, String)],
-    value: f64,
+/// Families into OTLP metrics, one `Metric` each.
+struct OtlpExposer {
+    metrics: Vec<Metric>,
     start_ns: u64,
     now_ns: u64,
-) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes: attributes(labels),
-        start_time_unix_nano: start_ns,
-        time_unix_nano: now_ns,
-        value: Some(number_data_point::Value::AsDouble(value)),
-        ..NumberDataPoint::default()
-    }
 }
 
-fn build(
-    name: &str,
-    kind: &str,
-    description: &str,
-    samples: &[Sample],
-    start_ns: u64,
-    now_ns: u64,
-) -> Option<Metric> {
-    let data = match kind {
-        "counter" => Data::Sum(Sum {
-            data_points: samples
-                .iter()
-                .filter(|s| s.name == format!("{name}_total") || s.name == name)
-                .map(|s| number_point(&s.labels, s.value, start_ns, now_ns))
-                .collect(),
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        }),
-        "gauge" | "info" => Data::Gauge(Gauge {
-            data_points: samples
-                .iter()
-                .map(|s| number_point(&s.labels, s.value, start_ns, now_ns))
-                .collect(),
-        }),
-        "histogram" => {
-            // One point per label set (without `le`): cumulative buckets back to per-bucket.
-            let mut points: BTreeMap<Labels, HistogramParts> = BTreeMap::new();
-            for s in samples {
-                let labels: Vec<(String, String)> = s
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| k != "le")
-                    .cloned()
-                    .collect();
-                let point = points.entry(labels).or_default();
-                if s.name.ends_with("_bucket") {
-                    let le = s
-                        .labels
-                        .iter()
-                        .find(|(k, _)| k == "le")
-                        .and_then(|(_, v)| v.parse::<f64>().ok())
-                        .unwrap_or(f64::INFINITY);
-                    point.0.push((le, s.value));
-                } else if s.name.ends_with("_sum") {
-                    point.1 = s.value;
-                } else if s.name.ends_with("_count") {
-                    point.2 = s.value;
-                }
-            }
-            Data::Histogram(Histogram {
-                data_points: points
-                    .into_iter()
-                    .map(|(labels, (mut buckets, sum, count))| {
-                        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-                        let mut previous = 0.0;
-                        let bucket_counts = buckets
-                            .iter()
-                            .map(|(_, cumulative)| {
-                                let n = (cumulative - previous).max(0.0) as u64;
-                                previous = *cumulative;
-                                n
-                            })
-                            .collect();
-                        HistogramDataPoint {
-                            attributes: attributes(&labels),
-                            start_time_unix_nano: start_ns,
-                            time_unix_nano: now_ns,
-                            count: count as u64,
-                            sum: Some(sum),
-                            bucket_counts,
-                            explicit_bounds: buckets
-                                .iter()
-                                .map(|b| b.0)
-                                .filter(|b| b.is_finite())
-                                .collect(),
-                            ..HistogramDataPoint::default()
-                        }
-                    })
-                    .collect(),
+impl Exposer for OtlpExposer {
+    fn family(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        family_type: FamilyType,
+        samples: &mut dyn FnMut(&mut dyn Samples) -> fmt::Result,
+    ) -> fmt::Result {
+        let mut data = match family_type {
+            FamilyType::Counter => Data::Sum(Sum {
+                data_points: Vec::new(),
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            })
+                is_monotonic: true,
+            }),
+            FamilyType::Gauge | FamilyType::Info => Data::Gauge(Gauge {
+                data_points: Vec::new(),
+            }),
+            FamilyType::Histogram => Data::Histogram(Histogram {
+                data_points: Vec::new(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+        };
+        samples(&mut OtlpSamples {
+            data: &mut data,
+            start_ns: self.start_ns,
+            now_ns: self.now_ns,
+        })?;
+        self.metrics.push(Metric {
+            name: name.to_string(),
+            description: help.to_string(),
+            data: Some(data),
+            ..Metric::default()
+        });
+        Ok(())
+    }
+}
+
+/// The points of one metric.
+struct OtlpSamples<'a> {
+    data: &'a mut Data,
+    start_ns: u64,
+    now_ns: u64,
+}
+
+impl Samples for OtlpSamples<'_> {
+    fn number(&mut self, labels: &[(&'static str, String)], value: Number) -> fmt::Result {
+        let point = NumberDataPoint {
+            attributes: attributes(labels),
+            start_time_unix_nano: self.start_ns,
+            time_unix_nano: self.now_ns,
+            value: Some(number_data_point::Value::AsDouble(value.as_f64())),
+            ..NumberDataPoint::default()
+        };
+        match self.data {
+            Data::Sum(sum) => sum.data_points.push(point),
+            Data::Gauge(gauge) => gauge.data_points.push(point),
+            _ => return Err(fmt::Error),
         }
-        _ => return None,
-    };
-    Some(Metric {
-        name: name.to_string(),
-        description: description.to_string(),
-        data: Some(data),
-        ..Metric::default()
-    })
+        Ok(())
+    }
+
+    fn histogram(
+        &mut self,
+        labels: &[(&'static str, String)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) -> fmt::Result {
+        let Data::Histogram(histogram) = self.data else {
+            return Err(fmt::Error);
+        };
+        histogram.data_points.push(HistogramDataPoint {
+            attributes: attributes(labels),
+            start_time_unix_nano: self.start_ns,
+            time_unix_nano: self.now_ns,
+            count,
+            sum: Some(sum),
+            bucket_counts: buckets.iter().map(|b| b.1).collect(),
+            explicit_bounds: buckets
+                .iter()
+                .map(|b| b.0)
+                .filter(|b| b.is_finite())
+                .collect(),
+            ..HistogramDataPoint::default()
+        });
+        Ok(())
+    }
+
+    fn info(&mut self, labels: &[(&'static str, String)]) -> fmt::Result {
+        self.number(labels, Number::Unsigned(1))
+    }
 }
 
 fn unix_now_ns() -> u64 {
@@ -338,10 +250,16 @@ async fn export_loop(
         };
         let exposition = Arc::clone(&exposition);
         let exposition_config = config.exposition;
-        let text = tokio::task::spawn_blocking(move || {
+        let metrics = tokio::task::spawn_blocking(move || {
             exposition
                 .lock()
-                .map(|mut e| e.encode(snapshot, exposition_config))
+                .map(|mut e| {
+                    let started = std::time::Instant::now();
+                    let scrape = e.scrape(snapshot, exposition_config);
+                    let metrics = to_otlp(&scrape, start_ns, unix_now_ns());
+                    e.previous_scrape_seconds = started.elapsed().as_secs_f64();
+                    metrics
+                })
                 .unwrap_or_default()
         })
         .await
@@ -355,41 +273,13 @@ async fn export_loop(
                         version: env!("CARGO_PKG_VERSION").into(),
                         ..InstrumentationScope::default()
                     }),
-                    metrics: to_otlp(&text, start_ns, unix_now_ns()),
+                    metrics,
                     ..ScopeMetrics::default()
                 }],
                 ..ResourceMetrics::default()
             }],
         };
-        let result: Result<(), String> = match &mut client {
-            Client::Http(client) => {
-                let mut post = client
-                    .post(&target.url)
-                    .header("content-type", "application/x-protobuf");
-                for (name, value) in &target.headers {
-                    post = post.header(name, value);
-                }
-                post.body(request.encode_to_vec())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| {
-                        r.status()
-                            .is_success()
-                            .then_some(())
-                            .ok_or_else(|| format!("HTTP {}", r.status()))
-                    })
-            }
-            Client::Grpc(client) => {
-                let mut request = tonic::Request::new(request);
-                *request.metadata_mut() = metadata.clone();
-                client
-                    .export(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        };
+        let result = send(&mut client, target, &metadata, request).await;
         match result {
             Ok(()) => {
                 stats.exported_requests.fetch_add(1, Ordering::Relaxed);
@@ -409,45 +299,105 @@ async fn export_loop(
     }
 }
 
+/// Sends one request to the collector.
+async fn send(
+    client: &mut Client,
+    target: &SignalTarget,
+    metadata: &tonic::metadata::MetadataMap,
+    request: ExportMetricsServiceRequest,
+) -> Result<(), String> {
+    match client {
+        Client::Http(client) => {
+            let mut post = client
+                .post(&target.url)
+                .header("content-type", "application/x-protobuf");
+            for (name, value) in &target.headers {
+                post = post.header(name, value);
+            }
+            post.body(request.encode_to_vec())
+                .send()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    r.status()
+                        .is_success()
+                        .then_some(())
+                        .ok_or_else(|| format!("HTTP {}", r.status()))
+                })
+        }
+        Client::Grpc(client) => {
+            let mut request = tonic::Request::new(request);
+            *request.metadata_mut() = metadata.clone();
+            client
+                .export(request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn samples_with_escaped_labels_parse() {
-        assert_eq!(
-            parse_sample(r#"taskscope_x_total{a="1",b="q\"uo\\te"} 2.5"#),
-            Some(Sample {
-                name: "taskscope_x_total".into(),
-                labels: vec![("a".into(), "1".into()), ("b".into(), "q\"uo\\te".into())],
-                value: 2.5
-            })
-        );
-        assert_eq!(parse_sample("up 1").map(|s| s.value), Some(1.0));
-        assert_eq!(parse_sample("garbage"), None);
-    }
+    use crate::{
+        exporters::families::ExpositionConfig,
+        model::{aggregate::WorkloadTotals, snapshot::MetricsSnapshot, workload::Workload},
+    };
 
     #[test]
     fn families_become_sums_gauges_and_histograms() {
-        let text = "# HELP c Things.\n# TYPE c counter\nc_total{w=\"a\"} 3\n# TYPE g gauge\ng 7\n# TYPE h histogram\nh_bucket{w=\"a\",le=\"1.0\"} 2\nh_bucket{w=\"a\",le=\"2.0\"} 5\nh_bucket{w=\"a\",le=\"+Inf\"} 6\nh_sum{w=\"a\"} 9.5\nh_count{w=\"a\"} 6\n# EOF\n";
-        let metrics = to_otlp(text, 1, 2);
-        assert_eq!(metrics.len(), 3);
-        let Some(Data::Sum(sum)) = &metrics[0].data else {
+        let mut totals = WorkloadTotals::default();
+        totals.sched.on_cpu_ns = 3_000_000_000;
+        totals.sched.runqueue_hist[11] = 2; // below 4.096 µs
+        totals.sched.runqueue_hist[20] = 3; // below 1.048576 ms
+        totals.sched.runqueue_wait_ns = 9_500;
+        let mut snapshot = MetricsSnapshot::default();
+        snapshot
+            .workloads
+            .push((Workload::from_cgroup("/w"), totals));
+        let config = ExpositionConfig {
+            max_series: 10_000,
+            top_syscalls: 5,
+        };
+        let scrape = Exposition::default().scrape(snapshot, config);
+        let metrics = to_otlp(&scrape, 1, 2);
+        let find = |name: &str| {
+            metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let cpu = find("taskscope_cpu_seconds");
+        let Some(Data::Sum(sum)) = &cpu.data else {
             panic!("sum")
         };
         assert!(sum.is_monotonic);
-        assert_eq!(metrics[0].description, "Things.");
+        assert!(cpu
+            .description
+            .starts_with("Time the workload's tasks spent on a CPU"));
         assert_eq!(
             sum.data_points[0].value,
             Some(number_data_point::Value::AsDouble(3.0))
         );
-        let Some(Data::Histogram(h)) = &metrics[2].data else {
+        assert_eq!(sum.data_points[0].attributes.len(), 5);
+        let runq = find("taskscope_runqueue_latency_seconds");
+        let Some(Data::Histogram(h)) = &runq.data else {
             panic!("histogram")
         };
         let point = &h.data_points[0];
-        assert_eq!(point.explicit_bounds, vec![1.0, 2.0]);
-        assert_eq!(point.bucket_counts, vec![2, 3, 1]);
-        assert_eq!((point.count, point.sum), (6, Some(9.5)));
-        assert_eq!(point.attributes.len(), 1);
+        assert_eq!(point.explicit_bounds.len(), point.bucket_counts.len() - 1);
+        assert_eq!(point.bucket_counts[1], 2); // (1.024 µs, 4.096 µs]
+        assert_eq!(point.bucket_counts[5], 3); // (262 µs, 1.048576 ms]
+        assert_eq!(point.count, 5);
+        assert!(
+            (point.sum.unwrap_or(0.0) - 9.5e-6).abs() < 1e-15,
+            "{:?}",
+            point.sum
+        );
+        let Some(Data::Gauge(build)) = &find("taskscope_build").data else {
+            panic!("gauge")
+        };
+        assert_eq!(build.data_points[0].attributes[0].key, "version");
     }
 }
