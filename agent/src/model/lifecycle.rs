@@ -184,8 +184,10 @@ impl TaskModel {
         let cgroup_path = self.host.cgroup_path(exec.cgroup_id, tgid);
         let polls = self.polls;
         let cmdline = self.config.redactor.redact(exec.args);
-        // Read while the process runs (a very short one may be gone: it keeps its trace).
-        let traceparent = if self.config.join_traceparent {
+        // Read while the process runs (a very short one may be gone: it keeps its trace), and
+        // only for a process with a place in a trace to change.
+        let joins = self.live.get(&tgid).is_some_and(|p| p.span_ids.is_some());
+        let traceparent = if self.config.join_traceparent && joins {
             self.host.traceparent(tgid)
         } else {
             None

@@ -62,8 +62,9 @@ pub fn on_exec(ctx: *const u64) {
     let bprm = arg(ctx, 2);
     // Filled in place: the event is larger than the BPF stack.
     send_with(|entry: &mut MaybeUninit<ExecEvent>| {
-        // SAFETY: every field is written below before the entry is submitted; ExecEvent is plain
-        // integers (any bit pattern is valid).
+        // SAFETY: the entry is reserved for an ExecEvent, which is plain integers and byte arrays
+        // (any bit pattern is valid). Every field is written below; of `filename` and `args`
+        // only the first `filename_len` and `args_len` bytes are, and the reader reads no more.
         let event = unsafe { &mut *entry.as_mut_ptr() };
         event.header = header(event_kind::EXEC, pid, tgid);
         event.old_pid = old_pid;

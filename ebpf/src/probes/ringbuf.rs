@@ -13,9 +13,10 @@ use taskscope_common::{EventHeader, Loss};
 
 use super::kernel::count_loss;
 
-/// Lifecycle and over-threshold events. Its size is set by the loader.
+/// Lifecycle and over-threshold events. Its size is set by the loader. Private: every event
+/// goes through [`send_with`].
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Pending bytes from which a submit wakes the reader (set by the loader to a fraction of the
 /// ring). Below it the reader is not woken: it drains on its own timer. A wakeup is an
