@@ -18,7 +18,7 @@ impl TaskModel {
         self.spans.iter()
     }
 
-    /// Live processes, in pid order.
+    /// Live processes, in no particular order.
     pub(crate) fn live(&self) -> impl Iterator<Item = &Process> {
         self.live.values()
     }
