@@ -325,37 +325,41 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         thresholds_tx,
     )));
 
-    let mut server_shutdown = shutdown_rx;
-    let server = axum::serve(
-        listener,
-        api::router(ApiState {
-            queries: queries_tx,
-            exposition: Arc::new(Mutex::new(
-                Exposition::new(
-                    CgroupMemoryReader::from_mounts(&mountinfo()),
-                    Arc::clone(&pods),
-                )
-                .with_health(Arc::clone(&health)),
-            )),
-            pods,
-            exposition_config,
-            otlp_metrics,
-            health,
-            control: Arc::clone(&control),
-            admin_token,
-            api_auth: args.api_auth,
-            poll_interval: args.poll_interval,
-            health_interval: args.health_interval,
-        }),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = server_shutdown.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let state = ApiState {
+        queries: queries_tx,
+        exposition: Arc::new(Mutex::new(
+            Exposition::new(
+                CgroupMemoryReader::from_mounts(&mountinfo()),
+                Arc::clone(&pods),
+            )
+            .with_health(Arc::clone(&health)),
+        )),
+        pods,
+        exposition_config,
+        otlp_metrics,
+        health,
+        control: Arc::clone(&control),
+        admin_token,
+        api_auth: args.api_auth,
+        poll_interval: args.poll_interval,
+        health_interval: args.health_interval,
+    };
+    let server = serve(listener, state, shutdown_rx);
     info!(listen = %args.listen, "taskscope is running");
 
     let stopped_early = wait_for_stop(&mut signals, &control, &mut collector).await;
-    let _ = shutdown_tx.send(true);
+    shut_down(shutdown_tx, stopped_early, collector, server).await
+}
+
+/// Tells every task to stop and waits for the collector (which detaches the programs) and the
+/// server; an error when the collector had stopped on its own.
+async fn shut_down<T>(
+    shutdown: watch::Sender<bool>,
+    stopped_early: bool,
+    collector: tokio::task::JoinHandle<T>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), RunError> {
+    let _ = shutdown.send(true);
     if !stopped_early {
         // The collector owns the programs: when it returns, they are detached and unloaded.
         let _ = collector.await;
@@ -368,6 +372,18 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         return Err(RunError::CollectorStopped);
     }
     Ok(())
+}
+
+/// Serves the API until `shutdown` says stop.
+fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    });
+    tokio::spawn(async move { server.await })
 }
 
 /// Starts the OTLP span exporter when an endpoint is configured.

@@ -626,96 +626,15 @@ fn judge_workloads(
     let mut out = Vec::new();
     for (workload, totals) in now.iter().take(MAX_WORKLOADS) {
         let before = previous.get(&workload.cgroup);
-        let mut states = BTreeMap::new();
-
-        let runqueue = histogram::delta(
-            &totals.sched.runqueue_hist,
-            before.map(|b| &b.sched.runqueue_hist),
-        );
-        let runqueue_samples: u64 = runqueue.iter().sum();
-        if runqueue_samples >= t.min_samples {
-            if let Some(p99) = histogram::quantile_ns(&runqueue, 0.99) {
-                if p99 > t.starved_runqueue_p99.as_nanos() as u64 {
-                    states.insert(
-                        WorkloadState::Starved,
-                        format!(
-                            "run-queue latency p99 < {} over {runqueue_samples} waits (limit {})",
-                            ms(p99),
-                            ms(t.starved_runqueue_p99.as_nanos() as u64)
-                        ),
-                    );
-                }
-            }
-        }
-
-        let (calls, errors) = totals
-            .syscalls
-            .iter()
-            .fold((0u64, 0u64), |(c, e), (nr, s)| {
-                let b = before.and_then(|b| b.syscalls.get(nr));
-                (
-                    c + s.count.saturating_sub(b.map_or(0, |b| b.count)),
-                    e + s.errors.saturating_sub(b.map_or(0, |b| b.errors)),
-                )
-            });
-        let failed_exits = (totals.exited_failure + totals.exited_signal)
-            .saturating_sub(before.map_or(0, |b| b.exited_failure + b.exited_signal));
-        let mut failing = Vec::new();
-        if calls >= t.min_syscalls && errors as f64 / calls as f64 >= t.failing_syscall_error_ratio
-        {
-            failing.push(format!(
-                "{errors} of {calls} syscalls failed ({:.0}%, limit {:.0}%)",
-                errors as f64 * 100.0 / calls as f64,
-                t.failing_syscall_error_ratio * 100.0
-            ));
-        }
-        if failed_exits >= t.failing_exits {
-            failing.push(format!(
-                "{failed_exits} processes exited with failure (limit {})",
-                t.failing_exits
-            ));
-        }
-        if !failing.is_empty() {
-            states.insert(WorkloadState::Failing, failing.join("; "));
-        }
-
-        let mut io = [0u64; HIST_BUCKETS];
-        for (key, now_io) in &totals.io {
-            let d = histogram::delta(
-                &now_io.latency_hist,
-                before.and_then(|b| b.io.get(key)).map(|b| &b.latency_hist),
-            );
-            histogram::add(&mut io, &d);
-        }
-        let io_samples: u64 = io.iter().sum();
-        if io_samples >= t.min_samples {
-            if let Some(p99) = histogram::quantile_ns(&io, 0.99) {
-                if p99 > t.io_latency_p99.as_nanos() as u64 {
-                    states.insert(
-                        WorkloadState::IoBound,
-                        format!(
-                            "block IO latency p99 < {} over {io_samples} requests (limit {})",
-                            ms(p99),
-                            ms(t.io_latency_p99.as_nanos() as u64)
-                        ),
-                    );
-                }
-            }
-        }
-
-        let started = totals
-            .started
-            .saturating_sub(before.map_or(0, |b| b.started));
-        let rate = started as f64 / window.as_secs_f64().max(1e-3);
-        if rate > t.churn_starts_per_second {
-            states.insert(
-                WorkloadState::Churning,
-                format!(
-                    "{rate:.0} processes started per second (limit {})",
-                    t.churn_starts_per_second
-                ),
-            );
-        }
+        let states: BTreeMap<WorkloadState, String> = [
+            (WorkloadState::Starved, starved(totals, before, t)),
+            (WorkloadState::Failing, failing(totals, before, t)),
+            (WorkloadState::IoBound, io_bound(totals, before, t)),
+            (WorkloadState::Churning, churning(totals, before, window, t)),
+        ]
+        .into_iter()
+        .filter_map(|(state, why)| Some((state, why?)))
+        .collect();
         if !states.is_empty() {
             out.push(WorkloadHealth {
                 workload: workload.clone(),
@@ -724,6 +643,112 @@ fn judge_workloads(
         }
     }
     out
+}
+
+/// Why the workload is starved for CPU since `before`: its run-queue latency p99 over the limit.
+fn starved(
+    totals: &WorkloadTotals,
+    before: Option<&WorkloadTotals>,
+    t: &HealthThresholds,
+) -> Option<String> {
+    let runqueue = histogram::delta(
+        &totals.sched.runqueue_hist,
+        before.map(|b| &b.sched.runqueue_hist),
+    );
+    let runqueue_samples: u64 = runqueue.iter().sum();
+    if runqueue_samples < t.min_samples {
+        return None;
+    }
+    let p99 = histogram::quantile_ns(&runqueue, 0.99)?;
+    (p99 > t.starved_runqueue_p99.as_nanos() as u64).then(|| {
+        format!(
+            "run-queue latency p99 < {} over {runqueue_samples} waits (limit {})",
+            ms(p99),
+            ms(t.starved_runqueue_p99.as_nanos() as u64)
+        )
+    })
+}
+
+/// Why the workload is failing since `before`: too many failed syscalls or failed processes.
+fn failing(
+    totals: &WorkloadTotals,
+    before: Option<&WorkloadTotals>,
+    t: &HealthThresholds,
+) -> Option<String> {
+    let (calls, errors) = totals
+        .syscalls
+        .iter()
+        .fold((0u64, 0u64), |(c, e), (nr, s)| {
+            let b = before.and_then(|b| b.syscalls.get(nr));
+            (
+                c + s.count.saturating_sub(b.map_or(0, |b| b.count)),
+                e + s.errors.saturating_sub(b.map_or(0, |b| b.errors)),
+            )
+        });
+    let failed_exits = (totals.exited_failure + totals.exited_signal)
+        .saturating_sub(before.map_or(0, |b| b.exited_failure + b.exited_signal));
+    let mut failing = Vec::new();
+    if calls >= t.min_syscalls && errors as f64 / calls as f64 >= t.failing_syscall_error_ratio {
+        failing.push(format!(
+            "{errors} of {calls} syscalls failed ({:.0}%, limit {:.0}%)",
+            errors as f64 * 100.0 / calls as f64,
+            t.failing_syscall_error_ratio * 100.0
+        ));
+    }
+    if failed_exits >= t.failing_exits {
+        failing.push(format!(
+            "{failed_exits} processes exited with failure (limit {})",
+            t.failing_exits
+        ));
+    }
+    (!failing.is_empty()).then(|| failing.join("; "))
+}
+
+/// Why the workload is IO-bound since `before`: its block IO latency p99 over the limit.
+fn io_bound(
+    totals: &WorkloadTotals,
+    before: Option<&WorkloadTotals>,
+    t: &HealthThresholds,
+) -> Option<String> {
+    let mut io = [0u64; HIST_BUCKETS];
+    for (key, now_io) in &totals.io {
+        let d = histogram::delta(
+            &now_io.latency_hist,
+            before.and_then(|b| b.io.get(key)).map(|b| &b.latency_hist),
+        );
+        histogram::add(&mut io, &d);
+    }
+    let io_samples: u64 = io.iter().sum();
+    if io_samples < t.min_samples {
+        return None;
+    }
+    let p99 = histogram::quantile_ns(&io, 0.99)?;
+    (p99 > t.io_latency_p99.as_nanos() as u64).then(|| {
+        format!(
+            "block IO latency p99 < {} over {io_samples} requests (limit {})",
+            ms(p99),
+            ms(t.io_latency_p99.as_nanos() as u64)
+        )
+    })
+}
+
+/// Why the workload is churning since `before`: more processes started per second than the limit.
+fn churning(
+    totals: &WorkloadTotals,
+    before: Option<&WorkloadTotals>,
+    window: Duration,
+    t: &HealthThresholds,
+) -> Option<String> {
+    let started = totals
+        .started
+        .saturating_sub(before.map_or(0, |b| b.started));
+    let rate = started as f64 / window.as_secs_f64().max(1e-3);
+    (rate > t.churn_starts_per_second).then(|| {
+        format!(
+            "{rate:.0} processes started per second (limit {})",
+            t.churn_starts_per_second
+        )
+    })
 }
 
 #[cfg(test)]

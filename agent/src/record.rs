@@ -72,50 +72,8 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
     if !missing.is_empty() {
         return Err(RecordError::Capabilities(missing.join(" and ")));
     }
-    let probes = Probes::load(&LoadOptions {
-        agent_tgid: std::process::id(),
-        thresholds: Thresholds {
-            slow_syscall_ns: 100_000_000,
-            slow_runqueue_wait_ns: 50_000_000,
-            slow_io_ns: 100_000_000,
-        },
-        disabled_groups: Vec::new(),
-        record_switches: true,
-        max_tasks: 32768,
-        max_syscall_entries: 16384,
-        ring_buffer_bytes: 16 << 20,
-        force_raw_tp: false,
-        kernel_btf: args.kernel.kernel_btf.clone(),
-    })?;
     let poll_interval = std::time::Duration::from_millis(200);
-    let model = TaskModel::new(
-        ModelConfig {
-            cpu_window: poll_interval,
-            ..ModelConfig::default()
-        },
-        Box::new(SystemHost::new(CgroupResolver::new(cgroup2_mount()))),
-    );
-    let collector = Collector::new(
-        probes,
-        model,
-        CollectorConfig {
-            poll_interval,
-            max_staleness: std::time::Duration::from_millis(100),
-            drain_interval: std::time::Duration::from_millis(50),
-            series_ttl: std::time::Duration::from_secs(300),
-            process_selectors: Vec::new(),
-            span_sink: None,
-            sampling: SamplingConfig {
-                ratio: 1.0,
-                slow_span: std::time::Duration::from_secs(10),
-                max_per_second: 0,
-                max_pending: 0,
-                max_wait: std::time::Duration::ZERO,
-            },
-            record_switches: true,
-            slow_task: crate::model::SlowTaskConfig::NEVER,
-        },
-    )?;
+    let collector = recording_collector(args, poll_interval)?;
     let (queries, queries_rx) = mpsc::channel(8);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let collector = tokio::spawn(collector.run(queries_rx, shutdown_rx));
@@ -175,6 +133,57 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
         spans: in_window.len(),
         spans_output,
     })
+}
+
+/// The programs loaded with the switch recorder on, and a collector of their own (thresholds
+/// as `run`'s defaults, every span kept).
+fn recording_collector(
+    args: &RecordArgs,
+    poll_interval: std::time::Duration,
+) -> Result<Collector, RecordError> {
+    let probes = Probes::load(&LoadOptions {
+        agent_tgid: std::process::id(),
+        thresholds: Thresholds {
+            slow_syscall_ns: 100_000_000,
+            slow_runqueue_wait_ns: 50_000_000,
+            slow_io_ns: 100_000_000,
+        },
+        disabled_groups: Vec::new(),
+        record_switches: true,
+        max_tasks: 32768,
+        max_syscall_entries: 16384,
+        ring_buffer_bytes: 16 << 20,
+        force_raw_tp: false,
+        kernel_btf: args.kernel.kernel_btf.clone(),
+    })?;
+    let model = TaskModel::new(
+        ModelConfig {
+            cpu_window: poll_interval,
+            ..ModelConfig::default()
+        },
+        Box::new(SystemHost::new(CgroupResolver::new(cgroup2_mount()))),
+    );
+    Ok(Collector::new(
+        probes,
+        model,
+        CollectorConfig {
+            poll_interval,
+            max_staleness: std::time::Duration::from_millis(100),
+            drain_interval: std::time::Duration::from_millis(50),
+            series_ttl: std::time::Duration::from_secs(300),
+            process_selectors: Vec::new(),
+            span_sink: None,
+            sampling: SamplingConfig {
+                ratio: 1.0,
+                slow_span: std::time::Duration::from_secs(10),
+                max_per_second: 0,
+                max_pending: 0,
+                max_wait: std::time::Duration::ZERO,
+            },
+            record_switches: true,
+            slow_task: crate::model::SlowTaskConfig::NEVER,
+        },
+    )?)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {

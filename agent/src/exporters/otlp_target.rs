@@ -90,27 +90,51 @@ pub(crate) fn resolve(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<SignalTarget>, TargetError> {
     let (upper, path) = signal.names();
-    let var = |suffix: &str| -> (String, Option<String>) {
-        let signal_var = format!("OTEL_EXPORTER_OTLP_{upper}_{suffix}");
-        match env(&signal_var).filter(|v| !v.trim().is_empty()) {
-            Some(value) => (signal_var, Some(value)),
-            None => {
-                let general = format!("OTEL_EXPORTER_OTLP_{suffix}");
-                let value = env(&general).filter(|v| !v.trim().is_empty());
-                (general, value)
-            }
-        }
-    };
-
     let protocol = match flags.protocol {
         Some(protocol) => protocol,
-        None => match var("PROTOCOL") {
+        None => match setting(env, upper, "PROTOCOL") {
             (_, None) => OtlpProtocol::HttpProtobuf,
             (name, Some(value)) => parse_protocol(&name, &value)?,
         },
     };
+    let Some(url) = resolve_url(upper, path, protocol, flags, env)? else {
+        return Ok(None);
+    };
+    Ok(Some(SignalTarget {
+        url,
+        protocol,
+        headers: resolve_headers(upper, flags, env)?,
+        tls: resolve_tls(upper, flags, env)?,
+    }))
+}
 
-    // A base URL gets the signal's path (HTTP); a signal's own variable is a full URL.
+/// A setting from the signal's own variable (`OTEL_EXPORTER_OTLP_{SIGNAL}_{suffix}`), else the
+/// general one (`OTEL_EXPORTER_OTLP_{suffix}`): the variable's name and its value, if set.
+fn setting(
+    env: &dyn Fn(&str) -> Option<String>,
+    upper: &str,
+    suffix: &str,
+) -> (String, Option<String>) {
+    let signal_var = format!("OTEL_EXPORTER_OTLP_{upper}_{suffix}");
+    match env(&signal_var).filter(|v| !v.trim().is_empty()) {
+        Some(value) => (signal_var, Some(value)),
+        None => {
+            let general = format!("OTEL_EXPORTER_OTLP_{suffix}");
+            let value = env(&general).filter(|v| !v.trim().is_empty());
+            (general, value)
+        }
+    }
+}
+
+/// The collector's URL for the signal, `None` when no endpoint is configured. A base URL gets
+/// the signal's path (HTTP); a signal's own variable is a full URL.
+fn resolve_url(
+    upper: &str,
+    path: &str,
+    protocol: OtlpProtocol,
+    flags: &OtlpFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, TargetError> {
     let (url, url_source) = if let Some(base) = flags.endpoint.as_ref().filter(|e| !e.is_empty()) {
         (with_signal_path(base, path, protocol), "--otlp-endpoint")
     } else {
@@ -138,6 +162,16 @@ pub(crate) fn resolve(
         ));
     }
 
+    Ok(Some(url))
+}
+
+/// The headers: `OTEL_EXPORTER_OTLP_HEADERS`, then the signal's, then `--otlp-header`, each
+/// replacing a header of the same name.
+fn resolve_headers(
+    upper: &str,
+    flags: &OtlpFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, TargetError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     for name in [
         "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
@@ -153,11 +187,20 @@ pub(crate) fn resolve(
         merge_header(&mut headers, (name.to_ascii_lowercase(), value.clone()));
     }
 
+    Ok(headers)
+}
+
+/// The CA and the client identity: from the flags, else the variables.
+fn resolve_tls(
+    upper: &str,
+    flags: &OtlpFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TlsFiles, TargetError> {
     let file = |flag: &Option<PathBuf>, flag_name: &str, suffix: &str| {
         let (name, path) = match flag {
             Some(path) => (flag_name.to_string(), Some(path.clone())),
             None => {
-                let (name, value) = var(suffix);
+                let (name, value) = setting(env, upper, suffix);
                 (name, value.map(PathBuf::from))
             }
         };
@@ -189,15 +232,10 @@ pub(crate) fn resolve(
             "a client certificate needs its key and a key its certificate: give both or neither",
         )),
     };
-    Ok(Some(SignalTarget {
-        url,
-        protocol,
-        headers,
-        tls: TlsFiles {
-            ca_pem,
-            client_identity,
-        },
-    }))
+    Ok(TlsFiles {
+        ca_pem,
+        client_identity,
+    })
 }
 
 fn parse_protocol(source_name: &str, value: &str) -> Result<OtlpProtocol, TargetError> {

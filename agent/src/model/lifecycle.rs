@@ -1,7 +1,10 @@
 //! The process lifecycle: processes found in /proc at start, then fork, exec and exit events,
 //! slow-wait reports, and the cgroup a process is in.
 
-use taskscope_common::decode::{c_string, Event, Exec, ExecCounters};
+use taskscope_common::{
+    decode::{c_string, Event, Exec, ExecCounters},
+    ExitEvent, ForkEvent,
+};
 
 use super::{
     aggregate::WorkloadTotals,
@@ -66,76 +69,9 @@ impl TaskModel {
     pub(crate) fn apply_event(&mut self, event: Event, forget: &mut Forget) {
         self.counters.events += 1;
         match event {
-            Event::Fork(fork) => {
-                let pid = fork.header.pid;
-                let tgid = fork.header.tgid;
-                if fork.is_thread != 0 {
-                    if let Some(process) = self.live_or_proc(tgid) {
-                        process.threads.entry(pid).or_default();
-                        process.threads_started += 1;
-                    }
-                    return;
-                }
-                let start_ticks = fork.start_boottime_ns / NS_PER_TICK;
-                if let Some(existing) = self.live.get_mut(&pid) {
-                    let found_by_scan = existing.exit.is_none() && !existing.observed_from_start;
-                    if found_by_scan && existing.start_ticks == start_ticks {
-                        // Found by the /proc scan after the fork (the agent was starting):
-                        // the same process, seen from its start after all, so it gets a span.
-                        existing.observed_from_start = true;
-                        existing.start_boottime_ns = Some(fork.start_boottime_ns);
-                        let parent_ids = self.live.get(&fork.parent_tgid).and_then(|p| p.span_ids);
-                        let ids =
-                            self.span_ids
-                                .ids(pid, fork.start_boottime_ns, parent_ids.as_ref());
-                        if let Some(existing) = self.live.get_mut(&pid) {
-                            existing.span_ids = Some(ids);
-                        }
-                        self.counters.processes_started += 1;
-                        return;
-                    }
-                    // The pid was reused: its previous owner is gone.
-                    self.retire(pid, forget);
-                }
-                let parent = self.live.get(&fork.parent_tgid);
-                let mut process = Process::new(pid, start_ticks);
-                let parent_ids = parent.and_then(|p| p.span_ids);
-                process.span_ids = Some(self.span_ids.ids(
-                    pid,
-                    fork.start_boottime_ns,
-                    parent_ids.as_ref(),
-                ));
-                process.start_boottime_ns = Some(fork.start_boottime_ns);
-                process.ppid = fork.parent_tgid;
-                process.comm = c_string(&fork.comm);
-                process.exe = parent.and_then(|p| p.exe.clone());
-                process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
-                process.uid = Some(fork.uid);
-                process.cgroup_id = Some(fork.cgroup_id);
-                process.cgroup_path = self.host.cgroup_path(fork.cgroup_id, pid);
-                process.observed_from_start = true;
-                process.threads.insert(pid, Thread::default());
-                process.threads_started = 1;
-                self.counters.processes_started += 1;
-                self.insert_live(process);
-            }
+            Event::Fork(fork) => self.apply_fork(fork, forget),
             Event::Exec(exec) => self.apply_exec(*exec),
-            Event::Exit(exit) => {
-                let polls = self.polls;
-                let Some(process) = self.live.get_mut(&exit.header.tgid) else {
-                    return;
-                };
-                process
-                    .threads
-                    .entry(exit.header.pid)
-                    .or_default()
-                    .exited_after_poll = Some(polls);
-                if exit.group_dead != 0 {
-                    process.exit = Some(ExitStatus::from_raw(exit.exit_code));
-                    process.exit_time_ns = Some(exit.header.ts_ns);
-                    process.exit_seen_after_poll = Some(polls);
-                }
-            }
+            Event::Exit(exit) => self.apply_exit(exit),
             Event::SlowSyscall(slow) => {
                 let max = self.config.max_slow_syscalls;
                 if let Some(process) = self.live.get_mut(&slow.header.tgid) {
@@ -165,6 +101,79 @@ impl TaskModel {
                     latency_ns: slow.latency_ns,
                 },
             ),
+        }
+    }
+
+    /// A new process (or a new thread of a known one); a reused pid retires its previous owner.
+    fn apply_fork(&mut self, fork: ForkEvent, forget: &mut Forget) {
+        let pid = fork.header.pid;
+        let tgid = fork.header.tgid;
+        if fork.is_thread != 0 {
+            if let Some(process) = self.live_or_proc(tgid) {
+                process.threads.entry(pid).or_default();
+                process.threads_started += 1;
+            }
+            return;
+        }
+        let start_ticks = fork.start_boottime_ns / NS_PER_TICK;
+        if let Some(existing) = self.live.get_mut(&pid) {
+            let found_by_scan = existing.exit.is_none() && !existing.observed_from_start;
+            if found_by_scan && existing.start_ticks == start_ticks {
+                // Found by the /proc scan after the fork (the agent was starting):
+                // the same process, seen from its start after all, so it gets a span.
+                existing.observed_from_start = true;
+                existing.start_boottime_ns = Some(fork.start_boottime_ns);
+                let parent_ids = self.live.get(&fork.parent_tgid).and_then(|p| p.span_ids);
+                let ids = self
+                    .span_ids
+                    .ids(pid, fork.start_boottime_ns, parent_ids.as_ref());
+                if let Some(existing) = self.live.get_mut(&pid) {
+                    existing.span_ids = Some(ids);
+                }
+                self.counters.processes_started += 1;
+                return;
+            }
+            // The pid was reused: its previous owner is gone.
+            self.retire(pid, forget);
+        }
+        let parent = self.live.get(&fork.parent_tgid);
+        let mut process = Process::new(pid, start_ticks);
+        let parent_ids = parent.and_then(|p| p.span_ids);
+        process.span_ids = Some(self.span_ids.ids(
+            pid,
+            fork.start_boottime_ns,
+            parent_ids.as_ref(),
+        ));
+        process.start_boottime_ns = Some(fork.start_boottime_ns);
+        process.ppid = fork.parent_tgid;
+        process.comm = c_string(&fork.comm);
+        process.exe = parent.and_then(|p| p.exe.clone());
+        process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
+        process.uid = Some(fork.uid);
+        process.cgroup_id = Some(fork.cgroup_id);
+        process.cgroup_path = self.host.cgroup_path(fork.cgroup_id, pid);
+        process.observed_from_start = true;
+        process.threads.insert(pid, Thread::default());
+        process.threads_started = 1;
+        self.counters.processes_started += 1;
+        self.insert_live(process);
+    }
+
+    /// A thread exited; the process too when it was the last one.
+    fn apply_exit(&mut self, exit: ExitEvent) {
+        let polls = self.polls;
+        let Some(process) = self.live.get_mut(&exit.header.tgid) else {
+            return;
+        };
+        process
+            .threads
+            .entry(exit.header.pid)
+            .or_default()
+            .exited_after_poll = Some(polls);
+        if exit.group_dead != 0 {
+            process.exit = Some(ExitStatus::from_raw(exit.exit_code));
+            process.exit_time_ns = Some(exit.header.ts_ns);
+            process.exit_seen_after_poll = Some(polls);
         }
     }
 

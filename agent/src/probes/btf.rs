@@ -80,6 +80,70 @@ pub(crate) struct Btf {
 const CLASS_STRUCT: u32 = 1;
 const CLASS_TYPEDEF: u32 = 2;
 
+/// Reads the type record at `*at` (type `id`) and moves `*at` past it: its name offset and type.
+fn parse_type(types_data: &[u8], at: &mut usize, id: u32) -> Result<(u32, Type), BtfError> {
+    let name_off = u32_at(types_data, *at, "type")?;
+    let info = u32_at(types_data, *at + 4, "type")?;
+    let size_or_type = u32_at(types_data, *at + 8, "type")?;
+    *at += 12;
+    let kind = (info >> 24) & 0x1f;
+    let vlen = (info & 0xffff) as usize;
+    let kind_flag = info >> 31 == 1;
+    let ty = match kind {
+        KIND_STRUCT | KIND_UNION => {
+            let mut members = Vec::with_capacity(vlen);
+            for i in 0..vlen {
+                let m = *at + i * 12;
+                let offset = u32_at(types_data, m + 8, "member")?;
+                let (bit_offset, bitfield_size) = if kind_flag {
+                    (offset & 0xff_ffff, offset >> 24)
+                } else {
+                    (offset, 0)
+                };
+                members.push(Member {
+                    name_off: u32_at(types_data, m, "member")?,
+                    type_id: u32_at(types_data, m + 4, "member")?,
+                    bit_offset,
+                    bitfield_size,
+                });
+            }
+            *at += vlen * 12;
+            Type::Composite { members }
+        }
+        KIND_PTR | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+            Type::Ref {
+                kind,
+                type_id: size_or_type,
+            }
+        }
+        KIND_FUNC_PROTO => {
+            *at += vlen * 8;
+            Type::FuncProto {
+                params: vlen as u32,
+            }
+        }
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => {
+            *at += 4;
+            Type::Other
+        }
+        KIND_ARRAY => {
+            *at += 12;
+            Type::Other
+        }
+        KIND_ENUM => {
+            *at += vlen * 8;
+            Type::Other
+        }
+        KIND_ENUM64 | KIND_DATASEC => {
+            *at += vlen * 12;
+            Type::Other
+        }
+        KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+        _ => return Err(BtfError::UnknownKind { kind, id }),
+    };
+    Ok((name_off, ty))
+}
+
 fn u32_at(data: &[u8], at: usize, what: &'static str) -> Result<u32, BtfError> {
     data.get(at..at + 4)
         .and_then(|b| b.try_into().ok())
@@ -114,65 +178,7 @@ impl Btf {
         let mut at = 0;
         while at < types_data.len() {
             let id = types.len() as u32 + 1;
-            let name_off = u32_at(types_data, at, "type")?;
-            let info = u32_at(types_data, at + 4, "type")?;
-            let size_or_type = u32_at(types_data, at + 8, "type")?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_data, m + 8, "member")?;
-                        let (bit_offset, bitfield_size) = if kind_flag {
-                            (offset & 0xff_ffff, offset >> 24)
-                        } else {
-                            (offset, 0)
-                        };
-                        members.push(Member {
-                            name_off: u32_at(types_data, m, "member")?,
-                            type_id: u32_at(types_data, m + 4, "member")?,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    at += vlen * 12;
-                    Type::Composite { members }
-                }
-                KIND_PTR | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_TYPE_TAG => Type::Ref {
-                    kind,
-                    type_id: size_or_type,
-                },
-                KIND_FUNC_PROTO => {
-                    at += vlen * 8;
-                    Type::FuncProto {
-                        params: vlen as u32,
-                    }
-                }
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
-                    at += 4;
-                    Type::Other
-                }
-                KIND_ARRAY => {
-                    at += 12;
-                    Type::Other
-                }
-                KIND_ENUM => {
-                    at += vlen * 8;
-                    Type::Other
-                }
-                KIND_ENUM64 | KIND_DATASEC => {
-                    at += vlen * 12;
-                    Type::Other
-                }
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
-                _ => return Err(BtfError::UnknownKind { kind, id }),
-            };
-            types.push((name_off, ty));
+            types.push(parse_type(types_data, &mut at, id)?);
         }
 
         let mut btf = Btf {
@@ -180,7 +186,13 @@ impl Btf {
             strings,
             by_name: HashMap::new(),
         };
-        for (index, (name_off, ty)) in btf.types.iter().enumerate() {
+        btf.index_names();
+        Ok(btf)
+    }
+
+    /// Indexes structs, unions and typedefs by name.
+    fn index_names(&mut self) {
+        for (index, (name_off, ty)) in self.types.iter().enumerate() {
             let class = match ty {
                 Type::Composite { .. } => CLASS_STRUCT,
                 Type::Ref {
@@ -191,11 +203,12 @@ impl Btf {
             if *name_off == 0 {
                 continue;
             }
-            let name = btf.string(*name_off).to_string();
+            let name = self.string(*name_off).to_string();
             // The first definition wins; later ones are duplicates from modules or forwards.
-            btf.by_name.entry((class, name)).or_insert(index as u32 + 1);
+            self.by_name
+                .entry((class, name))
+                .or_insert(index as u32 + 1);
         }
-        Ok(btf)
     }
 
     fn string(&self, off: u32) -> &str {
