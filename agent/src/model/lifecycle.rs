@@ -106,6 +106,18 @@ impl TaskModel {
 
     /// A new process (or a new thread of a known one); a reused pid retires its previous owner.
     fn apply_fork(&mut self, fork: ForkEvent, forget: &mut Forget) {
+        self.add_forked(fork, forget);
+        // The kernel program reset the tid's `TASKS` entry at this fork: what is there now is
+        // the new task's. A pending forget of that tid (its previous owner retired in this
+        // cycle, or just above because the pid was reused) would delete the new task's run-queue
+        // histogram and waiting state; its counters come back at the next switch, its
+        // histogram would not.
+        let tid = fork.header.pid;
+        forget.tids.retain(|&(pending, _)| pending != tid);
+    }
+
+    /// The forked task in the model: a thread of its process, or a new process.
+    fn add_forked(&mut self, fork: ForkEvent, forget: &mut Forget) {
         let pid = fork.header.pid;
         let tgid = fork.header.tgid;
         if fork.is_thread != 0 {

@@ -325,7 +325,9 @@ mod tests {
         assert!(!all[0].is_exited());
         assert_eq!(all[1].start_ticks, 1);
         assert_eq!(all[1].exit, Some(ExitStatus::Exited { code: 0 }));
-        assert_eq!(forget.tids, vec![(P, P)]);
+        // The old owner's entry was reset by the kernel at the new fork: the tid is not
+        // forgotten, or the new process's entry would be deleted.
+        assert!(forget.tids.is_empty(), "{:?}", forget.tids);
     }
 
     #[test]
