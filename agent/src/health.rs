@@ -655,16 +655,33 @@ fn starved(
         &totals.sched.runqueue_hist,
         before.map(|b| &b.sched.runqueue_hist),
     );
-    let runqueue_samples: u64 = runqueue.iter().sum();
-    if runqueue_samples < t.min_samples {
+    p99_over(
+        &runqueue,
+        t.starved_runqueue_p99,
+        t.min_samples,
+        ("run-queue latency", "waits"),
+    )
+}
+
+/// Why `hist`'s p99 is over `limit` ("<what> p99 < X over N <samples> (limit Y)"), when it
+/// holds at least `min_samples`.
+fn p99_over(
+    hist: &histogram::Log2Hist,
+    limit: Duration,
+    min_samples: u64,
+    (what, samples_of): (&str, &str),
+) -> Option<String> {
+    let samples: u64 = hist.iter().sum();
+    if samples < min_samples {
         return None;
     }
-    let p99 = histogram::quantile_ns(&runqueue, 0.99)?;
-    (p99 > t.starved_runqueue_p99.as_nanos() as u64).then(|| {
+    let p99 = histogram::quantile_ns(hist, 0.99)?;
+    let limit_ns = limit.as_nanos() as u64;
+    (p99 > limit_ns).then(|| {
         format!(
-            "run-queue latency p99 < {} over {runqueue_samples} waits (limit {})",
+            "{what} p99 < {} over {samples} {samples_of} (limit {})",
             ms(p99),
-            ms(t.starved_runqueue_p99.as_nanos() as u64)
+            ms(limit_ns)
         )
     })
 }
@@ -718,18 +735,12 @@ fn io_bound(
         );
         histogram::add(&mut io, &d);
     }
-    let io_samples: u64 = io.iter().sum();
-    if io_samples < t.min_samples {
-        return None;
-    }
-    let p99 = histogram::quantile_ns(&io, 0.99)?;
-    (p99 > t.io_latency_p99.as_nanos() as u64).then(|| {
-        format!(
-            "block IO latency p99 < {} over {io_samples} requests (limit {})",
-            ms(p99),
-            ms(t.io_latency_p99.as_nanos() as u64)
-        )
-    })
+    p99_over(
+        &io,
+        t.io_latency_p99,
+        t.min_samples,
+        ("block IO latency", "requests"),
+    )
 }
 
 /// Why the workload is churning since `before`: more processes started per second than the limit.
