@@ -90,6 +90,14 @@ pub const HOOKS: &[Hook] = &[
         ProbeGroup::Lifecycle,
         true,
     ),
+    // Without it a move between cgroups is seen only at the process's next exec.
+    hook(
+        "cgroup_attach_task",
+        "ts_cgroup_move_btf",
+        "ts_cgroup_move_raw",
+        ProbeGroup::Lifecycle,
+        false,
+    ),
     hook(
         "sched_switch",
         "ts_switch_btf",

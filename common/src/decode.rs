@@ -7,8 +7,8 @@ use core::mem::size_of;
 use std::{boxed::Box, string::String, vec::Vec};
 
 use crate::{
-    event_kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent, SlowRunqueueWaitEvent,
-    SlowSyscallEvent, SwitchEvent, ARGS_LEN, FILENAME_LEN,
+    event_kind, CgroupMoveEvent, EventHeader, ExecEvent, ExitEvent, ForkEvent, SlowIoEvent,
+    SlowRunqueueWaitEvent, SlowSyscallEvent, SwitchEvent, TaskCounters, ARGS_LEN, FILENAME_LEN,
 };
 
 /// A decoded lifecycle or over-threshold event.
@@ -21,6 +21,7 @@ pub enum Event {
     SlowRunqueueWait(SlowRunqueueWaitEvent),
     SlowIo(SlowIoEvent),
     Switch(SwitchEvent),
+    CgroupMove(CgroupMoveEvent),
 }
 
 /// An exec with its strings extracted.
@@ -35,16 +36,7 @@ pub struct Exec {
     pub args: Vec<String>,
     pub args_truncated: bool,
     /// The exec'ing thread's counters at the exec.
-    pub sched_at_exec: ExecCounters,
-}
-
-/// A thread's scheduler counters at its exec.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExecCounters {
-    pub on_cpu_ns: u64,
-    pub runqueue_wait_ns: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
+    pub sched_at_exec: TaskCounters,
 }
 
 impl Event {
@@ -58,6 +50,7 @@ impl Event {
             Event::SlowRunqueueWait(_) => event_kind::SLOW_RUNQUEUE_WAIT,
             Event::SlowIo(_) => event_kind::SLOW_IO,
             Event::Switch(_) => event_kind::SWITCH,
+            Event::CgroupMove(_) => event_kind::CGROUP_MOVE,
         }
     }
 
@@ -149,6 +142,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         )?)),
         event_kind::SLOW_IO => Ok(Event::SlowIo(read(bytes, "slow IO event")?)),
         event_kind::SWITCH => Ok(Event::Switch(read(bytes, "switch event")?)),
+        event_kind::CGROUP_MOVE => Ok(Event::CgroupMove(read(bytes, "cgroup move event")?)),
         event_kind::EXEC => {
             let raw: ExecEvent = read(bytes, "exec event")?;
             let filename_len = (raw.filename_len as usize).min(FILENAME_LEN);
@@ -162,12 +156,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 filename: c_string(&raw.filename[..filename_len]),
                 args: split_args(&raw.args[..args_len]),
                 args_truncated: raw.args_truncated != 0,
-                sched_at_exec: ExecCounters {
-                    on_cpu_ns: raw.on_cpu_ns,
-                    runqueue_wait_ns: raw.runqueue_wait_ns,
-                    voluntary_switches: raw.voluntary_switches,
-                    involuntary_switches: raw.involuntary_switches,
-                },
+                sched_at_exec: raw.counters,
             })))
         }
         other => Err(DecodeError::UnknownKind(other)),
@@ -234,6 +223,18 @@ mod tests {
         };
         assert_eq!(decode(&bytes_of(&slow)), Ok(Event::SlowSyscall(slow)));
 
+        let moved = CgroupMoveEvent {
+            header: header(event_kind::CGROUP_MOVE),
+            cgroup_id: 4242,
+            counters: TaskCounters {
+                on_cpu_ns: 1,
+                runqueue_wait_ns: 2,
+                voluntary_switches: 3,
+                involuntary_switches: 4,
+            },
+        };
+        assert_eq!(decode(&bytes_of(&moved)), Ok(Event::CgroupMove(moved)));
+
         let mut exec = ExecEvent {
             header: header(event_kind::EXEC),
             old_pid: 100,
@@ -243,10 +244,7 @@ mod tests {
             args_len: 12,
             args_truncated: 0,
             _pad: 0,
-            on_cpu_ns: 0,
-            runqueue_wait_ns: 0,
-            voluntary_switches: 0,
-            involuntary_switches: 0,
+            counters: TaskCounters::default(),
             comm: comm("ls"),
             filename: [0; FILENAME_LEN],
             args: [0; ARGS_LEN],
@@ -290,10 +288,7 @@ mod tests {
             args_len: u32::MAX,
             args_truncated: 1,
             _pad: 0,
-            on_cpu_ns: 0,
-            runqueue_wait_ns: 0,
-            voluntary_switches: 0,
-            involuntary_switches: 0,
+            counters: TaskCounters::default(),
             comm: [b'x'; COMM_LEN],
             filename: [b'a'; FILENAME_LEN],
             args: [b'b'; ARGS_LEN],

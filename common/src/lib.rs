@@ -273,9 +273,10 @@ pub mod event_kind {
     pub const SLOW_RUNQUEUE_WAIT: u32 = 5;
     pub const SLOW_IO: u32 = 6;
     pub const SWITCH: u32 = 7;
+    pub const CGROUP_MOVE: u32 = 8;
 
     /// Every kind, in numeric order.
-    pub const ALL: [u32; 7] = [
+    pub const ALL: [u32; 8] = [
         FORK,
         EXEC,
         EXIT,
@@ -283,6 +284,7 @@ pub mod event_kind {
         SLOW_RUNQUEUE_WAIT,
         SLOW_IO,
         SWITCH,
+        CGROUP_MOVE,
     ];
 
     /// Stable name of a kind, as the agent labels it (`kind` of
@@ -296,6 +298,7 @@ pub mod event_kind {
             SLOW_RUNQUEUE_WAIT => "slow_runqueue_wait",
             SLOW_IO => "slow_block_io",
             SWITCH => "switch",
+            CGROUP_MOVE => "cgroup_move",
             _ => return None,
         })
     }
@@ -330,7 +333,7 @@ pub struct ForkEvent {
     pub uid: u32,
     /// Child's `task_struct.start_boottime` (ns since boot, counting suspend).
     pub start_boottime_ns: u64,
-    /// cgroup v2 id of the parent, which the child inherits.
+    /// The child's cgroup v2 id: its parent's, or the one `clone3(CLONE_INTO_CGROUP)` named.
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
 }
@@ -351,15 +354,36 @@ pub struct ExecEvent {
     /// 1 when the argument vector was longer than [`ARGS_LEN`].
     pub args_truncated: u32,
     pub _pad: u32,
-    /// The exec'ing task's `sum_exec_runtime`, `run_delay`, `nvcsw`, `nivcsw` at the exec: what
-    /// it had accumulated before (a process that moved cgroup and execs leaves that behind).
+    /// The exec'ing task's counters at the exec: what it had accumulated before (a process
+    /// that moved cgroup and execs leaves that behind).
+    pub counters: TaskCounters,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+
+/// A task's scheduler counters at one moment: `se.sum_exec_runtime`, `sched_info.run_delay`,
+/// `nvcsw` and `nivcsw` (the figures of `/proc/<tid>/schedstat` and `status`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounters {
     pub on_cpu_ns: u64,
     pub runqueue_wait_ns: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
-    pub comm: [u8; COMM_LEN],
-    pub filename: [u8; FILENAME_LEN],
-    pub args: [u8; ARGS_LEN],
+}
+
+/// A process's leader was moved to another cgroup (`cgroup_attach_task`): a write to
+/// `cgroup.procs` or `cgroup.threads` of any hierarchy, by the process itself or by another.
+/// The header's ids are the moved task's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupMoveEvent {
+    pub header: EventHeader,
+    /// The task's cgroup v2 id after the move (unchanged when a v1 hierarchy moved it).
+    pub cgroup_id: u64,
+    /// The moved task's counters at the move: what it leaves behind in its old cgroup.
+    pub counters: TaskCounters,
 }
 
 /// A task exited (`sched_process_exit`). The process exited when `group_dead` is 1.

@@ -366,6 +366,26 @@ pub fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/{file}"))
 }
 
+/// The value of the first sample of `family` in a Prometheus scrape whose labels contain every
+/// `label="value"` given.
+pub fn sample(scrape: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A cgroup's CPU time as the kernel accounts it (`cpu.stat` `usage_usec`, in every cgroup of
+/// the v2 hierarchy whether or not the cpu controller is enabled there).
+pub fn cgroup_usage_usec(dir: &Path) -> u64 {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat");
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no usage_usec in {}/cpu.stat", dir.display()))
+}
+
 /// Asserts `measured` is within `tolerance` (a fraction) of `truth`, printing both.
 pub fn assert_close(what: &str, measured: u64, truth: u64, tolerance: f64) {
     let diff = measured.abs_diff(truth) as f64;

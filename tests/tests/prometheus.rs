@@ -8,7 +8,8 @@ use std::{
 
 use serde_json::Value;
 use taskscope_e2e::{
-    cgroup2_root, free_port, http_get, schedstat, wait_for, workload_binary, Agent, Workload,
+    cgroup2_root, free_port, http_get, sample, schedstat, wait_for, workload_binary, Agent,
+    Workload,
 };
 
 /// A Prometheus server on loopback scraping `target` every second; killed when dropped.
@@ -312,15 +313,6 @@ fn promtool_finds_nothing_to_say_about_a_live_scrape() {
     );
     assert!(out.status.success(), "{said}");
     assert!(said.trim().is_empty(), "{said}");
-}
-
-/// The value of the first sample of `family` whose labels contain every `label="value"` given.
-fn sample(scrape: &str, family: &str, labels: &[&str]) -> Option<f64> {
-    scrape
-        .lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! slow-wait reports, and the cgroup a process is in.
 
 use taskscope_common::{
-    decode::{c_string, Event, Exec, ExecCounters},
-    ExitEvent, ForkEvent,
+    decode::{c_string, Event, Exec},
+    CgroupMoveEvent, ExitEvent, ForkEvent, TaskCounters,
 };
 
 use super::{
@@ -91,6 +91,7 @@ impl TaskModel {
             ),
             // Context switches (recording only) are the recorder's, not the model's.
             Event::Switch(_) => {}
+            Event::CgroupMove(moved) => self.apply_cgroup_move(moved),
             Event::SlowIo(slow) => self.add_slow_wait(
                 slow.header.tgid,
                 SlowWait::BlockIo {
@@ -243,17 +244,35 @@ impl TaskModel {
         self.set_cgroup(tgid, cgroup_path, Some((exec.old_pid, exec.sched_at_exec)));
     }
 
+    /// A process moved to another cgroup without exec (a write to `cgroup.procs`): charged to
+    /// the new one from the moment of the move. A move within a v1 hierarchy leaves the v2 id
+    /// as it was, and changes nothing here.
+    fn apply_cgroup_move(&mut self, moved: CgroupMoveEvent) {
+        let tgid = moved.header.tgid;
+        let known = self.live.get(&tgid).and_then(|p| p.cgroup_id);
+        if known == Some(moved.cgroup_id) {
+            return;
+        }
+        let path = self.host.cgroup_path(moved.cgroup_id, tgid);
+        if path.is_some() {
+            if let Some(process) = self.live.get_mut(&tgid) {
+                process.cgroup_id = Some(moved.cgroup_id);
+            }
+        }
+        self.set_cgroup(tgid, path, Some((moved.header.pid, moved.counters)));
+    }
+
     /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
     /// workload it leaves, so that no workload's counter ever goes down. An unresolved path
     /// (`None`) keeps the one known.
-    /// `at_exec`: the exec'ing thread and its counters at the exec, when the move is seen at
-    /// an exec: the figures left behind are the ones of that moment, not of when the event
-    /// was read (the process may have run for a while in its new cgroup by then).
+    /// `at_move`: the thread whose event showed the move (an exec, or a cgroup move) and its
+    /// counters at that moment: the figures left behind are the ones of that moment, not of
+    /// when the event was read (the process may have run for a while in its new cgroup by then).
     pub(super) fn set_cgroup(
         &mut self,
         pid: u32,
         path: Option<String>,
-        at_exec: Option<(u32, ExecCounters)>,
+        at_move: Option<(u32, TaskCounters)>,
     ) {
         let Some(process) = self.live.get(&pid) else {
             return;
@@ -265,7 +284,7 @@ impl TaskModel {
             if old != new {
                 let now = self.host.clocks().monotonic_ns;
                 let mut figures = WorkloadTotals::figures_of(process, now, &self.running);
-                if let Some((tid, at)) = at_exec {
+                if let Some((tid, at)) = at_move {
                     if let Some(sched) = process.threads.get(&tid).and_then(|t| t.sched) {
                         let running = self
                             .running

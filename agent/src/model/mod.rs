@@ -441,7 +441,11 @@ mod tests {
             (path == "/system.slice/ssh.service").then_some(42)
         }
         fn cgroup_path(&mut self, id: u64, _pid: u32) -> Option<String> {
-            (id == 42).then(|| "/system.slice/ssh.service".into())
+            match id {
+                42 => Some("/system.slice/ssh.service".into()),
+                43 => Some("/moved".into()),
+                _ => None,
+            }
         }
     }
 
@@ -506,6 +510,48 @@ mod tests {
         assert_eq!(m.live_count(), 0);
         assert_eq!(cpu_of(&mut m, "/a"), 120);
         assert_eq!(cpu_of(&mut m, "/b"), 50);
+    }
+
+    #[test]
+    fn a_move_event_charges_the_new_cgroup_from_the_moment_of_the_move() {
+        let mut m = TaskModel::new(ModelConfig::default(), Box::new(FakeHost::default()));
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.set_cgroup(P, Some("/a".into()), None);
+        let snap = |on_cpu| KernelSnapshot {
+            tasks: vec![(P, sched(P, on_cpu))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap(100));
+        let moved = |cgroup_id, on_cpu_ns| {
+            Event::CgroupMove(taskscope_common::CgroupMoveEvent {
+                header: taskscope_common::EventHeader {
+                    kind: taskscope_common::event_kind::CGROUP_MOVE,
+                    pid: P,
+                    tgid: P,
+                    ..Default::default()
+                },
+                cgroup_id,
+                counters: taskscope_common::TaskCounters {
+                    on_cpu_ns,
+                    ..Default::default()
+                },
+            })
+        };
+        // Read after it ran on in /moved: what it had at the move (120) stays in /a.
+        m.apply_event(moved(43, 120), &mut forget);
+        m.apply_kernel(snap(150));
+        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
+            m.workload_totals(Duration::from_secs(60))
+                .iter()
+                .find(|(w, _)| w.cgroup == cgroup)
+                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
+        };
+        assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 30));
+        // A move in a v1 hierarchy leaves the v2 cgroup as it was: nothing changes.
+        m.apply_event(moved(43, 140), &mut forget);
+        m.apply_kernel(snap(160));
+        assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 40));
     }
 
     fn zero_syscalls() -> SyscallStats {

@@ -31,6 +31,10 @@ const MEMBERS: &[(&str, &str, &str)] = &[
     ("OFF_Q_DISK", "request_queue", "disk"),
     ("OFF_DISK_PART0", "gendisk", "part0"),
     ("OFF_BDEV_DEV", "block_device", "bd_dev"),
+    ("OFF_TASK_CGROUPS", "task_struct", "cgroups"),
+    ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+    ("OFF_CGROUP_KN", "cgroup", "kn"),
+    ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
 ];
 
 /// (global, struct, member, its struct type, member of that): offsets of nested members.

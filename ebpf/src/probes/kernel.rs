@@ -58,6 +58,15 @@ static OFF_Q_DISK: Global<u32> = Global::new(0);
 static OFF_DISK_PART0: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_BDEV_DEV: Global<u32> = Global::new(0);
+/// The chain from a task to its cgroup v2 id: `task->cgroups->dfl_cgrp->kn->id`.
+#[unsafe(no_mangle)]
+static OFF_TASK_CGROUPS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_DFL_CGRP: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_KERNFS_NODE_ID: Global<u32> = Global::new(0);
 /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+); else `signal->live` is read.
 #[unsafe(no_mangle)]
 static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
@@ -148,6 +157,16 @@ pub fn off_disk_part0() -> u32 {
 pub fn off_bdev_dev() -> u32 {
     OFF_BDEV_DEV.load()
 }
+
+/// The cgroup v2 id of `task` (what `bpf_get_current_cgroup_id` gives for the current task).
+#[inline(always)]
+pub fn task_cgroup_id(task: u64) -> Option<u64> {
+    let css_set = read::<u64>(task, OFF_TASK_CGROUPS.load())?;
+    let cgroup = read::<u64>(css_set, OFF_CSS_SET_DFL_CGRP.load())?;
+    let kernfs_node = read::<u64>(cgroup, OFF_CGROUP_KN.load())?;
+    read::<u64>(kernfs_node, OFF_KERNFS_NODE_ID.load())
+}
+
 #[inline(always)]
 pub fn exit_has_group_dead() -> bool {
     EXIT_HAS_GROUP_DEAD.load() != 0

@@ -6,13 +6,15 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid,
     bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
 };
-use taskscope_common::{event_kind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, COMM_LEN};
+use taskscope_common::{
+    event_kind, CgroupMoveEvent, ExecEvent, ExitEvent, ForkEvent, TaskCounters, ARGS_LEN, COMM_LEN,
+};
 
 use super::kernel::{
     agent_tgid, arg, current_ids, exit_has_group_dead, off_bprm_filename, off_mm_arg_end,
     off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm, off_task_nvcsw,
     off_task_run_delay, off_task_signal, off_task_start_boottime, off_task_sum_exec_runtime, read,
-    task_ids,
+    task_cgroup_id, task_ids,
 };
 use super::ringbuf::{header, send, send_with};
 use super::sched::{copy_counters, TASKS};
@@ -44,8 +46,44 @@ pub fn on_fork(ctx: *const u64) {
         is_thread: (tgid == parent_tgid) as u32,
         uid: bpf_get_current_uid_gid() as u32,
         start_boottime_ns: read(child, off_task_start_boottime()).unwrap_or(0),
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // The child's own: clone3(CLONE_INTO_CGROUP) places it elsewhere than its parent.
+        cgroup_id: task_cgroup_id(child).unwrap_or_else(|| unsafe { bpf_get_current_cgroup_id() }),
         comm: current_comm(),
+    });
+}
+
+/// A task's counters now (the scheduler updates `sum_exec_runtime` at ticks and switches: for
+/// a task running on another CPU, at most a tick behind).
+#[inline(always)]
+fn task_counters(task: u64) -> TaskCounters {
+    TaskCounters {
+        on_cpu_ns: read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0),
+        runqueue_wait_ns: read::<u64>(task, off_task_run_delay()).unwrap_or(0),
+        voluntary_switches: read::<u64>(task, off_task_nvcsw()).unwrap_or(0),
+        involuntary_switches: read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0),
+    }
+}
+
+/// `cgroup_attach_task(cgroup *dst_cgrp, const char *path, task_struct *task, bool
+/// threadgroup)`, in the context of whoever wrote `cgroup.procs` (often the task itself), once
+/// per moved thread. Only a process's leader is reported: the model keeps one cgroup per
+/// process, as `/proc/<pid>/cgroup` shows it.
+#[inline(always)]
+pub fn on_cgroup_move(ctx: *const u64) {
+    let task = arg(ctx, 2);
+    let Some((pid, tgid)) = task_ids::<false>(task) else {
+        return;
+    };
+    if pid != tgid || tgid == agent_tgid() {
+        return;
+    }
+    let Some(cgroup_id) = task_cgroup_id(task) else {
+        return;
+    };
+    send(CgroupMoveEvent {
+        header: header(event_kind::CGROUP_MOVE, pid, tgid),
+        cgroup_id,
+        counters: task_counters(task),
     });
 }
 
@@ -72,12 +110,7 @@ pub fn on_exec(ctx: *const u64) {
         event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         event._pad = 0;
         event.comm = current_comm();
-        // The counters as of the exec (the scheduler updates sum_exec_runtime at ticks and
-        // switches: at most a tick behind).
-        event.on_cpu_ns = read::<u64>(task, off_task_sum_exec_runtime()).unwrap_or(0);
-        event.runqueue_wait_ns = read::<u64>(task, off_task_run_delay()).unwrap_or(0);
-        event.voluntary_switches = read::<u64>(task, off_task_nvcsw()).unwrap_or(0);
-        event.involuntary_switches = read::<u64>(task, off_task_nvcsw() + 8).unwrap_or(0);
+        event.counters = task_counters(task);
 
         event.filename_len = 0;
         if let Some(filename) = read::<u64>(bprm, off_bprm_filename()) {

@@ -70,6 +70,12 @@ hook!(
     lifecycle::on_exit
 );
 hook!(
+    "cgroup_attach_task",
+    ts_cgroup_move_btf,
+    ts_cgroup_move_raw,
+    lifecycle::on_cgroup_move
+);
+hook!(
     "sys_enter",
     ts_sys_enter_btf,
     ts_sys_enter_raw,

@@ -54,6 +54,38 @@ fn arg(args: &[String], i: usize, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("missing or bad argument {i}: {what}"))
 }
 
+/// clone3(CLONE_INTO_CGROUP) as a fork: 0 in the child, the child's pid in the parent.
+fn clone_into_cgroup(dir: &str) -> libc::pid_t {
+    let path = CString::new(dir).expect("path");
+    // SAFETY: a valid C string; the descriptor is closed below.
+    let cgroup = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(
+        cgroup >= 0,
+        "open {dir}: {}",
+        std::io::Error::last_os_error()
+    );
+    // struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2 = 88 bytes).
+    let mut clone_args = [0u64; 11];
+    clone_args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP (linux/sched.h)
+    clone_args[4] = libc::SIGCHLD as u64; // exit_signal
+    clone_args[10] = cgroup as u64;
+    // SAFETY: a single-threaded process; without CLONE_VM the child runs on a copy of this
+    // stack, as after fork().
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            clone_args.as_mut_ptr(),
+            std::mem::size_of_val(&clone_args),
+        )
+    };
+    assert!(pid >= 0, "clone3: {}", std::io::Error::last_os_error());
+    if pid != 0 {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(cgroup) };
+    }
+    pid as libc::pid_t
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -204,6 +236,34 @@ fn main() {
             let schedstat = std::fs::read_to_string("/proc/self/schedstat").expect("schedstat");
             std::fs::write(args.get(3).expect("file"), schedstat).expect("write report");
             return;
+        }
+        // move-burn DIR MS: burns 200 ms where it starts, writes its own pid to
+        // DIR/cgroup.procs (no exec), then burns MS ms of CPU in that cgroup.
+        Some("move-burn") => {
+            let dir = args.get(2).expect("cgroup directory");
+            burn(200);
+            std::fs::write(
+                format!("{dir}/cgroup.procs"),
+                std::process::id().to_string(),
+            )
+            .expect("move into the cgroup");
+            burn(arg(&args, 3, "milliseconds"));
+            ready("");
+        }
+        // clone-into-burn DIR MS: a child made by clone3(CLONE_INTO_CGROUP) into DIR burns MS
+        // ms of CPU and exits; prints the child's pid once it is reaped.
+        Some("clone-into-burn") => {
+            let child = clone_into_cgroup(args.get(2).expect("cgroup directory"));
+            if child == 0 {
+                burn(arg(&args, 3, "milliseconds"));
+                // SAFETY: the child of a fork-like clone leaves without running its parent's
+                // destructors.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            ready(&child.to_string());
         }
         // exit CODE: exits at once with CODE (no stdin wait).
         Some("exit") => std::process::exit(arg(&args, 2, "code") as i32),

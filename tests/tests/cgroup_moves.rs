@@ -1,0 +1,91 @@
+//! Every way into a cgroup, charged from the moment it happens: a process that writes its own pid
+//! to `cgroup.procs` (no exec after), and a child made straight into a cgroup by
+//! `clone3(CLONE_INTO_CGROUP)`. Truth is the cgroup's own `cpu.stat` `usage_usec`.
+
+use std::path::PathBuf;
+
+use taskscope_e2e::{
+    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns, sample,
+    wait_until_blocked, Agent, Workload,
+};
+
+/// A v2 cgroup of its own for one test, removed when dropped (its processes gone by then).
+struct TestCgroup {
+    dir: PathBuf,
+    name: String,
+}
+
+impl TestCgroup {
+    fn create(what: &str) -> TestCgroup {
+        let name = format!("taskscope-{what}-{}", std::process::id());
+        let dir = PathBuf::from(cgroup2_root()).join(&name);
+        std::fs::create_dir(&dir).expect("create a cgroup");
+        TestCgroup { dir, name }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The agent's CPU seconds of a cgroup, as µs, from a scrape collected after `after_ns` (the
+/// process `pid` asked for to make sure of that).
+fn agent_cpu_usec(agent: &Agent, pid: u32, after_ns: u64, cgroup: &TestCgroup) -> u64 {
+    agent.process_after(pid, after_ns);
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
+    let label = format!("cgroup=\"/{}\"", cgroup.name);
+    let seconds = sample(&scrape, "taskscope_cpu_seconds_total", &[&label])
+        .unwrap_or_else(|| panic!("no CPU series for {label}"));
+    (seconds * 1e6) as u64
+}
+
+#[test]
+fn a_process_that_moves_itself_is_charged_from_the_move() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::create("move");
+    // 200 ms where it started, then 1 s after moving itself (it never execs).
+    let workload = Workload::run(&["move-burn", cgroup.dir.to_str().unwrap(), "1000"]);
+    wait_until_blocked(workload.pid());
+    let truth = cgroup_usage_usec(&cgroup.dir);
+    let after = monotonic_ns();
+    let process = agent.process_after(workload.pid(), after);
+    assert_eq!(
+        process["cgroup"]["path"].as_str(),
+        Some(format!("/{}", cgroup.name).as_str()),
+        "{process}"
+    );
+    let measured = agent_cpu_usec(&agent, workload.pid(), after, &cgroup);
+    assert_close(
+        "CPU µs in the cgroup a process moved itself into (cpu.stat usage_usec)",
+        measured,
+        truth,
+        0.01,
+    );
+    workload.finish();
+}
+
+#[test]
+fn a_child_cloned_into_a_cgroup_is_charged_there() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::create("clone-into");
+    let workload = Workload::run(&["clone-into-burn", cgroup.dir.to_str().unwrap(), "800"]);
+    let child: u32 = workload.output.parse().expect("the child's pid");
+    let truth = cgroup_usage_usec(&cgroup.dir);
+    let after = monotonic_ns();
+    let process = agent.process_after(child, after);
+    assert_eq!(
+        process["cgroup"]["path"].as_str(),
+        Some(format!("/{}", cgroup.name).as_str()),
+        "{process}"
+    );
+    let measured = agent_cpu_usec(&agent, workload.pid(), after, &cgroup);
+    assert_close(
+        "CPU µs of a child cloned into a cgroup (cpu.stat usage_usec)",
+        measured,
+        truth,
+        0.01,
+    );
+    workload.finish();
+}
