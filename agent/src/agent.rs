@@ -27,7 +27,10 @@ use crate::{
     },
     health::{self, MonitorSources, SharedHealth},
     logging::LogControl,
-    metadata::{PodDirectory, SharedPods},
+    metadata::{
+        runtimes::{self, ContainerDirectory, SharedContainers},
+        Directories, PodDirectory, SharedPods,
+    },
     model::{host::SystemHost, redact::Redactor, ModelConfig, TaskModel},
     probes::{BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
@@ -143,6 +146,32 @@ async fn start_kubernetes(
         ));
     }
     Ok(PodDirectory::disabled())
+}
+
+/// Follows the container runtimes whose sockets are configured (see `--docker-socket`,
+/// `--podman-socket`); an empty path turns one off.
+fn start_container_runtimes(args: &RunArgs, shutdown: watch::Receiver<bool>) -> SharedContainers {
+    let sources: Vec<(&'static str, std::path::PathBuf)> = [
+        ("docker", &args.docker_socket),
+        ("podman", &args.podman_socket),
+    ]
+    .into_iter()
+    .filter(|(_, socket)| !socket.as_os_str().is_empty())
+    .map(|(runtime, socket)| (runtime, socket.clone()))
+    .collect();
+    let directory = Arc::new(std::sync::RwLock::new(ContainerDirectory::new(
+        args.max_containers,
+        &sources,
+    )));
+    for (runtime, socket) in sources {
+        tokio::spawn(runtimes::watch_runtime(
+            runtime,
+            socket,
+            Arc::clone(&directory),
+            shutdown.clone(),
+        ));
+    }
+    directory
 }
 
 /// What `run` sets up with its privileges.
@@ -271,7 +300,10 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         source,
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let pods = start_kubernetes(&args, shutdown_rx.clone()).await?;
+    let names = Directories {
+        pods: start_kubernetes(&args, shutdown_rx.clone()).await?,
+        containers: start_container_runtimes(&args, shutdown_rx.clone()),
+    };
     // Caught from here on: a stop asked for while starting still detaches cleanly.
     let mut signals = Signals {
         term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
@@ -279,7 +311,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         hup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
     };
 
-    let span_sink = start_span_export(traces_target, &args, &pods, &shutdown_rx)?;
+    let span_sink = start_span_export(traces_target, &args, &names, &shutdown_rx)?;
     let health: SharedHealth = Arc::default();
     let live = control::live_settings(&args, args.debug);
     if args.debug {
@@ -299,7 +331,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         &args,
         exposition_config,
         &queries_tx,
-        &pods,
+        &names,
         &health,
         &shutdown_rx,
     );
@@ -307,7 +339,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     tokio::spawn(health::monitor(
         MonitorSources {
             queries: queries_tx.clone(),
-            pods: Arc::clone(&pods),
+            names: names.clone(),
             otlp_traces: span_sink,
             otlp_metrics: otlp_metrics.clone(),
             cgroup_v2,
@@ -328,13 +360,10 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let state = ApiState {
         queries: queries_tx,
         exposition: Arc::new(Mutex::new(
-            Exposition::new(
-                CgroupMemoryReader::from_mounts(&mountinfo()),
-                Arc::clone(&pods),
-            )
-            .with_health(Arc::clone(&health)),
+            Exposition::new(CgroupMemoryReader::from_mounts(&mountinfo()), names.clone())
+                .with_health(Arc::clone(&health)),
         )),
-        pods,
+        names,
         exposition_config,
         otlp_metrics,
         health,
@@ -390,7 +419,7 @@ fn serve(
 fn start_span_export(
     traces_target: Option<otlp_target::SignalTarget>,
     args: &RunArgs,
-    pods: &SharedPods,
+    names: &Directories,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<SpanSink>, RunError> {
     let sink = match traces_target {
@@ -404,7 +433,7 @@ fn start_span_export(
                     retry_for: args.otlp_retry_for,
                     passwd_file: args.passwd_file.clone(),
                 },
-                Arc::clone(pods),
+                names.clone(),
                 shutdown.clone(),
             )
             .map_err(|e| RunError::Otlp(e.to_string()))?;
@@ -459,7 +488,7 @@ fn start_metrics_export(
     args: &RunArgs,
     exposition_config: ExpositionConfig,
     queries: &mpsc::Sender<Query>,
-    pods: &SharedPods,
+    names: &Directories,
     health: &SharedHealth,
     shutdown: &watch::Receiver<bool>,
 ) -> Option<Arc<MetricsExportStats>> {
@@ -473,11 +502,8 @@ fn start_metrics_export(
                     exposition: exposition_config,
                 },
                 queries.clone(),
-                Exposition::new(
-                    CgroupMemoryReader::from_mounts(&mountinfo()),
-                    Arc::clone(pods),
-                )
-                .with_health(Arc::clone(health)),
+                Exposition::new(CgroupMemoryReader::from_mounts(&mountinfo()), names.clone())
+                    .with_health(Arc::clone(health)),
                 shutdown.clone(),
             ))
         }

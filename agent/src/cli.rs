@@ -230,6 +230,21 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub(crate) otlp_retry_for: Duration,
 
+    /// Docker Engine API socket, for container names and images (`""` to turn it off). Looked
+    /// for again every 30 s while absent.
+    #[arg(long, default_value = "/run/docker.sock", value_name = "PATH")]
+    pub(crate) docker_socket: std::path::PathBuf,
+
+    /// Podman API socket (`podman system service`; it serves Docker's container API), for
+    /// container names and images (`""` to turn it off).
+    #[arg(long, default_value = "/run/podman/podman.sock", value_name = "PATH")]
+    pub(crate) podman_socket: std::path::PathBuf,
+
+    /// At most this many containers' names are cached from the runtimes' APIs; containers
+    /// beyond it are counted in taskscope_events_lost_total{source="container_runtimes"}.
+    #[arg(long, default_value_t = 16384)]
+    pub(crate) max_containers: usize,
+
     /// At most this many pods' names are cached (a node runs at most a few hundred); pods
     /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
     #[arg(long, default_value_t = 2048)]

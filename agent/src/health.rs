@@ -17,7 +17,10 @@ use taskscope_common::{Loss, HIST_BUCKETS};
 
 use crate::{
     collector::StatusResponse,
-    metadata::SourceState,
+    metadata::{
+        runtimes::{RuntimeSource, RuntimeState},
+        SourceState,
+    },
     model::{
         aggregate::WorkloadTotals,
         histogram,
@@ -164,6 +167,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) status: &'a StatusResponse,
     pub(crate) kubernetes: &'a SourceState,
     pub(crate) kubernetes_synced_once: bool,
+    /// Docker's and Podman's APIs, as configured.
+    pub(crate) container_runtimes: &'a [RuntimeSource],
     /// (up, configured) of the span exporter and of the metrics exporter.
     pub(crate) otlp_traces: Option<bool>,
     pub(crate) otlp_metrics: Option<bool>,
@@ -423,6 +428,26 @@ fn metadata_components(components: &mut BTreeMap<String, Component>, inputs: &In
             ),
         },
     );
+    for source in inputs.container_runtimes {
+        let socket = source.socket.display();
+        components.insert(
+            format!("metadata_{}", source.runtime),
+            match &source.state {
+                RuntimeState::Absent => component(
+                    Status::Disabled,
+                    format!("no API socket at {socket} (looked for every 30 s)"),
+                ),
+                RuntimeState::Synced => component(
+                    Status::Healthy,
+                    format!("containers listed from {socket} ({}), events followed", source.containers),
+                ),
+                RuntimeState::Failing(why) => component(
+                    Status::Degraded,
+                    format!("the {} API at {socket} fails: {why}; container names and images fall back to the cgroup's", source.runtime),
+                ),
+            },
+        );
+    }
 }
 
 /// The exporters: Prometheus, OTLP traces and metrics.
@@ -544,7 +569,7 @@ fn readiness(inputs: &Inputs<'_>, events: u64) -> Result<(), String> {
 /// Where the monitor gets its inputs.
 pub(crate) struct MonitorSources {
     pub(crate) queries: tokio::sync::mpsc::Sender<crate::collector::Query>,
-    pub(crate) pods: crate::metadata::SharedPods,
+    pub(crate) names: crate::metadata::Directories,
     pub(crate) otlp_traces: Option<crate::collector::export::SpanSink>,
     pub(crate) otlp_metrics: Option<Arc<crate::collector::export::MetricsExportStats>>,
     pub(crate) cgroup_v2: bool,
@@ -576,17 +601,16 @@ pub(crate) async fn monitor(
         let Some(workloads) = ask(&sources.queries, Query::Workloads).await else {
             return;
         };
-        let kubernetes = sources
-            .pods
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .state
-            .clone();
+        let (kubernetes, container_runtimes) = {
+            let names = sources.names.read();
+            (names.pods.state.clone(), names.containers.sources.clone())
+        };
         synced_once |= kubernetes == SourceState::Synced;
         let inputs = Inputs {
             status: &status,
             kubernetes: &kubernetes,
             kubernetes_synced_once: synced_once,
+            container_runtimes: &container_runtimes,
             otlp_traces: sources.otlp_traces.as_ref().map(|s| {
                 // Up, or nothing sent yet (not known to be down).
                 s.stats().up.load(Relaxed) || s.stats().failed_requests.load(Relaxed) == 0

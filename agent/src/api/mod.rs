@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     collector::export::MetricsExportStats,
-    collector::{Query, SpanFilter, StatusResponse},
+    collector::{ProcessesResponse, Query, SpanFilter, StatusResponse},
     control::Control,
     exporters::{
         families::{Exposition, ExpositionConfig},
@@ -31,7 +31,8 @@ use crate::{
         },
     },
     health::{HealthReport, SharedHealth, Status},
-    metadata::{DirectoryStatus, SharedPods},
+    metadata::{runtimes::RuntimeSource, Directories, DirectoryStatus, DirectoryView},
+    model::workload::{Workload, WorkloadNames},
 };
 
 /// Handle on the collector for request handlers.
@@ -42,7 +43,7 @@ pub(crate) struct ApiState {
     pub(crate) exposition: Arc<Mutex<Exposition>>,
     pub(crate) exposition_config: ExpositionConfig,
     /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
-    pub(crate) pods: SharedPods,
+    pub(crate) names: Directories,
     /// The OTLP metrics exporter, when on (part of /api/v1/status).
     pub(crate) otlp_metrics: Option<Arc<MetricsExportStats>>,
     /// The latest health evaluation.
@@ -176,8 +177,35 @@ async fn answer<T: Serialize>(
     }
 }
 
+/// Names a workload from the directories (pod, namespace, container, image).
+fn name_workload(workload: &mut Workload, names: &DirectoryView) {
+    let found = names.names(
+        workload.pod_uid.as_deref(),
+        workload.container_id.as_deref(),
+    );
+    let owned = |s: Option<&str>| s.map(str::to_string);
+    workload.names = Some(Box::new(WorkloadNames {
+        pod: owned(found.pod),
+        namespace: owned(found.namespace),
+        container: owned(found.container),
+        image: owned(found.image),
+    }));
+}
+
+/// A process answer with its workloads named.
+fn named_processes(state: &ApiState, mut answer: ProcessesResponse) -> Response {
+    let names = state.names.read();
+    for process in &mut answer.processes {
+        name_workload(&mut process.workload, &names);
+    }
+    Json(answer).into_response()
+}
+
 async fn processes(State(state): State<ApiState>) -> Response {
-    answer(&state, Query::Processes).await
+    match ask(&state, Query::Processes).await {
+        Ok(answer) => named_processes(&state, answer),
+        Err(response) => response,
+    }
 }
 
 async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Response {
@@ -192,7 +220,7 @@ async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Resp
             StatusCode::NOT_FOUND,
             format!("no live or recently exited process with pid {pid}"),
         ),
-        Ok(answer) => Json(answer).into_response(),
+        Ok(answer) => named_processes(&state, answer),
         Err(response) => response,
     }
 }
@@ -224,7 +252,16 @@ async fn spans(State(state): State<ApiState>, query: UrlQuery<SpansQuery>) -> Re
         pid: query.pid,
         limit: query.limit.unwrap_or(1000).min(10_000),
     };
-    answer(&state, |tx| Query::Spans(filter, tx)).await
+    match ask(&state, |tx| Query::Spans(filter, tx)).await {
+        Ok(mut answer) => {
+            let names = state.names.read();
+            for workload in answer.spans.iter_mut().filter_map(|s| s.workload.as_mut()) {
+                name_workload(workload, &names);
+            }
+            Json(answer).into_response()
+        }
+        Err(response) => response,
+    }
 }
 
 async fn node(State(state): State<ApiState>) -> Response {
@@ -237,6 +274,8 @@ struct FullStatus {
     #[serde(flatten)]
     collector: StatusResponse,
     kubernetes: DirectoryStatus,
+    /// Docker's and Podman's APIs: socket, state, containers named.
+    container_runtimes: Vec<RuntimeSource>,
     otlp_metrics: Option<serde_json::Value>,
     /// Capabilities effective now (the rest were dropped after attaching).
     capabilities: Vec<String>,
@@ -245,14 +284,14 @@ struct FullStatus {
 async fn status(State(state): State<ApiState>) -> Response {
     match ask(&state, Query::Status).await {
         Ok(collector) => {
-            let kubernetes = state
-                .pods
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .status();
+            let (kubernetes, container_runtimes) = {
+                let names = state.names.read();
+                (names.pods.status(), names.containers.sources.clone())
+            };
             Json(FullStatus {
                 collector,
                 kubernetes,
+                container_runtimes,
                 otlp_metrics: state
                     .otlp_metrics
                     .as_deref()
@@ -390,13 +429,13 @@ fn health_response(state: &ApiState, detailed: bool) -> Response {
     };
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     if detailed {
-        let pods = state.pods.read().unwrap_or_else(|p| p.into_inner());
+        let names = state.names.read();
         body["window_seconds"] = serde_json::json!(report.window_seconds);
         body["workloads"] = report
             .workloads
             .iter()
             .map(|w| {
-                let names = pods.names(w.workload.pod_uid.as_deref(), w.workload.container_id.as_deref());
+                let names = names.names(w.workload.pod_uid.as_deref(), w.workload.container_id.as_deref());
                 serde_json::json!({
                     "cgroup": w.workload.cgroup,
                     "container_id": w.workload.container_id,

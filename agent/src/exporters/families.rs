@@ -7,13 +7,13 @@
 //!
 //! Reference of every family: docs/metrics.md.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt};
 
 use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
 
 use crate::{
     health::SharedHealth,
-    metadata::{PodDirectory, SharedPods, SourceState},
+    metadata::{Directories, DirectoryView, SourceState},
     model::{
         aggregate::{add_syscalls, WorkloadTotals},
         errno::errno_name,
@@ -169,6 +169,8 @@ struct Figures {
     syscalls: Vec<NamedSyscall>,
     /// The workload cgroup's memory (workloads only, not selected processes).
     memory: Option<CgroupMemory>,
+    /// A container's descriptive labels (image, runtime) for `taskscope_workload_info`.
+    info: Option<Labels>,
 }
 
 /// A subject kept under the series cap.
@@ -178,8 +180,8 @@ struct KeptWorkload {
     figures: Figures,
 }
 
-fn workload_labels(w: &Workload, pods: &PodDirectory) -> Labels {
-    let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
+fn workload_labels(w: &Workload, directories: &DirectoryView) -> Labels {
+    let names = directories.names(w.pod_uid.as_deref(), w.container_id.as_deref());
     // Without the Kubernetes API (or before it knows the pod), the pod is known by its UID.
     let values = [
         names.namespace.unwrap_or_default().to_string(),
@@ -193,6 +195,20 @@ fn workload_labels(w: &Workload, pods: &PodDirectory) -> Labels {
         w.cgroup.clone(),
     ];
     WORKLOAD_LABELS.iter().copied().zip(values).collect()
+}
+
+/// What describes a container workload beyond its identity: the image and the runtime.
+fn container_info(w: &Workload, directories: &DirectoryView) -> Option<Labels> {
+    let id = w.container_id.as_deref()?;
+    let runtime = directories.containers.get(id).map(|c| c.runtime);
+    let image = directories.names(w.pod_uid.as_deref(), Some(id)).image;
+    Some(vec![
+        ("image", image.unwrap_or_default().to_string()),
+        (
+            "runtime",
+            runtime.or(w.runtime).unwrap_or_default().to_string(),
+        ),
+    ])
 }
 
 fn with(base: &[(&'static str, String)], extra: &[(&'static str, String)]) -> Labels {
@@ -334,6 +350,18 @@ fn expose_io_counter(
 
 /// Every per-subject family, in exposition order.
 const SUBJECT_FAMILIES: &[SubjectFamily] = &[
+    SubjectFamily {
+        suffix: "workload",
+        help: "One series per container workload, labelled with what describes it: image (from the runtime's API) and runtime.",
+        family_type: FamilyType::Info,
+        series_group: "taskscope_workload_info",
+        workloads_only: true,
+        series: |f| usize::from(f.info.is_some()),
+        expose: |family, labels, f| match &f.info {
+            Some(info) => family.info(&with(labels, info)),
+            None => Ok(()),
+        },
+    },
     SubjectFamily {
         suffix: "cpu_seconds",
         help: "Time the workload's tasks spent on a CPU (the kernel's sum_exec_runtime).",
@@ -846,15 +874,15 @@ pub(crate) struct Exposition {
     pub(crate) previous_len: usize,
     /// Reads workload memory from cgroupfs at scrape time (off the collector).
     memory: CgroupMemoryReader,
-    /// Pod and container names (empty without `--kubernetes`).
-    pods: SharedPods,
+    /// Pod and container names and images (empty without their sources).
+    directories: Directories,
     /// The latest health evaluation, when the agent runs one.
     health: Option<SharedHealth>,
 }
 
 impl Default for Exposition {
     fn default() -> Self {
-        Self::new(CgroupMemoryReader::default(), PodDirectory::disabled())
+        Self::new(CgroupMemoryReader::default(), Directories::disabled())
     }
 }
 
@@ -862,9 +890,11 @@ impl Exposition {
     /// One scrape of `snapshot`: what fits under the series cap, with the node's and the
     /// agent's own families.
     pub(crate) fn scrape(&mut self, snapshot: MetricsSnapshot, config: ExpositionConfig) -> Scrape {
-        let pods = Arc::clone(&self.pods);
-        let pods = pods.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let selected = self.select(snapshot.workloads, snapshot.processes, config, &pods);
+        let directories = self.directories.clone();
+        let names = directories.read();
+        let selected = self.select(snapshot.workloads, snapshot.processes, config, &names);
+        let pods = &names.pods;
+        let containers = &names.containers;
         self.dropped_series_total += selected.dropped;
         let mut scrape = Scrape {
             kept: selected.kept,
@@ -884,6 +914,11 @@ impl Exposition {
                     "cache_full",
                     pods.dropped_total,
                 )))
+                .chain((!containers.sources.is_empty()).then_some((
+                    loss_source::CONTAINER_RUNTIMES,
+                    "cache_full",
+                    containers.dropped_total,
+                )))
                 .collect(),
             kubernetes_synced: match pods.state {
                 SourceState::Disabled => None,
@@ -898,18 +933,19 @@ impl Exposition {
             log_lines_suppressed: crate::logging::SUPPRESSED_TOTAL
                 .load(std::sync::atomic::Ordering::Relaxed),
         };
-        self.add_health(&mut scrape, &pods);
+        self.add_health(&mut scrape, &names);
         scrape
     }
 
-    /// An encoder reading workload memory with `memory` and naming pods from `pods`.
-    pub(crate) fn new(memory: CgroupMemoryReader, pods: SharedPods) -> Self {
+    /// An encoder reading workload memory with `memory` and naming workloads from
+    /// `directories`.
+    pub(crate) fn new(memory: CgroupMemoryReader, directories: Directories) -> Self {
         Self {
             dropped_series_total: 0,
             previous_scrape_seconds: 0.0,
             previous_len: 0,
             memory,
-            pods,
+            directories,
             health: None,
         }
     }
@@ -926,7 +962,7 @@ impl Exposition {
         mut workloads: Vec<(Workload, WorkloadTotals)>,
         selected_processes: Vec<SelectedProcess>,
         config: ExpositionConfig,
-        pods: &PodDirectory,
+        names: &DirectoryView,
     ) -> Selected {
         // Under the cap, the busiest workloads are the ones kept.
         workloads.sort_by(|a, b| {
@@ -944,6 +980,7 @@ impl Exposition {
                 syscalls: top_syscalls(&totals, config.top_syscalls),
                 totals,
                 memory: None,
+                info: container_info(&workload, names),
             };
             let without_memory: usize = series_of(&figures, true).values().sum();
             if used + without_memory > config.max_series {
@@ -964,7 +1001,7 @@ impl Exposition {
                 *series.entry(family).or_default() += count;
             }
             kept.push(KeptWorkload {
-                labels: workload_labels(&workload, pods),
+                labels: workload_labels(&workload, names),
                 figures,
             });
         }
@@ -974,6 +1011,7 @@ impl Exposition {
                 syscalls: top_syscalls(&p.totals, config.top_syscalls),
                 totals: p.totals,
                 memory: None,
+                info: None,
             };
             let total: usize = series_of(&figures, false).values().sum();
             if used + total > config.max_series {
@@ -984,7 +1022,7 @@ impl Exposition {
             *series.entry("taskscope_process").or_default() += total;
             let extra = [("pid", p.pid.to_string()), ("comm", p.comm.clone())];
             processes.push(KeptWorkload {
-                labels: with(&workload_labels(&p.workload, pods), &extra),
+                labels: with(&workload_labels(&p.workload, names), &extra),
                 figures,
             });
         }
@@ -997,7 +1035,7 @@ impl Exposition {
     }
 
     /// Adds the latest health evaluation, when the agent runs one.
-    fn add_health(&self, scrape: &mut Scrape, pods: &PodDirectory) {
+    fn add_health(&self, scrape: &mut Scrape, names: &DirectoryView) {
         if let Some(health) = &self.health {
             let health = health.read().unwrap_or_else(|p| p.into_inner());
             if let Some(report) = health.as_ref() {
@@ -1011,7 +1049,7 @@ impl Exposition {
                     .workloads
                     .iter()
                     .flat_map(|w| {
-                        let labels = workload_labels(&w.workload, pods);
+                        let labels = workload_labels(&w.workload, names);
                         w.states
                             .keys()
                             .map(move |state| (labels.clone(), state.name()))

@@ -27,7 +27,7 @@ use super::otlp_target::{grpc_channel, grpc_metadata, http_client, SignalTarget,
 use crate::{
     cli::OtlpProtocol,
     collector::export::{SpanExportStats, SpanSink},
-    metadata::{users::UserNames, SharedPods},
+    metadata::{users::UserNames, Directories, DirectoryView},
     model::{
         exit::ExitStatus,
         span::{SlowWaitView, TaskSpan},
@@ -59,7 +59,7 @@ pub(crate) struct OtlpError(String);
 /// Builds the exporter and starts the export task.
 pub(crate) fn start(
     config: OtlpConfig,
-    pods: SharedPods,
+    names: Directories,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SpanSink, OtlpError> {
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -97,7 +97,7 @@ pub(crate) fn start(
         exporter,
         rx,
         config,
-        pods,
+        names,
         sink.shared_stats(),
         shutdown,
     ));
@@ -172,7 +172,7 @@ async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<TaskSpan>,
     config: OtlpConfig,
-    pods: SharedPods,
+    names: Directories,
     stats: Arc<SpanExportStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -196,12 +196,12 @@ async fn export_loop(
             }
         }
         let batch: Vec<SpanData> = {
-            let pods = pods.read().unwrap_or_else(|p| p.into_inner());
+            let names = names.read();
             spans
                 .iter()
                 .map(|s| {
                     let owner = s.uid.and_then(|uid| users.name(uid)).map(str::to_string);
-                    span_data(s, &pods, owner, scope.clone())
+                    span_data(s, &names, owner, scope.clone())
                 })
                 .collect()
         };
@@ -252,13 +252,13 @@ fn secs(ns: u64) -> f64 {
 /// A task span as OTLP span data, with OpenTelemetry semantic-convention attributes.
 pub(crate) fn span_data(
     s: &TaskSpan,
-    pods: &crate::metadata::PodDirectory,
+    names: &DirectoryView,
     owner: Option<String>,
     scope: InstrumentationScope,
 ) -> SpanData {
     let mut attributes = process_attributes(s, owner);
     if let Some(w) = &s.workload {
-        attributes.extend(workload_attributes(w, pods));
+        attributes.extend(workload_attributes(w, names));
     }
     let events = span_events(s);
     // Non-exhaustive: built from the default, then filled.
@@ -347,7 +347,7 @@ fn process_attributes(s: &TaskSpan, owner: Option<String>) -> Vec<KeyValue> {
 }
 
 /// The workload's attributes: cgroup, container, pod (names from the pod directory).
-fn workload_attributes(w: &Workload, pods: &crate::metadata::PodDirectory) -> Vec<KeyValue> {
+fn workload_attributes(w: &Workload, names: &DirectoryView) -> Vec<KeyValue> {
     let mut attributes = Vec::new();
     attributes.push(KeyValue::new("taskscope.cgroup", w.cgroup.clone()));
     if let Some(id) = &w.container_id {
@@ -356,7 +356,7 @@ fn workload_attributes(w: &Workload, pods: &crate::metadata::PodDirectory) -> Ve
     if let Some(uid) = &w.pod_uid {
         attributes.push(KeyValue::new("k8s.pod.uid", uid.clone()));
     }
-    let names = pods.names(w.pod_uid.as_deref(), w.container_id.as_deref());
+    let names = names.names(w.pod_uid.as_deref(), w.container_id.as_deref());
     if let Some(name) = names.pod {
         attributes.push(KeyValue::new("k8s.pod.name", name.to_string()));
     }
@@ -365,6 +365,13 @@ fn workload_attributes(w: &Workload, pods: &crate::metadata::PodDirectory) -> Ve
     }
     if let Some(container) = names.container {
         attributes.push(KeyValue::new("k8s.container.name", container.to_string()));
+        attributes.push(KeyValue::new("container.name", container.to_string()));
+    }
+    if let Some(image) = names.image {
+        attributes.push(KeyValue::new("container.image.name", image.to_string()));
+    }
+    if let Some(runtime) = w.runtime {
+        attributes.push(KeyValue::new("container.runtime", runtime));
     }
     attributes
 }

@@ -1,15 +1,19 @@
 //! Names of workloads the cgroup path does not carry: pod name, namespace and container name,
-//! from the Kubernetes API (`--kubernetes`, see [`kubernetes`]). Without the API, workloads
-//! keep what the cgroup gives (pod UID, container id), and `/api/v1/status` says why.
+//! from the Kubernetes API (`--kubernetes`, see [`kubernetes`]); container names and images
+//! from Docker's and Podman's APIs (see [`runtimes`]). Without them, workloads keep what the
+//! cgroup gives (pod UID, container id), and `/api/v1/status` says why.
 
 #[cfg(feature = "kubernetes")]
 pub(crate) mod kubernetes;
+pub(crate) mod runtimes;
 pub(crate) mod users;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, RwLockReadGuard},
 };
+
+use runtimes::{ContainerDirectory, SharedContainers};
 
 use serde::Serialize;
 
@@ -141,6 +145,68 @@ impl PodDirectory {
             pods: self.pods.len(),
             max_pods: self.max_pods,
             dropped_total: self.dropped_total,
+        }
+    }
+}
+
+/// Every source of workload names, as their readers hold them.
+#[derive(Debug, Clone)]
+pub(crate) struct Directories {
+    pub(crate) pods: SharedPods,
+    pub(crate) containers: SharedContainers,
+}
+
+/// The directories read-locked for one scrape, export batch or answer.
+pub(crate) struct DirectoryView<'a> {
+    pub(crate) pods: RwLockReadGuard<'a, PodDirectory>,
+    pub(crate) containers: RwLockReadGuard<'a, ContainerDirectory>,
+}
+
+/// What the directories know of a workload.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkloadNames<'a> {
+    pub(crate) pod: Option<&'a str>,
+    pub(crate) namespace: Option<&'a str>,
+    /// Kubernetes' container name in a pod, else the runtime's.
+    pub(crate) container: Option<&'a str>,
+    /// The image, from the runtime's API.
+    pub(crate) image: Option<&'a str>,
+}
+
+impl Directories {
+    /// Directories that stay empty (no Kubernetes API, no runtime socket).
+    pub(crate) fn disabled() -> Self {
+        Self {
+            pods: PodDirectory::disabled(),
+            containers: Arc::new(RwLock::new(ContainerDirectory::default())),
+        }
+    }
+
+    pub(crate) fn read(&self) -> DirectoryView<'_> {
+        DirectoryView {
+            pods: self.pods.read().unwrap_or_else(|p| p.into_inner()),
+            containers: self.containers.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
+impl DirectoryView<'_> {
+    /// Names for a workload known by pod UID and container id (from its cgroup).
+    pub(crate) fn names(
+        &self,
+        pod_uid: Option<&str>,
+        container_id: Option<&str>,
+    ) -> WorkloadNames<'_> {
+        let kubernetes = self.pods.names(pod_uid, container_id);
+        let runtime = container_id.and_then(|id| self.containers.get(id));
+        let non_empty = |s: &str| !s.is_empty();
+        WorkloadNames {
+            pod: kubernetes.pod,
+            namespace: kubernetes.namespace,
+            container: kubernetes
+                .container
+                .or_else(|| runtime.map(|c| c.name.as_str()).filter(|n| non_empty(n))),
+            image: runtime.map(|c| c.image.as_str()).filter(|i| non_empty(i)),
         }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) mod loss_source {
     pub(crate) const OTLP_SPANS: &str = "otlp_spans";
     /// Pods left out of the name cache.
     pub(crate) const KUBERNETES_PODS: &str = "kubernetes_pods";
+    /// Containers left out of the runtimes' name cache.
+    pub(crate) const CONTAINER_RUNTIMES: &str = "container_runtimes";
 }
 
 /// A process selected by `--process-metrics`, with its own figures.

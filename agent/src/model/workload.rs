@@ -1,14 +1,24 @@
 //! Workload identity from a cgroup v2 path: the container (and its runtime), the Kubernetes pod
 //! UID and QoS class, or the systemd unit, with the plain cgroup path for everything else.
 //!
-//! Recognised layouts (paths relative to the cgroup v2 root):
+//! A container is recognised only where its runtime puts it (paths relative to the cgroup v2
+//! root), so that nobody can pass a cgroup of their own for someone else's container: a user
+//! may create cgroups in their delegated subtree (`user@<uid>.service/...`) with any name,
+//! including `docker-<a real container's id>.scope`, and those stay plain cgroups.
 //! - Kubernetes, systemd driver: `/kubepods.slice/kubepods-burstable.slice/
-//!   kubepods-burstable-pod<uid, '_' for '-'>.slice/cri-containerd-<id>.scope` (Guaranteed pods
-//!   sit directly under `kubepods.slice`, `kubepods-pod<uid>.slice`);
+//!   kubepods-burstable-pod<uid, '_' for '-'>.slice/<runtime>-<id>.scope` (Guaranteed pods
+//!   sit directly under `kubepods.slice`, `kubepods-pod<uid>.slice`); the container is the
+//!   pod's child: `cri-containerd-<id>.scope`, `crio-<id>.scope` or `docker-<id>.scope`;
 //! - Kubernetes, cgroupfs driver: `/kubepods/burstable/pod<uid>/<id>` (`/kubepods/pod<uid>/<id>`
-//!   for Guaranteed);
-//! - containerd/CRI `cri-containerd-<id>.scope`, CRI-O `crio-<id>.scope`, Docker
-//!   `docker-<id>.scope` or `/docker/<id>`, Podman `libpod-<id>.scope`;
+//!   for Guaranteed; CRI-O: `crio-<id>`);
+//! - Docker: `/docker/<id>` (cgroupfs driver), `/system.slice/docker-<id>.scope` (systemd);
+//! - Podman (rootful): `/libpod_parent/libpod-<id>` (cgroupfs; in a pod
+//!   `/libpod_parent/<pod id>/libpod-<id>`), `/machine.slice/libpod-<id>.scope` (systemd; in a
+//!   pod `/machine.slice/machine-libpod_pod_<pod id>.slice/libpod-<id>.scope`); conmon's own
+//!   cgroup (`libpod-conmon-<id>.scope`, `/libpod_parent/conmon`) is not the container;
+//! - containerd without Kubernetes: `/default/<id>` (the `default` namespace, cgroupfs),
+//!   `/system.slice/nerdctl-<id>.scope`; CRI-O: `/system.slice/crio-<id>.scope`;
+//! - a container's own sub-cgroups belong to it;
 //! - systemd units: the last `*.service` or `*.scope` component.
 
 use serde::Serialize;
@@ -36,6 +46,19 @@ pub(crate) struct Workload {
     pub(crate) qos_class: Option<QosClass>,
     /// systemd unit (`ssh.service`, `session-3.scope`) for processes outside containers.
     pub(crate) systemd_unit: Option<String>,
+    /// Names from the Kubernetes and container runtime APIs, filled where an answer is made
+    /// (the JSON API); `None` where unknown.
+    #[serde(flatten)]
+    pub(crate) names: Option<Box<WorkloadNames>>,
+}
+
+/// A workload's names, as the JSON API shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct WorkloadNames {
+    pub(crate) pod: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) container: Option<String>,
+    pub(crate) image: Option<String>,
 }
 
 /// Container scope prefixes and their runtimes (the `*-conmon-*` helpers excluded first).
@@ -44,6 +67,7 @@ const SCOPE_PREFIXES: &[(&str, &str)] = &[
     ("crio-", "cri-o"),
     ("docker-", "docker"),
     ("libpod-", "podman"),
+    ("nerdctl-", "containerd"),
 ];
 
 fn is_container_id(s: &str) -> bool {
@@ -83,29 +107,24 @@ impl Workload {
         let in_kubepods = components
             .first()
             .is_some_and(|c| *c == "kubepods" || *c == "kubepods.slice");
-        for (index, component) in components.iter().enumerate() {
-            if in_kubepods {
-                if let Some(uid) = pod_uid(component) {
-                    workload.pod_uid = Some(uid);
-                    workload.qos_class = components[1..index]
-                        .iter()
-                        .find_map(|c| qos_class(c))
-                        .or(Some(QosClass::Guaranteed));
-                    continue;
-                }
-            }
-            if let Some(id) = container_in(component, components.get(index.wrapping_sub(1))) {
-                workload.container_id = Some(id.0);
-                workload.runtime = id.1;
-            }
-        }
-        // Kubernetes with the cgroupfs driver names the container cgroup by its bare id.
-        if workload.container_id.is_none() && workload.pod_uid.is_some() {
-            if let Some(last) = components.last().filter(|c| is_container_id(c)) {
-                workload.container_id = Some(last.to_string());
-            }
-        }
-        if workload.container_id.is_none() && !in_kubepods {
+        let container = if in_kubepods {
+            // kubepods[/qos]/pod: the pod is the second or third component.
+            let pod = (1..=2).find_map(|i| Some((i, pod_uid(components.get(i)?)?)));
+            pod.and_then(|(index, uid)| {
+                workload.pod_uid = Some(uid);
+                workload.qos_class = components[1..index]
+                    .iter()
+                    .find_map(|c| qos_class(c))
+                    .or(Some(QosClass::Guaranteed));
+                pod_container(components.get(index + 1)?)
+            })
+        } else {
+            runtime_container(&components)
+        };
+        if let Some((id, runtime)) = container {
+            workload.container_id = Some(id.to_string());
+            workload.runtime = runtime;
+        } else if !in_kubepods {
             workload.systemd_unit = components
                 .iter()
                 .rev()
@@ -121,24 +140,67 @@ impl Workload {
     }
 }
 
-/// A container id (and runtime) named by one path component.
-fn container_in(component: &str, parent: Option<&&str>) -> Option<(String, Option<&'static str>)> {
-    if let Some(scope) = component.strip_suffix(".scope") {
-        if scope.contains("-conmon-") {
-            return None;
-        }
-        for (prefix, runtime) in SCOPE_PREFIXES {
-            if let Some(id) = scope.strip_prefix(prefix).filter(|id| is_container_id(id)) {
-                return Some((id.to_string(), Some(runtime)));
-            }
-        }
+/// A container id (and runtime) named by a scope: `<runtime prefix><id>.scope`, or without the
+/// `.scope` where `bare` (cgroupfs drivers).
+fn scoped_id(component: &str, bare: bool) -> Option<(&str, Option<&'static str>)> {
+    let scope = match component.strip_suffix(".scope") {
+        Some(scope) => scope,
+        None if bare => component,
+        None => return None,
+    };
+    if scope.contains("-conmon-") {
         return None;
     }
-    // Docker with the cgroupfs driver: /docker/<id>.
-    if parent.is_some_and(|p| *p == "docker") && is_container_id(component) {
-        return Some((component.to_string(), Some("docker")));
+    SCOPE_PREFIXES.iter().find_map(|(prefix, runtime)| {
+        let id = scope
+            .strip_prefix(prefix)
+            .filter(|id| is_container_id(id))?;
+        Some((id, Some(*runtime)))
+    })
+}
+
+/// The container of a Kubernetes pod, from the pod cgroup's child.
+fn pod_container(component: &str) -> Option<(&str, Option<&'static str>)> {
+    if is_container_id(component) {
+        return Some((component, None));
     }
-    None
+    scoped_id(component, true)
+}
+
+/// A container outside Kubernetes, only at the places its runtime puts it.
+fn runtime_container<'a>(components: &[&'a str]) -> Option<(&'a str, Option<&'static str>)> {
+    let at = |i: usize| components.get(i).copied();
+    let runtime_of = |found: Option<(&'a str, Option<&'static str>)>, runtime: &str| {
+        found.filter(|(_, r)| *r == Some(runtime))
+    };
+    match at(0)? {
+        "docker" => at(1)
+            .filter(|id| is_container_id(id))
+            .map(|id| (id, Some("docker"))),
+        "default" => at(1)
+            .filter(|id| is_container_id(id))
+            .map(|id| (id, Some("containerd"))),
+        "system.slice" => {
+            scoped_id(at(1)?, false).filter(|(_, runtime)| !matches!(runtime, Some("podman")))
+        }
+        "machine.slice" => {
+            let pod =
+                at(1).filter(|c| c.starts_with("machine-libpod_pod_") && c.ends_with(".slice"));
+            runtime_of(
+                scoped_id(at(if pod.is_some() { 2 } else { 1 })?, false),
+                "podman",
+            )
+        }
+        "libpod_parent" => {
+            let index = if at(1).is_some_and(is_container_id) {
+                2
+            } else {
+                1
+            };
+            runtime_of(scoped_id(at(index)?, true), "podman")
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -202,9 +264,7 @@ mod tests {
             (w.container_id.as_deref(), w.runtime),
             (Some(ID), Some("docker"))
         );
-        let w = Workload::from_cgroup(&format!(
-            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
-        ));
+        let w = Workload::from_cgroup(&format!("/machine.slice/libpod-{ID}.scope"));
         assert_eq!(w.runtime, Some("podman"));
         assert_eq!(w.key(), ID);
         // conmon is the runtime's helper, not the container.
@@ -225,6 +285,66 @@ mod tests {
                 ..Workload::default()
             }
         );
+    }
+
+    #[test]
+    fn every_runtime_layout_outside_kubernetes() {
+        let cases = [
+            (format!("/libpod_parent/libpod-{ID}"), Some("podman")),
+            (format!("/libpod_parent/{ID}/libpod-{ID}"), Some("podman")),
+            (
+                format!("/machine.slice/machine-libpod_pod_{ID}.slice/libpod-{ID}.scope"),
+                Some("podman"),
+            ),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                Some("podman"),
+            ),
+            (format!("/docker/{ID}/init"), Some("docker")),
+            (format!("/default/{ID}"), Some("containerd")),
+            (
+                format!("/system.slice/nerdctl-{ID}.scope"),
+                Some("containerd"),
+            ),
+            (
+                format!("/kubepods/burstable/pod{UID}/crio-{ID}"),
+                Some("cri-o"),
+            ),
+        ];
+        for (path, runtime) in cases {
+            let w = Workload::from_cgroup(&path);
+            assert_eq!(
+                (w.container_id.as_deref(), w.runtime),
+                (Some(ID), runtime),
+                "{path}"
+            );
+        }
+        // conmon's cgroup with the cgroupfs manager.
+        assert_eq!(
+            Workload::from_cgroup("/libpod_parent/conmon").container_id,
+            None
+        );
+    }
+
+    #[test]
+    fn a_container_id_outside_its_runtimes_place_is_not_that_container() {
+        const OTHER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for path in [
+            // A user's delegated subtree: anyone can name a cgroup there.
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope"),
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"),
+            format!("/user.slice/user-1000.slice/user@1000.service/docker/{ID}"),
+            format!("/mine/docker/{ID}"),
+            format!("/system.slice/mine.service/docker-{ID}.scope"),
+            format!("/kubepods/burstable/pod{UID}/{OTHER}/docker-{ID}.scope"),
+        ] {
+            let w = Workload::from_cgroup(&path);
+            assert_ne!(w.container_id.as_deref(), Some(ID), "{path}");
+            assert_ne!(w.key(), ID, "{path}");
+        }
+        // Inside a container, a sub-cgroup named for another container is still the first one.
+        let w = Workload::from_cgroup(&format!("/docker/{OTHER}/docker/{ID}"));
+        assert_eq!(w.container_id.as_deref(), Some(OTHER));
     }
 
     #[test]
