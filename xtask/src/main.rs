@@ -225,6 +225,12 @@ fn setup(for_tests: bool) -> Result<()> {
             // deploy/ tests: kustomize rendering and the systemd unit's verification.
             ("kubectl", "kubernetes-client"),
             ("systemd-analyze", "systemd"),
+            // Real containers: Docker and Podman (with runc: crun refuses hybrid cgroups), run
+            // from a root filesystem of Debian's static busybox (no registry is reachable).
+            ("dockerd", "docker.io"),
+            ("podman", "podman"),
+            ("runc", "runc"),
+            ("busybox", "busybox-static"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()

@@ -1,0 +1,445 @@
+//! Real containers: Docker (a private dockerd) and Podman (runc, cgroupfs manager), each
+//! container started with a name from a root filesystem of Debian's static busybox. Truth is
+//! each container cgroup's own `cpu.stat`, the name and image the runtime was given, and the
+//! exit code the runtime reports.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use taskscope_e2e::{
+    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns, sample, wait_for,
+    wait_until_blocked, Agent,
+};
+
+/// What every container runs: about a second and a half of CPU in its main process, then a
+/// few seconds blocked (while the test compares), then exit code 3.
+const BURN_THEN_EXIT_3: &str = "i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done; sleep 4; exit 3";
+
+/// A scratch directory for one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        // Short: dockerd puts unix sockets under it (at most 108 bytes a path).
+        let dir = PathBuf::from(format!("/tmp/ts-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A root filesystem of Debian's busybox-static, with the applets the tests use.
+fn busybox_rootfs(dir: &Path) {
+    std::fs::create_dir_all(dir.join("bin")).expect("rootfs/bin");
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .expect("copy /bin/busybox (busybox-static)");
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).expect("applet link");
+    }
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A private Docker daemon (cgroupfs driver, no networking set-up), stopped when dropped.
+struct Dockerd {
+    child: Child,
+    socket: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Dockerd {
+    fn start() -> Dockerd {
+        let scratch = Scratch::new("docker");
+        let dir = &scratch.0;
+        let socket = dir.join("docker.sock");
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");
+        let child = Command::new("dockerd")
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .args(["--iptables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd (docker.io)");
+        let dockerd = Dockerd {
+            child,
+            socket,
+            _scratch: scratch,
+        };
+        wait_for("dockerd to answer", Duration::from_secs(60), || {
+            dockerd
+                .cli()
+                .arg("version")
+                .output()
+                .ok()?
+                .status
+                .success()
+                .then_some(())
+        });
+        dockerd
+    }
+
+    fn cli(&self) -> Command {
+        let mut command = Command::new("docker");
+        command
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()));
+        command
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.cli().args(["rm", "-f", "ts-web"]).output();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Podman with runc and the cgroupfs manager (crun refuses hybrid cgroups), its storage and
+/// its API service private to the test; the service stopped when dropped.
+struct Podman {
+    service: Option<Child>,
+    socket: PathBuf,
+    scratch: Scratch,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let scratch = Scratch::new("podman");
+        // The default ulimits exceed this machine's hard limit of open files.
+        std::fs::write(
+            scratch.0.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n",
+        )
+        .expect("containers.conf");
+        let socket = scratch.0.join("podman.sock");
+        Podman {
+            service: None,
+            socket,
+            scratch,
+        }
+    }
+
+    fn cli(&self) -> Command {
+        let dir = &self.scratch.0;
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .arg("--root")
+            .arg(dir.join("storage"))
+            .arg("--runroot")
+            .arg(dir.join("run"))
+            .args([
+                "--runtime",
+                "/usr/sbin/runc",
+                "--cgroup-manager",
+                "cgroupfs",
+            ]);
+        command
+    }
+
+    /// Serves Podman's API (Docker-compatible container endpoints) on `self.socket`.
+    fn serve(&mut self) {
+        let child = self
+            .cli()
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman system service");
+        self.service = Some(child);
+        wait_for("Podman's API socket", Duration::from_secs(30), || {
+            self.socket.exists().then_some(())
+        });
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cli().args(["rm", "-f", "ts-db"]).output();
+        if let Some(child) = &mut self.service {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A container's main process and cgroup v2 path, from `/proc/<pid>/cgroup`.
+fn container_process(pid: u32) -> (u32, String) {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_string();
+    (pid, path)
+}
+
+/// Checks one running container against the kernel and the runtime: CPU within 1% of its
+/// cgroup's `cpu.stat`, its name in `container`, the info series with image and runtime.
+fn check_container(agent: &Agent, pid: u32, id: &str, name: &str, image: &str, runtime: &str) {
+    let (pid, cgroup) = container_process(pid);
+    println!("{runtime} container {name}: pid {pid}, cgroup {cgroup}");
+    wait_until_blocked(pid);
+    let truth = cgroup_usage_usec(&Path::new(&cgroup2_root()).join(cgroup.trim_start_matches('/')));
+    let after = monotonic_ns();
+    let process = agent.process_after(pid, after);
+    let workload = &process["workload"];
+    assert_eq!(workload["container_id"].as_str(), Some(id), "{process}");
+    assert_eq!(workload["runtime"].as_str(), Some(runtime), "{process}");
+    assert_eq!(workload["container"].as_str(), Some(name), "{process}");
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
+    let id_label = format!("container_id=\"{id}\"");
+    let cpu = sample(&scrape, "taskscope_cpu_seconds_total", &[&id_label])
+        .unwrap_or_else(|| panic!("no CPU series for container {id}"));
+    assert_close(
+        &format!("{runtime} container {name}: CPU µs (cpu.stat usage_usec)"),
+        (cpu * 1e6) as u64,
+        truth,
+        0.01,
+    );
+    let info = sample(
+        &scrape,
+        "taskscope_workload_info",
+        &[
+            &id_label,
+            &format!("container=\"{name}\""),
+            &format!("image=\"{image}\""),
+            &format!("runtime=\"{runtime}\""),
+        ],
+    );
+    assert_eq!(
+        info,
+        Some(1.0),
+        "no info series naming {name}, {image}, {runtime}"
+    );
+}
+
+/// After the container exited: its main process is a task exit with code 3.
+fn check_exit(agent: &Agent, pid: u32, runtime_says: &str) {
+    assert_eq!(runtime_says, "3", "the runtime's exit code");
+    let process = wait_for("the container's exit", Duration::from_secs(20), || {
+        let p = agent.get(&format!("/api/v1/processes/{pid}"))["processes"][0].clone();
+        (p["state"] == "exited").then_some(p)
+    });
+    println!("exit as taskscope saw it: {}", process["exit"]);
+    assert_eq!(process["exit"]["code"].as_i64(), Some(3), "{process}");
+}
+
+#[test]
+fn docker_containers_are_named_and_charged_like_their_cgroups() {
+    let scratch = Scratch::new("docker-image");
+    busybox_rootfs(&scratch.0.join("rootfs"));
+    let dockerd = Dockerd::start();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(scratch.0.join("rootfs"))
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    run(dockerd
+        .cli()
+        .args(["import", "-", "taskscope-busybox:test"])
+        .stdin(tar.stdout.expect("tar output")));
+    let agent = Agent::start(&["--docker-socket", dockerd.socket.to_str().unwrap()]);
+    let id = stdout(&run(dockerd.cli().args([
+        "run",
+        "-d",
+        "--name",
+        "ts-web",
+        "--network",
+        "none",
+        "taskscope-busybox:test",
+        "sh",
+        "-c",
+        BURN_THEN_EXIT_3,
+    ])));
+    let pid: u32 = stdout(&run(dockerd.cli().args([
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &id,
+    ])))
+    .parse()
+    .expect("the container's pid");
+    check_container(
+        &agent,
+        pid,
+        &id,
+        "ts-web",
+        "taskscope-busybox:test",
+        "docker",
+    );
+    let code = stdout(&run(dockerd.cli().args(["wait", &id])));
+    check_exit(&agent, pid, &code);
+}
+
+#[test]
+fn podman_containers_are_named_and_charged_like_their_cgroups() {
+    let scratch = Scratch::new("podman-rootfs");
+    let rootfs = scratch.0.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let mut podman = Podman::new();
+    podman.serve();
+    let agent = Agent::start(&["--podman-socket", podman.socket.to_str().unwrap()]);
+    let id = stdout(&run(podman
+        .cli()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "ts-db",
+            "--network",
+            "none",
+            "--rootfs",
+        ])
+        .arg(&rootfs)
+        .args(["sh", "-c", BURN_THEN_EXIT_3])));
+    let pid: u32 = stdout(&run(podman.cli().args([
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &id,
+    ])))
+    .parse()
+    .expect("the container's pid");
+    let (_, cgroup) = container_process(pid);
+    assert_eq!(cgroup, format!("/libpod_parent/libpod-{id}"));
+    // A container run from a root filesystem has no image.
+    check_container(&agent, pid, &id, "ts-db", "", "podman");
+    let code = stdout(&run(podman.cli().args(["wait", &id])));
+    check_exit(&agent, pid, &code);
+}
+
+#[test]
+fn a_lookalike_in_a_users_subtree_is_not_merged_into_the_container() {
+    let scratch = Scratch::new("lookalike");
+    busybox_rootfs(&scratch.0.join("rootfs"));
+    let mut podman = Podman::new();
+    podman.serve();
+    let agent = Agent::start(&["--podman-socket", podman.socket.to_str().unwrap()]);
+    let id = stdout(&run(podman
+        .cli()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "ts-db",
+            "--network",
+            "none",
+            "--rootfs",
+        ])
+        .arg(scratch.0.join("rootfs"))
+        .args(["sleep", "60"])));
+    // What a user could make in their own delegated subtree, named for that container.
+    let user_subtree = "user.slice/user-4242.slice/user@4242.service/app.slice";
+    let lookalike = Path::new(&cgroup2_root()).join(format!("{user_subtree}/libpod-{id}.scope"));
+    std::fs::create_dir_all(&lookalike).expect("lookalike cgroup");
+    let mut impostor = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 60",
+            lookalike.display()
+        ))
+        .spawn()
+        .expect("impostor");
+    let id_label = format!("container_id=\"{id}\"");
+    let scrape = wait_for("both cgroups in /metrics", Duration::from_secs(20), || {
+        let (_, body) = http_get(&agent.addr, "/metrics").ok()?;
+        (body.contains(&format!("{user_subtree}/libpod-{id}.scope")) && body.contains(&id_label))
+            .then_some(body)
+    });
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    let mut dir = lookalike.clone();
+    while dir != Path::new(&cgroup2_root()) {
+        let _ = std::fs::remove_dir(&dir);
+        dir.pop();
+    }
+    let real = format!("cgroup=\"/libpod_parent/libpod-{id}\"");
+    let running = sample(&scrape, "taskscope_tasks_running", &[&id_label, &real]);
+    let fake = format!("cgroup=\"/{user_subtree}/libpod-{id}.scope\"");
+    let impostor_series = sample(
+        &scrape,
+        "taskscope_tasks_running",
+        &[&fake, "container_id=\"\""],
+    );
+    println!("the container's tasks_running {running:?}; the lookalike's, with no container_id: {impostor_series:?}");
+    assert_eq!(
+        running,
+        Some(1.0),
+        "the container counts only its own process"
+    );
+    assert_eq!(
+        impostor_series,
+        Some(1.0),
+        "the lookalike is a plain cgroup"
+    );
+    assert!(
+        !scrape
+            .lines()
+            .any(|l| l.contains(&fake) && l.contains(&id_label)),
+        "no series joins the lookalike to the container"
+    );
+}
+
+#[test]
+fn a_runtime_socket_that_refuses_leaves_labels_to_the_cgroup_and_health_says_why() {
+    let scratch = Scratch::new("refusing");
+    // A socket file nobody listens on: connections are refused.
+    let socket = scratch.0.join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let agent = Agent::start(&["--docker-socket", socket.to_str().unwrap()]);
+    let component = wait_for("the runtime's health", Duration::from_secs(30), || {
+        let health: Value = agent.get("/health");
+        let c = health["components"]["metadata_docker"].clone();
+        (c["status"] == "degraded").then_some(c)
+    });
+    println!("metadata_docker: {component}");
+    let message = component["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(socket.to_str().unwrap()) && message.contains("fall back"),
+        "{message}"
+    );
+    assert_eq!(http_get(&agent.addr, "/livez").expect("livez").0, 200);
+    let status = agent.get("/api/v1/status");
+    assert_eq!(
+        status["container_runtimes"][0]["state"], "failing",
+        "{status}"
+    );
+}
