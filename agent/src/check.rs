@@ -212,6 +212,20 @@ fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
         fix: Some("run as root, or grant CAP_BPF and CAP_PERFMON (see docs/install.md)".into()),
     });
 
+    let refused = crate::bpf_sys::bpf_refused_before_the_kernel();
+    let seccomp = crate::procfs::own_seccomp_mode();
+    out.push(Requirement {
+        name: "bpf() not filtered",
+        ok: !refused,
+        required: true,
+        detail: match (refused, seccomp) {
+            (false, _) => "bpf() reaches the kernel".into(),
+            (true, Some(2)) => "a seccomp filter (Seccomp: 2 in /proc/self/status) refuses bpf() whatever the capabilities: a container runtime's default profile allows it only with CAP_SYS_ADMIN".into(),
+            (true, _) => "bpf() is refused before the kernel sees it (a security module?)".into(),
+        },
+        fix: Some("run with the seccomp profile deploy/seccomp/taskscope.json (docs/install.md, \"Seccomp\")".into()),
+    });
+
     let ptrace = effective_caps() & (1 << CAP_SYS_PTRACE) != 0;
     out.push(Requirement {
         name: "CAP_SYS_PTRACE",

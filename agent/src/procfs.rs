@@ -57,6 +57,17 @@ pub(crate) fn parse_status_uid(text: &str) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The `Seccomp:` mode of this process (0 none, 1 strict, 2 filter), from `/proc/self/status`.
+pub(crate) fn own_seccomp_mode() -> Option<u32> {
+    fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub(crate) fn read_uid(pid: u32) -> Option<u32> {
     parse_status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }

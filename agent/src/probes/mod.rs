@@ -108,6 +108,13 @@ pub enum LoadError {
     Offsets(#[from] offsets::OffsetsError),
     #[error("cannot load the kernel programs' maps: {0}. Is the agent running as root, or with CAP_BPF and CAP_PERFMON? (run `taskscope check`)")]
     Object(#[source] aya::EbpfError),
+    #[error("cannot load the kernel programs' maps: {source}. A {filter} refuses the bpf() system call before the kernel sees it, whatever the capabilities: a container runtime's default seccomp profile allows bpf() only with CAP_SYS_ADMIN. Run the agent with the seccomp profile deploy/seccomp/taskscope.json (see docs/install.md, \"Seccomp\")")]
+    Refused {
+        #[source]
+        source: aya::EbpfError,
+        /// `seccomp filter` or, without one, `security module or seccomp filter`.
+        filter: &'static str,
+    },
     #[error("cannot switch off the {group:?} probes: {reason}")]
     Toggle { group: ProbeGroup, reason: String },
     #[error("the program {program} is missing from the kernel object")]
@@ -154,6 +161,19 @@ pub(crate) fn describe_program_error(program: &str, err: &ProgramError) -> Strin
     }
 }
 
+/// A load error, told apart: refused in front of the kernel (seccomp), or the kernel's own.
+fn refused_or_object(source: aya::EbpfError) -> LoadError {
+    if !crate::bpf_sys::bpf_refused_before_the_kernel() {
+        return LoadError::Object(source);
+    }
+    let filter = if crate::procfs::own_seccomp_mode() == Some(2) {
+        "seccomp filter (Seccomp: 2 in /proc/self/status)"
+    } else {
+        "security module or seccomp filter"
+    };
+    LoadError::Refused { source, filter }
+}
+
 impl Probes {
     /// Loads the kernel object with offsets from the running kernel and attaches every hook.
     pub(crate) fn load(options: &LoadOptions) -> Result<Self, LoadError> {
@@ -190,7 +210,7 @@ impl Probes {
         for (name, value) in &offsets.globals {
             loader.override_global(name, value, true);
         }
-        let ebpf = loader.load(PROBES_OBJECT).map_err(LoadError::Object)?;
+        let ebpf = loader.load(PROBES_OBJECT).map_err(refused_or_object)?;
         let mut probes = Probes {
             ebpf,
             hooks: Vec::with_capacity(HOOKS.len()),
