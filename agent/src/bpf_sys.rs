@@ -52,7 +52,14 @@ const UNKNOWN_BPF_COMMAND: libc::c_long = 0xffff;
 /// the kernel sees the command.
 pub(crate) fn bpf_refused_before_the_kernel() -> bool {
     // SAFETY: no pointer is passed (size 0); the kernel reads nothing.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, UNKNOWN_BPF_COMMAND, std::ptr::null::<u8>(), 0) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            UNKNOWN_BPF_COMMAND,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
     let errno = std::io::Error::last_os_error().raw_os_error();
     ret < 0 && matches!(errno, Some(libc::EPERM) | Some(libc::ENOSYS))
 }

@@ -4,6 +4,8 @@
 //! The agent binary is `$TASKSCOPE_BIN`, or `target/release/taskscope` (built by
 //! `cargo xtask test`).
 
+pub mod runtimes;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},

@@ -4,199 +4,21 @@
 //! exit code the runtime reports.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use taskscope_e2e::{
-    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns, sample, wait_for,
-    wait_until_blocked, Agent,
+    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns,
+    runtimes::{busybox_rootfs, run, stdout, Dockerd, Podman, Scratch},
+    sample, wait_for, wait_until_blocked, Agent,
 };
 
 /// What every container runs: about a second and a half of CPU in its main process, then a
 /// few seconds blocked (while the test compares), then exit code 3.
 const BURN_THEN_EXIT_3: &str = "i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done; sleep 4; exit 3";
-
-/// A scratch directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        // Short: dockerd puts unix sockets under it (at most 108 bytes a path).
-        let dir = PathBuf::from(format!("/tmp/ts-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A root filesystem of Debian's busybox-static, with the applets the tests use.
-fn busybox_rootfs(dir: &Path) {
-    std::fs::create_dir_all(dir.join("bin")).expect("rootfs/bin");
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
-        .expect("copy /bin/busybox (busybox-static)");
-    for applet in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).expect("applet link");
-    }
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// A private Docker daemon (cgroupfs driver, no networking set-up), stopped when dropped.
-struct Dockerd {
-    child: Child,
-    socket: PathBuf,
-    _scratch: Scratch,
-}
-
-impl Dockerd {
-    fn start() -> Dockerd {
-        let scratch = Scratch::new("docker");
-        let dir = &scratch.0;
-        let socket = dir.join("docker.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");
-        let child = Command::new("dockerd")
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--data-root")
-            .arg(dir.join("data"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("docker.pid"))
-            .args(["--iptables=false", "--bridge=none"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd (docker.io)");
-        let dockerd = Dockerd {
-            child,
-            socket,
-            _scratch: scratch,
-        };
-        wait_for("dockerd to answer", Duration::from_secs(60), || {
-            dockerd
-                .cli()
-                .arg("version")
-                .output()
-                .ok()?
-                .status
-                .success()
-                .then_some(())
-        });
-        dockerd
-    }
-
-    fn cli(&self) -> Command {
-        let mut command = Command::new("docker");
-        command
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()));
-        command
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = self.cli().args(["rm", "-f", "ts-web"]).output();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-/// Podman with runc and the cgroupfs manager (crun refuses hybrid cgroups), its storage and
-/// its API service private to the test; the service stopped when dropped.
-struct Podman {
-    service: Option<Child>,
-    socket: PathBuf,
-    scratch: Scratch,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let scratch = Scratch::new("podman");
-        // The default ulimits exceed this machine's hard limit of open files.
-        std::fs::write(
-            scratch.0.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n",
-        )
-        .expect("containers.conf");
-        let socket = scratch.0.join("podman.sock");
-        Podman {
-            service: None,
-            socket,
-            scratch,
-        }
-    }
-
-    fn cli(&self) -> Command {
-        let dir = &self.scratch.0;
-        let mut command = Command::new("podman");
-        command
-            .env("CONTAINERS_CONF", dir.join("containers.conf"))
-            .arg("--root")
-            .arg(dir.join("storage"))
-            .arg("--runroot")
-            .arg(dir.join("run"))
-            .args([
-                "--runtime",
-                "/usr/sbin/runc",
-                "--cgroup-manager",
-                "cgroupfs",
-            ]);
-        command
-    }
-
-    /// Serves Podman's API (Docker-compatible container endpoints) on `self.socket`.
-    fn serve(&mut self) {
-        let child = self
-            .cli()
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", self.socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman system service");
-        self.service = Some(child);
-        wait_for("Podman's API socket", Duration::from_secs(30), || {
-            self.socket.exists().then_some(())
-        });
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cli().args(["rm", "-f", "ts-db"]).output();
-        if let Some(child) = &mut self.service {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A container's main process and cgroup v2 path, from `/proc/<pid>/cgroup`.
 fn container_process(pid: u32) -> (u32, String) {

@@ -231,6 +231,8 @@ fn setup(for_tests: bool) -> Result<()> {
             ("podman", "podman"),
             ("runc", "runc"),
             ("busybox", "busybox-static"),
+            // The agent image's Debian base, made locally.
+            ("debootstrap", "debootstrap"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()
@@ -259,6 +261,7 @@ fn setup(for_tests: bool) -> Result<()> {
                 .arg(format!("opentelemetry-proto=={OTEL_PROTO_VERSION}"))
                 .arg(format!("grpcio=={GRPCIO_VERSION}")))?;
         }
+        debian_rootfs()?;
         // The deploy/ tests validate manifests against the Kubernetes schemas and lint them;
         // a directory of their own (checkov's dependencies are many).
         let deploy_lib = python_deploy_lib_dir();
@@ -285,6 +288,40 @@ const GRPCIO_VERSION: &str = "1.76.0";
 const KUBERNETES_VALIDATE_VERSION: &str = "1.31.0";
 /// The PyPI `checkov` (security linter) the deploy tests use.
 const CHECKOV_VERSION: &str = "3.2.334";
+
+/// The Debian release the agent image is based on (deploy/Dockerfile's BASE_IMAGE).
+const DEBIAN_RELEASE: &str = "bookworm";
+
+/// A Debian root filesystem (a tar), the local stand-in for the `debian:bookworm-slim` base of
+/// deploy/Dockerfile: no image registry can be reached here, Debian's mirror can.
+fn debian_rootfs_tar() -> PathBuf {
+    tools_dir().join(format!("debian-{DEBIAN_RELEASE}-rootfs.tar"))
+}
+
+/// Makes [`debian_rootfs_tar`] with debootstrap, once.
+fn debian_rootfs() -> Result<()> {
+    let tar = debian_rootfs_tar();
+    if tar.exists() {
+        return Ok(());
+    }
+    require_root("making the Debian base image with debootstrap")?;
+    let dir = tools_dir().join(format!("debian-{DEBIAN_RELEASE}-rootfs"));
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", DEBIAN_RELEASE])
+        .arg(&dir)
+        .arg("http://deb.debian.org/debian"))?;
+    let partial = tar.with_extension("tar.partial");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&partial)
+        .arg("."))?;
+    std::fs::rename(&partial, &tar)?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
 
 /// Where the deploy tests' Python packages are installed.
 fn python_deploy_lib_dir() -> PathBuf {
@@ -335,7 +372,8 @@ fn test() -> Result<()> {
         .args(["--test-threads=1", "--nocapture"])
         .env("TASKSCOPE_BIN", agent_binary())
         .env("TASKSCOPE_PYTHON_LIB", python_lib_dir())
-        .env("TASKSCOPE_PYTHON_DEPLOY_LIB", python_deploy_lib_dir()))?;
+        .env("TASKSCOPE_PYTHON_DEPLOY_LIB", python_deploy_lib_dir())
+        .env("TASKSCOPE_DEBIAN_ROOTFS", debian_rootfs_tar()))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
