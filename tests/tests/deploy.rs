@@ -145,6 +145,46 @@ fn kubernetes_manifests_render_validate_against_the_schemas_and_pass_the_linter(
 }
 
 #[test]
+fn the_seccomp_overlay_renders_validates_and_its_profile_allows_what_the_agent_needs() {
+    let out = run(Command::new("kubectl")
+        .args(["kustomize", "deploy/seccomp/kubernetes"])
+        .current_dir(repo()));
+    assert!(out.status.success(), "kubectl kustomize failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let localhost = text.matches("localhostProfile: taskscope.json").count();
+    assert_eq!(localhost, 2, "the pod and its container use the Localhost profile");
+    assert!(!text.contains("RuntimeDefault"), "a RuntimeDefault is left");
+    let rendered = tmp("taskscope-seccomp.yaml");
+    std::fs::write(&rendered, &out.stdout).expect("rendered manifests");
+    let validate = run(Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+        .arg(&rendered)
+        .env("PYTHONPATH", python_deploy_lib()));
+    assert!(validate.status.success(), "schema validation failed");
+    let _ = std::fs::remove_file(rendered);
+    // The profile: an allowlist (anything else answers ENOSYS), with bpf() for the programs and
+    // no way to make namespaces. That it is enough to run is the agent_image test's to show.
+    let profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/seccomp/taskscope.json")).expect("profile"),
+    )
+    .expect("the profile is JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let allowed: Vec<&str> = profile["syscalls"]
+        .as_array()
+        .expect("syscalls")
+        .iter()
+        .filter(|rule| rule["action"] == "SCMP_ACT_ALLOW" && rule.get("args").is_none())
+        .flat_map(|rule| rule["names"].as_array().expect("names").iter())
+        .filter_map(|name| name.as_str())
+        .collect();
+    println!("{} syscalls allowed without conditions", allowed.len());
+    assert!(allowed.contains(&"bpf") && allowed.contains(&"perf_event_open"));
+    for never in ["unshare", "setns", "mount", "clone3", "init_module", "kexec_load", "ptrace"] {
+        assert!(!allowed.contains(&never), "{never} is allowed");
+    }
+}
+
+#[test]
 fn the_systemd_unit_verifies() {
     let unit =
         std::fs::read_to_string(repo().join("deploy/systemd/taskscope.service")).expect("unit");
