@@ -152,7 +152,10 @@ fn the_seccomp_overlay_renders_validates_and_its_profile_allows_what_the_agent_n
     assert!(out.status.success(), "kubectl kustomize failed");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let localhost = text.matches("localhostProfile: taskscope.json").count();
-    assert_eq!(localhost, 2, "the pod and its container use the Localhost profile");
+    assert_eq!(
+        localhost, 2,
+        "the pod and its container use the Localhost profile"
+    );
     assert!(!text.contains("RuntimeDefault"), "a RuntimeDefault is left");
     let rendered = tmp("taskscope-seccomp.yaml");
     std::fs::write(&rendered, &out.stdout).expect("rendered manifests");
@@ -179,7 +182,15 @@ fn the_seccomp_overlay_renders_validates_and_its_profile_allows_what_the_agent_n
         .collect();
     println!("{} syscalls allowed without conditions", allowed.len());
     assert!(allowed.contains(&"bpf") && allowed.contains(&"perf_event_open"));
-    for never in ["unshare", "setns", "mount", "clone3", "init_module", "kexec_load", "ptrace"] {
+    for never in [
+        "unshare",
+        "setns",
+        "mount",
+        "clone3",
+        "init_module",
+        "kexec_load",
+        "ptrace",
+    ] {
         assert!(!allowed.contains(&never), "{never} is allowed");
     }
 }

@@ -199,15 +199,11 @@ fn workload_labels(w: &Workload, directories: &DirectoryView) -> Labels {
 
 /// What describes a container workload beyond its identity: the image and the runtime.
 fn container_info(w: &Workload, directories: &DirectoryView) -> Option<Labels> {
-    let id = w.container_id.as_deref()?;
-    let runtime = directories.containers.get(id).map(|c| c.runtime);
-    let image = directories.names(w.pod_uid.as_deref(), Some(id)).image;
+    let known = directories.containers.get(w.container_id.as_deref()?);
+    let runtime = known.map(|c| c.runtime).or(w.runtime);
     Some(vec![
-        ("image", image.unwrap_or_default().to_string()),
-        (
-            "runtime",
-            runtime.or(w.runtime).unwrap_or_default().to_string(),
-        ),
+        ("image", known.map(|c| c.image.clone()).unwrap_or_default()),
+        ("runtime", runtime.unwrap_or_default().to_string()),
     ])
 }
 

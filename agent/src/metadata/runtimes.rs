@@ -101,7 +101,12 @@ impl ContainerDirectory {
             self.dropped_total += 1;
             return;
         }
-        self.containers.insert(id, names);
+        let names = ContainerNames {
+            name: bounded(names.name),
+            image: bounded(names.image),
+            runtime: names.runtime,
+        };
+        self.containers.insert(bounded(id), names);
     }
 
     fn remove(&mut self, id: &str) {
@@ -183,6 +188,21 @@ struct Actor {
     id: String,
     #[serde(rename = "Attributes", default)]
     attributes: HashMap<String, String>,
+}
+
+/// Longest name or image kept (longer ones are cut at a character boundary): they become label
+/// values.
+const MAX_NAME_BYTES: usize = 256;
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_NAME_BYTES {
+        let mut end = MAX_NAME_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Longest line of the event stream, and largest list, accepted from a runtime.
@@ -318,12 +338,23 @@ fn take_lines(buffer: &mut BytesMut) -> Result<Vec<Bytes>, ApiError> {
     Ok(lines)
 }
 
-/// Lists the runtime, then follows its events until the stream ends or fails.
+/// Lists the runtime, then follows its events until the stream ends or fails: why it stopped.
 async fn sync_and_follow(
     socket: &PathBuf,
     runtime: &'static str,
     directory: &SharedContainers,
-) -> Result<(), ApiError> {
+) -> ApiError {
+    match follow(socket, runtime, directory).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn follow(
+    socket: &PathBuf,
+    runtime: &'static str,
+    directory: &SharedContainers,
+) -> Result<std::convert::Infallible, ApiError> {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -375,12 +406,21 @@ pub(crate) async fn watch_runtime(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let outcome = tokio::select! {
+        let stopped = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            outcome = sync_and_follow(&socket, runtime, &directory) => outcome,
+            stopped = sync_and_follow(&socket, runtime, &directory) => stopped,
         };
-        let wait = match outcome {
-            Err(ApiError::Absent(_)) => {
+        let synced = directory.read().is_ok_and(|d| {
+            d.sources
+                .iter()
+                .any(|s| s.runtime == runtime && s.state == RuntimeState::Synced)
+        });
+        if synced {
+            // It answered this time: a later failure starts its backoff afresh.
+            backoff = Duration::from_secs(1);
+        }
+        let wait = match stopped {
+            ApiError::Absent(_) => {
                 if let Ok(mut d) = directory.write() {
                     // Absent from the start is normal; gone after it answered is a failure.
                     let was_seen = d
@@ -396,13 +436,12 @@ pub(crate) async fn watch_runtime(
                 }
                 Duration::from_secs(30).min(backoff * 4)
             }
-            Err(e) => {
+            e => {
                 if let Ok(mut d) = directory.write() {
                     d.set_state(runtime, RuntimeState::Failing(e.to_string()));
                 }
                 backoff
             }
-            Ok(()) => backoff,
         };
         backoff = (backoff * 2).min(Duration::from_secs(30));
         tokio::select! {
@@ -438,6 +477,9 @@ mod tests {
         }
         assert_eq!(d.dropped_total, 2);
         assert_eq!(d.containers.len(), 3);
+        // A runtime's strings become label values: bounded, cut at a character boundary.
+        d.apply("x".into(), names(&"é".repeat(1000), "docker"));
+        assert_eq!(d.get("x").map(|c| c.name.len()), Some(MAX_NAME_BYTES));
     }
 
     #[test]
