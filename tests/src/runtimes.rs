@@ -108,6 +108,24 @@ impl Dockerd {
         self.cli_at("docker")
     }
 
+    /// Imports a root filesystem directory as image `tag` (no registry: `docker import`).
+    pub fn import_rootfs(&self, rootfs: &Path, tag: &str) {
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tar");
+        let stream = tar.stdout.take().expect("tar output");
+        run(self.cli().args(["import", "-", tag]).stdin(stream));
+        assert!(
+            tar.wait().expect("tar").success(),
+            "tar of {}",
+            rootfs.display()
+        );
+    }
+
     /// A given `docker` client binary, talking to this daemon.
     pub fn cli_at(&self, program: &str) -> Command {
         let mut command = Command::new(program);
@@ -138,6 +156,12 @@ pub struct Podman {
     service: Option<Child>,
     pub socket: PathBuf,
     scratch: Scratch,
+}
+
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Podman {

@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -72,17 +72,7 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_the_host() {
 
     // A container beside the agent, which the agent must name.
     busybox_rootfs(&scratch.0.join("rootfs"));
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(scratch.0.join("rootfs"))
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tar");
-    run(dockerd
-        .cli()
-        .args(["import", "-", "taskscope-busybox:test"])
-        .stdin(tar.stdout.expect("tar output")));
+    dockerd.import_rootfs(&scratch.0.join("rootfs"), "taskscope-busybox:test");
     let beside = stdout(&run(dockerd.cli().args([
         "run",
         "-d",

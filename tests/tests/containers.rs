@@ -3,11 +3,7 @@
 //! each container cgroup's own `cpu.stat`, the name and image the runtime was given, and the
 //! exit code the runtime reports.
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use taskscope_e2e::{
@@ -87,17 +83,7 @@ fn docker_containers_are_named_and_charged_like_their_cgroups() {
     let scratch = Scratch::new("docker-image");
     busybox_rootfs(&scratch.0.join("rootfs"));
     let dockerd = Dockerd::start();
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(scratch.0.join("rootfs"))
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tar");
-    run(dockerd
-        .cli()
-        .args(["import", "-", "taskscope-busybox:test"])
-        .stdin(tar.stdout.expect("tar output")));
+    dockerd.import_rootfs(&scratch.0.join("rootfs"), "taskscope-busybox:test");
     let agent = Agent::start(&["--docker-socket", dockerd.socket.to_str().unwrap()]);
     let id = stdout(&run(dockerd.cli().args([
         "run",
