@@ -58,6 +58,13 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// The host pid of a container's main process, from the runtime's `inspect`.
+fn container_pid(mut cli: Command, id: &str) -> u32 {
+    stdout(&run(cli.args(["inspect", "-f", "{{.State.Pid}}", id])))
+        .parse()
+        .expect("the container's pid")
+}
+
 /// A private Docker daemon (cgroupfs driver, no networking set-up), stopped when dropped.
 pub struct Dockerd {
     child: Child,
@@ -106,6 +113,16 @@ impl Dockerd {
     /// The `docker` client on PATH, talking to this daemon.
     pub fn cli(&self) -> Command {
         self.cli_at("docker")
+    }
+
+    /// Starts a detached container `name` (no network) of `image` running `command`: its id
+    /// and its main process's (host) pid.
+    pub fn run_container(&self, name: &str, image: &str, command: &[&str]) -> (String, u32) {
+        let id = stdout(&run(self
+            .cli()
+            .args(["run", "-d", "--name", name, "--network", "none", image])
+            .args(command)));
+        (id.clone(), container_pid(self.cli(), &id))
     }
 
     /// Imports a root filesystem directory as image `tag` (no registry: `docker import`).
@@ -197,6 +214,17 @@ impl Podman {
                 "cgroupfs",
             ]);
         command
+    }
+
+    /// Starts a detached container `name` (no network) from the root filesystem `rootfs`,
+    /// running `command`: its id and its main process's (host) pid.
+    pub fn run_container(&self, name: &str, rootfs: &Path, command: &[&str]) -> (String, u32) {
+        let id = stdout(&run(self
+            .cli()
+            .args(["run", "-d", "--name", name, "--network", "none", "--rootfs"])
+            .arg(rootfs)
+            .args(command)));
+        (id.clone(), container_pid(self.cli(), &id))
     }
 
     /// Serves Podman's API (Docker-compatible container endpoints) on `self.socket`.

@@ -30,15 +30,28 @@ impl Drop for TestCgroup {
     }
 }
 
-/// The agent's CPU seconds of a cgroup, as µs, from a scrape collected after `after_ns` (the
-/// process `pid` asked for to make sure of that).
-fn agent_cpu_usec(agent: &Agent, pid: u32, after_ns: u64, cgroup: &TestCgroup) -> u64 {
-    agent.process_after(pid, after_ns);
+/// Checks, once the cgroup's work is done, that `pid` is in `cgroup` for the agent and that
+/// the agent's CPU time of the cgroup is within 1% of its `cpu.stat`.
+fn check_charged(agent: &Agent, pid: u32, cgroup: &TestCgroup, what: &str) {
+    let truth = cgroup_usage_usec(&cgroup.dir);
+    let after = monotonic_ns();
+    let process = agent.process_after(pid, after);
+    assert_eq!(
+        process["cgroup"]["path"].as_str(),
+        Some(format!("/{}", cgroup.name).as_str()),
+        "{process}"
+    );
+    // That answer came from a kernel read after `after`: so does the next scrape.
     let (_, scrape) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
     let label = format!("cgroup=\"/{}\"", cgroup.name);
     let seconds = sample(&scrape, "taskscope_cpu_seconds_total", &[&label])
         .unwrap_or_else(|| panic!("no CPU series for {label}"));
-    (seconds * 1e6) as u64
+    assert_close(
+        &format!("CPU µs {what} (cpu.stat usage_usec)"),
+        (seconds * 1e6) as u64,
+        truth,
+        0.01,
+    );
 }
 
 #[test]
@@ -48,20 +61,11 @@ fn a_process_that_moves_itself_is_charged_from_the_move() {
     // 200 ms where it started, then 1 s after moving itself (it never execs).
     let workload = Workload::run(&["move-burn", cgroup.dir.to_str().unwrap(), "1000"]);
     wait_until_blocked(workload.pid());
-    let truth = cgroup_usage_usec(&cgroup.dir);
-    let after = monotonic_ns();
-    let process = agent.process_after(workload.pid(), after);
-    assert_eq!(
-        process["cgroup"]["path"].as_str(),
-        Some(format!("/{}", cgroup.name).as_str()),
-        "{process}"
-    );
-    let measured = agent_cpu_usec(&agent, workload.pid(), after, &cgroup);
-    assert_close(
-        "CPU µs in the cgroup a process moved itself into (cpu.stat usage_usec)",
-        measured,
-        truth,
-        0.01,
+    check_charged(
+        &agent,
+        workload.pid(),
+        &cgroup,
+        "in the cgroup a process moved itself into",
     );
     workload.finish();
 }
@@ -72,20 +76,6 @@ fn a_child_cloned_into_a_cgroup_is_charged_there() {
     let cgroup = TestCgroup::create("clone-into");
     let workload = Workload::run(&["clone-into-burn", cgroup.dir.to_str().unwrap(), "800"]);
     let child: u32 = workload.output.parse().expect("the child's pid");
-    let truth = cgroup_usage_usec(&cgroup.dir);
-    let after = monotonic_ns();
-    let process = agent.process_after(child, after);
-    assert_eq!(
-        process["cgroup"]["path"].as_str(),
-        Some(format!("/{}", cgroup.name).as_str()),
-        "{process}"
-    );
-    let measured = agent_cpu_usec(&agent, workload.pid(), after, &cgroup);
-    assert_close(
-        "CPU µs of a child cloned into a cgroup (cpu.stat usage_usec)",
-        measured,
-        truth,
-        0.01,
-    );
+    check_charged(&agent, child, &cgroup, "of a child cloned into a cgroup");
     workload.finish();
 }

@@ -85,26 +85,11 @@ fn docker_containers_are_named_and_charged_like_their_cgroups() {
     let dockerd = Dockerd::start();
     dockerd.import_rootfs(&scratch.0.join("rootfs"), "taskscope-busybox:test");
     let agent = Agent::start(&["--docker-socket", dockerd.socket.to_str().unwrap()]);
-    let id = stdout(&run(dockerd.cli().args([
-        "run",
-        "-d",
-        "--name",
+    let (id, pid) = dockerd.run_container(
         "ts-web",
-        "--network",
-        "none",
         "taskscope-busybox:test",
-        "sh",
-        "-c",
-        BURN_THEN_EXIT_3,
-    ])));
-    let pid: u32 = stdout(&run(dockerd.cli().args([
-        "inspect",
-        "-f",
-        "{{.State.Pid}}",
-        &id,
-    ])))
-    .parse()
-    .expect("the container's pid");
+        &["sh", "-c", BURN_THEN_EXIT_3],
+    );
     check_container(
         &agent,
         pid,
@@ -125,27 +110,7 @@ fn podman_containers_are_named_and_charged_like_their_cgroups() {
     let mut podman = Podman::new();
     podman.serve();
     let agent = Agent::start(&["--podman-socket", podman.socket.to_str().unwrap()]);
-    let id = stdout(&run(podman
-        .cli()
-        .args([
-            "run",
-            "-d",
-            "--name",
-            "ts-db",
-            "--network",
-            "none",
-            "--rootfs",
-        ])
-        .arg(&rootfs)
-        .args(["sh", "-c", BURN_THEN_EXIT_3])));
-    let pid: u32 = stdout(&run(podman.cli().args([
-        "inspect",
-        "-f",
-        "{{.State.Pid}}",
-        &id,
-    ])))
-    .parse()
-    .expect("the container's pid");
+    let (id, pid) = podman.run_container("ts-db", &rootfs, &["sh", "-c", BURN_THEN_EXIT_3]);
     let (_, cgroup) = container_process(pid);
     assert_eq!(cgroup, format!("/libpod_parent/libpod-{id}"));
     // A container run from a root filesystem has no image.
@@ -161,19 +126,7 @@ fn a_lookalike_in_a_users_subtree_is_not_merged_into_the_container() {
     let mut podman = Podman::new();
     podman.serve();
     let agent = Agent::start(&["--podman-socket", podman.socket.to_str().unwrap()]);
-    let id = stdout(&run(podman
-        .cli()
-        .args([
-            "run",
-            "-d",
-            "--name",
-            "ts-db",
-            "--network",
-            "none",
-            "--rootfs",
-        ])
-        .arg(scratch.0.join("rootfs"))
-        .args(["sleep", "60"])));
+    let (id, _) = podman.run_container("ts-db", &scratch.0.join("rootfs"), &["sleep", "60"]);
     // What a user could make in their own delegated subtree, named for that container.
     let user_subtree = "user.slice/user-4242.slice/user@4242.service/app.slice";
     let lookalike = Path::new(&cgroup2_root()).join(format!("{user_subtree}/libpod-{id}.scope"));
