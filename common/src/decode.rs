@@ -225,6 +225,8 @@ mod tests {
 
         let moved = CgroupMoveEvent {
             header: header(event_kind::CGROUP_MOVE),
+            whole_process: 1,
+            _pad: 0,
             cgroup_id: 4242,
             counters: TaskCounters {
                 on_cpu_ns: 1,

@@ -373,13 +373,17 @@ pub struct TaskCounters {
     pub involuntary_switches: u64,
 }
 
-/// A process's leader was moved to another cgroup (`cgroup_attach_task`): a write to
-/// `cgroup.procs` or `cgroup.threads` of any hierarchy, by the process itself or by another.
-/// The header's ids are the moved task's.
+/// A task was moved to another cgroup (`cgroup_attach_task`): a whole process (a write to
+/// `cgroup.procs`, reported once, for its leader) or one thread (a write to `cgroup.threads`),
+/// in any hierarchy, by the process itself or by another. The header's ids are the moved
+/// task's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupMoveEvent {
     pub header: EventHeader,
+    /// 1 when the whole process moved; 0 when only this thread did.
+    pub whole_process: u32,
+    pub _pad: u32,
     /// The task's cgroup v2 id after the move (unchanged when a v1 hierarchy moved it).
     pub cgroup_id: u64,
     /// The moved task's counters at the move: what it leaves behind in its old cgroup.

@@ -22,6 +22,18 @@ impl TestCgroup {
         std::fs::create_dir(&dir).expect("create a cgroup");
         TestCgroup { dir, name }
     }
+
+    /// A threaded child cgroup (`cgroup.type` threaded): threads of a process in this one can
+    /// be moved there one by one.
+    fn threaded_child(&self, name: &str) -> TestCgroup {
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).expect("create a child cgroup");
+        std::fs::write(dir.join("cgroup.type"), "threaded").expect("make it threaded");
+        TestCgroup {
+            dir,
+            name: format!("{}/{name}", self.name),
+        }
+    }
 }
 
 impl Drop for TestCgroup {
@@ -43,15 +55,20 @@ fn check_charged(agent: &Agent, pid: u32, cgroup: &TestCgroup, what: &str) {
     );
     // That answer came from a kernel read after `after`: so does the next scrape.
     let (_, scrape) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
-    let label = format!("cgroup=\"/{}\"", cgroup.name);
-    let seconds = sample(&scrape, "taskscope_cpu_seconds_total", &[&label])
-        .unwrap_or_else(|| panic!("no CPU series for {label}"));
     assert_close(
         &format!("CPU µs {what} (cpu.stat usage_usec)"),
-        (seconds * 1e6) as u64,
+        agent_cpu_usec(&scrape, cgroup),
         truth,
         0.01,
     );
+}
+
+/// The agent's CPU time of a cgroup in a scrape, in µs.
+fn agent_cpu_usec(scrape: &str, cgroup: &TestCgroup) -> u64 {
+    let label = format!("cgroup=\"/{}\"", cgroup.name);
+    let seconds = sample(scrape, "taskscope_cpu_seconds_total", &[&label])
+        .unwrap_or_else(|| panic!("no CPU series for {label}"));
+    (seconds * 1e6) as u64
 }
 
 #[test]
@@ -77,5 +94,44 @@ fn a_child_cloned_into_a_cgroup_is_charged_there() {
     let workload = Workload::run(&["clone-into-burn", cgroup.dir.to_str().unwrap(), "800"]);
     let child: u32 = workload.output.parse().expect("the child's pid");
     check_charged(&agent, child, &cgroup, "of a child cloned into a cgroup");
+    workload.finish();
+}
+
+#[test]
+fn a_thread_moved_alone_is_charged_to_its_threaded_cgroup() {
+    let agent = Agent::start(&[]);
+    let domain = TestCgroup::create("thread-domain");
+    let threaded = domain.threaded_child("worker");
+    // 200 ms by the main thread in the domain, then 1 s by a thread moved alone.
+    let workload = Workload::run(&[
+        "thread-move",
+        domain.dir.to_str().unwrap(),
+        threaded.dir.to_str().unwrap(),
+        "1000",
+    ]);
+    wait_until_blocked(workload.pid());
+    // cpu.stat is hierarchical: the domain's own share is its usage less its child's.
+    let threaded_truth = cgroup_usage_usec(&threaded.dir);
+    let domain_truth = cgroup_usage_usec(&domain.dir) - threaded_truth;
+    let after = monotonic_ns();
+    let process = agent.process_after(workload.pid(), after);
+    assert_eq!(
+        process["cgroup"]["path"].as_str(),
+        Some(format!("/{}", domain.name).as_str()),
+        "{process}"
+    );
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
+    assert_close(
+        "CPU µs of a thread moved into a threaded cgroup (its cpu.stat usage_usec)",
+        agent_cpu_usec(&scrape, &threaded),
+        threaded_truth,
+        0.01,
+    );
+    assert_close(
+        "CPU µs of the rest of its process, in the domain (usage_usec less the child's)",
+        agent_cpu_usec(&scrape, &domain),
+        domain_truth,
+        0.01,
+    );
     workload.finish();
 }

@@ -187,7 +187,9 @@ fn a_runtime_socket_that_refuses_leaves_labels_to_the_cgroup_and_health_says_why
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     let agent = Agent::start(&["--docker-socket", socket.to_str().unwrap()]);
     let component = wait_for("the runtime's health", Duration::from_secs(30), || {
-        let health: Value = agent.get("/health");
+        // 503 while starting or unhealthy: the body says why either way.
+        let (_, body) = http_get(&agent.addr, "/health").ok()?;
+        let health: Value = serde_json::from_str(&body).ok()?;
         let c = health["components"]["metadata_docker"].clone();
         (c["status"] == "degraded").then_some(c)
     });

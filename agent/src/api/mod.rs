@@ -32,7 +32,7 @@ use crate::{
     },
     health::{HealthReport, SharedHealth, Status},
     metadata::{runtimes::RuntimeSource, Directories, DirectoryStatus, DirectoryView},
-    model::workload::{Workload, WorkloadNames},
+    model::workload::Workload,
 };
 
 /// Handle on the collector for request handlers.
@@ -42,7 +42,8 @@ pub(crate) struct ApiState {
     /// Prometheus exposition state (kept across scrapes) and settings.
     pub(crate) exposition: Arc<Mutex<Exposition>>,
     pub(crate) exposition_config: ExpositionConfig,
-    /// Pod names from the Kubernetes API (its state is part of /api/v1/status).
+    /// Pod names from the Kubernetes API, container names and images from the runtimes'
+    /// (their states are part of /api/v1/status).
     pub(crate) names: Directories,
     /// The OTLP metrics exporter, when on (part of /api/v1/status).
     pub(crate) otlp_metrics: Option<Arc<MetricsExportStats>>,
@@ -183,13 +184,7 @@ fn name_workload(workload: &mut Workload, names: &DirectoryView) {
         workload.pod_uid.as_deref(),
         workload.container_id.as_deref(),
     );
-    let owned = |s: Option<&str>| s.map(str::to_string);
-    workload.names = Some(Box::new(WorkloadNames {
-        pod: owned(found.pod),
-        namespace: owned(found.namespace),
-        container: owned(found.container),
-        image: owned(found.image),
-    }));
+    workload.names = Some(Box::new(found.to_owned_names()));
 }
 
 /// A process answer with its workloads named.
@@ -429,13 +424,13 @@ fn health_response(state: &ApiState, detailed: bool) -> Response {
     };
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     if detailed {
-        let names = state.names.read();
+        let directories = state.names.read();
         body["window_seconds"] = serde_json::json!(report.window_seconds);
         body["workloads"] = report
             .workloads
             .iter()
             .map(|w| {
-                let names = names.names(w.workload.pod_uid.as_deref(), w.workload.container_id.as_deref());
+                let names = directories.names(w.workload.pod_uid.as_deref(), w.workload.container_id.as_deref());
                 serde_json::json!({
                     "cgroup": w.workload.cgroup,
                     "container_id": w.workload.container_id,
@@ -443,6 +438,7 @@ fn health_response(state: &ApiState, detailed: bool) -> Response {
                     "pod": names.pod,
                     "namespace": names.namespace,
                     "container": names.container,
+                    "image": names.image,
                     "states": w.states.iter().map(|(s, why)| (s.name(), why)).collect::<std::collections::BTreeMap<_, _>>(),
                 })
             })

@@ -162,15 +162,36 @@ pub(crate) struct DirectoryView<'a> {
     pub(crate) containers: RwLockReadGuard<'a, ContainerDirectory>,
 }
 
-/// What the directories know of a workload.
+/// What the directories know of a workload, borrowed from them.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct WorkloadNames<'a> {
+pub(crate) struct FoundNames<'a> {
     pub(crate) pod: Option<&'a str>,
     pub(crate) namespace: Option<&'a str>,
     /// Kubernetes' container name in a pod, else the runtime's.
     pub(crate) container: Option<&'a str>,
     /// The image, from the runtime's API.
     pub(crate) image: Option<&'a str>,
+}
+
+/// A workload's names, owned (the JSON API's `workload` objects carry them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct WorkloadNames {
+    pub(crate) pod: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) container: Option<String>,
+    pub(crate) image: Option<String>,
+}
+
+impl FoundNames<'_> {
+    pub(crate) fn to_owned_names(&self) -> WorkloadNames {
+        let owned = |s: Option<&str>| s.map(str::to_string);
+        WorkloadNames {
+            pod: owned(self.pod),
+            namespace: owned(self.namespace),
+            container: owned(self.container),
+            image: owned(self.image),
+        }
+    }
 }
 
 impl Directories {
@@ -196,11 +217,11 @@ impl DirectoryView<'_> {
         &self,
         pod_uid: Option<&str>,
         container_id: Option<&str>,
-    ) -> WorkloadNames<'_> {
+    ) -> FoundNames<'_> {
         let kubernetes = self.pods.names(pod_uid, container_id);
         let runtime = container_id.and_then(|id| self.containers.get(id));
         let non_empty = |s: &str| !s.is_empty();
-        WorkloadNames {
+        FoundNames {
             pod: kubernetes.pod,
             namespace: kubernetes.namespace,
             container: kubernetes

@@ -9,12 +9,12 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -110,9 +110,7 @@ impl ContainerDirectory {
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some(old) = self.containers.remove(id) {
-            self.count(old.runtime);
-        }
+        self.containers.remove(id);
     }
 
     /// Replaces everything `runtime` reported with a complete list of its containers.
@@ -205,6 +203,9 @@ fn bounded(mut s: String) -> String {
     s
 }
 
+/// How long a runtime may take to list its containers.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest line of the event stream, and largest list, accepted from a runtime.
 const MAX_EVENT_BYTES: usize = 64 * 1024;
 const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
@@ -225,7 +226,7 @@ enum ApiError {
 }
 
 /// Plain HTTP/1.1 over the runtime's unix socket.
-async fn request(socket: &PathBuf, path: &str) -> Result<Response<Incoming>, ApiError> {
+async fn request(socket: &Path, path: &str) -> Result<Response<Incoming>, ApiError> {
     if !socket.exists() {
         return Err(ApiError::Absent(socket.display().to_string()));
     }
@@ -258,7 +259,7 @@ async fn request(socket: &PathBuf, path: &str) -> Result<Response<Incoming>, Api
 
 /// Every container of the runtime, running or not.
 async fn list(
-    socket: &PathBuf,
+    socket: &Path,
     runtime: &'static str,
 ) -> Result<Vec<(String, ContainerNames)>, ApiError> {
     let response = request(socket, "/containers/json?all=true").await?;
@@ -338,27 +339,23 @@ fn take_lines(buffer: &mut BytesMut) -> Result<Vec<Bytes>, ApiError> {
     Ok(lines)
 }
 
-/// Lists the runtime, then follows its events until the stream ends or fails: why it stopped.
+/// Lists the runtime, then follows its events until the stream ends or fails.
 async fn sync_and_follow(
-    socket: &PathBuf,
-    runtime: &'static str,
-    directory: &SharedContainers,
-) -> ApiError {
-    match follow(socket, runtime, directory).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
-async fn follow(
-    socket: &PathBuf,
+    socket: &Path,
     runtime: &'static str,
     directory: &SharedContainers,
 ) -> Result<std::convert::Infallible, ApiError> {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let listed = list(socket, runtime).await?;
+    // A runtime that takes the connection and never answers must not stall this source.
+    let listed = tokio::time::timeout(LIST_TIMEOUT, list(socket, runtime))
+        .await
+        .map_err(|_| {
+            ApiError::Http(format!(
+                "no answer to the container list in {LIST_TIMEOUT:?}"
+            ))
+        })??;
     if let Ok(mut d) = directory.write() {
         d.replace_runtime(runtime, listed);
         d.set_state(runtime, RuntimeState::Synced);
@@ -373,15 +370,10 @@ async fn follow(
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::Http(e.to_string()))?;
-        let Ok(mut data) = frame.into_data() else {
+        let Ok(data) = frame.into_data() else {
             continue;
         };
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            buffer.extend_from_slice(chunk);
-            let n = chunk.len();
-            data.advance(n);
-        }
+        buffer.extend_from_slice(&data);
         let lines = take_lines(&mut buffer)?;
         let Ok(mut d) = directory.write() else {
             continue;
@@ -406,10 +398,11 @@ pub(crate) async fn watch_runtime(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let stopped = tokio::select! {
+        let outcome = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            stopped = sync_and_follow(&socket, runtime, &directory) => stopped,
+            outcome = sync_and_follow(&socket, runtime, &directory) => outcome,
         };
+        let Err(stopped) = outcome;
         let synced = directory.read().is_ok_and(|d| {
             d.sources
                 .iter()

@@ -111,16 +111,18 @@ impl WorkloadTotals {
     }
 
     /// Adds what `process` accumulated in its current workload (its running slices included,
-    /// via `running`): all of it, or what came after it moved here from another cgroup.
+    /// via `running`): all of it, or what came after it moved here from another cgroup, less
+    /// what its threads in cgroups of their own accumulated there.
     pub(crate) fn add_process(&mut self, p: &Process, now_ns: u64, running: &HashMap<u32, u64>) {
-        match &p.moved_baseline {
-            None => self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io),
-            Some(base) => {
-                // In place (no allocation per scrape): the process's figures only grow, so
-                // they hold at least the baseline taken from them.
-                self.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
-                self.subtract_figures(base);
-            }
+        // In place (no allocation per scrape): the process's figures only grow, so they hold
+        // at least the baseline taken from them.
+        let mut sched = p.sched(now_ns, running);
+        for (_, share) in p.thread_shares(now_ns, running) {
+            sched = sched.minus(&share);
+        }
+        self.add_figures(&sched, &p.syscalls, &p.errnos, &p.io);
+        if let Some(base) = &p.moved_baseline {
+            self.subtract_figures(base);
         }
         if p.observed_from_start {
             self.started += 1;
@@ -138,16 +140,7 @@ impl WorkloadTotals {
     /// Takes `base`'s scheduler, syscall and IO figures off these, never below zero.
     fn subtract_figures(&mut self, base: &WorkloadTotals) {
         let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
-        let sched = &mut self.sched;
-        sub(&mut sched.on_cpu_ns, base.sched.on_cpu_ns);
-        sub(&mut sched.runqueue_wait_ns, base.sched.runqueue_wait_ns);
-        sub(&mut sched.voluntary_switches, base.sched.voluntary_switches);
-        sub(
-            &mut sched.involuntary_switches,
-            base.sched.involuntary_switches,
-        );
-        sched.runqueue_hist =
-            histogram::delta(&sched.runqueue_hist, Some(&base.sched.runqueue_hist));
+        self.sched = self.sched.minus(&base.sched);
         for (nr, b) in &base.syscalls {
             if let Some(t) = self.syscalls.get_mut(nr) {
                 sub(&mut t.count, b.count);
@@ -211,6 +204,15 @@ impl WorkloadLedger {
         }
     }
 
+    /// Credits a workload with the scheduler figures a thread accumulated there.
+    pub(crate) fn credit_thread(&mut self, cgroup_path: &str, sched: &SchedTotals, now_ns: u64) {
+        let figures = WorkloadTotals {
+            sched: *sched,
+            ..WorkloadTotals::default()
+        };
+        self.credit(cgroup_path, &figures, now_ns);
+    }
+
     /// Credits a workload with figures a process accumulated there before it moved away.
     pub(crate) fn credit(&mut self, cgroup_path: &str, figures: &WorkloadTotals, now_ns: u64) {
         let workload = Workload::from_cgroup(cgroup_path);
@@ -237,13 +239,22 @@ impl WorkloadLedger {
         ttl_ns: u64,
     ) -> Vec<(Workload, WorkloadTotals)> {
         let mut out: HashMap<String, (Workload, WorkloadTotals)> = HashMap::new();
-        for p in live {
-            let workload = Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/"));
-            let key = workload.key().to_string();
-            out.entry(key)
+        fn entry<'o>(
+            out: &'o mut HashMap<String, (Workload, WorkloadTotals)>,
+            path: &str,
+        ) -> &'o mut WorkloadTotals {
+            let workload = Workload::from_cgroup(path);
+            &mut out
+                .entry(workload.key().to_string())
                 .or_insert_with(|| (workload, WorkloadTotals::default()))
                 .1
+        }
+        for p in live {
+            entry(&mut out, p.cgroup_path.as_deref().unwrap_or("/"))
                 .add_process(p, now_ns, running);
+            for (path, share) in p.thread_shares(now_ns, running) {
+                entry(&mut out, path).sched.add_totals(&share);
+            }
         }
         for (key, (_, _, seen)) in self.retired.iter_mut() {
             if out.contains_key(key) {

@@ -90,6 +90,7 @@ impl TaskModel {
         // Fold exited threads and retire exited processes once their final values are in.
         let due = |after: Option<u64>| after.is_some_and(|a| a + FINAL_READ_POLLS <= polls);
         let mut retire = Vec::new();
+        let now = self.host.clocks().monotonic_ns;
         for process in self.live.values_mut() {
             let done: Vec<u32> = process
                 .threads
@@ -98,7 +99,9 @@ impl TaskModel {
                 .map(|(&tid, _)| tid)
                 .collect();
             for tid in done {
-                process.fold_thread(tid, &mut forget);
+                if let Some((path, share)) = process.fold_thread(tid, &mut forget) {
+                    self.workloads.credit_thread(&path, &share, now);
+                }
             }
             if due(process.exit_seen_after_poll) {
                 retire.push(process.pid);

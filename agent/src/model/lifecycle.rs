@@ -3,13 +3,13 @@
 
 use taskscope_common::{
     decode::{c_string, Event, Exec},
-    CgroupMoveEvent, ExitEvent, ForkEvent, TaskCounters,
+    CgroupMoveEvent, ExitEvent, ForkEvent, TaskCounters, HIST_BUCKETS,
 };
 
 use super::{
     aggregate::WorkloadTotals,
     intake::Forget,
-    process::{Process, SlowWait, Thread},
+    process::{Process, SchedTotals, SlowWait, Thread, ThreadCgroup},
     ExitStatus, TaskModel,
 };
 use crate::procfs::NS_PER_TICK;
@@ -122,8 +122,25 @@ impl TaskModel {
         let pid = fork.header.pid;
         let tgid = fork.header.tgid;
         if fork.is_thread != 0 {
+            // A thread made in a threaded cgroup of its creator's starts there, not in its
+            // process's.
+            let elsewhere = self
+                .live
+                .get(&tgid)
+                .is_some_and(|p| p.cgroup_id.is_some_and(|id| id != fork.cgroup_id));
+            let path = elsewhere
+                .then(|| self.host.cgroup_path(fork.cgroup_id, pid))
+                .flatten();
             if let Some(process) = self.live_or_proc(tgid) {
-                process.threads.entry(pid).or_default();
+                let thread = process.threads.entry(pid).or_default();
+                thread.cgroup = path
+                    .filter(|p| process.cgroup_path.as_ref() != Some(p))
+                    .map(|path| {
+                        Box::new(ThreadCgroup {
+                            path,
+                            base: SchedTotals::default(),
+                        })
+                    });
                 process.threads_started += 1;
             }
             return;
@@ -248,7 +265,12 @@ impl TaskModel {
     /// the new one from the moment of the move. A move within a v1 hierarchy leaves the v2 id
     /// as it was, and changes nothing here.
     fn apply_cgroup_move(&mut self, moved: CgroupMoveEvent) {
+        if moved.whole_process == 0 {
+            return self.apply_thread_move(moved);
+        }
         let tgid = moved.header.tgid;
+        // Every thread went with it, those in cgroups of their own included.
+        self.end_thread_cgroups(tgid);
         let known = self.live.get(&tgid).and_then(|p| p.cgroup_id);
         if known == Some(moved.cgroup_id) {
             return;
@@ -260,6 +282,61 @@ impl TaskModel {
             }
         }
         self.set_cgroup(tgid, path, Some((moved.header.pid, moved.counters)));
+    }
+
+    /// One thread moved alone (a write to `cgroup.threads`): its CPU time, run-queue waits and
+    /// switches count in its new cgroup from the moment of the move. Its syscalls and block IO
+    /// stay with its process's workload: the kernel counts those per process.
+    fn apply_thread_move(&mut self, moved: CgroupMoveEvent) {
+        let (tid, tgid) = (moved.header.pid, moved.header.tgid);
+        let path = self.host.cgroup_path(moved.cgroup_id, tid);
+        let now = self.host.clocks().monotonic_ns;
+        let Some(process) = self.live.get_mut(&tgid) else {
+            return;
+        };
+        let (Some(path), Some(home)) = (path, process.cgroup_path.clone()) else {
+            return;
+        };
+        let c = moved.counters;
+        let at = SchedTotals {
+            on_cpu_ns: c.on_cpu_ns,
+            runqueue_wait_ns: c.runqueue_wait_ns,
+            voluntary_switches: c.voluntary_switches,
+            involuntary_switches: c.involuntary_switches,
+            // Waits are binned at the agent's reads: those since the last one go with the move.
+            runqueue_hist: process
+                .threads
+                .get(&tid)
+                .and_then(|t| t.sched)
+                .map_or([0; HIST_BUCKETS], |s| s.runqueue_hist),
+        };
+        if let Some((left, share)) = process.leave_thread_cgroup(tid, Some(at)) {
+            self.workloads.credit_thread(&left, &share, now);
+        }
+        if path != home {
+            process.threads.entry(tid).or_default().cgroup =
+                Some(Box::new(ThreadCgroup { path, base: at }));
+        }
+    }
+
+    /// Brings every thread of a process that is in a cgroup of its own back to the process's
+    /// cgroup: what each accumulated there is credited there.
+    fn end_thread_cgroups(&mut self, pid: u32) {
+        let now = self.host.clocks().monotonic_ns;
+        let Some(process) = self.live.get_mut(&pid) else {
+            return;
+        };
+        let away: Vec<u32> = process
+            .threads
+            .iter()
+            .filter(|(_, t)| t.cgroup.is_some())
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in away {
+            if let Some((path, share)) = process.leave_thread_cgroup(tid, None) {
+                self.workloads.credit_thread(&path, &share, now);
+            }
+        }
     }
 
     /// Sets a live process's cgroup. When it moves, what it accumulated so far stays with the
@@ -280,6 +357,13 @@ impl TaskModel {
         if path.is_none() && process.cgroup_path.is_some() {
             return;
         }
+        if matches!((&process.cgroup_path, &path), (Some(old), Some(new)) if old != new) {
+            // All its threads move with it (an exec leaves one; cgroup.procs moves them all).
+            self.end_thread_cgroups(pid);
+        }
+        let Some(process) = self.live.get(&pid) else {
+            return;
+        };
         if let (Some(old), Some(new)) = (&process.cgroup_path, &path) {
             if old != new {
                 let now = self.host.clocks().monotonic_ns;

@@ -531,6 +531,8 @@ mod tests {
                     tgid: P,
                     ..Default::default()
                 },
+                whole_process: 1,
+                _pad: 0,
                 cgroup_id,
                 counters: taskscope_common::TaskCounters {
                     on_cpu_ns,
@@ -552,6 +554,59 @@ mod tests {
         m.apply_event(moved(43, 140), &mut forget);
         m.apply_kernel(snap(160));
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 40));
+    }
+
+    #[test]
+    fn a_thread_moved_alone_is_charged_to_its_own_cgroup_until_it_leaves() {
+        const T: u32 = P + 1;
+        let mut m = TaskModel::new(ModelConfig::default(), Box::new(FakeHost::default()));
+        let mut forget = Forget::default();
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.set_cgroup(P, Some("/a".into()), None);
+        m.apply_event(fork(T, P, P, NS_PER_TICK), &mut forget);
+        let snap = |leader, thread| KernelSnapshot {
+            tasks: vec![(P, sched(P, leader)), (T, sched(P, thread))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap(100, 50));
+        let moved = |whole_process, on_cpu_ns| {
+            Event::CgroupMove(taskscope_common::CgroupMoveEvent {
+                header: taskscope_common::EventHeader {
+                    kind: taskscope_common::event_kind::CGROUP_MOVE,
+                    pid: T,
+                    tgid: P,
+                    ..Default::default()
+                },
+                whole_process,
+                _pad: 0,
+                cgroup_id: 43,
+                counters: taskscope_common::TaskCounters {
+                    on_cpu_ns,
+                    ..Default::default()
+                },
+            })
+        };
+        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
+            m.workload_totals(Duration::from_secs(60))
+                .iter()
+                .find(|(w, _)| w.cgroup == cgroup)
+                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
+        };
+        // T had 60 at its move: the rest of what it does counts in /moved.
+        m.apply_event(moved(0, 60), &mut forget);
+        m.apply_kernel(snap(120, 90));
+        assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (180, 30));
+        // T exits: /moved keeps its 30 (then 35), /a does not get them back.
+        m.apply_event(exit(T, P, 0, false), &mut forget);
+        m.apply_kernel(snap(130, 95));
+        for _ in 0..3 {
+            m.apply_kernel(KernelSnapshot {
+                tasks: vec![(P, sched(P, 130))],
+                ..Default::default()
+            });
+        }
+        assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (190, 35));
+        assert_eq!(m.by_pid(P)[0].live_threads(), 1);
     }
 
     fn zero_syscalls() -> SyscallStats {

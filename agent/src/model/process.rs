@@ -42,6 +42,21 @@ impl SchedTotals {
         histogram::add(&mut self.runqueue_hist, &other.runqueue_hist);
     }
 
+    /// These totals less `base`, never below zero.
+    pub(crate) fn minus(&self, base: &SchedTotals) -> SchedTotals {
+        SchedTotals {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(base.on_cpu_ns),
+            runqueue_wait_ns: self.runqueue_wait_ns.saturating_sub(base.runqueue_wait_ns),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(base.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(base.involuntary_switches),
+            runqueue_hist: histogram::delta(&self.runqueue_hist, Some(&base.runqueue_hist)),
+        }
+    }
+
     /// Adds one thread's figures.
     pub(crate) fn add(&mut self, task: &TaskSched) {
         let TaskSched {
@@ -90,6 +105,17 @@ pub(super) struct Thread {
     pub(super) sched: Option<TaskSched>,
     /// Set when its exit was seen: the number of polls done by then.
     pub(super) exited_after_poll: Option<u64>,
+    /// Set while it is in a cgroup other than its process's (a threaded cgroup it was moved
+    /// to by `cgroup.threads`, or created in).
+    pub(super) cgroup: Option<Box<ThreadCgroup>>,
+}
+
+/// A thread's own cgroup, and its figures when it went there: that workload counts what came
+/// after; its process's workload counts the rest.
+#[derive(Debug, Clone)]
+pub(super) struct ThreadCgroup {
+    pub(super) path: String,
+    pub(super) base: SchedTotals,
 }
 
 /// A process (thread group) and everything known about it.
@@ -183,15 +209,63 @@ impl Process {
     /// counters were copied at their last switch-out).
     pub(crate) fn sched(&self, now_ns: u64, running: &HashMap<u32, u64>) -> SchedTotals {
         let mut totals = self.exited_sched;
-        for (tid, thread) in &self.threads {
-            if let Some(sched) = &thread.sched {
-                totals.add(sched);
-            }
-            if let Some(since) = running.get(tid) {
-                totals.on_cpu_ns += now_ns.saturating_sub(*since);
-            }
+        for (&tid, thread) in &self.threads {
+            totals.add_totals(&Self::thread_sched(tid, thread, now_ns, running));
         }
         totals
+    }
+
+    /// One thread's scheduler figures, with the slice it is running in (see [`Self::sched`]).
+    fn thread_sched(
+        tid: u32,
+        thread: &Thread,
+        now_ns: u64,
+        running: &HashMap<u32, u64>,
+    ) -> SchedTotals {
+        let mut totals = SchedTotals::default();
+        if let Some(sched) = &thread.sched {
+            totals.add(sched);
+        }
+        if let Some(since) = running.get(&tid) {
+            totals.on_cpu_ns += now_ns.saturating_sub(*since);
+        }
+        totals
+    }
+
+    /// What each thread in a cgroup other than the process's accumulated there: (its cgroup
+    /// path, figures). The process's own workload counts the rest.
+    pub(crate) fn thread_shares(
+        &self,
+        now_ns: u64,
+        running: &HashMap<u32, u64>,
+    ) -> Vec<(&str, SchedTotals)> {
+        self.threads
+            .iter()
+            .filter_map(|(&tid, thread)| {
+                let own = thread.cgroup.as_ref()?;
+                let now = Self::thread_sched(tid, thread, now_ns, running);
+                Some((own.path.as_str(), now.minus(&own.base)))
+            })
+            .collect()
+    }
+
+    /// Ends a thread's stay in a cgroup of its own: what it accumulated there (up to `at`, its
+    /// figures at the move; else as last read) is from now on credited elsewhere, so it joins
+    /// the process's moved baseline. Returns (that cgroup, those figures) for its workload.
+    pub(super) fn leave_thread_cgroup(
+        &mut self,
+        tid: u32,
+        at: Option<SchedTotals>,
+    ) -> Option<(String, SchedTotals)> {
+        let thread = self.threads.get_mut(&tid)?;
+        let own = thread.cgroup.take()?;
+        let at = at.unwrap_or_else(|| Self::thread_sched(tid, thread, 0, &HashMap::new()));
+        let share = at.minus(&own.base);
+        self.moved_baseline
+            .get_or_insert_with(Box::default)
+            .sched
+            .add_totals(&share);
+        Some((own.path, share))
     }
 
     /// Threads not yet exited.
@@ -206,8 +280,14 @@ impl Process {
         self.exit.is_some()
     }
 
-    /// Moves a thread's final values into the exited totals.
-    pub(super) fn fold_thread(&mut self, tid: u32, forget: &mut Forget) {
+    /// Moves a thread's final values into the exited totals. A thread that was in a cgroup of
+    /// its own leaves it first: (that cgroup, what it accumulated there) to credit.
+    pub(super) fn fold_thread(
+        &mut self,
+        tid: u32,
+        forget: &mut Forget,
+    ) -> Option<(String, SchedTotals)> {
+        let left = self.leave_thread_cgroup(tid, None);
         if let Some(thread) = self.threads.remove(&tid) {
             if let Some(sched) = &thread.sched {
                 self.exited_sched.add(sched);
@@ -215,5 +295,6 @@ impl Process {
             self.threads_exited += 1;
             forget.tids.push((tid, self.pid));
         }
+        left
     }
 }

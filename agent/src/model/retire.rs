@@ -14,9 +14,13 @@ impl TaskModel {
         let Some(mut process) = self.live.remove(&pid) else {
             return;
         };
+        let clocks = self.host.clocks();
+        let now = clocks.monotonic_ns;
         let tids: Vec<u32> = process.threads.keys().copied().collect();
         for tid in tids {
-            process.fold_thread(tid, forget);
+            if let Some((path, share)) = process.fold_thread(tid, forget) {
+                self.workloads.credit_thread(&path, &share, now);
+            }
         }
         forget.syscalls.extend(
             process
@@ -45,8 +49,6 @@ impl TaskModel {
             self.counters.processes_lost += 1;
         }
         self.counters.processes_exited += 1;
-        let clocks = self.host.clocks();
-        let now = clocks.monotonic_ns;
         let boot_minus_mono = clocks.boottime_ns.saturating_sub(now);
         self.workloads.retire(&process, now, boot_minus_mono);
         if let Some(span) = TaskSpan::of(&process, &clocks) {

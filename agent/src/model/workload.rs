@@ -23,6 +23,8 @@
 
 use serde::Serialize;
 
+use crate::metadata::WorkloadNames;
+
 /// Kubernetes QoS class of a pod, from its cgroup slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,15 +52,6 @@ pub(crate) struct Workload {
     /// (the JSON API); `None` where unknown.
     #[serde(flatten)]
     pub(crate) names: Option<Box<WorkloadNames>>,
-}
-
-/// A workload's names, as the JSON API shows them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct WorkloadNames {
-    pub(crate) pod: Option<String>,
-    pub(crate) namespace: Option<String>,
-    pub(crate) container: Option<String>,
-    pub(crate) image: Option<String>,
 }
 
 /// Container scope prefixes and their runtimes (the `*-conmon-*` helpers excluded first).

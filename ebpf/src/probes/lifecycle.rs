@@ -65,16 +65,17 @@ fn task_counters(task: u64) -> TaskCounters {
 }
 
 /// `cgroup_attach_task(cgroup *dst_cgrp, const char *path, task_struct *task, bool
-/// threadgroup)`, in the context of whoever wrote `cgroup.procs` (often the task itself), once
-/// per moved thread. Only a process's leader is reported: the model keeps one cgroup per
-/// process, as `/proc/<pid>/cgroup` shows it.
+/// threadgroup)`, in the context of whoever wrote `cgroup.procs` or `cgroup.threads` (often the
+/// task itself), once per moved thread. A whole process's move is reported once, for its
+/// leader; a single thread's (`threadgroup` false) for that thread.
 #[inline(always)]
 pub fn on_cgroup_move(ctx: *const u64) {
     let task = arg(ctx, 2);
+    let whole_process = arg(ctx, 3) & 0xff != 0;
     let Some((pid, tgid)) = task_ids::<false>(task) else {
         return;
     };
-    if pid != tgid || tgid == agent_tgid() {
+    if (whole_process && pid != tgid) || tgid == agent_tgid() {
         return;
     }
     let Some(cgroup_id) = task_cgroup_id(task) else {
@@ -82,6 +83,8 @@ pub fn on_cgroup_move(ctx: *const u64) {
     };
     send(CgroupMoveEvent {
         header: header(event_kind::CGROUP_MOVE, pid, tgid),
+        whole_process: u32::from(whole_process),
+        _pad: 0,
         cgroup_id,
         counters: task_counters(task),
     });

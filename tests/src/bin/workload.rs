@@ -250,6 +250,30 @@ fn main() {
             burn(arg(&args, 3, "milliseconds"));
             ready("");
         }
+        // thread-move DOMAIN THREADED MS: moves itself into the cgroup DOMAIN, burns 200 ms
+        // there, and a thread of its own moves itself (cgroup.threads) into THREADED (a
+        // threaded child of DOMAIN) and burns MS ms there.
+        Some("thread-move") => {
+            let domain = args.get(2).expect("domain cgroup").clone();
+            let threaded = args.get(3).expect("threaded cgroup").clone();
+            let ms = arg(&args, 4, "milliseconds");
+            std::fs::write(
+                format!("{domain}/cgroup.procs"),
+                std::process::id().to_string(),
+            )
+            .expect("move into the domain cgroup");
+            burn(200);
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() };
+                std::fs::write(format!("{threaded}/cgroup.threads"), tid.to_string())
+                    .expect("move the thread into the threaded cgroup");
+                burn(ms);
+            })
+            .join()
+            .expect("the burning thread");
+            ready("");
+        }
         // clone-into-burn DIR MS: a child made by clone3(CLONE_INTO_CGROUP) into DIR burns MS
         // ms of CPU and exits; prints the child's pid once it is reaped.
         Some("clone-into-burn") => {
