@@ -373,9 +373,9 @@ pub struct TaskCounters {
     pub involuntary_switches: u64,
 }
 
-/// A task was moved to another cgroup (`cgroup_attach_task`): a whole process (a write to
+/// A task was moved to another cgroup v2 (`cgroup_attach_task`): a whole process (a write to
 /// `cgroup.procs`, reported once, for its leader) or one thread (a write to `cgroup.threads`),
-/// in any hierarchy, by the process itself or by another. The header's ids are the moved
+/// by the process itself or by another. Moves in v1 hierarchies are not reported. The header's ids are the moved
 /// task's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,7 +384,7 @@ pub struct CgroupMoveEvent {
     /// 1 when the whole process moved; 0 when only this thread did.
     pub whole_process: u32,
     pub _pad: u32,
-    /// The task's cgroup v2 id after the move (unchanged when a v1 hierarchy moved it).
+    /// The task's cgroup v2 id after the move.
     pub cgroup_id: u64,
     /// The moved task's counters at the move: what it leaves behind in its old cgroup.
     pub counters: TaskCounters,

@@ -262,8 +262,8 @@ impl TaskModel {
     }
 
     /// A process moved to another cgroup without exec (a write to `cgroup.procs`): charged to
-    /// the new one from the moment of the move. A move within a v1 hierarchy leaves the v2 id
-    /// as it was, and changes nothing here.
+    /// the new one from the moment of the move. Written to the cgroup it is already in, it
+    /// only brings its threads back from cgroups of their own.
     fn apply_cgroup_move(&mut self, moved: CgroupMoveEvent) {
         if moved.whole_process == 0 {
             return self.apply_thread_move(moved);

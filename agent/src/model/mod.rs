@@ -550,7 +550,7 @@ mod tests {
                 .map_or(0, |(_, t)| t.sched.on_cpu_ns)
         };
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 30));
-        // A move in a v1 hierarchy leaves the v2 cgroup as it was: nothing changes.
+        // Written to the cgroup it is already in: nothing changes.
         m.apply_event(moved(43, 140), &mut forget);
         m.apply_kernel(snap(160));
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 40));

@@ -158,13 +158,24 @@ pub fn off_bdev_dev() -> u32 {
     OFF_BDEV_DEV.load()
 }
 
-/// The cgroup v2 id of `task` (what `bpf_get_current_cgroup_id` gives for the current task).
+/// The `struct cgroup` of `task` in the cgroup v2 hierarchy.
 #[inline(always)]
-pub fn task_cgroup_id(task: u64) -> Option<u64> {
+pub fn task_dfl_cgroup(task: u64) -> Option<u64> {
     let css_set = read::<u64>(task, OFF_TASK_CGROUPS.load())?;
-    let cgroup = read::<u64>(css_set, OFF_CSS_SET_DFL_CGRP.load())?;
+    read::<u64>(css_set, OFF_CSS_SET_DFL_CGRP.load())
+}
+
+/// The id of a `struct cgroup` (its kernfs node's: what `bpf_get_current_cgroup_id` gives).
+#[inline(always)]
+pub fn cgroup_id(cgroup: u64) -> Option<u64> {
     let kernfs_node = read::<u64>(cgroup, OFF_CGROUP_KN.load())?;
     read::<u64>(kernfs_node, OFF_KERNFS_NODE_ID.load())
+}
+
+/// The cgroup v2 id of `task`.
+#[inline(always)]
+pub fn task_cgroup_id(task: u64) -> Option<u64> {
+    cgroup_id(task_dfl_cgroup(task)?)
 }
 
 #[inline(always)]

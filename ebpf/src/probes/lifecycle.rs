@@ -11,10 +11,10 @@ use taskscope_common::{
 };
 
 use super::kernel::{
-    agent_tgid, arg, current_ids, exit_has_group_dead, off_bprm_filename, off_mm_arg_end,
-    off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm, off_task_nvcsw,
-    off_task_run_delay, off_task_signal, off_task_start_boottime, off_task_sum_exec_runtime, read,
-    task_cgroup_id, task_ids,
+    agent_tgid, arg, cgroup_id, current_ids, exit_has_group_dead, off_bprm_filename,
+    off_mm_arg_end, off_mm_arg_start, off_signal_live, off_task_exit_code, off_task_mm,
+    off_task_nvcsw, off_task_run_delay, off_task_signal, off_task_start_boottime,
+    off_task_sum_exec_runtime, read, task_cgroup_id, task_dfl_cgroup, task_ids,
 };
 use super::ringbuf::{header, send, send_with};
 use super::sched::{copy_counters, TASKS};
@@ -66,10 +66,13 @@ fn task_counters(task: u64) -> TaskCounters {
 
 /// `cgroup_attach_task(cgroup *dst_cgrp, const char *path, task_struct *task, bool
 /// threadgroup)`, in the context of whoever wrote `cgroup.procs` or `cgroup.threads` (often the
-/// task itself), once per moved thread. A whole process's move is reported once, for its
-/// leader; a single thread's (`threadgroup` false) for that thread.
+/// task itself), once per moved thread, after the move. A whole process's move is reported
+/// once, for its leader; a single thread's (`threadgroup` false) for that thread. Moves in
+/// the v1 hierarchies (hybrid hosts) are not reported: the task's v2 cgroup is then not
+/// `dst_cgrp`.
 #[inline(always)]
 pub fn on_cgroup_move(ctx: *const u64) {
+    let dst_cgrp = arg(ctx, 0);
     let task = arg(ctx, 2);
     let whole_process = arg(ctx, 3) & 0xff != 0;
     let Some((pid, tgid)) = task_ids::<false>(task) else {
@@ -78,7 +81,10 @@ pub fn on_cgroup_move(ctx: *const u64) {
     if (whole_process && pid != tgid) || tgid == agent_tgid() {
         return;
     }
-    let Some(cgroup_id) = task_cgroup_id(task) else {
+    let Some(cgroup) = task_dfl_cgroup(task).filter(|&c| c == dst_cgrp) else {
+        return;
+    };
+    let Some(cgroup_id) = cgroup_id(cgroup) else {
         return;
     };
     send(CgroupMoveEvent {
