@@ -1,11 +1,12 @@
 //! Every way into a cgroup, charged from the moment it happens: a process that writes its own pid
-//! to `cgroup.procs` (no exec after), and a child made straight into a cgroup by
-//! `clone3(CLONE_INTO_CGROUP)`. Truth is the cgroup's own `cpu.stat` `usage_usec`.
+//! to `cgroup.procs` (no exec after), a child made straight into a cgroup by
+//! `clone3(CLONE_INTO_CGROUP)`, a thread moved alone into a threaded cgroup; and a move in a v1
+//! hierarchy, which is none. Truth is the cgroup's own `cpu.stat` `usage_usec`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use taskscope_e2e::{
-    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns, sample,
+    assert_close, cgroup2_root, cgroup_usage_usec, http_get, monotonic_ns, sample, wait_for,
     wait_until_blocked, Agent, Workload,
 };
 
@@ -134,4 +135,52 @@ fn a_thread_moved_alone_is_charged_to_its_threaded_cgroup() {
         0.01,
     );
     workload.finish();
+}
+
+/// A cgroup v1 hierarchy's mount point (hybrid hosts mount the controllers there); not the
+/// cpuset one, where a new cgroup takes no task before its CPUs and memory nodes are set.
+fn v1_hierarchy() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            let v1 = right.split_whitespace().next()? == "cgroup" && !right.contains("cpuset");
+            v1.then(|| PathBuf::from(mount_point))
+        })
+        .expect("no cgroup v1 hierarchy mounted: this test needs a hybrid host, as this one is")
+}
+
+#[test]
+fn a_move_in_a_v1_hierarchy_is_not_a_move() {
+    let agent = Agent::start(&[]);
+    let moves = || -> u64 {
+        agent.get("/api/v1/status")["events"]["cgroup_move"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let v1 = v1_hierarchy().join(format!("taskscope-v1-{}", std::process::id()));
+    std::fs::create_dir(&v1).expect("create a v1 cgroup");
+    let v2 = TestCgroup::create("v2-after-v1");
+    let workload = Workload::run(&["sleep", "1"]);
+    let pid = workload.pid().to_string();
+    let before = moves();
+    // A runtime on a hybrid host writes the pid into every v1 hierarchy too; then into v2.
+    std::fs::write(v1.join("cgroup.procs"), &pid).expect("move in v1");
+    std::fs::write(v2.dir.join("cgroup.procs"), &pid).expect("move in v2");
+    // Events arrive in order: once the v2 move is in, a v1 one would have been too.
+    let after = wait_for("the v2 move's event", Duration::from_secs(10), || {
+        let now = moves();
+        (now > before).then_some(now)
+    });
+    println!("cgroup_move events: {before} before, {after} after one v1 and one v2 move");
+    assert_eq!(after - before, 1, "the v1 move was reported");
+    let process = agent.process_after(workload.pid(), monotonic_ns());
+    assert_eq!(
+        process["cgroup"]["path"].as_str(),
+        Some(format!("/{}", v2.name).as_str()),
+    );
+    workload.finish();
+    let _ = std::fs::remove_dir(&v1);
 }
