@@ -488,12 +488,6 @@ mod tests {
             ..Default::default()
         };
         m.apply_kernel(snap(100));
-        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
-            m.workload_totals(Duration::from_secs(60))
-                .iter()
-                .find(|(w, _)| w.cgroup == cgroup)
-                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
-        };
         assert_eq!(cpu_of(&mut m, "/a"), 100);
         m.set_cgroup(P, Some("/b".into()), None);
         m.apply_kernel(snap(150));
@@ -523,32 +517,10 @@ mod tests {
             ..Default::default()
         };
         m.apply_kernel(snap(100));
-        let moved = |cgroup_id, on_cpu_ns| {
-            Event::CgroupMove(taskscope_common::CgroupMoveEvent {
-                header: taskscope_common::EventHeader {
-                    kind: taskscope_common::event_kind::CGROUP_MOVE,
-                    pid: P,
-                    tgid: P,
-                    ..Default::default()
-                },
-                whole_process: 1,
-                _pad: 0,
-                cgroup_id,
-                counters: taskscope_common::TaskCounters {
-                    on_cpu_ns,
-                    ..Default::default()
-                },
-            })
-        };
+        let moved = |cgroup_id, on_cpu_ns| cgroup_move(P, P, true, cgroup_id, on_cpu_ns);
         // Read after it ran on in /moved: what it had at the move (120) stays in /a.
         m.apply_event(moved(43, 120), &mut forget);
         m.apply_kernel(snap(150));
-        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
-            m.workload_totals(Duration::from_secs(60))
-                .iter()
-                .find(|(w, _)| w.cgroup == cgroup)
-                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
-        };
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (120, 30));
         // Written to the cgroup it is already in: nothing changes.
         m.apply_event(moved(43, 140), &mut forget);
@@ -569,31 +541,8 @@ mod tests {
             ..Default::default()
         };
         m.apply_kernel(snap(100, 50));
-        let moved = |whole_process, on_cpu_ns| {
-            Event::CgroupMove(taskscope_common::CgroupMoveEvent {
-                header: taskscope_common::EventHeader {
-                    kind: taskscope_common::event_kind::CGROUP_MOVE,
-                    pid: T,
-                    tgid: P,
-                    ..Default::default()
-                },
-                whole_process,
-                _pad: 0,
-                cgroup_id: 43,
-                counters: taskscope_common::TaskCounters {
-                    on_cpu_ns,
-                    ..Default::default()
-                },
-            })
-        };
-        let cpu_of = |m: &mut TaskModel, cgroup: &str| -> u64 {
-            m.workload_totals(Duration::from_secs(60))
-                .iter()
-                .find(|(w, _)| w.cgroup == cgroup)
-                .map_or(0, |(_, t)| t.sched.on_cpu_ns)
-        };
         // T had 60 at its move: the rest of what it does counts in /moved.
-        m.apply_event(moved(0, 60), &mut forget);
+        m.apply_event(cgroup_move(T, P, false, 43, 60), &mut forget);
         m.apply_kernel(snap(120, 90));
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (180, 30));
         // T exits: /moved keeps its 30 (then 35), /a does not get them back.
@@ -607,6 +556,35 @@ mod tests {
         }
         assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (190, 35));
         assert_eq!(m.by_pid(P)[0].live_threads(), 1);
+    }
+
+    /// The CPU time of a workload, by cgroup path (0 when it has none).
+    fn cpu_of(m: &mut TaskModel, cgroup: &str) -> u64 {
+        m.workload_totals(Duration::from_secs(60))
+            .iter()
+            .find(|(w, _)| w.cgroup == cgroup)
+            .map_or(0, |(_, t)| t.sched.on_cpu_ns)
+    }
+
+    /// A `cgroup_attach_task` report: task `tid` of `tgid` (or its whole process) now in cgroup
+    /// `cgroup_id`, having used `on_cpu_ns` by then.
+    fn cgroup_move(
+        tid: u32,
+        tgid: u32,
+        whole_process: bool,
+        cgroup_id: u64,
+        on_cpu_ns: u64,
+    ) -> Event {
+        Event::CgroupMove(taskscope_common::CgroupMoveEvent {
+            header: header(event_kind::CGROUP_MOVE, tid, tgid),
+            whole_process: u32::from(whole_process),
+            _pad: 0,
+            cgroup_id,
+            counters: taskscope_common::TaskCounters {
+                on_cpu_ns,
+                ..Default::default()
+            },
+        })
     }
 
     fn zero_syscalls() -> SyscallStats {
