@@ -32,7 +32,7 @@ use crate::{
         Directories, PodDirectory, SharedPods,
     },
     model::{host::SystemHost, redact::Redactor, ModelConfig, TaskModel},
-    probes::{BpfStatsGuard, LoadOptions, Probes},
+    probes::{coverage::degraded_summary, BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
 };
 
@@ -248,13 +248,24 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
                 fallback_reasons = ?hook.errors,
                 "attached"
             ),
+            None if !hook.replaced_by.is_empty() => info!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                replaced_by = ?hook.replaced_by,
+                errors = ?hook.errors,
+                "not attached; its fallbacks give the same data"
+            ),
             None => warn!(
                 tracepoint = hook.tracepoint,
                 group = ?hook.group,
                 errors = ?hook.errors,
-                "not attached; this probe group's data will be missing"
+                "not attached"
             ),
         }
+    }
+    // The same words as `taskscope check`, /health and /api/v1/status.
+    if let Some(summary) = degraded_summary(&probes.degraded) {
+        warn!("{summary}");
     }
     let bpf_stats = if args.bpf_stats {
         match BpfStatsGuard::enable() {

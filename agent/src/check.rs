@@ -2,9 +2,16 @@
 
 use std::{fmt, fs, path::Path};
 
+use taskscope_common::contract::MIN_KERNEL;
+
 use crate::{
-    probes::{btf::Btf, offsets::KernelOffsets, LoadOptions, Probes},
-    procfs::{mount_point, mountinfo},
+    probes::{
+        btf::Btf,
+        coverage::{degraded_summary, Degradation},
+        offsets::KernelOffsets,
+        LoadError, LoadOptions, Probes,
+    },
+    procfs::{kernel_release, mount_point, mountinfo, parse_kernel_version},
 };
 
 /// Capability bits (linux/capability.h).
@@ -12,9 +19,6 @@ pub(crate) const CAP_SYS_PTRACE: u32 = 19;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_PERFMON: u32 = 38;
 pub(crate) const CAP_BPF: u32 = 39;
-
-/// Oldest kernel with everything `run` needs: BPF ring buffer (5.8), tp_btf (5.5).
-const MIN_KERNEL: (u32, u32) = (5, 8);
 
 /// One requirement and how this host meets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +43,6 @@ impl fmt::Display for Requirement {
         }
         Ok(())
     }
-}
-
-/// Parses `major.minor` from a kernel release string such as `6.18.44-fc-v657`.
-pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// Effective capability mask from the `CapEff:` line of `/proc/self/status`.
@@ -154,21 +152,79 @@ fn mount_requirement(
     }
 }
 
-fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+/// Every requirement, and what the kernel leaves out.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub(crate) requirements: Vec<Requirement>,
+    pub(crate) degraded: Vec<Degradation>,
+}
+
+/// What `check` concludes, and its exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything works (exit 0).
+    Works,
+    /// `run` runs without some optional probes: "runs, degraded: ..." (exit 3).
+    Degraded(String),
+    /// A required line is missing (exit 1).
+    Cannot,
+}
+
+/// `check`'s exit code when `run` works without some optional probes.
+pub const EXIT_DEGRADED: u8 = 3;
+
+impl Verdict {
+    /// The last line `check` prints.
+    pub fn line(&self) -> String {
+        match self {
+            Verdict::Works => "taskscope run can work on this host".into(),
+            Verdict::Degraded(summary) => format!("taskscope run {summary}"),
+            Verdict::Cannot => {
+                "taskscope run cannot work on this host: fix the missing required lines".into()
+            }
+        }
+    }
+
+    /// The exit code of `check`: 0, [`EXIT_DEGRADED`] or 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Verdict::Works => 0,
+            Verdict::Degraded(_) => EXIT_DEGRADED,
+            Verdict::Cannot => 1,
+        }
+    }
+}
+
+impl Report {
+    /// The lines, one per requirement.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
+    /// The verdict: a missing required line first, then what the kernel leaves out.
+    pub fn verdict(&self) -> Verdict {
+        if !can_run(&self.requirements) {
+            return Verdict::Cannot;
+        }
+        match degraded_summary(&self.degraded) {
+            Some(summary) => Verdict::Degraded(summary),
+            None => Verdict::Works,
+        }
+    }
 }
 
 /// Runs every check. Attach checks load the real programs (and unload them again).
-pub fn run_checks(kernel_btf: &Path) -> Vec<Requirement> {
-    let mut out = Vec::new();
-    prerequisites(&mut out, kernel_btf);
+pub fn run_checks(kernel_btf: &Path) -> Report {
+    let mut requirements = Vec::new();
+    prerequisites(&mut requirements, kernel_btf);
     // The programs are loaded only when everything they need is there.
-    let can_load = out.iter().all(|r| r.ok);
-    attach_checks(&mut out, kernel_btf, can_load);
-    host_facilities(&mut out);
-    out
+    let can_load = requirements.iter().all(|r| r.ok);
+    let degraded = attach_checks(&mut requirements, kernel_btf, can_load);
+    host_facilities(&mut requirements);
+    Report {
+        requirements,
+        degraded,
+    }
 }
 
 /// What loading the programs needs: kernel version, BTF, capabilities.
@@ -179,7 +235,10 @@ fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
         name: "kernel version",
         ok: version.is_some_and(|v| v >= MIN_KERNEL),
         required: true,
-        detail: format!("{release} (needs >= {}.{})", MIN_KERNEL.0, MIN_KERNEL.1),
+        detail: format!(
+            "{release} (needs >= {}.{}; tested: 6.1, 6.12 and newer)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ),
         fix: Some("upgrade the kernel".into()),
     });
 
@@ -240,67 +299,108 @@ fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
     });
 }
 
+/// Loads and attaches the real programs the way `run` does (`force_raw_tp`: raw_tp only), then
+/// detaches them.
+fn try_load(kernel_btf: &Path, force_raw_tp: bool) -> Result<Probes, LoadError> {
+    Probes::load(&LoadOptions {
+        agent_tgid: std::process::id(),
+        thresholds: taskscope_common::Thresholds::NEVER,
+        disabled_groups: Vec::new(),
+        record_switches: false,
+        max_tasks: 1024,
+        max_syscall_entries: 1024,
+        ring_buffer_bytes: 64 * 1024,
+        force_raw_tp,
+        kernel_btf: kernel_btf.to_path_buf(),
+    })
+}
+
 /// The real programs, attached the way `run` would (tp_btf, then raw_tp), then detached.
-fn attach_checks(out: &mut Vec<Requirement>, kernel_btf: &Path, can_load: bool) {
-    // The real programs, attached the way `run` would, then detached.
+/// Returns what the kernel leaves out (empty when the programs could not load).
+fn attach_checks(
+    out: &mut Vec<Requirement>,
+    kernel_btf: &Path,
+    can_load: bool,
+) -> Vec<Degradation> {
+    // Each attach type alone: informational, the agent takes either, hook by hook.
     for (name, force_raw_tp) in [("attach type tp_btf", false), ("attach type raw_tp", true)] {
         let result = if can_load {
-            Probes::load(&LoadOptions {
-                agent_tgid: std::process::id(),
-                thresholds: taskscope_common::Thresholds::NEVER,
-                disabled_groups: Vec::new(),
-                record_switches: false,
-                max_tasks: 1024,
-                max_syscall_entries: 1024,
-                ring_buffer_bytes: 64 * 1024,
-                force_raw_tp,
-                kernel_btf: kernel_btf.to_path_buf(),
-            })
-            .map(|probes| {
-                let want = if force_raw_tp { "raw_tp" } else { "tp_btf" };
-                let (used, other): (Vec<_>, Vec<_>) = probes
-                    .hooks
-                    .iter()
-                    .partition(|h| h.attach_type.is_some_and(|t| t.to_string() == want));
-                (
-                    used.len(),
-                    other.iter().map(|h| h.tracepoint).collect::<Vec<_>>(),
-                )
-            })
-            .map_err(|e| e.to_string())
+            try_load(kernel_btf, force_raw_tp)
+                .map(|probes| {
+                    let want = if force_raw_tp { "raw_tp" } else { "tp_btf" };
+                    // A hook replaced by its fallbacks counts through them.
+                    let (used, other): (Vec<_>, Vec<_>) = probes
+                        .hooks
+                        .iter()
+                        .filter(|h| h.replaced_by.is_empty())
+                        .partition(|h| h.attach_type.is_some_and(|t| t.to_string() == want));
+                    let fallbacks: Vec<String> = probes
+                        .hooks
+                        .iter()
+                        .filter(|h| !h.replaced_by.is_empty())
+                        .map(|h| {
+                            format!(
+                                "{} instead of {}",
+                                h.replaced_by.join(" and "),
+                                h.tracepoint
+                            )
+                        })
+                        .collect();
+                    (
+                        used.len(),
+                        other.iter().map(|h| h.tracepoint).collect::<Vec<_>>(),
+                        fallbacks,
+                    )
+                })
+                .map_err(|e| e.to_string())
         } else {
             Err("not tried: a requirement above is missing".into())
         };
         out.push(Requirement {
             name,
-            // tp_btf is optional (raw_tp is the fallback); raw_tp must work when tp_btf does not.
-            ok: matches!(&result, Ok((_, others)) if others.is_empty()),
+            ok: matches!(&result, Ok((_, others, _)) if others.is_empty()),
             required: false,
             detail: match &result {
-                Ok((used, others)) if others.is_empty() => format!("all {used} hooks attach"),
-                Ok((used, others)) => format!("{used} hooks attach; not: {}", others.join(", ")),
+                Ok((used, others, fallbacks)) => {
+                    let mut text = if others.is_empty() {
+                        format!("all {used} hooks attach")
+                    } else {
+                        format!("{used} hooks attach; not: {}", others.join(", "))
+                    };
+                    if !fallbacks.is_empty() {
+                        text.push_str(&format!(" ({})", fallbacks.join("; ")));
+                    }
+                    text
+                }
                 Err(e) => e.lines().next().unwrap_or("").to_string(),
             },
             fix: Some("see docs/troubleshooting.md".into()),
         });
     }
-    let attach_ok = out
-        .iter()
-        .filter(|r| r.name.starts_with("attach type"))
-        .any(|r| r.ok);
+    // The way `run` loads them: the verdict.
+    let loaded = if can_load {
+        try_load(kernel_btf, false).map_err(|e| e.to_string())
+    } else {
+        Err("not tried: a requirement above is missing".into())
+    };
+    let degraded = loaded
+        .as_ref()
+        .map(|p| p.degraded.clone())
+        .unwrap_or_default();
     out.push(Requirement {
         name: "kernel programs",
-        ok: attach_ok,
+        ok: loaded.is_ok(),
         required: true,
-        detail: if attach_ok {
-            "every hook attaches with tp_btf or raw_tp".into()
-        } else {
-            "some hooks attach with neither tp_btf nor raw_tp".into()
+        detail: match (&loaded, degraded_summary(&degraded)) {
+            (Ok(_), None) => "every hook attaches, with tp_btf or raw_tp".into(),
+            (Ok(_), Some(summary)) => summary,
+            (Err(e), _) => e.clone(),
         },
         fix: Some(
             "run `taskscope run` to see the verifier's output; see docs/troubleshooting.md".into(),
         ),
     });
+    degraded
 }
 
 /// Mounts and kernel settings that change what is measured, not whether it runs.
@@ -400,5 +500,44 @@ mod tests {
             required: true,
             ..r
         }]));
+    }
+
+    #[test]
+    fn the_verdict_puts_a_missing_requirement_before_a_degraded_kernel() {
+        use crate::probes::ProbeGroup;
+        let line = |required, ok| Requirement {
+            name: "x",
+            ok,
+            required,
+            detail: String::new(),
+            fix: None,
+        };
+        let degraded = vec![Degradation {
+            group: ProbeGroup::BlockIo,
+            tracepoints: vec!["block_io_start"],
+            reason: "kernel 6.1 has no block_io_start tracepoint (added in 6.5)".into(),
+        }];
+        let works = Report {
+            requirements: vec![line(true, true), line(false, false)],
+            degraded: Vec::new(),
+        };
+        assert_eq!(works.verdict(), Verdict::Works);
+        assert_eq!(works.verdict().exit_code(), 0);
+        let runs_degraded = Report {
+            degraded: degraded.clone(),
+            ..works.clone()
+        };
+        let verdict = runs_degraded.verdict();
+        assert_eq!(verdict.exit_code(), EXIT_DEGRADED);
+        assert_eq!(
+            verdict.line(),
+            "taskscope run runs, degraded: block_io (block_io_start) unavailable because kernel 6.1 has no block_io_start tracepoint (added in 6.5)"
+        );
+        let cannot = Report {
+            requirements: vec![line(true, false)],
+            degraded,
+        };
+        assert_eq!(cannot.verdict(), Verdict::Cannot);
+        assert_eq!(cannot.verdict().exit_code(), 1);
     }
 }

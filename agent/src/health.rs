@@ -27,7 +27,7 @@ use crate::{
         snapshot::{loss_source, LossView},
         workload::Workload,
     },
-    probes::{HookStatus, ProbeGroup},
+    probes::{coverage::Degradation, HookStatus, ProbeGroup},
 };
 
 /// A component's or the agent's state, worst last.
@@ -344,7 +344,7 @@ fn data_path_components(
     for group in ProbeGroup::ALL {
         components.insert(
             format!("probes_{}", group.name()),
-            probe_group(group, &inputs.status.hooks),
+            probe_group(group, &inputs.status.hooks, &inputs.status.degradations),
         );
     }
     let ring_lost = since.lost(Loss::RingBufFull.name().0, None);
@@ -513,50 +513,30 @@ fn overall(components: &BTreeMap<String, Component>) -> (Status, String) {
     (status, message)
 }
 
-fn probe_group(group: ProbeGroup, hooks: &[HookStatus]) -> Component {
+/// A probe group: degraded (in the words of `taskscope check`) when this kernel leaves some of
+/// it out.
+fn probe_group(group: ProbeGroup, hooks: &[HookStatus], degraded: &[Degradation]) -> Component {
     let hooks: Vec<&HookStatus> = hooks.iter().filter(|h| h.group == group).collect();
     if !hooks.is_empty() && hooks.iter().all(|h| !h.enabled) {
         return component(Status::Disabled, "switched off (--disable-probes)");
     }
-    let missing: Vec<&str> = hooks
+    if let Some(degradation) = degraded.iter().find(|d| d.group == group) {
+        return component(Status::Degraded, degradation.to_string());
+    }
+    let attached: Vec<&str> = hooks
         .iter()
-        .filter(|h| h.attach_type.is_none())
+        .filter(|h| h.attach_type.is_some())
         .map(|h| h.tracepoint)
         .collect();
-    if missing.is_empty() {
-        component(
-            Status::Healthy,
-            format!(
-                "attached: {}",
-                hooks
-                    .iter()
-                    .map(|h| h.tracepoint)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-    } else {
-        component(
-            Status::Unhealthy,
-            format!(
-                "not attached: {} (see /api/v1/status hooks[].errors)",
-                missing.join(", ")
-            ),
-        )
-    }
+    component(
+        Status::Healthy,
+        format!("attached: {}", attached.join(", ")),
+    )
 }
 
 fn readiness(inputs: &Inputs<'_>, events: u64) -> Result<(), String> {
-    let unattached: Vec<&str> = inputs
-        .status
-        .hooks
-        .iter()
-        .filter(|h| h.enabled && h.attach_type.is_none())
-        .map(|h| h.tracepoint)
-        .collect();
-    if !unattached.is_empty() {
-        return Err(format!("probes not attached: {}", unattached.join(", ")));
-    }
+    // A required hook that does not attach stops the agent before it serves; a missing optional
+    // one is a degraded probe group, not a reason to take the agent out of service.
     if events == 0 && inputs.status.kernel_tasks == 0 {
         return Err("nothing received from the kernel programs yet".into());
     }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use taskscope::{
     agent,
-    check::{can_run, run_checks},
+    check::run_checks,
     cli::{Command, LogArgs},
     config::{self, ParseFailure, Parsed},
     logging, record,
@@ -93,17 +93,13 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => {
             init_logging(&args.log);
-            let requirements = run_checks(&args.kernel.kernel_btf);
-            for requirement in &requirements {
+            let report = run_checks(&args.kernel.kernel_btf);
+            for requirement in report.requirements() {
                 println!("{requirement}");
             }
-            if can_run(&requirements) {
-                println!("taskscope run can work on this host");
-                ExitCode::SUCCESS
-            } else {
-                println!("taskscope run cannot work on this host: fix the missing required lines");
-                ExitCode::FAILURE
-            }
+            let verdict = report.verdict();
+            println!("{}", verdict.line());
+            ExitCode::from(verdict.exit_code())
         }
     }
 }

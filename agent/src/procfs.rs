@@ -478,6 +478,19 @@ impl CgroupResolver {
     }
 }
 
+/// The running kernel's release (`/proc/sys/kernel/osrelease`), empty when unreadable.
+pub(crate) fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Parses `major.minor` from a kernel release string such as `6.18.44-fc-v657`.
+pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,17 @@ pub struct Hook {
     pub group: ProbeGroup,
     /// The agent cannot run without it.
     pub required: bool,
+    /// Attached only when the hook named here could not be: an older kernel's way to the same
+    /// data.
+    pub instead_of: Option<&'static str>,
+    /// The release (major, minor) that added this tracepoint, with the arguments the programs
+    /// read, when that is later than [`MIN_KERNEL`]; `None`: every supported kernel has it.
+    pub since: Option<(u32, u32)>,
 }
+
+/// The oldest kernel the programs can load on: `sched_switch` passes `prev_state` from 5.18 on
+/// (tp_btf is 5.5, the BPF ring buffer and CAP_BPF 5.8). Tested from 6.1 (docs/install.md).
+pub const MIN_KERNEL: (u32, u32) = (5, 18);
 
 const fn hook(
     tracepoint: &'static str,
@@ -63,6 +73,16 @@ const fn hook(
         raw_program,
         group,
         required,
+        instead_of: None,
+        since: None,
+    }
+}
+
+/// A hook attached only where `primary` could not be (see [`Hook::instead_of`]).
+const fn fallback(primary: &'static str, hook: Hook) -> Hook {
+    Hook {
+        instead_of: Some(primary),
+        ..hook
     }
 }
 
@@ -133,12 +153,36 @@ pub const HOOKS: &[Hook] = &[
         ProbeGroup::Syscalls,
         false,
     ),
-    hook(
+    Hook {
+        since: Some((6, 5)),
+        ..hook(
+            "block_io_start",
+            "ts_io_start_btf",
+            "ts_io_start_raw",
+            ProbeGroup::BlockIo,
+            false,
+        )
+    },
+    // Before 6.5: the first of insert and issue starts a request (ebpf/src/probes/blockio.rs).
+    fallback(
         "block_io_start",
-        "ts_io_start_btf",
-        "ts_io_start_raw",
-        ProbeGroup::BlockIo,
-        false,
+        hook(
+            "block_rq_insert",
+            "ts_io_insert_btf",
+            "ts_io_insert_raw",
+            ProbeGroup::BlockIo,
+            false,
+        ),
+    ),
+    fallback(
+        "block_io_start",
+        hook(
+            "block_rq_issue",
+            "ts_io_issue_btf",
+            "ts_io_issue_raw",
+            ProbeGroup::BlockIo,
+            false,
+        ),
     ),
     hook(
         "block_rq_complete",

@@ -130,6 +130,13 @@ pub(crate) struct ProcessesResponse {
 pub(crate) struct StatusResponse {
     pub(crate) agent_pid: u32,
     pub(crate) hooks: Vec<HookStatus>,
+    /// "runs, degraded: ..." when optional hooks are missing (the words of `taskscope check`),
+    /// else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) degraded: Option<String>,
+    /// The same, one entry per probe group (health reads it).
+    #[serde(skip)]
+    pub(crate) degradations: Vec<crate::probes::coverage::Degradation>,
     /// Data lost, by source and reason: kernel map or ring buffer full, undecodable records.
     pub(crate) lost: Vec<LossView>,
     /// Ring-buffer events received, by kind.
@@ -582,6 +589,8 @@ impl Collector {
             }),
             agent_pid: self.agent_pid,
             hooks: self.probes.hooks.clone(),
+            degraded: crate::probes::coverage::degraded_summary(&self.probes.degraded),
+            degradations: self.probes.degraded.clone(),
             lost,
             events: self.events.clone(),
             model: self.model.counters,

@@ -5,6 +5,7 @@
 //! one it used, or why neither worked.
 
 pub(crate) mod btf;
+pub(crate) mod coverage;
 pub(crate) mod offsets;
 
 use std::{fmt, os::fd::AsFd, path::PathBuf};
@@ -20,7 +21,7 @@ use taskscope_common::{
     Thresholds,
 };
 
-use self::{btf::Btf, offsets::KernelOffsets};
+use self::{btf::Btf, coverage::Degradation, offsets::KernelOffsets};
 
 /// The compiled kernel programs.
 pub(crate) static PROBES_OBJECT: &[u8] =
@@ -62,6 +63,60 @@ pub(crate) struct HookStatus {
     pub(crate) enabled: bool,
     /// Why the cheaper type (or every type) failed, if it did.
     pub(crate) errors: Vec<String>,
+    /// For a fallback: the hook it stands in for (see [`Hook::instead_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) instead_of: Option<&'static str>,
+    /// For a hook that did not attach: the fallbacks that attached in its place.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) replaced_by: Vec<&'static str>,
+    /// The kernel release that added the tracepoint, when later than the oldest supported.
+    #[serde(skip)]
+    pub(crate) since: Option<(u32, u32)>,
+}
+
+impl HookStatus {
+    /// `hook`, not attached yet.
+    pub(crate) fn new(hook: &Hook) -> Self {
+        HookStatus {
+            tracepoint: hook.tracepoint,
+            group: hook.group,
+            btf_program: hook.btf_program,
+            raw_program: hook.raw_program,
+            attach_type: None,
+            enabled: true,
+            errors: Vec::new(),
+            instead_of: hook.instead_of,
+            replaced_by: Vec::new(),
+            since: hook.since,
+        }
+    }
+}
+
+/// Whether `hook` is a fallback whose primary, among those `tried`, attached: then it is not
+/// loaded at all.
+pub(crate) fn fallback_not_needed(tried: &[HookStatus], hook: &Hook) -> bool {
+    hook.instead_of.is_some_and(|primary| {
+        tried
+            .iter()
+            .any(|h| h.tracepoint == primary && h.attach_type.is_some())
+    })
+}
+
+/// Notes, on each hook that did not attach, the fallbacks that did (all of them, or none).
+pub(crate) fn mark_replaced(hooks: &mut [HookStatus]) {
+    for index in 0..hooks.len() {
+        if hooks[index].attach_type.is_some() {
+            continue;
+        }
+        let primary = hooks[index].tracepoint;
+        let fallbacks: Vec<&HookStatus> = hooks
+            .iter()
+            .filter(|h| h.instead_of == Some(primary))
+            .collect();
+        if !fallbacks.is_empty() && fallbacks.iter().all(|h| h.attach_type.is_some()) {
+            hooks[index].replaced_by = fallbacks.iter().map(|h| h.tracepoint).collect();
+        }
+    }
 }
 
 /// Settings the kernel programs are loaded with.
@@ -130,7 +185,10 @@ pub enum LoadError {
 /// The loaded programs and maps. Dropping it detaches and unloads everything.
 pub(crate) struct Probes {
     pub(crate) ebpf: Ebpf,
+    /// Every hook tried, in attach order (a fallback only where its primary failed).
     pub(crate) hooks: Vec<HookStatus>,
+    /// What the optional hooks that did not attach leave out (see [`coverage`]).
+    pub(crate) degraded: Vec<Degradation>,
     /// The link of each hook (same order as `hooks`), while attached.
     links: Vec<Option<HookLink>>,
 }
@@ -214,12 +272,16 @@ impl Probes {
         let mut probes = Probes {
             ebpf,
             hooks: Vec::with_capacity(HOOKS.len()),
+            degraded: Vec::new(),
             links: Vec::with_capacity(HOOKS.len()),
         };
         probes
             .set_thresholds(options.thresholds)
             .map_err(LoadError::Object)?;
         for hook in HOOKS {
+            if fallback_not_needed(&probes.hooks, hook) {
+                continue;
+            }
             let (mut status, link) =
                 attach(&mut probes.ebpf, hook, &aya_btf, options.force_raw_tp)?;
             if status.attach_type.is_none() && hook.required {
@@ -233,6 +295,9 @@ impl Probes {
             probes.hooks.push(status);
             probes.links.push(link);
         }
+        mark_replaced(&mut probes.hooks);
+        let kernel = crate::procfs::parse_kernel_version(&crate::procfs::kernel_release());
+        probes.degraded = coverage::degradations(&probes.hooks, kernel);
         for &group in &options.disabled_groups {
             probes
                 .set_group_enabled(group, false)
@@ -402,13 +467,9 @@ fn attach(
             Ok(id) => {
                 return Ok((
                     HookStatus {
-                        tracepoint: hook.tracepoint,
-                        group: hook.group,
-                        btf_program: hook.btf_program,
-                        raw_program: hook.raw_program,
                         attach_type: Some(AttachType::TpBtf),
-                        enabled: true,
                         errors,
+                        ..HookStatus::new(hook)
                     },
                     Some(HookLink::Btf(id)),
                 ))
@@ -438,13 +499,9 @@ fn attach(
     };
     Ok((
         HookStatus {
-            tracepoint: hook.tracepoint,
-            group: hook.group,
-            btf_program: hook.btf_program,
-            raw_program: hook.raw_program,
             attach_type,
-            enabled: true,
             errors,
+            ..HookStatus::new(hook)
         },
         link,
     ))

@@ -2,8 +2,15 @@
 //!
 //! A request is attributed when it starts (`block_io_start`, in the submitter's context), not at
 //! completion, which runs in interrupt context on behalf of nobody in particular.
+//!
+//! Kernels before 6.5 have no `block_io_start`. There the start is the first of
+//! `block_rq_insert` (into the scheduler or a dispatch list, from the submitter's plug) and
+//! `block_rq_issue` (to the driver: directly from the submitter when nothing queues it; from a
+//! kblockd worker only after an insert already claimed the request). A request seen again
+//! (requeued, or inserted then issued) keeps its first start.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap},
@@ -61,7 +68,23 @@ fn request_bdev(rq: u64) -> u64 {
 /// `block_io_start(struct request *rq)`.
 #[inline(always)]
 pub fn on_start(ctx: *const u64) {
-    let rq = arg(ctx, 0);
+    start_request(arg(ctx, 0), false);
+}
+
+/// `block_rq_insert(struct request *rq)` and `block_rq_issue(struct request *rq)` (5.11+), on
+/// kernels without `block_io_start`: whichever sees a request first starts it.
+#[inline(always)]
+pub fn on_first_sight(ctx: *const u64) {
+    start_request(arg(ctx, 0), true);
+}
+
+/// `-EEXIST`, from a `BPF_NOEXIST` insert of a key that is there.
+const EEXIST: i32 = 17;
+
+/// Records the start of request `rq` and charges its bytes to the current process. With
+/// `first_only`, a request already started is left as it is.
+#[inline(always)]
+fn start_request(rq: u64, first_only: bool) {
     let (_, tgid) = current_ids();
     let op = read::<u32>(rq, off_rq_cmd_flags()).unwrap_or(0) & REQ_OP_MASK;
     let bytes = read::<u32>(rq, off_rq_data_len()).unwrap_or(0) as u64;
@@ -73,8 +96,11 @@ pub fn on_start(ctx: *const u64) {
         op,
         _pad: 0,
     };
-    if IO_STARTS.insert(rq, start, 0).is_err() {
-        count_loss(Loss::IoStartsMapFull);
+    let flags = if first_only { BPF_NOEXIST as u64 } else { 0 };
+    match IO_STARTS.insert(rq, start, flags) {
+        Ok(()) => {}
+        Err(e) if first_only && e == -EEXIST => return,
+        Err(_) => count_loss(Loss::IoStartsMapFull),
     }
     let key = ProcessIoKey {
         tgid,

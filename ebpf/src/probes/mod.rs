@@ -94,6 +94,18 @@ hook!(
     blockio::on_start
 );
 hook!(
+    "block_rq_insert",
+    ts_io_insert_btf,
+    ts_io_insert_raw,
+    blockio::on_first_sight
+);
+hook!(
+    "block_rq_issue",
+    ts_io_issue_btf,
+    ts_io_issue_raw,
+    blockio::on_first_sight
+);
+hook!(
     "block_rq_complete",
     ts_io_done_btf,
     ts_io_done_raw,
