@@ -167,11 +167,25 @@ fn device_written_bytes(node: &serde_json::Value, device: &str) -> u64 {
 
 #[test]
 fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let agent = Agent::start(&[]);
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join("direct-write.bin");
-    let dev = std::fs::metadata(dir).expect("target dir").dev();
+    // A file on the disk that holds the target directory or, in the kernel matrix's virtual
+    // machines, the whole virtio disk given in TASKSCOPE_DIRECT_WRITE_TARGET.
+    let (path, dev) = match std::env::var_os("TASKSCOPE_DIRECT_WRITE_TARGET") {
+        Some(disk) => {
+            let meta = std::fs::metadata(&disk).expect("TASKSCOPE_DIRECT_WRITE_TARGET");
+            assert!(
+                meta.file_type().is_block_device(),
+                "{disk:?} is not a block device"
+            );
+            (std::path::PathBuf::from(disk), meta.rdev())
+        }
+        None => {
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let dev = std::fs::metadata(dir).expect("target dir").dev();
+            (dir.join("direct-write.bin"), dev)
+        }
+    };
     let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let bytes: u64 = 32 << 20;
 
@@ -257,7 +271,9 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         0.01,
     );
     child.finish();
-    let _ = std::fs::remove_file(path);
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        let _ = std::fs::remove_file(path);
+    }
     let _ = std::fs::remove_dir(&cgroup_dir);
 }
 

@@ -6,6 +6,7 @@
 //! rt-tests.
 
 mod bench;
+mod kernels;
 mod layers;
 
 use std::{
@@ -233,6 +234,11 @@ fn setup(for_tests: bool) -> Result<()> {
             ("busybox", "busybox-static"),
             // The agent image's Debian base, made locally.
             ("debootstrap", "debootstrap"),
+            // The kernel matrix: other kernels booted under TCG, with an initramfs.
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("cpio", "cpio"),
+            ("xz", "xz-utils"),
+            ("depmod", "kmod"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()
@@ -262,6 +268,7 @@ fn setup(for_tests: bool) -> Result<()> {
                 .arg(format!("grpcio=={GRPCIO_VERSION}")))?;
         }
         debian_rootfs()?;
+        kernels::prepare()?;
         // The deploy/ tests validate manifests against the Kubernetes schemas and lint them;
         // a directory of their own (checkov's dependencies are many).
         let deploy_lib = python_deploy_lib_dir();
@@ -373,7 +380,8 @@ fn test() -> Result<()> {
         .env("TASKSCOPE_BIN", agent_binary())
         .env("TASKSCOPE_PYTHON_LIB", python_lib_dir())
         .env("TASKSCOPE_PYTHON_DEPLOY_LIB", python_deploy_lib_dir())
-        .env("TASKSCOPE_DEBIAN_ROOTFS", debian_rootfs_tar()))?;
+        .env("TASKSCOPE_DEBIAN_ROOTFS", debian_rootfs_tar())
+        .env("TASKSCOPE_KERNELS", env::join_paths(kernels::prepare()?)?))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
