@@ -187,6 +187,39 @@ pub struct Prepared {
     _bpf_stats: Option<BpfStatsGuard>,
 }
 
+/// One line per hook (attached how, or why not), then "runs, degraded: ..." when optional hooks
+/// are missing: the same words as `taskscope check`, /health and /api/v1/status.
+fn log_attachment(probes: &Probes) {
+    for hook in &probes.hooks {
+        match hook.attach_type {
+            Some(attach_type) => info!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                enabled = hook.enabled,
+                %attach_type,
+                fallback_reasons = ?hook.errors,
+                "attached"
+            ),
+            None if !hook.replaced_by.is_empty() => info!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                replaced_by = ?hook.replaced_by,
+                errors = ?hook.errors,
+                "not attached; its fallbacks give the same data"
+            ),
+            None => warn!(
+                tracepoint = hook.tracepoint,
+                group = ?hook.group,
+                errors = ?hook.errors,
+                "not attached"
+            ),
+        }
+    }
+    if let Some(summary) = degraded_summary(&probes.degraded) {
+        warn!("{summary}");
+    }
+}
+
 /// The privileged part of `run`, on the main thread before the async runtime starts:
 /// capabilities belong to each thread, so they are dropped here, where they are held alone,
 /// and the runtime's threads start with the reduced set.
@@ -238,35 +271,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         force_raw_tp: args.attach == AttachMode::RawTp,
         kernel_btf: args.kernel.kernel_btf.clone(),
     })?;
-    for hook in &probes.hooks {
-        match hook.attach_type {
-            Some(attach_type) => info!(
-                tracepoint = hook.tracepoint,
-                group = ?hook.group,
-                enabled = hook.enabled,
-                %attach_type,
-                fallback_reasons = ?hook.errors,
-                "attached"
-            ),
-            None if !hook.replaced_by.is_empty() => info!(
-                tracepoint = hook.tracepoint,
-                group = ?hook.group,
-                replaced_by = ?hook.replaced_by,
-                errors = ?hook.errors,
-                "not attached; its fallbacks give the same data"
-            ),
-            None => warn!(
-                tracepoint = hook.tracepoint,
-                group = ?hook.group,
-                errors = ?hook.errors,
-                "not attached"
-            ),
-        }
-    }
-    // The same words as `taskscope check`, /health and /api/v1/status.
-    if let Some(summary) = degraded_summary(&probes.degraded) {
-        warn!("{summary}");
-    }
+    log_attachment(&probes);
     let bpf_stats = if args.bpf_stats {
         match BpfStatsGuard::enable() {
             Ok(guard) => Some(guard),

@@ -231,14 +231,24 @@ pub fn run_checks(kernel_btf: &Path) -> Report {
 fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
     let release = kernel_release();
     let version = parse_kernel_version(&release);
+    // Informational: distributions backport what the programs need (RHEL 9's 5.14 has
+    // sched_switch's prev_state), so the BTF line below, which looks for each feature, decides.
+    let new_enough = version.is_some_and(|v| v >= MIN_KERNEL);
     out.push(Requirement {
         name: "kernel version",
-        ok: version.is_some_and(|v| v >= MIN_KERNEL),
-        required: true,
-        detail: format!(
-            "{release} (needs >= {}.{}; tested: 6.1, 6.12 and newer)",
-            MIN_KERNEL.0, MIN_KERNEL.1
-        ),
+        ok: new_enough,
+        required: false,
+        detail: if new_enough {
+            format!(
+                "{release} (taskscope needs >= {}.{}; tested on 6.1, 6.12 and newer)",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            )
+        } else {
+            format!(
+                "{release} is older than {}.{}: it works only with what it lacks backported (the kernel BTF line looks)",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            )
+        },
         fix: Some("upgrade the kernel".into()),
     });
 

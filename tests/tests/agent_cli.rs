@@ -74,6 +74,76 @@ fn check_reports_every_requirement_and_succeeds_here() {
     assert!(out.status.success());
 }
 
+/// `check` and `run` agree on what this kernel gives: `check`'s verdict (exit 0, or exit 3 with
+/// "runs, degraded: ...") is what `/api/v1/status` and `/health` say once `run` is up, in the
+/// same words. Runs on the host and on every kernel of the matrix (kernel_matrix.rs).
+#[test]
+fn check_and_run_agree_on_what_this_kernel_gives() {
+    let out = Command::new(agent_binary())
+        .arg("check")
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    let verdict = text.lines().last().unwrap_or("").to_string();
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0) | Some(3)),
+        "check says run cannot work here ({code:?}): {verdict}"
+    );
+
+    let agent = Agent::start(&[]);
+    let status = agent.get("/api/v1/status");
+    let health = wait_for("a health evaluation", Duration::from_secs(30), || {
+        let health = agent.get("/health/detailed");
+        health["components"]["probes_scheduling"]["status"]
+            .is_string()
+            .then_some(health)
+    });
+    let probes: Vec<(String, String, String)> = ["scheduling", "lifecycle", "syscalls", "block_io"]
+        .iter()
+        .map(|group| {
+            let c = &health["components"][format!("probes_{group}")];
+            (
+                group.to_string(),
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    println!(
+        "check: {verdict} (exit {code:?})\n/api/v1/status degraded: {}\n/health probes: {probes:?}",
+        status["degraded"]
+    );
+    let (ready, body) = taskscope_e2e::http_get(&agent.addr, "/readyz").expect("readyz");
+    if code == Some(0) {
+        assert_eq!(verdict, "taskscope run can work on this host");
+        assert!(status.get("degraded").is_none(), "{}", status["degraded"]);
+        for (group, state, message) in &probes {
+            assert_eq!(state, "healthy", "probes_{group}: {message}");
+        }
+    } else {
+        let summary = verdict
+            .strip_prefix("taskscope run ")
+            .expect("the verdict line");
+        assert!(summary.starts_with("runs, degraded: "), "{verdict}");
+        assert_eq!(status["degraded"].as_str(), Some(summary));
+        for (group, state, message) in &probes {
+            if state == "degraded" {
+                assert!(
+                    summary.contains(message.as_str()),
+                    "probes_{group}: {message}"
+                );
+            } else {
+                assert_eq!(state, "healthy", "probes_{group}: {message}");
+            }
+        }
+        assert!(probes.iter().any(|(_, state, _)| state == "degraded"));
+    }
+    // Missing optional hooks do not take the agent out of service.
+    assert_eq!(ready, 200, "{body}");
+}
+
 /// Runs the agent with `args`, expects it to fail, and returns what it printed on stderr.
 fn failing_agent(args: &[&str]) -> String {
     let out = Command::new(agent_binary())

@@ -1,6 +1,6 @@
-//! The kernels our users run, besides this host's: each kernel of the matrix (Debian's 6.1, its
-//! PREEMPT_RT build and 6.12, prepared by `cargo xtask setup --for-tests` and named in
-//! `$TASKSCOPE_KERNELS`) boots in qemu (TCG) with the agent, the workloads and a virtio disk.
+//! The kernels our users run, besides this host's: each kernel of the matrix (Debian's 6.1 with
+//! its PREEMPT_RT and cloud builds, 6.12 and its PREEMPT_RT build, prepared by
+//! `cargo xtask setup --for-tests` and named in `$TASKSCOPE_KERNELS`) boots in qemu (TCG) with the agent, the workloads and a virtio disk.
 //! There `taskscope check` runs, then the same end-to-end tests as on the host, against that
 //! kernel's own /proc: on-CPU time and run-queue wait vs schedstat, an exact syscall count and
 //! errno, O_DIRECT block writes attributed to the writer, a process tree with exit codes and a
@@ -20,6 +20,11 @@ use taskscope_e2e::{agent_binary, workload_binary};
 /// The host test executables run in the guest, and the tests of each, with the matrix
 /// column each one fills.
 const SUBSET: &[(&str, &str, &str)] = &[
+    (
+        "agent_cli",
+        "check_and_run_agree_on_what_this_kernel_gives",
+        "check and run agree",
+    ),
     (
         "kernel_accounting",
         "on_cpu_time_of_a_cpu_bound_child_matches_schedstat_within_2_percent",
@@ -295,11 +300,11 @@ fn cell(exit: Option<i32>) -> &'static str {
 
 /// The table, as Markdown: one row per kernel, one column per feature.
 fn table(runs: &[KernelRun]) -> String {
-    let mut out = String::from("| kernel | `taskscope check` |");
+    let mut out = String::from("| kernel | `taskscope check` | hooks (tp_btf) |");
     for (_, _, column) in SUBSET {
         out.push_str(&format!(" {column} |"));
     }
-    out.push_str("\n|---|---|");
+    out.push_str("\n|---|---|---|");
     out.push_str(&"---|".repeat(SUBSET.len()));
     out.push('\n');
     for run in runs {
@@ -312,7 +317,12 @@ fn table(runs: &[KernelRun]) -> String {
             Some(code) => format!("exit {code}: {verdict}"),
             None => "no result".into(),
         };
-        out.push_str(&format!("| {} | {check} |", run.release));
+        let hooks = run
+            .check
+            .iter()
+            .find_map(|l| l.split_once("attach type tp_btf (optional): "))
+            .map_or("", |(_, detail)| detail);
+        out.push_str(&format!("| {} | {check} | {hooks} |", run.release));
         for exit in &run.tests {
             out.push_str(&format!(" {} |", cell(*exit)));
         }
@@ -331,7 +341,7 @@ fn every_kernel_of_the_matrix_passes_check_and_the_core_accuracy_subset() {
         .collect();
     assert!(
         kernels.len() >= 3,
-        "the matrix needs 6.1, 6.1-rt and 6.12: {kernels:?}"
+        "the matrix needs at least 6.1, a PREEMPT_RT build and 6.12: {kernels:?}"
     );
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-matrix");
     let runs: Vec<KernelRun> = kernels.iter().map(|k| boot(k, &work)).collect();

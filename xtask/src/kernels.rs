@@ -16,9 +16,10 @@ struct KernelLine {
     suffix: &'static str,
 }
 
-/// Debian 12's default kernel (the 6.1 LTS line), its PREEMPT_RT build, and the 6.12 LTS line
-/// from bookworm's security updates. The host's own kernel is covered by the other tests.
-const MATRIX: [KernelLine; 3] = [
+/// Debian 12's default kernel (the 6.1 LTS line), its PREEMPT_RT and cloud builds, and the
+/// 6.12 LTS line from bookworm's security updates, with its PREEMPT_RT build. The host's own
+/// kernel is covered by the other tests.
+const MATRIX: [KernelLine; 5] = [
     KernelLine {
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64-unsigned",
@@ -28,8 +29,16 @@ const MATRIX: [KernelLine; 3] = [
         suffix: "-rt-amd64-unsigned",
     },
     KernelLine {
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+    },
+    KernelLine {
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64-unsigned",
+    },
+    KernelLine {
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-rt-amd64-unsigned",
     },
 ];
 
@@ -206,9 +215,10 @@ mod tests {
             Some("linux-image-6.1.0-57-rt-amd64-unsigned")
         );
         assert_eq!(
-            newest(&MATRIX[2], names),
+            newest(&MATRIX[3], names),
             Some("linux-image-6.12.115+deb12-amd64-unsigned")
         );
+        assert_eq!(newest(&MATRIX[2], names), None);
     }
 
     #[test]

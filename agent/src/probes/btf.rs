@@ -27,7 +27,7 @@ const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
 /// What can be wrong with a BTF blob or a lookup in it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("not BTF: bad magic {0:#x}")]
     BadMagic(u16),

@@ -55,11 +55,20 @@ const NESTED: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
+/// Members older kernels lack, with the release that added each: named in the error there.
+const ADDED_IN: &[(&str, &str, &str)] = &[
+    ("task_struct", "start_boottime", "5.5"),
+    ("bio", "bi_bdev", "5.12"),
+    ("request_queue", "disk", "5.15"),
+];
+
 /// Why the offsets could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
     #[error(transparent)]
     Btf(#[from] BtfError),
+    #[error("this kernel lacks {what}, which Linux {since} added; taskscope needs Linux {}.{} or newer (or a distribution kernel with it backported; docs/install.md#kernels)", taskscope_common::contract::MIN_KERNEL.0, taskscope_common::contract::MIN_KERNEL.1)]
+    Missing { what: String, since: &'static str },
     #[error("task_struct.{second} is not right after task_struct.{first} (at {first_at} and {second_at}); this kernel layout is not supported")]
     NotAdjacent {
         first: &'static str,
@@ -69,11 +78,54 @@ pub enum OffsetsError {
     },
 }
 
+/// A BTF error, or the kernel feature it shows missing and the release that added it.
+fn explain(err: BtfError) -> OffsetsError {
+    match &err {
+        BtfError::NoMember { strukt, member } => ADDED_IN
+            .iter()
+            .find(|(s, m, _)| s == strukt && m == member)
+            .map_or(OffsetsError::Btf(err.clone()), |(s, m, since)| {
+                OffsetsError::Missing {
+                    what: format!("{s}.{m}"),
+                    since,
+                }
+            }),
+        BtfError::NoTypedef(name) if name.starts_with("btf_trace_") => OffsetsError::Missing {
+            what: format!("tracepoint types in its BTF ({name}), which tp_btf programs need"),
+            since: "5.5",
+        },
+        _ => OffsetsError::Btf(err),
+    }
+}
+
+/// `sched_switch`'s BTF prototype has `prev_state` (5 parameters with `void *__data`).
+fn check_switch_params(params: u32) -> Result<(), OffsetsError> {
+    if params >= 5 {
+        return Ok(());
+    }
+    Err(OffsetsError::Missing {
+        what: "the prev_state argument of the sched_switch tracepoint".into(),
+        since: "5.18",
+    })
+}
+
 impl KernelOffsets {
+    /// The offsets, and the kernel features the programs need that BTF shows (each missing
+    /// one named with the release that added it).
     pub(crate) fn from_btf(btf: &Btf) -> Result<Self, OffsetsError> {
+        // The BPF ring buffer's own struct: its map type came with it.
+        btf.member_offset("bpf_ringbuf", "consumer_pos")
+            .map_err(|_| OffsetsError::Missing {
+                what: "the BPF ring buffer (BPF_MAP_TYPE_RINGBUF)".into(),
+                since: "5.8",
+            })?;
+        check_switch_params(
+            btf.func_typedef_params("btf_trace_sched_switch")
+                .map_err(explain)?,
+        )?;
         let mut globals = Vec::with_capacity(MEMBERS.len() + NESTED.len());
         for (global, strukt, member) in MEMBERS {
-            globals.push((*global, btf.member_offset(strukt, member)?));
+            globals.push((*global, btf.member_offset(strukt, member).map_err(explain)?));
         }
         for (global, outer, member, inner, field) in NESTED {
             let offset = btf.member_offset(outer, member)? + btf.member_offset(inner, field)?;
@@ -104,6 +156,33 @@ impl KernelOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_missing_a_feature_is_told_which_release_added_it() {
+        let old_bio = explain(BtfError::NoMember {
+            strukt: "bio".into(),
+            member: "bi_bdev".into(),
+        })
+        .to_string();
+        println!("{old_bio}");
+        assert!(old_bio.starts_with("this kernel lacks bio.bi_bdev, which Linux 5.12 added"));
+        assert!(old_bio.contains("Linux 5.18 or newer"));
+        let unknown = explain(BtfError::NoMember {
+            strukt: "task_struct".into(),
+            member: "nvcsw".into(),
+        });
+        assert!(matches!(unknown, OffsetsError::Btf(_)), "{unknown}");
+        let no_tp_btf = explain(BtfError::NoTypedef("btf_trace_sched_switch".into())).to_string();
+        assert!(no_tp_btf.contains("which Linux 5.5 added"), "{no_tp_btf}");
+        let before_5_18 = check_switch_params(4).unwrap_err().to_string();
+        assert!(
+            before_5_18.starts_with(
+                "this kernel lacks the prev_state argument of the sched_switch tracepoint, which Linux 5.18 added"
+            ),
+            "{before_5_18}"
+        );
+        assert!(check_switch_params(5).is_ok());
+    }
 
     #[test]
     fn running_kernel_offsets_are_complete() {
