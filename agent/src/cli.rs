@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the kernel programs, keep the task model and serve the HTTP API.
     Run(Box<RunArgs>),
-    /// Check that this host can run the agent: one line per requirement, exit code 0 if it can.
+    /// Check that this host can run the agent: one line per requirement; exit code 0 if it can,
+    /// 3 if it runs degraded (optional probes missing, named with the reason), 1 if it cannot.
     Check(CheckArgs),
     /// Record what happens on the node for a while: which task ran on each CPU and every
     /// process's life, as a Chrome trace (opens in Perfetto), plus the spans as JSON lines.
