@@ -11,7 +11,7 @@ use crate::{
         offsets::KernelOffsets,
         LoadError, LoadOptions, Probes,
     },
-    procfs::{kernel_release, mount_point, mountinfo, parse_kernel_version},
+    procfs::{kernel_lockdown, kernel_release, mount_point, mountinfo, parse_kernel_version},
 };
 
 /// Capability bits (linux/capability.h).
@@ -293,6 +293,19 @@ fn prerequisites(out: &mut Vec<Requirement>, kernel_btf: &Path) {
             (true, _) => "bpf() is refused before the kernel sees it (a security module?)".into(),
         },
         fix: Some("run with the seccomp profile deploy/seccomp/taskscope.json (docs/install.md, \"Seccomp\")".into()),
+    });
+
+    let lockdown = kernel_lockdown();
+    out.push(Requirement {
+        name: "kernel lockdown",
+        ok: lockdown.as_deref() != Some("confidentiality"),
+        required: true,
+        detail: match lockdown.as_deref() {
+            Some("confidentiality") => "confidentiality: BPF programs may not read kernel memory, which every taskscope program does".into(),
+            Some(mode) => format!("{mode}: BPF programs may read kernel memory"),
+            None => "not shown (securityfs not mounted, or no lockdown LSM): the attach lines below tell".into(),
+        },
+        fix: Some("boot with lockdown=integrity (what Secure Boot sets) or none".into()),
     });
 
     let ptrace = effective_caps() & (1 << CAP_SYS_PTRACE) != 0;

@@ -478,6 +478,18 @@ impl CgroupResolver {
     }
 }
 
+/// The active mode of `/sys/kernel/security/lockdown` (`none [integrity] confidentiality`).
+pub(crate) fn parse_lockdown(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// The kernel's lockdown mode, when securityfs shows it.
+pub(crate) fn kernel_lockdown() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    parse_lockdown(&text).map(str::to_string)
+}
+
 /// The running kernel's release (`/proc/sys/kernel/osrelease`), empty when unreadable.
 pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -494,6 +506,19 @@ pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lockdown_mode() {
+        assert_eq!(
+            parse_lockdown("none [integrity] confidentiality\n"),
+            Some("integrity")
+        );
+        assert_eq!(
+            parse_lockdown("[none] integrity confidentiality"),
+            Some("none")
+        );
+        assert_eq!(parse_lockdown(""), None);
+    }
 
     #[test]
     fn stat_with_awkward_comm() {

@@ -133,6 +133,7 @@ $B mount -t devtmpfs devtmpfs /dev
 $B mount -t tmpfs tmpfs /tmp
 $B mount -t tmpfs tmpfs /run
 $B mount -t cgroup2 cgroup2 /sys/fs/cgroup
+$B mount -t securityfs securityfs /sys/kernel/security
 for module in /modules/*.ko; do
     [ -e "$module" ] && $B insmod "$module"
 done
@@ -147,7 +148,15 @@ echo "MATRIX cpus $($B nproc)"
 code=$?
 while IFS= read -r line; do echo "MATRIX check $line"; done </tmp/check.txt
 echo "MATRIX check-exit $code"
-{tests}echo "MATRIX done"
+if $B grep -q lockdown=confidentiality /proc/cmdline; then
+    # Nothing can be measured here: `run` must refuse, in the words of `check`.
+    /opt/taskscope/taskscope run --listen 127.0.0.1:9720 >/tmp/run.txt 2>&1
+    code=$?
+    while IFS= read -r line; do echo "MATRIX run $line"; done </tmp/run.txt
+    echo "MATRIX run-exit $code"
+else
+{tests}fi
+echo "MATRIX done"
 $B reboot -f
 "#
     )
@@ -201,10 +210,27 @@ fn initramfs(dir: &Path, modules: &Path) -> PathBuf {
     image
 }
 
+/// One boot of the matrix: a kernel and what is appended to its command line.
+struct Boot {
+    kernel: PathBuf,
+    /// Extra kernel parameters (a lockdown mode).
+    append: &'static str,
+}
+
+impl Boot {
+    fn refuses(&self) -> bool {
+        self.append.contains("lockdown=confidentiality")
+    }
+}
+
 /// What one kernel's run printed.
 struct KernelRun {
     name: String,
     release: String,
+    append: &'static str,
+    /// `taskscope run`'s output and exit code where it must refuse to start.
+    run: Vec<String>,
+    run_exit: Option<i32>,
     check: Vec<String>,
     check_exit: Option<i32>,
     /// Exit status of each test of [`SUBSET`], in order (None: it never reported).
@@ -213,11 +239,13 @@ struct KernelRun {
 }
 
 /// Boots `kernel` (a directory of `cargo xtask setup --for-tests`) and runs the subset there.
-fn boot(kernel: &Path, work: &Path) -> KernelRun {
+fn boot(boot: &Boot, work: &Path) -> KernelRun {
+    let kernel = boot.kernel.as_path();
     let name = kernel
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &boot.append.replace(['=', ' '], "-");
     let dir = work.join(&name);
     std::fs::create_dir_all(&dir).expect("work dir");
     let image = initramfs(&dir, &kernel.join("modules"));
@@ -236,7 +264,8 @@ fn boot(kernel: &Path, work: &Path) -> KernelRun {
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
         .arg(&image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet {}", boot.append))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
         .stdin(Stdio::null())
@@ -271,19 +300,24 @@ fn boot(kernel: &Path, work: &Path) -> KernelRun {
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
             .map(str::to_string)
     };
+    let exit = |key: &str| value(key).and_then(|c| c.trim().parse().ok());
+    let lines = |prefix: &str| -> Vec<String> {
+        marked
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+            .map(str::to_string)
+            .collect()
+    };
     KernelRun {
         release: value("kernel").unwrap_or_else(|| "(did not boot)".into()),
-        check: marked
-            .iter()
-            .filter_map(|l| l.strip_prefix("check "))
-            .map(str::to_string)
-            .collect(),
-        check_exit: value("check-exit").and_then(|c| c.trim().parse().ok()),
+        check: lines("check"),
+        check_exit: exit("check-exit"),
+        run: lines("run"),
+        run_exit: exit("run-exit"),
+        append: boot.append,
         tests: SUBSET
             .iter()
-            .map(|(_, test, _)| {
-                value(&format!("test {test} exit")).and_then(|c| c.trim().parse().ok())
-            })
+            .map(|(_, test, _)| exit(&format!("test {test} exit")))
             .collect(),
         seconds: started.elapsed().as_secs(),
         name,
@@ -298,7 +332,17 @@ fn cell(exit: Option<i32>) -> &'static str {
     }
 }
 
-/// The table, as Markdown: one row per kernel, one column per feature.
+/// Where `run` must refuse (kernel lockdown in confidentiality mode): `check` says it cannot
+/// work (exit 1) on its lockdown line, and `run` stops (exit 1) saying the same.
+fn refused_in_agreement(run: &KernelRun) -> bool {
+    let says = |lines: &[String], words: &str| lines.iter().any(|l| l.contains(words));
+    run.check_exit == Some(1)
+        && says(&run.check, "missing  kernel lockdown: confidentiality")
+        && run.run_exit == Some(1)
+        && says(&run.run, "kernel lockdown is in confidentiality mode")
+}
+
+/// The table, as Markdown: one row per boot, one column per feature.
 fn table(runs: &[KernelRun]) -> String {
     let mut out = String::from("| kernel | `taskscope check` | hooks (tp_btf) |");
     for (_, _, column) in SUBSET {
@@ -322,9 +366,23 @@ fn table(runs: &[KernelRun]) -> String {
             .iter()
             .find_map(|l| l.split_once("attach type tp_btf (optional): "))
             .map_or("", |(_, detail)| detail);
-        out.push_str(&format!("| {} | {check} | {hooks} |", run.release));
-        for exit in &run.tests {
-            out.push_str(&format!(" {} |", cell(*exit)));
+        out.push_str(&format!(
+            "| {} {} | {check} | {hooks} |",
+            run.release, run.append
+        ));
+        if run.run_exit.is_some() {
+            // A refusal: agreement is the only column.
+            let agreed = if refused_in_agreement(run) {
+                "pass: run refuses with check's reason"
+            } else {
+                "FAIL"
+            };
+            out.push_str(&format!(" {agreed} |"));
+            out.push_str(&" not run |".repeat(SUBSET.len() - 1));
+        } else {
+            for exit in &run.tests {
+                out.push_str(&format!(" {} |", cell(*exit)));
+            }
         }
         out.push('\n');
     }
@@ -343,15 +401,33 @@ fn every_kernel_of_the_matrix_passes_check_and_the_core_accuracy_subset() {
         kernels.len() >= 3,
         "the matrix needs at least 6.1, a PREEMPT_RT build and 6.12: {kernels:?}"
     );
+    // Every kernel as it boots by default, then the first (Debian 12's) under kernel lockdown:
+    // integrity, what Secure Boot sets, must change nothing; confidentiality forbids reading
+    // kernel memory, so `check` and `run` must both refuse, for the same reason.
+    let mut boots: Vec<Boot> = kernels
+        .iter()
+        .map(|kernel| Boot {
+            kernel: kernel.clone(),
+            append: "",
+        })
+        .collect();
+    for append in ["lockdown=integrity", "lockdown=confidentiality"] {
+        boots.push(Boot {
+            kernel: kernels[0].clone(),
+            append,
+        });
+    }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-matrix");
-    let runs: Vec<KernelRun> = kernels.iter().map(|k| boot(k, &work)).collect();
+    let runs: Vec<KernelRun> = boots.iter().map(|b| boot(b, &work)).collect();
     for run in &runs {
         println!(
-            "{} ({}), {} s; taskscope check:\n  {}",
+            "{} ({} {}), {} s; taskscope check:\n  {}\n{}",
             run.name,
             run.release,
+            run.append,
             run.seconds,
-            run.check.join("\n  ")
+            run.check.join("\n  "),
+            run.run.join("\n")
         );
     }
     let table = table(&runs);
@@ -360,15 +436,29 @@ fn every_kernel_of_the_matrix_passes_check_and_the_core_accuracy_subset() {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../kernel-matrix.md"),
         &table,
     );
-    for run in &runs {
+    for (run, boot) in runs.iter().zip(&boots) {
+        if boot.refuses() {
+            assert!(
+                refused_in_agreement(run),
+                "{} {}: check (exit {:?}) and run (exit {:?}) must both refuse for the lockdown:\n{}\n{}",
+                run.release,
+                run.append,
+                run.check_exit,
+                run.run_exit,
+                run.check.join("\n"),
+                run.run.join("\n")
+            );
+            continue;
+        }
         assert_eq!(
             run.check_exit,
             Some(0),
-            "{}: taskscope check did not say it can work",
-            run.release
+            "{} {}: taskscope check did not say it can work",
+            run.release,
+            run.append
         );
         for ((_, test, _), exit) in SUBSET.iter().zip(&run.tests) {
-            assert_eq!(*exit, Some(0), "{}: {test}", run.release);
+            assert_eq!(*exit, Some(0), "{} {}: {test}", run.release, run.append);
         }
     }
 }

@@ -174,7 +174,9 @@ pub enum LoadError {
     Toggle { group: ProbeGroup, reason: String },
     #[error("the program {program} is missing from the kernel object")]
     MissingProgram { program: &'static str },
-    #[error("cannot attach {tracepoint} ({group:?}), which the agent needs:\n{}", errors.join("\n"))]
+    #[error("kernel lockdown is in confidentiality mode (/sys/kernel/security/lockdown): BPF programs may not read kernel memory, which every taskscope program does. Boot with lockdown=integrity (what Secure Boot sets) or none")]
+    Lockdown,
+    #[error("cannot attach {tracepoint} ({group:?}), which the agent needs: {}\n{}", errors.last().and_then(|e| e.lines().next()).unwrap_or("no error given"), errors.join("\n"))]
     Required {
         tracepoint: &'static str,
         group: ProbeGroup,
@@ -210,8 +212,14 @@ pub(crate) fn describe_program_error(program: &str, err: &ProgramError) -> Strin
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(12)..];
+            // Kernel lockdown (confidentiality) withdraws the helpers that read kernel memory.
+            let hint = if log.contains("unknown func bpf_probe_read") {
+                ": the kernel withholds bpf_probe_read_kernel; is kernel lockdown in confidentiality mode?"
+            } else {
+                ""
+            };
             format!(
-                "the verifier rejected program {program} ({io_error}); its last lines:\n    {}",
+                "the verifier rejected program {program} ({io_error}){hint}; its last lines:\n    {}",
                 tail.join("\n    ")
             )
         }
@@ -235,6 +243,9 @@ fn refused_or_object(source: aya::EbpfError) -> LoadError {
 impl Probes {
     /// Loads the kernel object with offsets from the running kernel and attaches every hook.
     pub(crate) fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        if crate::procfs::kernel_lockdown().as_deref() == Some("confidentiality") {
+            return Err(LoadError::Lockdown);
+        }
         let path = &options.kernel_btf;
         let btf_bytes = std::fs::read(path).map_err(|source| LoadError::NoBtf {
             path: path.clone(),

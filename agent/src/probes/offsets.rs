@@ -25,6 +25,7 @@ const MEMBERS: &[(&str, &str, &str)] = &[
     ("OFF_BPRM_FILENAME", "linux_binprm", "filename"),
     ("OFF_RQ_CMD_FLAGS", "request", "cmd_flags"),
     ("OFF_RQ_DATA_LEN", "request", "__data_len"),
+    ("OFF_RQ_START_TIME_NS", "request", "start_time_ns"),
     ("OFF_RQ_BIO", "request", "bio"),
     ("OFF_BIO_BDEV", "bio", "bi_bdev"),
     ("OFF_RQ_Q", "request", "q"),

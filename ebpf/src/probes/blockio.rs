@@ -22,7 +22,8 @@ use taskscope_common::{
 
 use super::kernel::{
     add, arg, count_loss, current_ids, get_or_init, off_bdev_dev, off_bio_bdev, off_disk_part0,
-    off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, read, thresholds,
+    off_q_disk, off_rq_bio, off_rq_cmd_flags, off_rq_data_len, off_rq_q, off_rq_start_time_ns,
+    read, thresholds,
 };
 use super::ringbuf::{header, send};
 
@@ -89,8 +90,23 @@ fn start_request(rq: u64, first_only: bool) {
     let op = read::<u32>(rq, off_rq_cmd_flags()).unwrap_or(0) & REQ_OP_MASK;
     let bytes = read::<u32>(rq, off_rq_data_len()).unwrap_or(0) as u64;
     let dev = read::<u32>(request_bdev(rq), off_bdev_dev()).unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Before 6.5 the kernel stamps a request when it allocates it (`start_time_ns`, with IO
+    // statistics on), the start /proc/diskstats measures from, and insert or issue come later
+    // (the request may wait in the submitter's plug). `block_io_start` is that moment itself,
+    // and fires before newer kernels stamp the request: there the field is still the last
+    // user's.
+    let allocated = if first_only {
+        read::<u64>(rq, off_rq_start_time_ns()).unwrap_or(0)
+    } else {
+        0
+    };
     let start = IoStart {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: if allocated != 0 && allocated <= now {
+            allocated
+        } else {
+            now
+        },
         tgid,
         dev,
         op,

@@ -47,6 +47,8 @@ static OFF_RQ_CMD_FLAGS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_RQ_DATA_LEN: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
+static OFF_RQ_START_TIME_NS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
 static OFF_RQ_BIO: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_BIO_BDEV: Global<u32> = Global::new(0);
@@ -132,6 +134,10 @@ pub fn off_rq_cmd_flags() -> u32 {
 #[inline(always)]
 pub fn off_rq_data_len() -> u32 {
     OFF_RQ_DATA_LEN.load()
+}
+#[inline(always)]
+pub fn off_rq_start_time_ns() -> u32 {
+    OFF_RQ_START_TIME_NS.load()
 }
 #[inline(always)]
 pub fn off_rq_bio() -> u32 {
