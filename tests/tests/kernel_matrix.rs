@@ -440,13 +440,11 @@ fn every_kernel_of_the_matrix_passes_check_and_the_core_accuracy_subset() {
         if boot.refuses() {
             assert!(
                 refused_in_agreement(run),
-                "{} {}: check (exit {:?}) and run (exit {:?}) must both refuse for the lockdown:\n{}\n{}",
+                "{} {}: check (exit {:?}) and run (exit {:?}) must both refuse for the lockdown (their output is above)",
                 run.release,
                 run.append,
                 run.check_exit,
                 run.run_exit,
-                run.check.join("\n"),
-                run.run.join("\n")
             );
             continue;
         }
