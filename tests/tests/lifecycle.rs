@@ -18,14 +18,14 @@ fn children_of(processes: &[Value], ppid: u32) -> Vec<Value> {
 fn a_known_process_tree_has_the_right_parents_exit_codes_signals_and_threads() {
     let agent = Agent::start(&[]);
     let workload = workload_binary();
-    // The threads burn 600 ms each: the process's exit after it reads its CPU clock (6 to 12 ms
+    // The threads burn 1 s each: the process's exit after it reads its CPU clock (6 to 19 ms
     // in the kernel matrix's emulated machines) must stay well inside the 2% compared below.
     let script = format!(
         r#"
         sh -c 'exit 3' &
         sleep 30 & victim=$!
         sh -c 'exec {w} exit 0' &
-        echo | {w} threads 3 600 > "$THREADS_OUT" &
+        echo | {w} threads 3 1000 > "$THREADS_OUT" &
         sleep 0.2
         kill -TERM $victim
         wait
