@@ -6,12 +6,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
-
 use super::{HookStatus, ProbeGroup};
 
 /// A part of the data this kernel does not give, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Degradation {
     pub(crate) group: ProbeGroup,
     /// The hooks that did not attach (with no fallback that did).
