@@ -63,30 +63,30 @@ pub struct RunArgs {
     pub(crate) listen: SocketAddr,
 
     /// How often the kernel maps are read into the task model.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration_in(Duration::from_millis(10), HOUR))]
     pub(crate) poll_interval: Duration,
 
     /// An API answer comes from a kernel read at most this old.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = duration_in(Duration::ZERO, HOUR))]
     pub(crate) max_staleness: Duration,
 
     /// How often lifecycle events are read from the ring buffer when the kernel has not woken
     /// the agent (it does when an eighth of the ring is full).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = duration_in(Duration::from_millis(1), Duration::from_secs(10)))]
     pub(crate) drain_interval: Duration,
 
     /// Syscalls at least this long are reported one by one.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = duration_in(Duration::from_micros(1), HOUR))]
     pub(crate) slow_syscall: Duration,
 
     /// Waits for a CPU at least this long are reported one by one (span events
     /// `slow_runqueue_wait`).
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = duration_in(Duration::from_micros(1), HOUR))]
     pub(crate) slow_runqueue_wait: Duration,
 
     /// Block requests at least this long (issue to completion) are reported one by one (span
     /// events `slow_block_io`).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = duration_in(Duration::from_micros(1), HOUR))]
     pub(crate) slow_block_io: Duration,
 
     /// Capacity of the kernel's per-task table (threads).
@@ -103,25 +103,25 @@ pub struct RunArgs {
     pub(crate) ring_buffer_kib: u32,
 
     /// How long exited processes stay visible in the API.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = duration_in(Duration::from_secs(1), DAY))]
     pub(crate) exited_retention: Duration,
 
     /// At most this many exited processes are kept.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = count_in(1, 1_000_000))]
     pub(crate) max_exited: usize,
 
     /// At most this many workload series per /metrics scrape; what is cut is counted in
     /// taskscope_series_dropped_total.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = count_in(1, 100_000_000))]
     pub(crate) max_series: usize,
 
     /// Syscalls exported by name per workload (the busiest); the rest as syscall="other".
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = count_in(1, 512))]
     pub(crate) top_syscalls: usize,
 
     /// Idle periods shorter than this count as fragmented idle CPU time (rounded to the
     /// nearest power of two nanoseconds).
-    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = duration_in(Duration::from_micros(1), Duration::from_secs(1)))]
     pub(crate) idle_fragment_threshold: Duration,
 
     /// Processes that get their own series on /metrics (`taskscope_process_*`, with `pid` and
@@ -131,7 +131,7 @@ pub struct RunArgs {
     pub(crate) process_metrics: Vec<ProcessSelector>,
 
     /// Workloads without live processes stay in /metrics this long.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = duration_in(Duration::from_secs(1), 7 * DAY))]
     pub(crate) series_ttl: Duration,
 
     /// Turn on the kernel's BPF run statistics while the agent runs, for
@@ -176,12 +176,12 @@ pub struct RunArgs {
     pub(crate) span_sample_ratio: f64,
 
     /// A process at least this long keeps its whole tree's spans whatever the sample ratio.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration_in(Duration::from_millis(1), DAY))]
     pub(crate) slow_span: Duration,
 
     /// Spans exported per second at most (0: no limit); the rest are counted
     /// (reason="rate_limited").
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub(crate) span_rate_limit: u32,
 
     /// OTLP transport: http/protobuf (port 4318) or grpc (port 4317). Default: from
@@ -218,17 +218,17 @@ pub struct RunArgs {
 
     /// How often the /metrics families are sent over OTLP (to --otlp-endpoint,
     /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT); 0s turns it off.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = off_or_duration_in(Duration::from_secs(1), HOUR))]
     pub(crate) otlp_metrics_interval: Duration,
 
     /// Spans waiting for export at most; more are dropped and counted
     /// (taskscope_events_lost_total{source="otlp_spans",reason="queue_full"}).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = count_in(1, 1_000_000))]
     pub(crate) otlp_queue: usize,
 
     /// A failed export is retried with backoff this long, then its spans are dropped and
     /// counted (reason="export_failed").
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration_in(Duration::ZERO, DAY))]
     pub(crate) otlp_retry_for: Duration,
 
     /// Docker Engine API socket, for container names and images (`""` to turn it off). Looked
@@ -243,12 +243,12 @@ pub struct RunArgs {
 
     /// At most this many containers' names are cached from the runtimes' APIs; containers
     /// beyond it are counted in taskscope_events_lost_total{source="container_runtimes"}.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = count_in(1, 1_000_000))]
     pub(crate) max_containers: usize,
 
     /// At most this many pods' names are cached (a node runs at most a few hundred); pods
     /// beyond it are counted in taskscope_events_lost_total{source="kubernetes_pods"}.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = count_in(1, 1_000_000))]
     pub(crate) kubernetes_max_pods: usize,
 
     /// Probe groups to leave detached: syscalls, block_io (scheduling and lifecycle are the
@@ -258,7 +258,7 @@ pub struct RunArgs {
 
     /// How often health is evaluated (/health, /readyz, taskscope_health_status); workload
     /// health is judged on the figures of this window.
-    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration_in(Duration::from_millis(100), HOUR))]
     pub(crate) health_interval: Duration,
 
     /// A workload is `starved` when its run-queue latency p99 over the window is above this.
@@ -321,7 +321,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// How long to record.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration_in(Duration::from_millis(100), HOUR))]
     pub(crate) duration: Duration,
 
     /// The Chrome trace event file to write (JSON).
@@ -400,6 +400,74 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' must be above zero"));
     }
     Ok(duration)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `duration` in the largest unit that writes it whole (`10ms`, `1h`).
+fn show_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let units: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let (size, unit) = units
+        .into_iter()
+        .find(|(size, _)| nanos % size == 0)
+        .unwrap_or((1, "ns"));
+    format!("{}{unit}", nanos / size)
+}
+
+/// A parser of durations from `min` to `max`: zero and absurd values are refused at start-up
+/// and on reload, naming the range, before anything is loaded.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let duration = parse_duration(text)?;
+        if duration < min || duration > max {
+            return Err(format!(
+                "'{text}' is out of range: write a duration from {} to {}",
+                show_duration(min),
+                show_duration(max)
+            ));
+        }
+        Ok(duration)
+    }
+}
+
+/// [`duration_in`], where `0s` also means "off".
+fn off_or_duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let within = duration_in(min, max);
+    move |text| match parse_duration(text)? {
+        Duration::ZERO => Ok(Duration::ZERO),
+        _ => within(text).map_err(|e| format!("{e}, or 0s for off")),
+    }
+}
+
+/// A parser of counts (sizes, caps, queue lengths) from `min` to `max`.
+fn count_in(
+    min: usize,
+    max: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is out of range: write a whole number from {min} to {max}"
+        )),
+    }
 }
 
 /// Parses a number above zero.
@@ -481,6 +549,33 @@ mod tests {
         assert!(parse_duration("99999999999999999h")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn zero_and_absurd_values_are_refused_with_the_range() {
+        let poll = duration_in(Duration::from_millis(10), HOUR);
+        assert_eq!(poll("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            poll("0s").unwrap_err(),
+            "'0s' is out of range: write a duration from 10ms to 1h"
+        );
+        assert!(poll("2h").unwrap_err().contains("from 10ms to 1h"));
+        let queue = count_in(1, 1_000_000);
+        assert_eq!(queue("4096"), Ok(4096));
+        assert_eq!(
+            queue("9223372036854775807").unwrap_err(),
+            "'9223372036854775807' is out of range: write a whole number from 1 to 1000000"
+        );
+        assert!(queue("0").is_err());
+        assert!(queue("-1").is_err());
+        assert_eq!(show_duration(Duration::from_micros(1)), "1us");
+        assert_eq!(show_duration(7 * DAY), "168h");
+        assert_eq!(show_duration(Duration::ZERO), "0s");
+        let export = off_or_duration_in(Duration::from_secs(1), HOUR);
+        assert_eq!(export("0s"), Ok(Duration::ZERO));
+        assert!(export("1ms")
+            .unwrap_err()
+            .ends_with("from 1s to 1h, or 0s for off"));
     }
 
     #[test]

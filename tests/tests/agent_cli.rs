@@ -198,6 +198,50 @@ fn without_capabilities_run_fails_and_check_says_why() {
     );
 }
 
+/// Zero and absurd durations, sizes and queue lengths (`--poll-interval 0s` used to crash the
+/// collector after attaching; `--otlp-queue 9223372036854775807` panicked): exit 2 naming the
+/// flag or key and its range, before anything is loaded.
+#[test]
+fn zero_and_absurd_values_stop_the_agent_before_anything_is_loaded() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    for (flag, value, range) in [
+        ("--poll-interval", "0s", "from 10ms to 1h"),
+        ("--drain-interval", "0s", "from 1ms to 10s"),
+        ("--otlp-queue", "9223372036854775807", "from 1 to 1000000"),
+        ("--max-series", "0", "from 1 to 100000000"),
+        ("--exited-retention", "100000h", "from 1s to 24h"),
+    ] {
+        let out = Command::new(agent_binary())
+            .args(["run", "--listen", &listen, flag, value])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{flag} {value}: exit {:?}: {stderr}", out.status.code());
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(stderr.contains(flag) && stderr.contains(range), "{stderr}");
+        assert!(
+            !stderr.contains("attached"),
+            "programs were loaded: {stderr}"
+        );
+    }
+    // The same in the config file, naming the key.
+    let config = std::env::temp_dir().join(format!("taskscope-range-{}.toml", std::process::id()));
+    std::fs::write(&config, "poll_interval = \"0s\"\n").expect("config");
+    let out = Command::new(agent_binary())
+        .args(["run", "--listen", &listen, "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("config file: exit {:?}: {stderr}", out.status.code());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("key `poll_interval`") && stderr.contains("from 10ms to 1h"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 #[test]
 fn bad_flags_are_rejected_with_the_reason() {
     let out = Command::new(agent_binary())

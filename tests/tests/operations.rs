@@ -237,6 +237,22 @@ fn probes_answer_and_a_reload_under_load_changes_thresholds_and_probe_groups_liv
         message.contains("key `slow_syscall`") && message.contains("unchanged"),
         "{message}"
     );
+    // A value out of its range is refused the same way, with the range.
+    let (code, answer) = admin(
+        &agent,
+        "PUT",
+        "/api/v1/config",
+        "slow_syscall = \"5ms\"\npoll_interval = \"0s\"\n",
+    );
+    println!("out-of-range reload: {code} {answer}");
+    assert_eq!(code, 400);
+    let message = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("key `poll_interval`")
+            && message.contains("from 10ms to 1h")
+            && message.contains("unchanged"),
+        "{message}"
+    );
     let (_, view) = admin(&agent, "GET", "/api/v1/config", "");
     assert_eq!(view["settings"]["slow_syscall"]["value"], "5ms");
 
