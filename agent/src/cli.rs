@@ -421,7 +421,7 @@ fn show_duration(duration: Duration) -> String {
     ];
     let (size, unit) = units
         .into_iter()
-        .find(|(size, _)| nanos % size == 0)
+        .find(|(size, _)| nanos.is_multiple_of(*size))
         .unwrap_or((1, "ns"));
     format!("{}{unit}", nanos / size)
 }
