@@ -10,9 +10,16 @@ pub(crate) const REDACTED: &str = "[REDACTED]";
 const SECRET_FLAGS: &str = r"(?i)^--?[a-z0-9_.-]*(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)$";
 
 /// Patterns whose capture group `value` is a secret; the rest of the match stays.
-const BUILT_IN: [&str; 5] = [
-    // --password=..., PASSWORD=..., ?token=..., client_secret=...
-    r"(?i)[a-z0-9_.-]*(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_.-]*[=:](?P<value>[^&\s]+)",
+const BUILT_IN: [&str; 8] = [
+    // --password=..., PASSWORD=..., ?token=..., client_secret=..., X-Api-Key: ..., password: ...
+    r"(?i)[a-z0-9_.-]*(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_.-]*[=:]\s*(?P<value>[^&\s]+)",
+    // JSON bodies: "password": "...", "api_key":"..."
+    r#"(?i)"[a-z0-9_.-]*(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_.-]*"\s*:\s*"(?P<value>[^"]*)""#,
+    // openssl's -pass/-passin/-passout pass:...
+    r"^pass:(?P<value>.+)$",
+    // A token alone as a URL's userinfo: https://ghp_xxx@host (a short user name such as git@
+    // stays).
+    r"[a-z][a-z0-9+.-]*://(?P<value>[A-Za-z0-9_~.%-]{16,})@",
     // Authorization: Bearer ..., Authorization: Basic ...
     r"(?i)authorization:\s*(?P<value>.+)",
     r"(?i)\b(bearer|basic)\s+(?P<value>[a-z0-9._~+/=-]+)",
@@ -21,6 +28,52 @@ const BUILT_IN: [&str; 5] = [
     // Credentials in URLs: scheme://user:password@host
     r"[a-z][a-z0-9+.-]*://[^/\s:@]+:(?P<value>[^@\s/]+)@",
 ];
+
+/// How a program-specific flag carries its secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlagSecret {
+    /// The next argument is the secret (`sshpass -p x`, `redis-cli -a x`).
+    Next,
+    /// The next argument is `user:secret` (`curl -u bob:x`); also `-ubob:x`, `--user=bob:x`.
+    AfterColon,
+    /// Written onto the flag (`mysql -px`); the flag alone asks for it.
+    Attached,
+}
+
+/// Flags of particular programs (by executable name) whose value is a secret though the flag's
+/// name does not say so.
+const PROGRAM_FLAGS: &[(&[&str], &str, FlagSecret)] = &[
+    (&["curl"], "-u", FlagSecret::AfterColon),
+    (&["curl"], "--user", FlagSecret::AfterColon),
+    (&["curl"], "-U", FlagSecret::AfterColon),
+    (&["curl"], "--proxy-user", FlagSecret::AfterColon),
+    (&["sshpass"], "-p", FlagSecret::Next),
+    (&["redis-cli", "valkey-cli"], "-a", FlagSecret::Next),
+    (&["redis-cli", "valkey-cli"], "--pass", FlagSecret::Next),
+    (
+        &[
+            "mysql",
+            "mysqldump",
+            "mysqladmin",
+            "mysqlimport",
+            "mysqlshow",
+            "mysqlcheck",
+            "mariadb",
+            "mariadb-dump",
+            "mariadb-admin",
+        ],
+        "-p",
+        FlagSecret::Attached,
+    ),
+];
+
+/// `user:secret` with the secret redacted (unchanged without a colon).
+fn redact_after_colon(value: &str) -> String {
+    match value.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => value.to_string(),
+    }
+}
 
 /// Redacts command-line arguments.
 #[derive(Debug, Clone)]
@@ -47,18 +100,76 @@ impl Redactor {
 
     /// The arguments with secrets replaced by [`REDACTED`].
     pub(crate) fn redact(&self, args: Vec<String>) -> Vec<String> {
+        let program = args
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+            .unwrap_or_default();
+        let flags: Vec<(&str, FlagSecret)> = PROGRAM_FLAGS
+            .iter()
+            .filter(|(programs, _, _)| programs.contains(&program.as_str()))
+            .map(|(_, flag, how)| (*flag, *how))
+            .collect();
         let mut out = Vec::with_capacity(args.len());
-        let mut next_is_secret = false;
-        for arg in args {
-            if next_is_secret {
-                next_is_secret = false;
-                out.push(REDACTED.to_string());
-                continue;
+        let mut next: Option<FlagSecret> = None;
+        for (index, arg) in args.into_iter().enumerate() {
+            match next.take() {
+                Some(FlagSecret::AfterColon) => {
+                    out.push(redact_after_colon(&arg));
+                    continue;
+                }
+                Some(_) => {
+                    out.push(REDACTED.to_string());
+                    continue;
+                }
+                None => {}
             }
-            next_is_secret = self.secret_flags.as_ref().is_some_and(|r| r.is_match(&arg));
+            // A program's own flag decides for itself (`mysql -psecret` is not a flag named
+            // "psecret" whose value follows).
+            if index > 0 {
+                if let Some(redacted) = Self::program_flag(&flags, &arg, &mut next) {
+                    out.push(redacted);
+                    continue;
+                }
+            }
+            if self.secret_flags.as_ref().is_some_and(|r| r.is_match(&arg)) {
+                next = Some(FlagSecret::Next);
+            }
             out.push(self.redact_one(&arg));
         }
         out
+    }
+
+    /// `arg` redacted by one of this program's `flags`, or `None`; sets `next` when the
+    /// secret is the next argument.
+    fn program_flag(
+        flags: &[(&str, FlagSecret)],
+        arg: &str,
+        next: &mut Option<FlagSecret>,
+    ) -> Option<String> {
+        for &(flag, how) in flags {
+            if arg == flag {
+                if how != FlagSecret::Attached {
+                    *next = Some(how);
+                }
+                return Some(arg.to_string());
+            }
+            // --user=VALUE for a long flag; -uVALUE, -pVALUE for a short one.
+            let value = if flag.starts_with("--") {
+                arg.strip_prefix(flag)
+                    .and_then(|rest| rest.strip_prefix('='))
+            } else {
+                arg.strip_prefix(flag)
+            };
+            let Some(value) = value.filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let shown = &arg[..arg.len() - value.len()];
+            return Some(match how {
+                FlagSecret::AfterColon => format!("{shown}{}", redact_after_colon(value)),
+                FlagSecret::Next | FlagSecret::Attached => format!("{shown}{REDACTED}"),
+            });
+        }
+        None
     }
 
     fn redact_one(&self, arg: &str) -> String {
@@ -142,6 +253,77 @@ mod tests {
             ["git", "clone", "https://bob:[REDACTED]@example.com/r.git"]
         );
         assert_eq!(redact(&["ls", "-l", "/tmp"]), ["ls", "-l", "/tmp"]);
+    }
+
+    #[test]
+    fn each_common_form_of_a_secret_is_redacted() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["curl", "-u", "bob:s3cret", "https://x"],
+                &["curl", "-u", "bob:[REDACTED]", "https://x"],
+            ),
+            (
+                &["/usr/bin/curl", "--user=bob:s3cret", "-ualice:pw"],
+                &[
+                    "/usr/bin/curl",
+                    "--user=bob:[REDACTED]",
+                    "-ualice:[REDACTED]",
+                ],
+            ),
+            (
+                &["mysql", "-psecret", "-h", "db", "-p"],
+                &["mysql", "-p[REDACTED]", "-h", "db", "-p"],
+            ),
+            (
+                &["sshpass", "-p", "hunter2", "ssh", "host"],
+                &["sshpass", "-p", "[REDACTED]", "ssh", "host"],
+            ),
+            (
+                &["redis-cli", "-a", "hunter2", "-p", "6379"],
+                &["redis-cli", "-a", "[REDACTED]", "-p", "6379"],
+            ),
+            (
+                &["curl", "-H", "X-Api-Key: abc123"],
+                &["curl", "-H", "X-Api-Key: [REDACTED]"],
+            ),
+            (
+                &["app", "password: hunter2"],
+                &["app", "password: [REDACTED]"],
+            ),
+            (
+                &["curl", "-d", r#"{"user":"bob","password":"hunter2"}"#],
+                &["curl", "-d", r#"{"user":"bob","password":"[REDACTED]"}"#],
+            ),
+            (
+                &[
+                    "git",
+                    "clone",
+                    "https://ghp_abcdefghijklmnop1234@github.com/o/r",
+                ],
+                &["git", "clone", "https://[REDACTED]@github.com/o/r"],
+            ),
+            (
+                &["openssl", "enc", "-pass", "pass:hunter2", "-in", "f"],
+                &["openssl", "enc", "-pass", "pass:[REDACTED]", "-in", "f"],
+            ),
+        ];
+        for (args, expected) in cases {
+            let got = redact(args);
+            println!("{args:?} -> {got:?}");
+            assert_eq!(&got, expected);
+            assert!(
+                !got.iter()
+                    .any(|a| a.contains("hunter2") || a.contains("s3cret")),
+                "{got:?}"
+            );
+        }
+        // What only looks like those stays.
+        assert_eq!(redact(&["ps", "-u", "root:x"]), ["ps", "-u", "root:x"]);
+        assert_eq!(
+            redact(&["git", "clone", "ssh://git@github.com/o/r"]),
+            ["git", "clone", "ssh://git@github.com/o/r"]
+        );
+        assert_eq!(redact(&["mysql", "-P", "3306"]), ["mysql", "-P", "3306"]);
     }
 
     #[test]
