@@ -440,7 +440,7 @@ fn start_span_export(
 ) -> Result<Option<SpanSink>, RunError> {
     let sink = match traces_target {
         Some(target) => {
-            info!(url = %target.url, protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");
+            info!(url = %crate::model::redact::redact_url_userinfo(&target.url), protocol = ?target.protocol, headers = target.headers.len(), "exporting task spans over OTLP");
             let sink = otlp::start(
                 OtlpConfig {
                     target,
@@ -510,7 +510,7 @@ fn start_metrics_export(
 ) -> Option<Arc<MetricsExportStats>> {
     match metrics_target {
         Some(target) if !args.otlp_metrics_interval.is_zero() => {
-            info!(url = %target.url, protocol = ?target.protocol, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
+            info!(url = %crate::model::redact::redact_url_userinfo(&target.url), protocol = ?target.protocol, interval = ?args.otlp_metrics_interval, "exporting metrics over OTLP");
             Some(otlp_metrics::start(
                 OtlpMetricsConfig {
                     target,

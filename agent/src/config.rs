@@ -313,7 +313,11 @@ fn effective(
             .flatten()
             .map(|v| v.to_string_lossy().into_owned())
             .collect();
-        let raw: Vec<String> = if SECRET_KEYS.contains(&key) {
+        let raw: Vec<String> = if key == "otlp_endpoint" {
+            raw.iter()
+                .map(|url| crate::model::redact::redact_url_userinfo(url))
+                .collect()
+        } else if SECRET_KEYS.contains(&key) {
             raw.iter()
                 .map(|v| match v.split_once('=') {
                     Some((name, _)) => format!("{name}=[REDACTED]"),
@@ -431,6 +435,16 @@ mod tests {
         assert_eq!(
             config.effective["otlp_headers"].value,
             serde_json::json!(["authorization=[REDACTED]"])
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_collectors_url_are_not_shown() {
+        let config =
+            with_file("otlp_endpoint = \"https://bob:s3cret@collector:4318\"", &[]).unwrap();
+        assert_eq!(
+            config.effective["otlp_endpoint"].value,
+            serde_json::json!("https://[REDACTED]@collector:4318")
         );
     }
 

@@ -75,6 +75,19 @@ fn redact_after_colon(value: &str) -> String {
     }
 }
 
+/// `url` with any userinfo (`user:password@`, or a token alone) replaced by [`REDACTED`], for
+/// logs and the configuration view: a collector's URL may carry credentials.
+pub(crate) fn redact_url_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Redacts command-line arguments.
 #[derive(Debug, Clone)]
 pub(crate) struct Redactor {
@@ -324,6 +337,23 @@ mod tests {
             ["git", "clone", "ssh://git@github.com/o/r"]
         );
         assert_eq!(redact(&["mysql", "-P", "3306"]), ["mysql", "-P", "3306"]);
+    }
+
+    #[test]
+    fn a_urls_userinfo_is_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_url_userinfo("https://bob:s3cret@collector:4318/v1"),
+            "https://[REDACTED]@collector:4318/v1"
+        );
+        assert_eq!(
+            redact_url_userinfo("http://tok3n@collector"),
+            "http://[REDACTED]@collector"
+        );
+        assert_eq!(
+            redact_url_userinfo("http://collector:4318/path@x"),
+            "http://collector:4318/path@x"
+        );
+        assert_eq!(redact_url_userinfo("collector:4317"), "collector:4317");
     }
 
     #[test]
