@@ -1,6 +1,9 @@
 //! `taskscope run`: wiring the pipeline together and shutting it down cleanly.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use tokio::{
     net::TcpListener,
@@ -24,6 +27,7 @@ use crate::{
         otlp::{self, OtlpConfig},
         otlp_metrics::{self, OtlpMetricsConfig},
         otlp_target::{self, OtlpFlags, Signal},
+        HttpRefusals,
     },
     health::{self, MonitorSources, SharedHealth},
     logging::LogControl,
@@ -93,12 +97,28 @@ fn admin_token(args: &RunArgs) -> Result<Option<Arc<str>>, RunError> {
             "the admin token is shorter than 16 characters: use a long random one (e.g. `openssl rand -hex 32`)".into(),
         ));
     }
-    if args.api_auth && token.is_none() {
-        return Err(RunError::Config(
-            "--api-auth needs a token: set --admin-token-file or TASKSCOPE_ADMIN_TOKEN".into(),
-        ));
-    }
     Ok(token.map(Arc::from))
+}
+
+/// Says at start-up who can read the JSON API (command lines, uids, cgroups, trace ids):
+/// loudly when anyone who reaches a non-loopback address can.
+fn warn_about_exposure(listen: SocketAddr, api_auth: bool, token: bool) {
+    let open = !api_auth;
+    if open && !listen.ip().is_loopback() {
+        warn!(
+            %listen,
+            "THE JSON API IS OPEN TO THE NETWORK: anyone who reaches {listen} can read every \
+             process's command line, uid and cgroup. Set api_auth = true with a token \
+             (--admin-token-file or TASKSCOPE_ADMIN_TOKEN), or listen on 127.0.0.1 \
+             (docs/security.md)"
+        );
+    } else if api_auth && !token {
+        warn!(
+            "api_auth is on but no token is set: the JSON API answers 403 to everyone \
+             (/metrics and the health probes stay open). Set --admin-token-file or \
+             TASKSCOPE_ADMIN_TOKEN to use it"
+        );
+    }
 }
 
 /// With `--kubernetes`, starts watching this node's pods; without, an empty directory.
@@ -225,6 +245,7 @@ fn log_attachment(probes: &Probes) {
 /// and the runtime's threads start with the reduced set.
 pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
     let admin_token = admin_token(args)?;
+    warn_about_exposure(args.listen, args.api_auth, admin_token.is_some());
     // Settings checked before anything is loaded into the kernel.
     let otlp_flags = OtlpFlags {
         endpoint: args.otlp_endpoint.clone(),
@@ -373,11 +394,13 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         thresholds_tx,
     )));
 
+    let refusals = Arc::new(HttpRefusals::default());
     let state = ApiState {
         queries: queries_tx,
         exposition: Arc::new(Mutex::new(
             Exposition::new(CgroupMemoryReader::from_mounts(&mountinfo()), names.clone())
-                .with_health(Arc::clone(&health)),
+                .with_health(Arc::clone(&health))
+                .with_http_refusals(Arc::clone(&refusals)),
         )),
         names,
         exposition_config,
@@ -388,8 +411,10 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         api_auth: args.api_auth,
         poll_interval: args.poll_interval,
         health_interval: args.health_interval,
+        refusals,
+        max_concurrent: args.api_max_concurrent,
     };
-    let server = serve(listener, state, shutdown_rx);
+    let server = serve(listener, state, args.http_max_connections, shutdown_rx);
     info!(listen = %args.listen, "taskscope is running");
 
     let stopped_early = wait_for_stop(&mut signals, &control, &mut collector).await;
@@ -423,12 +448,18 @@ async fn shut_down<T>(
 fn serve(
     listener: TcpListener,
     state: ApiState,
-    mut shutdown: watch::Receiver<bool>,
+    max_connections: usize,
+    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    });
-    tokio::spawn(async move { server.await })
+    let refusals = Arc::clone(&state.refusals);
+    let router = api::router(state);
+    tokio::spawn(api::server::serve(
+        listener,
+        router,
+        max_connections,
+        refusals,
+        shutdown,
+    ))
 }
 
 /// Starts the OTLP span exporter when an endpoint is configured.

@@ -306,6 +306,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub(crate) api_auth: bool,
 
+    /// HTTP connections open at once; more are closed at once and counted
+    /// (taskscope_http_refused_total{reason="connections"}).
+    #[arg(long, default_value = "256", value_parser = count_in(1, 65_536))]
+    pub(crate) http_max_connections: usize,
+
+    /// Heavy JSON API requests (process and span listings) served at once; more get 503
+    /// (taskscope_http_refused_total{reason="busy"}). The health probes are never limited.
+    #[arg(long, default_value = "4", value_parser = count_in(1, 256))]
+    pub(crate) api_max_concurrent: usize,
+
     /// Log lines per second from one place in the code at most; the rest are counted and
     /// summarized (taskscope_log_lines_suppressed_total).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]

@@ -20,8 +20,8 @@ use crate::{
     cli::RecordArgs,
     clock::Clocks,
     collector::{
-        sampling::SamplingConfig, Collector, CollectorConfig, ProcessesResponse, Query, Recording,
-        SpanFilter,
+        sampling::SamplingConfig, Collector, CollectorConfig, Page, ProcessesResponse, Query,
+        Recording, SpanFilter,
     },
     model::{host::SystemHost, ModelConfig, TaskModel},
     probes::{LoadOptions, Probes},
@@ -72,6 +72,13 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
     if !missing.is_empty() {
         return Err(RecordError::Capabilities(missing.join(" and ")));
     }
+    // Opened before anything is loaded: a path that cannot be written fails fast.
+    let spans_output = args
+        .spans_output
+        .clone()
+        .unwrap_or_else(|| args.output.with_extension("spans.jsonl"));
+    let mut trace_file = create(&args.output)?;
+    let mut spans_file = create(&spans_output)?;
     let poll_interval = std::time::Duration::from_millis(200);
     let collector = recording_collector(args, poll_interval)?;
     let (queries, queries_rx) = mpsc::channel(8);
@@ -88,7 +95,7 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
     let end = Clocks::now();
     // Spans of processes that ended in the window appear two polls after their exit.
     tokio::time::sleep(poll_interval * 3).await;
-    let processes = ask(&queries, Query::Processes).await?;
+    let processes = ask(&queries, |tx| Query::Processes(Page::ALL, tx)).await?;
     let spans = ask(&queries, |tx| {
         Query::Spans(
             SpanFilter {
@@ -105,13 +112,10 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
 
     let trace = chrome_trace(&recording, &processes, &start, &end);
     write(
+        &mut trace_file,
         &args.output,
         serde_json::to_string(&trace).unwrap_or_default().as_bytes(),
     )?;
-    let spans_output = args
-        .spans_output
-        .clone()
-        .unwrap_or_else(|| args.output.with_extension("spans.jsonl"));
     let in_window: Vec<String> = spans
         .spans
         .iter()
@@ -125,7 +129,7 @@ pub async fn run(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
     if !text.is_empty() {
         text.push('\n');
     }
-    write(&spans_output, text.as_bytes())?;
+    write(&mut spans_file, &spans_output, text.as_bytes())?;
     Ok(RecordSummary {
         switches: recording.switches.len(),
         switches_dropped: recording.dropped,
@@ -186,8 +190,34 @@ fn recording_collector(
     )?)
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
-    std::fs::write(path, bytes).map_err(|source| RecordError::Write {
+/// Creates (or truncates) an output file, never through a symbolic link: record runs as
+/// root, and a link planted where its output goes would make it overwrite the link's target.
+fn create(path: &Path) -> Result<std::fs::File, RecordError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| {
+            let source = if source.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(
+                    "it is a symbolic link, which record does not follow: remove it or name another path",
+                )
+            } else {
+                source
+            };
+            RecordError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+}
+
+fn write(file: &mut std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    file.write_all(bytes).map_err(|source| RecordError::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -121,6 +121,34 @@ fn kubernetes_manifests_render_validate_against_the_schemas_and_pass_the_linter(
         text.contains("fieldPath: spec.nodeName"),
         "NODE_NAME not from the downward API"
     );
+    // Closed to strangers: only Prometheus reaches the port, the JSON API wants the token,
+    // the ClusterRole reads no more than the agent does (list and watch its node's pods).
+    let document = |kind: &str| {
+        text.split("\n---\n")
+            .find(|doc| doc.contains(&format!("\nkind: {kind}\n")))
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let policy = document("NetworkPolicy");
+    println!("{policy}");
+    assert!(
+        policy.contains("- from:") && policy.contains("app.kubernetes.io/name: prometheus"),
+        "the NetworkPolicy admits every pod"
+    );
+    assert!(
+        text.contains("api_auth = true"),
+        "the shipped config leaves the JSON API open"
+    );
+    let role = document("ClusterRole");
+    let verbs: Vec<&str> = role
+        .lines()
+        .skip_while(|l| l.trim() != "verbs:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert!(
+        verbs == ["list", "watch"],
+        "the ClusterRole asks for more than list and watch: {role}"
+    );
     let rendered = rendered.to_str().expect("path");
     let validate = run(Command::new("python3")
         .args(["-m", "kubernetes_validate", "--strict", "--quiet", rendered])

@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -460,16 +460,99 @@ fn every_kind_of_bad_config_exits_2_naming_the_file_and_the_key() {
         assert_eq!(last, expected);
         assert!(!stderr.contains("attached"), "programs were loaded before the check");
     }
-    // The sample config in the repository is valid as it stands.
+}
+
+/// The JSON API's answers to a request without a token, with a wrong one and with the right
+/// one, for every read endpoint.
+fn json_api_codes(agent: &Agent) -> Vec<(&'static str, u16, u16, u16)> {
+    let auth = format!("Bearer {TOKEN}");
+    let code = |path: &str, headers: &[(&str, &str)]| {
+        http_request(&agent.addr, "GET", path, headers, b"")
+            .expect(path)
+            .0
+    };
+    [
+        "/api/v1/processes",
+        "/api/v1/processes/1",
+        "/api/v1/spans",
+        "/api/v1/node",
+        "/api/v1/status",
+    ]
+    .into_iter()
+    .map(|path| {
+        (
+            path,
+            code(path, &[]),
+            code(path, &[("Authorization", "Bearer not-the-token-at-all")]),
+            code(path, &[("Authorization", &auth)]),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn the_shipped_config_closes_the_json_api_and_leaves_metrics_and_the_probes_open() {
+    // The sample config as shipped (listening on every address), the token from the
+    // environment as the DaemonSet gives it.
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/taskscope.toml");
-    let text = std::fs::read_to_string(&sample).expect("sample config");
-    let agent_config = text.replace("0.0.0.0:9720", &format!("127.0.0.1:{}", free_port()));
-    let path = tmp("sample.toml");
-    std::fs::write(&path, agent_config).expect("sample copy");
-    let agent = Agent::start(&["--config", path.to_str().expect("path")]);
-    let (code, _) = http_get(&agent.addr, "/livez").expect("livez");
-    assert_eq!(code, 200);
-    let _ = std::fs::remove_file(&path);
+    let sample = sample.to_str().expect("path");
+    let agent = Agent::start_with_env(
+        &["--config", sample, "--health-interval", "1s"],
+        &[("TASKSCOPE_ADMIN_TOKEN", TOKEN)],
+    );
+    for (path, none, wrong, right) in json_api_codes(&agent) {
+        println!("{path}: no token {none}, wrong token {wrong}, the token {right}");
+        assert_eq!((none, wrong), (401, 401), "{path} without the token");
+        assert_eq!(right, 200, "{path} with the token");
+    }
+    wait_for("/readyz 200", Duration::from_secs(20), || {
+        (http_get(&agent.addr, "/readyz").ok()?.0 == 200).then_some(())
+    });
+    for open in ["/metrics", "/livez", "/readyz", "/health"] {
+        let code = http_get(&agent.addr, open).expect(open).0;
+        println!("{open}: {code} without a token");
+        assert_eq!(code, 200, "{open} wants a token");
+    }
+    assert!(
+        !agent.log_text().contains("OPEN TO THE NETWORK"),
+        "warned although the API is closed"
+    );
+    drop(agent);
+
+    // No token at all: the JSON API is closed to everyone, the agent says so and runs.
+    let agent = Agent::start(&["--config", sample]);
+    for (path, none, wrong, _) in json_api_codes(&agent) {
+        println!("no token configured: {path}: {none}, {wrong}");
+        assert_eq!((none, wrong), (403, 403), "{path}");
+    }
+    assert_eq!(http_get(&agent.addr, "/metrics").expect("metrics").0, 200);
+    assert!(agent.log_text().contains("no token is set"), "no warning");
+    drop(agent);
+
+    // Without the shipped config, beyond loopback and without a token: a loud warning.
+    let log = tmp("open-api.log");
+    let mut open = KillOnDrop(
+        Command::new(agent_binary())
+            .args(["run", "--log-format", "text"])
+            .args(["--listen", &format!("0.0.0.0:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("agent"),
+    );
+    let warning = wait_for("the open-API warning", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = open.0.try_wait() {
+            panic!("the agent exited with {status}");
+        }
+        std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("OPEN TO THE NETWORK"))
+            .map(str::to_string)
+    });
+    drop(open);
+    let _ = std::fs::remove_file(&log);
+    println!("{warning}");
 }
 
 #[test]

@@ -94,3 +94,34 @@ fn a_recording_shows_which_task_ran_on_each_cpu_and_each_process_life() {
     let _ = std::fs::remove_file(spans_output);
     let _ = std::fs::remove_file(report);
 }
+
+#[test]
+fn record_refuses_to_write_through_a_symbolic_link_and_leaves_its_target_alone() {
+    // record runs as root: a link planted where its output goes must not let it overwrite the
+    // link's target.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target = dir.join(format!("record-target-{}", std::process::id()));
+    let link = dir.join(format!("record-link-{}.json", std::process::id()));
+    std::fs::write(&target, "precious\n").expect("target");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let out = Command::new(agent_binary())
+        .args(["record", "--duration", "1s", "--log-format", "text", "-o"])
+        .arg(&link)
+        .output()
+        .expect("taskscope record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("exit {:?}: {}", out.status.code(), stderr.trim());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("recording"),
+        "it recorded before refusing"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("target"),
+        "precious\n"
+    );
+    let _ = std::fs::remove_file(link);
+    let _ = std::fs::remove_file(target);
+}

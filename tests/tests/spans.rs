@@ -506,6 +506,13 @@ fn traceparent_joins_the_trace_and_secrets_arrive_redacted_everywhere() {
     assert_eq!(job_span["trace_id"], trace_id);
     assert_eq!(job_span["parent_span_id"], parent_id);
     assert_eq!(child_span["trace_id"], trace_id, "its children follow it");
+    // Joining a trace named by the process itself is said in an attribute; its child's
+    // parent is the job's span, ours.
+    assert_eq!(
+        attr(&job_span, "taskscope.trace.joined_from"),
+        "TRACEPARENT"
+    );
+    assert!(attr(&child_span, "taskscope.trace.joined_from").is_null());
 
     // The secrets, everywhere something leaves the agent.
     let command_line = attr(&job_span, "process.command_line")

@@ -2,6 +2,12 @@
 //!
 //! Handlers never touch the model: they send a [`Query`] to the collector and serve its answer.
 //! Health probes read the latest health evaluation; admin endpoints go through [`Control`].
+//!
+//! Every request has [`REQUEST_TIMEOUT`]; the heavy endpoints (process and span listings, and
+//! /metrics on its own) take a slot of a small pool and get 503 when it is full, so a flood of
+//! them cannot hold up the collector or the probes, which have no limit.
+
+pub(crate) mod server;
 
 use std::{
     sync::{Arc, Mutex},
@@ -9,6 +15,7 @@ use std::{
 };
 
 use axum::{
+    error_handling::HandleErrorLayer,
     extract::{DefaultBodyLimit, Path, Query as UrlQuery, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
@@ -19,16 +26,18 @@ use axum::{
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
+use tower::{BoxError, ServiceBuilder};
 
 use crate::{
     collector::export::MetricsExportStats,
-    collector::{ProcessesResponse, Query, SpanFilter, StatusResponse},
+    collector::{Page, ProcessesResponse, Query, SpanFilter, StatusResponse},
     control::Control,
     exporters::{
         families::{Exposition, ExpositionConfig},
         prometheus::{
             to_classic, wants_openmetrics, CLASSIC_CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE,
         },
+        HttpRefusals,
     },
     health::{HealthReport, SharedHealth, Status},
     metadata::{runtimes::RuntimeSource, Directories, DirectoryStatus, DirectoryView},
@@ -58,19 +67,72 @@ pub(crate) struct ApiState {
     /// For /livez: how often the collector polls and health is evaluated.
     pub(crate) poll_interval: Duration,
     pub(crate) health_interval: Duration,
+    /// Requests refused for being too many or too slow (exported on /metrics).
+    pub(crate) refusals: Arc<HttpRefusals>,
+    /// Heavy API requests served at once (the rest get 503).
+    pub(crate) max_concurrent: usize,
 }
 
 /// Largest request body accepted (a config file); larger ones get 413.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Longest a request may take, its body included (408 beyond).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most processes one `/api/v1/processes` answer lists (`?limit=` up to it; default).
+pub(crate) const MAX_PROCESSES_PAGE: usize = 10_000;
+
+/// Scrapes served at once: Prometheus sends one at a time; more come from something else.
+const MAX_CONCURRENT_SCRAPES: usize = 2;
+
+/// The answer to a request refused by a limit, counted by reason.
+async fn refused(refusals: Arc<HttpRefusals>, err: BoxError) -> Response {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        refusals.count(HttpRefusals::TIMEOUT);
+        error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {REQUEST_TIMEOUT:?}"),
+        )
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        refusals.count(HttpRefusals::BUSY);
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests of this kind at once: retry in a second",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
+    } else {
+        error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
 /// Builds the router.
 pub(crate) fn router(state: ApiState) -> Router {
-    let read_api = Router::new()
+    let refusals = Arc::clone(&state.refusals);
+    let on_refusal = move |err: BoxError| refused(Arc::clone(&refusals), err);
+    // One pool shared by every route under it (not one per route).
+    let limited = |max: usize| {
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(on_refusal.clone()))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max))
+            .timeout(REQUEST_TIMEOUT)
+    };
+    let timed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(on_refusal.clone()))
+        .timeout(REQUEST_TIMEOUT);
+    let heavy_api = Router::new()
         .route("/api/v1/processes", get(processes))
+        .route("/api/v1/spans", get(spans))
+        .layer(limited(state.max_concurrent));
+    let read_api = Router::new()
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
-        .route("/api/v1/spans", get(spans))
+        .layer(timed.clone())
+        .merge(heavy_api)
         .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
     let admin = Router::new()
         .route(
@@ -81,11 +143,15 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/api/v1/debug",
             get(debug_get).post(debug_set).put(debug_set),
         )
+        .layer(timed)
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
+    let scrape = Router::new()
+        .route("/metrics", get(metrics))
+        .layer(limited(MAX_CONCURRENT_SCRAPES));
     Router::new()
         .merge(read_api)
         .merge(admin)
-        .route("/metrics", get(metrics))
+        .merge(scrape)
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
@@ -134,6 +200,13 @@ async fn admin_auth(State(state): State<ApiState>, request: Request, next: Next)
 async fn read_auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     if !state.api_auth {
         return next.run(request).await;
+    }
+    if state.admin_token.is_none() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the JSON API needs a token (api_auth is on) and none is set: start the agent with \
+             --admin-token-file or TASKSCOPE_ADMIN_TOKEN. /metrics and the health probes are open",
+        );
     }
     admin_auth(State(state), request, next).await
 }
@@ -188,17 +261,47 @@ fn name_workload(workload: &mut Workload, names: &DirectoryView) {
 }
 
 /// A process answer with its workloads named.
-fn named_processes(state: &ApiState, mut answer: ProcessesResponse) -> Response {
-    let names = state.names.read();
-    for process in &mut answer.processes {
-        name_workload(&mut process.workload, &names);
+async fn named_processes(state: &ApiState, mut answer: ProcessesResponse) -> Response {
+    {
+        let names = state.names.read();
+        for process in &mut answer.processes {
+            name_workload(&mut process.workload, &names);
+        }
     }
-    Json(answer).into_response()
+    large_json(answer).await
 }
 
-async fn processes(State(state): State<ApiState>) -> Response {
-    match ask(&state, Query::Processes).await {
-        Ok(answer) => named_processes(&state, answer),
+/// A large answer (megabytes for thousands of processes) encoded on the blocking pool, so the
+/// runtime's few threads stay free for the probes and the other requests.
+async fn large_json<T: Serialize + Send + 'static>(answer: T) -> Response {
+    let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&answer)).await;
+    match encoded {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be encoded",
+        ),
+    }
+}
+
+/// Query of `/api/v1/processes`.
+#[derive(Debug, serde::Deserialize)]
+struct ProcessesQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+async fn processes(State(state): State<ApiState>, query: UrlQuery<ProcessesQuery>) -> Response {
+    let page = Page {
+        offset: query.offset.unwrap_or(0),
+        limit: query
+            .limit
+            .unwrap_or(MAX_PROCESSES_PAGE)
+            .min(MAX_PROCESSES_PAGE),
+    };
+    match ask(&state, |tx| Query::Processes(page, tx)).await {
+        Ok(answer) => named_processes(&state, answer).await,
         Err(response) => response,
     }
 }
@@ -215,7 +318,7 @@ async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Resp
             StatusCode::NOT_FOUND,
             format!("no live or recently exited process with pid {pid}"),
         ),
-        Ok(answer) => named_processes(&state, answer),
+        Ok(answer) => named_processes(&state, answer).await,
         Err(response) => response,
     }
 }
@@ -249,11 +352,13 @@ async fn spans(State(state): State<ApiState>, query: UrlQuery<SpansQuery>) -> Re
     };
     match ask(&state, |tx| Query::Spans(filter, tx)).await {
         Ok(mut answer) => {
-            let names = state.names.read();
-            for workload in answer.spans.iter_mut().filter_map(|s| s.workload.as_mut()) {
-                name_workload(workload, &names);
+            {
+                let names = state.names.read();
+                for workload in answer.spans.iter_mut().filter_map(|s| s.workload.as_mut()) {
+                    name_workload(workload, &names);
+                }
             }
-            Json(answer).into_response()
+            large_json(answer).await
         }
         Err(response) => response,
     }

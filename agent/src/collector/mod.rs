@@ -40,7 +40,7 @@ use crate::{
         snapshot::{loss_source, LossView, MetricsSnapshot},
         view::{NodeView, ProcessView},
         workload::Workload,
-        ModelCounters, SlowTask, SlowTaskConfig, TaskModel,
+        ModelCounters, Process, SlowTask, SlowTaskConfig, TaskModel,
     },
     probes::{HookStatus, ProbeGroup, Probes},
     procfs,
@@ -48,8 +48,9 @@ use crate::{
 
 /// A question from the API, answered by the collector.
 pub(crate) enum Query {
-    /// Every live and recently exited process.
-    Processes(oneshot::Sender<ProcessesResponse>),
+    /// A page of the live processes (by pid) followed by the recently exited ones (oldest
+    /// first).
+    Processes(Page, oneshot::Sender<ProcessesResponse>),
     /// Every process with this pid (the live one first, then exited ones, newest first).
     Process(u32, oneshot::Sender<ProcessesResponse>),
     /// Per-CPU busy/idle and per-device block IO.
@@ -114,6 +115,21 @@ pub(crate) struct NodeResponse {
     pub(crate) node: NodeView,
 }
 
+/// Which part of a listing to answer: `limit` entries from `offset` on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Page {
+    pub(crate) offset: usize,
+    pub(crate) limit: usize,
+}
+
+impl Page {
+    /// Everything (for `record`, which lists the processes of its own short window).
+    pub(crate) const ALL: Page = Page {
+        offset: 0,
+        limit: usize::MAX,
+    };
+}
+
 /// Answer to a process query.
 #[derive(Debug, Serialize)]
 pub(crate) struct ProcessesResponse {
@@ -122,6 +138,9 @@ pub(crate) struct ProcessesResponse {
     pub(crate) collected_at_unix_ns: u64,
     pub(crate) live: usize,
     pub(crate) exited: usize,
+    /// Where the next page starts; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next_offset: Option<usize>,
     pub(crate) processes: Vec<ProcessView>,
 }
 
@@ -382,13 +401,13 @@ impl Collector {
 
     fn answer(&mut self, query: Query) {
         match query {
-            Query::Processes(reply) => {
+            Query::Processes(page, reply) => {
                 self.refresh_if_stale();
-                let _ = reply.send(self.processes(None));
+                let _ = reply.send(self.processes(None, page));
             }
             Query::Process(pid, reply) => {
                 self.refresh_if_stale();
-                let _ = reply.send(self.processes(Some(pid)));
+                let _ = reply.send(self.processes(Some(pid), Page::ALL));
             }
             Query::Node(reply) => {
                 self.refresh_if_stale();
@@ -457,23 +476,27 @@ impl Collector {
         Ok(())
     }
 
-    fn processes(&self, pid: Option<u32>) -> ProcessesResponse {
+    /// Views are built for the page only: they copy strings, and a node has thousands.
+    fn processes(&self, pid: Option<u32>, page: Page) -> ProcessesResponse {
         let clocks = Clocks::now();
-        let processes = match pid {
-            Some(pid) => self
-                .model
-                .by_pid(pid)
-                .into_iter()
-                .map(|p| ProcessView::new(p, &clocks, &self.model.running))
-                .collect(),
-            None => self
-                .model
-                .live()
-                .chain(self.model.exited())
-                .map(|p| ProcessView::new(p, &clocks, &self.model.running))
-                .collect(),
+        let listed = match pid {
+            Some(pid) => self.model.by_pid(pid),
+            None => {
+                let mut live: Vec<&Process> = self.model.live().collect();
+                live.sort_unstable_by_key(|p| p.pid);
+                live.extend(self.model.exited());
+                live
+            }
         };
+        let end = page.offset.saturating_add(page.limit).min(listed.len());
+        let processes = listed
+            .get(page.offset..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| ProcessView::new(p, &clocks, &self.model.running))
+            .collect();
         ProcessesResponse {
+            next_offset: (end < listed.len()).then_some(end),
             collected_at_monotonic_ns: self.model.collected_at_ns,
             collected_at_unix_ns: clocks.monotonic_to_unix(self.model.collected_at_ns),
             live: self.model.live_count(),

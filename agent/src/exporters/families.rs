@@ -7,10 +7,11 @@
 //!
 //! Reference of every family: docs/metrics.md.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
 
+use super::HttpRefusals;
 use crate::{
     health::SharedHealth,
     metadata::{Directories, DirectoryView, SourceState},
@@ -285,6 +286,8 @@ pub(crate) struct Scrape {
     /// What /readyz says (absent before the first health evaluation).
     ready: Option<bool>,
     log_lines_suppressed: u64,
+    /// (reason, count) of requests the HTTP server refused.
+    http_refused: Vec<(&'static str, u64)>,
 }
 
 /// Series one subject adds to a family group (for the cap and `taskscope_series`), per group.
@@ -797,6 +800,17 @@ impl Scrape {
             "Log lines dropped by the rate limit (--log-rate-limit); each place that was limited logs one summary line.",
             FamilyType::Counter,
             &mut |family| family.number(&[], Number::from(self.log_lines_suppressed)),
+        )?;
+        out.family(
+            "taskscope_http_refused",
+            "HTTP requests the agent refused to protect itself, by reason: connections (over --http-max-connections), busy (503: too many heavy requests at once, --api-max-concurrent), timeout (408).",
+            FamilyType::Counter,
+            &mut |family| {
+                for (reason, count) in &self.http_refused {
+                    family.number(&[("reason", reason.to_string())], Number::from(*count))?;
+                }
+                Ok(())
+            },
         )
     }
 
@@ -874,6 +888,8 @@ pub(crate) struct Exposition {
     directories: Directories,
     /// The latest health evaluation, when the agent runs one.
     health: Option<SharedHealth>,
+    /// What the HTTP server refused, when it serves /metrics.
+    http_refusals: Option<Arc<HttpRefusals>>,
 }
 
 impl Default for Exposition {
@@ -928,6 +944,11 @@ impl Exposition {
             ready: None,
             log_lines_suppressed: crate::logging::SUPPRESSED_TOTAL
                 .load(std::sync::atomic::Ordering::Relaxed),
+            http_refused: self
+                .http_refusals
+                .as_deref()
+                .map(HttpRefusals::totals)
+                .unwrap_or_default(),
         };
         self.add_health(&mut scrape, &names);
         scrape
@@ -943,12 +964,19 @@ impl Exposition {
             memory,
             directories,
             health: None,
+            http_refusals: None,
         }
     }
 
     /// Also exports the latest health evaluation.
     pub(crate) fn with_health(mut self, health: SharedHealth) -> Self {
         self.health = Some(health);
+        self
+    }
+
+    /// Also exports what the HTTP server refused.
+    pub(crate) fn with_http_refusals(mut self, refusals: Arc<HttpRefusals>) -> Self {
+        self.http_refusals = Some(refusals);
         self
     }
 

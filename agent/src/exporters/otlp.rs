@@ -320,6 +320,11 @@ fn process_attributes(s: &TaskSpan, owner: Option<String>) -> Vec<KeyValue> {
             s.time.involuntary_switches as i64,
         ),
     ];
+    if s.parent_is_remote {
+        // The trace and parent came from the process's own environment, which anyone who
+        // starts a process can set: a reader of the trace should know it was not our choice.
+        attributes.push(KeyValue::new("taskscope.trace.joined_from", "TRACEPARENT"));
+    }
     if let Some(exe) = &s.exe {
         attributes.push(KeyValue::new("process.executable.path", exe.clone()));
     }
