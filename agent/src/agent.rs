@@ -288,6 +288,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         record_switches: false,
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
+        max_syscall_entries_per_process: args.max_syscall_entries_per_process,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         force_raw_tp: args.attach == AttachMode::RawTp,
         kernel_btf: args.kernel.kernel_btf.clone(),

@@ -98,6 +98,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub(crate) max_syscall_entries: u32,
 
+    /// Entries one process may take in the syscall tables (its distinct syscalls and their
+    /// errnos together). Beyond, its syscalls are counted under the syscall "other" and the
+    /// detail lost is counted (syscalls_map/process_cap): one process cannot fill the tables.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=4096))]
+    pub(crate) max_syscall_entries_per_process: u32,
+
     /// Ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     pub(crate) ring_buffer_kib: u32,

@@ -156,6 +156,7 @@ fn recording_collector(
         record_switches: true,
         max_tasks: 32768,
         max_syscall_entries: 16384,
+        max_syscall_entries_per_process: 128,
         ring_buffer_bytes: 16 << 20,
         force_raw_tp: false,
         kernel_btf: args.kernel.kernel_btf.clone(),

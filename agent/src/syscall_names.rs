@@ -1,7 +1,13 @@
 //! x86_64 syscall names by number, generated from Linux's `asm/unistd_64.h`.
 
-/// Name of syscall `nr` on this architecture, if known.
+/// Name of syscall `nr` on this architecture, if known; "invalid" and "other" for the entries
+/// shared by numbers that are no syscall and by a process over its cap of entries.
 pub(crate) fn syscall_name(nr: u32) -> Option<&'static str> {
+    match nr {
+        taskscope_common::SYSCALL_NR_INVALID => return Some("invalid"),
+        taskscope_common::SYSCALL_NR_OTHER => return Some("other"),
+        _ => {}
+    }
     #[cfg(target_arch = "x86_64")]
     {
         X86_64.get(nr as usize).copied().flatten()

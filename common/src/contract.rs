@@ -207,6 +207,9 @@ pub mod maps {
     pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
     /// Per task: the syscall in progress.
     pub const SYSCALL_STARTS: &str = "SYSCALL_STARTS";
+    /// Per process: its entries in `SYSCALLS` and `SYSCALL_ERRNOS` together, held under
+    /// `MAX_SYSCALL_ENTRIES_PER_PROCESS`.
+    pub const SYSCALL_ENTRY_COUNTS: &str = "SYSCALL_ENTRY_COUNTS";
     /// Per (process, device, operation): [`crate::ProcessIo`].
     pub const PROCESS_IO: &str = "PROCESS_IO";
     /// Per (device, operation): [`crate::DeviceIo`].
@@ -228,4 +231,7 @@ pub mod globals {
     pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
     /// Pending ring-buffer bytes from which a submit wakes the reader.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Entries one process may have in `SYSCALLS` and `SYSCALL_ERRNOS` together; beyond, its
+    /// syscalls are counted under [`crate::SYSCALL_NR_OTHER`].
+    pub const MAX_SYSCALL_ENTRIES_PER_PROCESS: &str = "MAX_SYSCALL_ENTRIES_PER_PROCESS";
 }

@@ -103,6 +103,18 @@ pub struct CpuStats {
     pub current_since_ns: u64,
 }
 
+/// Syscall numbers from this one on are not syscalls (x86_64 and arm64 number theirs below
+/// 512): they are all counted under [`SYSCALL_NR_INVALID`], so calling made-up numbers costs
+/// one entry, not one per number.
+pub const SYSCALL_NR_LIMIT: u32 = 512;
+
+/// The `SYSCALLS` entry of a process's calls with a number that is no syscall (ENOSYS).
+pub const SYSCALL_NR_INVALID: u32 = u32::MAX - 1;
+
+/// The `SYSCALLS` entry of a process's calls whose own entry would pass the per-process cap
+/// (`MAX_SYSCALL_ENTRIES_PER_PROCESS`).
+pub const SYSCALL_NR_OTHER: u32 = u32::MAX;
+
 /// Key of the `SYSCALLS` map: one process and one syscall number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -231,10 +243,13 @@ pub enum Loss {
     ProcessIoMapFull = 6,
     /// `DEVICE_IO` was full.
     DeviceIoMapFull = 7,
+    /// A syscall (or a failure's errno) of a process at its cap of entries: counted under
+    /// [`SYSCALL_NR_OTHER`] (the errno is not kept).
+    SyscallsProcessCap = 8,
 }
 
 /// Number of [`Loss`] variants (size of the `LOSSES` array).
-pub const LOSS_KINDS: u32 = 8;
+pub const LOSS_KINDS: u32 = 9;
 
 impl Loss {
     /// Every variant, in index order.
@@ -247,6 +262,7 @@ impl Loss {
         Loss::IoStartsMapFull,
         Loss::ProcessIoMapFull,
         Loss::DeviceIoMapFull,
+        Loss::SyscallsProcessCap,
     ];
 
     /// Stable name used in logs, the API and metrics (`source`, `reason`).
@@ -260,6 +276,7 @@ impl Loss {
             Loss::IoStartsMapFull => ("io_starts_map", "map_full"),
             Loss::ProcessIoMapFull => ("process_io_map", "map_full"),
             Loss::DeviceIoMapFull => ("device_io_map", "map_full"),
+            Loss::SyscallsProcessCap => ("syscalls_map", "process_cap"),
         }
     }
 }

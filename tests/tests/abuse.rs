@@ -1,6 +1,7 @@
 //! The agent under abuse (issue 14): a flood of heavy API requests on a node with thousands of
-//! processes, connections held open or never finished. The probes keep answering, every
-//! refusal is counted, and what was refused is exactly what the clients saw refused.
+//! processes, connections held open or never finished, a process calling made-up syscall
+//! numbers. The probes keep answering, every refusal is counted (exactly what the clients saw
+//! refused), and a hostile process costs only its own detail.
 
 use std::{
     io::Read,
@@ -14,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use taskscope_e2e::{http_get, wait_for, Agent};
+use taskscope_e2e::{http_get, monotonic_ns, wait_for, Agent, Workload};
 
 /// Sleeping processes in a process group of their own, killed when dropped.
 struct Sleepers(Child);
@@ -200,4 +201,115 @@ fn connections_over_the_cap_are_closed_and_counted_and_idle_ones_time_out() {
     let counted = refused(&agent, "connections") - before;
     println!("taskscope_http_refused_total{{reason=\"connections\"}} rose by {counted}; {EXTRA} were over the cap");
     assert_eq!(counted, EXTRA as u64);
+}
+
+/// The `lost` entry of `/api/v1/status` for (source, reason); 0 when absent.
+fn status_lost(agent: &Agent, source: &str, reason: &str) -> u64 {
+    agent.get("/api/v1/status")["lost"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["source"] == source && l["reason"] == reason)
+        .and_then(|l| l["count"].as_u64())
+        .unwrap_or(0)
+}
+
+fn by_syscall(process: &Value) -> Vec<Value> {
+    process["syscalls"]["by_syscall"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn named(process: &Value, name: &str) -> Value {
+    by_syscall(process)
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {}", process["syscalls"]))
+}
+
+#[test]
+fn a_process_making_up_syscall_numbers_costs_only_its_own_detail() {
+    let agent = Agent::start(&[]);
+    let rss_before = agent_rss_kib(&agent);
+    // The flood the issue found: numbers 1000..40000, twenty times (they once took 765,000
+    // entries' worth of everyone's syscalls and 17 MB of the agent).
+    let flood = Workload::run(&["no-syscalls", "1000", "40000", "20"]);
+    // Numbers in x86_64's unassigned range 340..424 (335 and 336 became uretprobe and uprobe in 6.11 and 6.16) are below the limit, so each gets an
+    // entry (and its ENOSYS one) until the process reaches its cap of 128.
+    let gaps = Workload::run(&["no-syscalls", "340", "424", "50"]);
+    let flood_calls: u64 = flood.output.trim().parse().expect("calls made");
+    let gap_calls: u64 = gaps.output.trim().parse().expect("calls made");
+
+    // A well-behaved process started after both: exact figures, nothing lost.
+    let (calls, failures) = (5000u64, 1234u64);
+    let good = Workload::run(&["syscalls", &calls.to_string(), &failures.to_string()]);
+    let process = agent.process_after(good.pid(), monotonic_ns());
+    let getpgid = named(&process, "getpgid");
+    println!("after the flood, getpgid: taskscope {getpgid}; the workload made {calls} calls, {failures} failed");
+    assert_eq!(getpgid["count"].as_u64(), Some(calls));
+    assert_eq!(getpgid["errors"].as_u64(), Some(failures));
+    assert_eq!(getpgid["errnos"][0]["count"].as_u64(), Some(failures));
+
+    // The flood is one entry, exact.
+    let flooder = agent.process_after(flood.pid(), monotonic_ns());
+    let invalid = named(&flooder, "invalid");
+    println!(
+        "the flood: {flood_calls} calls of numbers 1000..40000; taskscope: {} under \"invalid\" ({} failed, {} with ENOSYS); the process has {} entries",
+        invalid["count"], invalid["errors"], invalid["errnos"][0]["count"], by_syscall(&flooder).len()
+    );
+    assert_eq!(invalid["count"].as_u64(), Some(flood_calls));
+    assert_eq!(invalid["errnos"][0]["name"], "ENOSYS");
+    assert_eq!(invalid["errnos"][0]["count"].as_u64(), Some(flood_calls));
+    assert!(
+        by_syscall(&flooder).len() < 64,
+        "the flood took an entry per number"
+    );
+
+    // The gaps: held at the cap, the rest under "other", every call still counted.
+    let gapper = agent.process_after(gaps.pid(), monotonic_ns());
+    let entries: usize = by_syscall(&gapper)
+        .iter()
+        .map(|s| 1 + s["errnos"].as_array().map_or(0, Vec::len))
+        .sum();
+    let in_gaps: u64 = by_syscall(&gapper)
+        .iter()
+        .filter(|s| (340..424).contains(&s["nr"].as_u64().unwrap_or(0)))
+        .map(|s| s["count"].as_u64().unwrap_or(0))
+        .sum();
+    let other = named(&gapper, "other")["count"].as_u64().unwrap_or(0);
+    println!(
+        "the gaps: {gap_calls} calls of 84 numbers; taskscope: {in_gaps} in their own entries + {other} under \"other\"; {entries} entries (cap 128 + the shared one)"
+    );
+    assert!(entries <= 128 + 2, "{entries} entries");
+    assert!(in_gaps + other >= gap_calls, "calls went uncounted");
+
+    // Nothing lost for anyone else; the capped detail counted as such.
+    let map_full = status_lost(&agent, "syscalls_map", "map_full")
+        + status_lost(&agent, "syscall_errnos_map", "map_full");
+    let capped = status_lost(&agent, "syscalls_map", "process_cap");
+    println!("losses: map_full {map_full}, process_cap {capped}");
+    assert_eq!(map_full, 0);
+    assert!(
+        capped >= other,
+        "process_cap {capped} < the {other} calls under other"
+    );
+    let (_, metrics) = http_get(&agent.addr, "/metrics").expect("metrics");
+    assert!(metrics
+        .contains("taskscope_events_lost_total{source=\"syscalls_map\",reason=\"process_cap\"}"));
+    let rss_after = agent_rss_kib(&agent);
+    println!("agent RSS: {rss_before} KiB before, {rss_after} KiB after");
+    for workload in [flood, gaps, good] {
+        workload.finish();
+    }
+}
+
+/// The agent's resident memory (KiB), from /proc.
+fn agent_rss_kib(agent: &Agent) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -30,6 +30,7 @@ pub(crate) struct KernelMaps {
     syscall_starts: HashMap<MapData, u32, SyscallStart>,
     syscalls: HashMap<MapData, SyscallKey, SyscallStats>,
     errnos: HashMap<MapData, ErrnoKey, u64>,
+    syscall_entry_counts: HashMap<MapData, u32, u64>,
     process_io: HashMap<MapData, ProcessIoKey, ProcessIo>,
     device_io: HashMap<MapData, DeviceIoKey, DeviceIo>,
     cpus: PerCpuArray<MapData, CpuStats>,
@@ -139,6 +140,7 @@ impl KernelMaps {
             syscall_starts: take(probes, maps::SYSCALL_STARTS)?,
             syscalls: take(probes, maps::SYSCALLS)?,
             errnos: take(probes, maps::SYSCALL_ERRNOS)?,
+            syscall_entry_counts: take(probes, maps::SYSCALL_ENTRY_COUNTS)?,
             process_io: take(probes, maps::PROCESS_IO)?,
             device_io: take(probes, maps::DEVICE_IO)?,
             cpus: take(probes, maps::CPUS)?,
@@ -193,6 +195,9 @@ impl KernelMaps {
         }
         for key in &forget.errnos {
             let _ = self.errnos.remove(key);
+        }
+        for tgid in &forget.processes {
+            let _ = self.syscall_entry_counts.remove(tgid);
         }
         for key in &forget.process_io {
             let _ = self.process_io.remove(key);

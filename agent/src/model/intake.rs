@@ -39,6 +39,8 @@ pub(crate) struct Forget {
     pub(crate) syscalls: Vec<SyscallKey>,
     pub(crate) errnos: Vec<ErrnoKey>,
     pub(crate) process_io: Vec<ProcessIoKey>,
+    /// Exited processes (tgid): their count of syscall-table entries.
+    pub(crate) processes: Vec<u32>,
 }
 
 impl TaskModel {

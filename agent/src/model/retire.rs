@@ -22,6 +22,7 @@ impl TaskModel {
                 self.workloads.credit_thread(&path, &share, now);
             }
         }
+        forget.processes.push(pid);
         forget.syscalls.extend(
             process
                 .syscalls

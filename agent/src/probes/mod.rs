@@ -136,6 +136,8 @@ pub(crate) struct LoadOptions {
     pub(crate) max_tasks: u32,
     /// Capacity of the per-(process, syscall) map; the errno map gets half.
     pub(crate) max_syscall_entries: u32,
+    /// Entries one process may have in the syscall tables (both together).
+    pub(crate) max_syscall_entries_per_process: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub(crate) ring_buffer_bytes: u32,
     /// Try only raw tracepoints (for testing the fallback).
@@ -265,6 +267,7 @@ impl Probes {
         // own timer (see collector::CollectorConfig::drain_interval).
         let wakeup_bytes = u64::from(options.ring_buffer_bytes / 8);
         let record_switches = u32::from(options.record_switches);
+        let max_syscall_entries_per_process = u64::from(options.max_syscall_entries_per_process);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
@@ -272,7 +275,13 @@ impl Probes {
             .override_global(globals::RECORD_SWITCHES, &record_switches, true)
             .override_global(globals::EXIT_HAS_GROUP_DEAD, &exit_has_group_dead, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(
+                globals::MAX_SYSCALL_ENTRIES_PER_PROCESS,
+                &max_syscall_entries_per_process,
+                true,
+            )
             .map_max_entries(maps::TASKS, options.max_tasks)
+            .map_max_entries(maps::SYSCALL_ENTRY_COUNTS, options.max_tasks)
             .map_max_entries(maps::SYSCALLS, options.max_syscall_entries)
             .map_max_entries(maps::SYSCALL_ERRNOS, options.max_syscall_entries / 2)
             .map_max_entries(maps::EVENTS, options.ring_buffer_bytes);
@@ -560,6 +569,7 @@ mod tests {
             maps::SYSCALLS,
             maps::SYSCALL_ERRNOS,
             maps::SYSCALL_STARTS,
+            maps::SYSCALL_ENTRY_COUNTS,
             maps::PROCESS_IO,
             maps::DEVICE_IO,
             maps::LOSSES,
@@ -572,6 +582,7 @@ mod tests {
             globals::RECORD_SWITCHES,
             globals::EXIT_HAS_GROUP_DEAD,
             globals::WAKEUP_BYTES,
+            globals::MAX_SYSCALL_ENTRIES_PER_PROCESS,
         ] {
             // A symbol of the ELF string table: the name, NUL-terminated.
             let symbol = format!("\0{name}\0");

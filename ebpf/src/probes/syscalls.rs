@@ -2,14 +2,20 @@
 //! latency histogram; a syscall slower than the threshold goes to the ring buffer.
 //!
 //! Threads of one process share a `SYSCALLS` entry, so its counters are updated atomically.
+//!
+//! One process cannot fill the tables for everyone: numbers that are no syscall share one
+//! entry, and a process at its cap of entries has the rest of its syscalls counted under one
+//! "other" entry (and that loss of detail counted).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, Global,
+};
 use taskscope_common::{
     event_kind, log2_bucket, ErrnoKey, Loss, SlowSyscallEvent, SyscallKey, SyscallStart,
-    SyscallStats,
+    SyscallStats, SYSCALL_NR_INVALID, SYSCALL_NR_LIMIT, SYSCALL_NR_OTHER,
 };
 
-use super::kernel::{add, agent_tgid, arg, current_ids, get_or_init, thresholds};
+use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init, thresholds};
 use super::ringbuf::{header, send};
 
 /// Syscall in progress per task (tid).
@@ -21,6 +27,36 @@ pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entri
 
 #[map]
 pub static SYSCALL_ERRNOS: HashMap<ErrnoKey, u64> = HashMap::with_max_entries(8192, 0);
+
+/// Per process (tgid): its entries in `SYSCALLS` and `SYSCALL_ERRNOS` (sized like `TASKS`).
+#[map]
+pub static SYSCALL_ENTRY_COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+
+/// Most entries one process may have in `SYSCALLS` and `SYSCALL_ERRNOS` together.
+#[unsafe(no_mangle)]
+static MAX_SYSCALL_ENTRIES_PER_PROCESS: Global<u64> = Global::new(128);
+
+/// Whether `tgid` may have one more entry; if so, it is counted as taken. A process whose
+/// count cannot be kept (the count map is full) is not held back: the tables' own size still
+/// bounds it.
+#[inline(always)]
+fn take_entry(tgid: u32) -> bool {
+    if SYSCALL_ENTRY_COUNTS.get_ptr_mut(tgid).is_none() {
+        // -EEXIST (another CPU was first) and -E2BIG (full) both leave it to the lookup.
+        let _ = SYSCALL_ENTRY_COUNTS.insert(tgid, 0, BPF_NOEXIST as u64);
+    }
+    let Some(count) = SYSCALL_ENTRY_COUNTS.get_ptr_mut(tgid) else {
+        return true;
+    };
+    // SAFETY: a live map value. Two CPUs may both pass the check for one process: the cap is
+    // then passed by one entry per CPU at most.
+    let count = unsafe { &mut *count };
+    if *count >= MAX_SYSCALL_ENTRIES_PER_PROCESS.load() {
+        return false;
+    }
+    add(count, 1);
+    true
+}
 
 /// Largest errno the kernel returns (`MAX_ERRNO`).
 const MAX_ERRNO: i64 = 4095;
@@ -59,12 +95,26 @@ pub fn on_exit(ctx: *const u64) {
         return;
     }
     let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
-    let nr = start.nr as u32;
+    // `nr` is a long: -1 (a syscall skipped by seccomp or ptrace) and made-up numbers are no
+    // syscall.
+    let nr = if start.nr < u64::from(SYSCALL_NR_LIMIT) {
+        start.nr as u32
+    } else {
+        SYSCALL_NR_INVALID
+    };
     start.ts_ns = 0;
 
-    let key = SyscallKey { tgid, nr };
     let failed = (-MAX_ERRNO..0).contains(&ret);
-    if let Some(stats) = get_or_init(&SYSCALLS, &key, Loss::SyscallsMapFull) {
+    let mut key = SyscallKey { tgid, nr };
+    let mut stats = SYSCALLS.get_ptr_mut(key);
+    if stats.is_none() {
+        if !take_entry(tgid) {
+            count_loss(Loss::SyscallsProcessCap);
+            key.nr = SYSCALL_NR_OTHER;
+        }
+        stats = get_or_init(&SYSCALLS, &key, Loss::SyscallsMapFull);
+    }
+    if let Some(stats) = stats {
         let stats = unsafe { &mut *stats };
         add(&mut stats.count, 1);
         add(&mut stats.total_ns, duration);
@@ -75,14 +125,22 @@ pub fn on_exit(ctx: *const u64) {
             add(&mut stats.errors, 1);
         }
     }
-    if failed {
+    if failed && key.nr != SYSCALL_NR_OTHER {
         let key = ErrnoKey {
             tgid,
             nr,
             errno: (-ret) as u32,
             _pad: 0,
         };
-        if let Some(count) = get_or_init(&SYSCALL_ERRNOS, &key, Loss::ErrnosMapFull) {
+        let count = match SYSCALL_ERRNOS.get_ptr_mut(key) {
+            Some(count) => Some(count),
+            None if take_entry(tgid) => get_or_init(&SYSCALL_ERRNOS, &key, Loss::ErrnosMapFull),
+            None => {
+                count_loss(Loss::SyscallsProcessCap);
+                None
+            }
+        };
+        if let Some(count) = count {
             add(unsafe { &mut *count }, 1);
         }
     }

@@ -115,6 +115,25 @@ fn main() {
             assert_eq!(failures, m);
             ready("");
         }
+        // no-syscalls FROM TO ROUNDS: ROUNDS times, every syscall number from FROM to TO - 1;
+        // each must fail with ENOSYS (numbers no kernel gives a syscall). Prints the calls made.
+        Some("no-syscalls") => {
+            let (from, to) = (arg(&args, 2, "from"), arg(&args, 3, "to"));
+            let mut calls = 0u64;
+            for _ in 0..arg(&args, 4, "rounds") {
+                for nr in from..to {
+                    // SAFETY: an unassigned syscall number does nothing but return ENOSYS.
+                    let ret = unsafe { libc::syscall(nr as libc::c_long) };
+                    let errno = std::io::Error::last_os_error().raw_os_error();
+                    assert!(
+                        ret == -1 && errno == Some(libc::ENOSYS),
+                        "syscall {nr}: {errno:?}"
+                    );
+                    calls += 1;
+                }
+            }
+            ready(&calls.to_string());
+        }
         // direct-write PATH BYTES: BYTES written with O_DIRECT in 1 MiB blocks, then fsync.
         Some("direct-write") => {
             let path = CString::new(args.get(2).expect("path").as_str()).expect("path");
