@@ -142,12 +142,22 @@ fn load(argv: Vec<OsString>, file: Option<PathBuf>) -> Result<RunConfig, ParseFa
     Ok(config)
 }
 
+/// The file as a table. A syntax error names the line and column but never quotes the text:
+/// the line may hold a secret (an OTLP header), and the error reaches the log and the answer
+/// to `PUT /api/v1/config`.
 fn parse_toml(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::Syntax {
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        ConfigError::Syntax {
             path: path.to_path_buf(),
-            reason: e.to_string().trim().replace('\n', " "),
-        })
+            reason: format!("{}{at}", e.message().trim().replace('\n', " ")),
+        }
+    })
 }
 
 /// The `run` subcommand's command definition.
@@ -189,7 +199,12 @@ fn merge(argv: Vec<OsString>, path: &Path, table: toml::Table) -> Result<RunConf
         let bad = |reason: String| ConfigError::BadValue {
             path: path.to_path_buf(),
             key: key.clone(),
-            reason,
+            // The value of a secret key is not quoted back, even when it is wrong.
+            reason: if SECRET_KEYS.contains(&key.as_str()) {
+                "not valid (the value is not shown: this key holds secrets); see docs/configuration.md for its form".to_string()
+            } else {
+                reason
+            },
         };
         let args = to_args(&long, arg.get_action(), value).map_err(bad)?;
         // The flag's own parser, alone, so that the error is about this key only.
@@ -383,6 +398,27 @@ mod tests {
         assert_eq!(config.effective["poll_interval"].source, Source::File);
         assert_eq!(config.effective["poll_interval"].value, "2s");
         assert_eq!(config.effective["max_tasks"].source, Source::Default);
+    }
+
+    #[test]
+    fn errors_never_quote_a_secret() {
+        let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyz";
+        for text in [
+            // An unclosed string on the line with the token.
+            format!("poll_interval = \"1s\"\notlp_headers = [\"authorization=Bearer {token}]\n"),
+            // A secret key of the wrong type.
+            format!("otlp_headers = [{{ authorization = \"Bearer {token}\" }}]\n"),
+            // A stray token where a key should be.
+            format!("poll_interval = \"1s\"\n{token}\n"),
+            format!("otlp_headers = \"x={token}\" trailing\n"),
+        ] {
+            let e = config_error(&text).to_string();
+            println!("{e}");
+            assert!(!e.contains(token) && !e.contains("ghp_"), "{e}");
+            assert!(e.starts_with("config file t.toml: "), "{e}");
+        }
+        let e = config_error("poll_interval = \"1s\"\nmax_series = [1, \n").to_string();
+        assert!(e.contains("at line 2"), "{e}");
     }
 
     #[test]

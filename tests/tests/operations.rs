@@ -602,6 +602,16 @@ fn admin_endpoints_refuse_without_the_token_and_change_nothing() {
         body.chars().take(200).collect::<String>()
     );
     assert_eq!(code, 413);
+    // A file whose syntax error sits on the line with a secret: the error names the place,
+    // never the text, in the answer and in the log.
+    let secret = "ghp_e2eSecretThatMustNotLeak0123456789";
+    let broken =
+        format!("slow_syscall = \"1ms\"\notlp_headers = [\"authorization=Bearer {secret}]\n");
+    let (code, body) = put(&[("Authorization", &auth)], broken.as_bytes());
+    println!("a broken file with a secret: {code} {body}");
+    assert_eq!(code, 400);
+    assert!(body.contains("line 2"), "{body}");
+    assert!(!body.contains(secret) && !agent.log_text().contains(secret));
     let (code, view) = admin(&agent, "GET", "/api/v1/config", "");
     assert_eq!(code, 200);
     assert_eq!(
