@@ -72,10 +72,26 @@ pub(crate) fn read_uid(pid: u32) -> Option<u32> {
     parse_status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
-pub(crate) fn read_cmdline(pid: u32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| split_args(&b))
-        .unwrap_or_default()
+/// At most `max` bytes of a file, and whether it had more: what a process controls (its
+/// argument vector, its environment) can be megabytes.
+fn read_prefix(path: &str, max: usize) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    let truncated = bytes.len() > max;
+    bytes.truncate(max);
+    Ok((bytes, truncated))
+}
+
+/// The argument vector, cut as the kernel programs cut it at exec
+/// ([`taskscope_common::ARGS_LEN`] bytes), so a process looks the same whether it started
+/// before the agent or after; the flag says whether it was cut. `None`: unreadable.
+pub(crate) fn read_cmdline(pid: u32) -> Option<(Vec<String>, bool)> {
+    read_prefix(&format!("/proc/{pid}/cmdline"), taskscope_common::ARGS_LEN)
+        .ok()
+        .map(|(bytes, truncated)| (split_args(&bytes), truncated))
 }
 
 pub(crate) fn read_exe(pid: u32) -> Option<String> {
@@ -208,9 +224,51 @@ pub(crate) fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {
     Some((trace, parent))
 }
 
+/// Bytes of a process's environment searched for `TRACEPARENT`: a variable past them is not
+/// seen (environments are a few KiB; the kernel allows megabytes).
+pub(crate) const ENVIRON_SCAN_BYTES: usize = 256 * 1024;
+
 /// The W3C trace context in a process's environment, if any (see [`parse_traceparent`]).
+/// Reads the environment in pieces and keeps only the start of each variable, so a process
+/// with a huge environment costs the agent no more memory than one with none.
 pub(crate) fn read_traceparent(pid: u32) -> Option<(u128, u64)> {
-    parse_traceparent(&fs::read(format!("/proc/{pid}/environ")).ok()?)
+    let file = fs::File::open(format!("/proc/{pid}/environ")).ok()?;
+    find_traceparent(file, ENVIRON_SCAN_BYTES)
+}
+
+/// [`parse_traceparent`] over a stream of `NAME=VALUE\0` variables, reading at most `limit`
+/// bytes and keeping at most 128 bytes of any one variable.
+fn find_traceparent(environ: impl std::io::Read, limit: usize) -> Option<(u128, u64)> {
+    use std::io::Read;
+    // "TRACEPARENT=" and a version-00 value are 67 bytes; a longer variable is not one.
+    const KEEP: usize = 128;
+    let mut var: Vec<u8> = Vec::with_capacity(KEEP);
+    let mut too_long = false;
+    let mut chunk = [0u8; 8192];
+    let mut environ = environ.take(limit as u64);
+    loop {
+        let read = environ.read(&mut chunk).ok()?;
+        // The end of the text ends its last variable.
+        let bytes = chunk.get(..read)?;
+        for &byte in bytes.iter().chain((read == 0).then_some(&0)) {
+            if byte == 0 {
+                if !too_long {
+                    if let Some(found) = parse_traceparent(&var) {
+                        return Some(found);
+                    }
+                }
+                var.clear();
+                too_long = false;
+            } else if var.len() < KEEP {
+                var.push(byte);
+            } else {
+                too_long = true;
+            }
+        }
+        if read == 0 {
+            return None;
+        }
+    }
 }
 
 /// Where the first filesystem of type `fstype` is mounted, from `/proc/self/mountinfo` text.
@@ -588,6 +646,31 @@ mod tests {
     }
 
     #[test]
+    fn traceparent_in_a_huge_environment_costs_no_memory() {
+        let traceparent = b"TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let expected = Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7));
+        let huge = vec![b'x'; 3 << 20];
+        // Before a 3 MiB variable, after small ones, last without its NUL.
+        let mut before = b"A=1\0".to_vec();
+        before.extend_from_slice(traceparent);
+        before.push(0);
+        before.extend_from_slice(&huge);
+        assert_eq!(find_traceparent(&before[..], ENVIRON_SCAN_BYTES), expected);
+        let mut last = b"A=1\0B=2\0".to_vec();
+        last.extend_from_slice(traceparent);
+        assert_eq!(find_traceparent(&last[..], ENVIRON_SCAN_BYTES), expected);
+        // Past the scanned bytes, or inside a longer variable: not seen.
+        let mut after = huge.clone();
+        after.push(0);
+        after.extend_from_slice(traceparent);
+        assert_eq!(find_traceparent(&after[..], ENVIRON_SCAN_BYTES), None);
+        let mut glued = traceparent.to_vec();
+        glued.extend_from_slice(&huge[..200]);
+        assert_eq!(find_traceparent(&glued[..], ENVIRON_SCAN_BYTES), None);
+        assert_eq!(find_traceparent(&b""[..], ENVIRON_SCAN_BYTES), None);
+    }
+
+    #[test]
     fn buddyinfo_and_pressure() {
         let zones = parse_buddyinfo(
             "Node 0, zone      DMA      0      0      1\nNode 1, zone   Normal   7610   3476 2\ngarbage\n",
@@ -608,7 +691,7 @@ mod tests {
         let me = std::process::id();
         let stat = read_stat(me).unwrap();
         assert_eq!(stat.pid, me);
-        assert!(!read_cmdline(me).is_empty());
+        assert!(read_cmdline(me).is_some_and(|(args, _)| !args.is_empty()));
         assert!(read_cgroup_v2(me).is_some());
     }
 

@@ -313,3 +313,72 @@ fn agent_rss_kib(agent: &Agent) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A shell waiting on its stdin (no child of its own) with an argument vector of about 4 MB
+/// (32 arguments of 128 KiB, the most one argument may be), under a stack limit that allows it.
+fn sleep_with_a_huge_argv() -> Child {
+    let argument = "x".repeat(128 * 1024 - 1);
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "read line", "sh"])
+        .args(std::iter::repeat_n(&argument, 32))
+        .stdin(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; it only raises this child's stack limit, which
+    // the kernel needs to hold the arguments (a quarter of it at most).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_STACK, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("sleep with a 4 MB argv")
+}
+
+#[test]
+fn processes_with_a_4_mb_argv_cost_their_first_512_bytes_marked_as_cut() {
+    const EACH: usize = 8;
+    // Half started before the agent (read from /proc), half after (seen at exec).
+    let mut before: Vec<Child> = (0..EACH).map(|_| sleep_with_a_huge_argv()).collect();
+    let agent = Agent::start(&[]);
+    let mut after: Vec<Child> = (0..EACH).map(|_| sleep_with_a_huge_argv()).collect();
+    for (when, children) in [("before the agent", &before), ("after", &after)] {
+        for child in children {
+            let process = wait_for("the sleeper in the model", Duration::from_secs(20), || {
+                let answer = agent.get(&format!("/api/v1/processes/{}", child.id()));
+                let process = answer["processes"][0].clone();
+                (process["cmdline"].as_array()?.len() > 1).then_some(process)
+            });
+            // The arguments and the NULs between them.
+            let args = process["cmdline"].as_array().cloned().unwrap_or_default();
+            let kept = args
+                .iter()
+                .map(|a| a.as_str().map_or(0, str::len))
+                .sum::<usize>()
+                + args.len().saturating_sub(1);
+            assert_eq!(
+                process["cmdline_truncated"], true,
+                "{when}: not marked as cut"
+            );
+            assert!(kept <= 512, "{when}: {kept} bytes of the argv kept");
+            assert_eq!(process["cmdline"][0], "sh");
+        }
+        println!("{EACH} processes with a 4,194,272-byte argv started {when}: each kept at most 512 bytes, marked cmdline_truncated");
+    }
+    let rss = agent_rss_kib(&agent);
+    println!(
+        "agent RSS with {} such processes: {rss} KiB (their argument vectors: {} MiB)",
+        2 * EACH,
+        2 * EACH * 4
+    );
+    assert!(rss < 64 * 1024, "the agent holds the argument vectors");
+    for child in before.iter_mut().chain(after.iter_mut()) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

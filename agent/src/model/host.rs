@@ -18,8 +18,9 @@ pub(crate) trait Host: Send {
     fn stat(&self, pid: u32) -> Option<Stat>;
     /// The executable's path (`/proc/<pid>/exe`).
     fn exe(&self, pid: u32) -> Option<String>;
-    /// The argument vector (`/proc/<pid>/cmdline`), before redaction.
-    fn cmdline(&self, pid: u32) -> Vec<String>;
+    /// The argument vector (`/proc/<pid>/cmdline`), before redaction, cut at
+    /// [`taskscope_common::ARGS_LEN`] bytes, and whether it was cut; `None`: unreadable.
+    fn cmdline(&self, pid: u32) -> Option<(Vec<String>, bool)>;
     /// The real uid (`/proc/<pid>/status`).
     fn uid(&self, pid: u32) -> Option<u32>;
     /// The cgroup v2 path (`/proc/<pid>/cgroup`).
@@ -61,7 +62,7 @@ impl Host for SystemHost {
         procfs::read_exe(pid)
     }
 
-    fn cmdline(&self, pid: u32) -> Vec<String> {
+    fn cmdline(&self, pid: u32) -> Option<(Vec<String>, bool)> {
         procfs::read_cmdline(pid)
     }
 

@@ -32,7 +32,9 @@ impl TaskModel {
                 p.ppid = stat.ppid;
                 p.comm = stat.comm;
                 p.exe = self.host.exe(pid);
-                p.cmdline = self.config.redactor.redact(self.host.cmdline(pid));
+                let (cmdline, truncated) = self.host.cmdline(pid).unwrap_or_default();
+                p.cmdline = self.config.redactor.redact(cmdline);
+                p.cmdline_truncated = truncated;
                 p.uid = self.host.uid(pid);
                 if let Some(path) = self.host.cgroup(pid) {
                     p.cgroup_id = self.host.cgroup_id(&path);

@@ -425,8 +425,8 @@ mod tests {
         fn exe(&self, _pid: u32) -> Option<String> {
             Some("/usr/sbin/sshd".into())
         }
-        fn cmdline(&self, _pid: u32) -> Vec<String> {
-            vec!["sshd".into(), "-D".into()]
+        fn cmdline(&self, _pid: u32) -> Option<(Vec<String>, bool)> {
+            Some((vec!["sshd".into(), "-D".into()], false))
         }
         fn uid(&self, _pid: u32) -> Option<u32> {
             Some(0)
