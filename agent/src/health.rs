@@ -369,6 +369,12 @@ fn data_path_components(
         )
     };
     components.insert("ring_buffer".into(), ring);
+    components.insert("task_model".into(), task_model(inputs, since));
+}
+
+/// The task model: processes not tracked, kernel maps full, and the model's own losses.
+fn task_model(inputs: &Inputs<'_>, since: &Since<'_>) -> Component {
+    let window = since.window;
     // Every kernel map that can be full (the ring buffer is judged above).
     let maps_lost: u64 = Loss::ALL
         .iter()
@@ -381,23 +387,66 @@ fn data_path_components(
         .model
         .processes_dropped
         .saturating_sub(since.previous.map_or(0, |p| p.processes_dropped));
-    components.insert(
-        "task_model".into(),
-        if dropped == 0 && maps_lost == 0 {
-            component(
-                Status::Healthy,
-                format!(
-                    "{} live and {} exited processes",
-                    inputs.status.live_processes, inputs.status.exited_processes
-                ),
-            )
-        } else {
-            component(
-                Status::Degraded,
-                format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64()),
-            )
-        },
-    );
+    // The model's own losses, each with what to do about it.
+    let model_losses: Vec<String> = [
+        (
+            loss_source::TASK_MODEL,
+            "exit_not_seen",
+            "processes ended without an exit event (ring buffer full?)",
+        ),
+        (
+            loss_source::TASK_MODEL,
+            "untracked_process",
+            "exit or slow events of processes not tracked",
+        ),
+        (
+            loss_source::TASK_MODEL,
+            "spans_dropped",
+            "spans not taken by the exporters in time",
+        ),
+        (
+            loss_source::TASK_MODEL,
+            "pid_reused",
+            "pids reused before their previous owner was forgotten (counts may be merged)",
+        ),
+        (
+            loss_source::PROCFS,
+            "cmdline_unreadable",
+            "command lines unreadable in /proc",
+        ),
+        (
+            loss_source::CGROUP_RESOLVER,
+            "unresolved",
+            "cgroups not resolved (charged to no cgroup)",
+        ),
+        (
+            "syscalls_map",
+            "process_cap",
+            "syscalls of processes at their cap of entries (--max-syscall-entries-per-process)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(source, reason, what)| {
+        let count = since.lost(source, Some(reason));
+        (count > 0).then(|| format!("{count} {what}"))
+    })
+    .collect();
+    if dropped == 0 && maps_lost == 0 && model_losses.is_empty() {
+        component(
+            Status::Healthy,
+            format!(
+                "{} live and {} exited processes",
+                inputs.status.live_processes, inputs.status.exited_processes
+            ),
+        )
+    } else {
+        let mut text = format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64());
+        for loss in &model_losses {
+            text.push_str(", ");
+            text.push_str(loss);
+        }
+        component(Status::Degraded, text)
+    }
 }
 
 /// Where workload identity comes from: cgroupfs and the Kubernetes API.

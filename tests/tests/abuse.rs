@@ -382,3 +382,66 @@ fn processes_with_a_4_mb_argv_cost_their_first_512_bytes_marked_as_cut() {
         let _ = child.wait();
     }
 }
+
+/// `taskscope_events_lost_total{source, reason}` from a scrape; 0 when absent.
+fn metric_lost(agent: &Agent, source: &str, reason: &str) -> u64 {
+    let (_, text) = http_get(&agent.addr, "/metrics").expect("metrics");
+    let series = format!("taskscope_events_lost_total{{source=\"{source}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn processes_in_cgroups_that_vanish_before_they_are_resolved_are_counted() {
+    let agent = Agent::start(&["--health-interval", "1s"]);
+    // Each cgroup holds one short process and is removed as soon as it ends, before the
+    // agent (which reads its events every 100 ms) can look its path up.
+    let root = taskscope_e2e::cgroup2_root();
+    let script = format!(
+        "for i in $(seq 30); do d={root}/taskscope-vanish-$$-$i; mkdir $d; \
+         sh -c \"echo \\$\\$ > $d/cgroup.procs; exec /bin/true\"; rmdir $d; done"
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let counted = wait_for("cgroup_resolver losses", Duration::from_secs(20), || {
+        let counted = metric_lost(&agent, "cgroup_resolver", "unresolved");
+        (counted > 0).then_some(counted)
+    });
+    let model = wait_for("task_model degraded", Duration::from_secs(10), || {
+        let (_, health) = http_get(&agent.addr, "/health").ok()?;
+        let health: Value = serde_json::from_str(&health).ok()?;
+        let model = health["components"]["task_model"].clone();
+        (model["status"] == "degraded").then_some(model)
+    });
+    println!(
+        "30 processes in cgroups removed right after them (a fork and an exec each): taskscope_events_lost_total{{source=\"cgroup_resolver\",reason=\"unresolved\"}} {counted}; /health task_model: {model}"
+    );
+    assert!(model["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("cgroups not resolved"));
+}
+
+#[test]
+fn processes_beyond_the_models_capacity_are_counted_and_so_are_their_exits() {
+    // --max-tasks 1024 holds 2048 processes in the model.
+    let agent = Agent::start(&["--max-tasks", "1024", "--health-interval", "1s"]);
+    let sleepers = Sleepers::start(2500);
+    let dropped = wait_for("processes not tracked", Duration::from_secs(60), || {
+        let dropped = metric_lost(&agent, "task_model", "max_live_reached");
+        (dropped >= 300).then_some(dropped)
+    });
+    drop(sleepers);
+    let untracked = wait_for("their exits counted", Duration::from_secs(30), || {
+        let untracked = metric_lost(&agent, "task_model", "untracked_process");
+        (untracked >= 300).then_some(untracked)
+    });
+    println!(
+        "2500 sleepers, room for 2048 processes: {dropped} not tracked (max_live_reached), {untracked} exit events of processes not tracked (untracked_process)"
+    );
+}

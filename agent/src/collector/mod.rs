@@ -537,6 +537,35 @@ impl Collector {
     }
 
     fn status(&self) -> StatusResponse {
+        let lost = self.losses();
+        StatusResponse {
+            otlp: self.config.span_sink.as_ref().map(|s| OtlpStatus {
+                exported: s
+                    .stats()
+                    .exported
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                failed_requests: s
+                    .stats()
+                    .failed_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                up: s.stats().up.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+            agent_pid: self.agent_pid,
+            hooks: self.probes.hooks.clone(),
+            degraded: crate::probes::coverage::degraded_summary(&self.probes.degraded),
+            degradations: self.probes.degraded.clone(),
+            lost,
+            events: self.events.clone(),
+            model: self.model.counters,
+            live_processes: self.model.live_count(),
+            exited_processes: self.model.exited_count(),
+            last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
+            kernel_tasks: self.kernel_tasks,
+        }
+    }
+
+    /// Every place data can be lost, with its count so far.
+    fn losses(&self) -> Vec<LossView> {
         let mut lost: Vec<LossView> = Loss::ALL
             .iter()
             .map(|&loss| {
@@ -558,11 +587,46 @@ impl Collector {
             reason: "read_error",
             count: self.model.map_read_errors,
         });
-        lost.push(LossView {
-            source: loss_source::TASK_MODEL,
-            reason: "max_live_reached",
-            count: self.model.counters.processes_dropped,
-        });
+        let counters = &self.model.counters;
+        for (source, reason, count) in [
+            (
+                loss_source::TASK_MODEL,
+                "max_live_reached",
+                counters.processes_dropped,
+            ),
+            (
+                loss_source::TASK_MODEL,
+                "exit_not_seen",
+                counters.processes_lost,
+            ),
+            (
+                loss_source::TASK_MODEL,
+                "untracked_process",
+                counters.events_of_untracked,
+            ),
+            (
+                loss_source::TASK_MODEL,
+                "spans_dropped",
+                counters.spans_dropped,
+            ),
+            (loss_source::TASK_MODEL, "pid_reused", counters.pids_reused),
+            (
+                loss_source::PROCFS,
+                "cmdline_unreadable",
+                counters.cmdline_unreadable,
+            ),
+            (
+                loss_source::CGROUP_RESOLVER,
+                "unresolved",
+                counters.cgroup_unresolved,
+            ),
+        ] {
+            lost.push(LossView {
+                source,
+                reason,
+                count,
+            });
+        }
         lost.extend(
             self.probes
                 .program_stats()
@@ -598,30 +662,7 @@ impl Collector {
                 });
             }
         }
-        StatusResponse {
-            otlp: self.config.span_sink.as_ref().map(|s| OtlpStatus {
-                exported: s
-                    .stats()
-                    .exported
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                failed_requests: s
-                    .stats()
-                    .failed_requests
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                up: s.stats().up.load(std::sync::atomic::Ordering::Relaxed),
-            }),
-            agent_pid: self.agent_pid,
-            hooks: self.probes.hooks.clone(),
-            degraded: crate::probes::coverage::degraded_summary(&self.probes.degraded),
-            degradations: self.probes.degraded.clone(),
-            lost,
-            events: self.events.clone(),
-            model: self.model.counters,
-            live_processes: self.model.live_count(),
-            exited_processes: self.model.exited_count(),
-            last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
-            kernel_tasks: self.kernel_tasks,
-        }
+        lost
     }
 }
 

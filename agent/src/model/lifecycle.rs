@@ -32,7 +32,10 @@ impl TaskModel {
                 p.ppid = stat.ppid;
                 p.comm = stat.comm;
                 p.exe = self.host.exe(pid);
-                let (cmdline, truncated) = self.host.cmdline(pid).unwrap_or_default();
+                let (cmdline, truncated) = self.host.cmdline(pid).unwrap_or_else(|| {
+                    self.counters.cmdline_unreadable += 1;
+                    Default::default()
+                });
                 p.cmdline = self.config.redactor.redact(cmdline);
                 p.cmdline_truncated = truncated;
                 p.uid = self.host.uid(pid);
@@ -81,6 +84,8 @@ impl TaskModel {
                         process.slow_syscalls.pop_front();
                     }
                     process.slow_syscalls.push_back(slow);
+                } else {
+                    self.counters.events_of_untracked += 1;
                 }
             }
             Event::SlowRunqueueWait(slow) => self.add_slow_wait(
@@ -131,7 +136,7 @@ impl TaskModel {
                 .get(&tgid)
                 .is_some_and(|p| p.cgroup_id.is_some_and(|id| id != fork.cgroup_id));
             let path = elsewhere
-                .then(|| self.host.cgroup_path(fork.cgroup_id, pid))
+                .then(|| self.cgroup_path(fork.cgroup_id, pid))
                 .flatten();
             if let Some(process) = self.live_or_proc(tgid) {
                 let thread = process.threads.entry(pid).or_default();
@@ -165,7 +170,10 @@ impl TaskModel {
                 self.counters.processes_started += 1;
                 return;
             }
-            // The pid was reused: its previous owner is gone.
+            // The pid was reused: its previous owner is gone. Its kernel entries (keyed by
+            // the pid) go with this cycle's forget; what the new process counted before that
+            // is merged with them.
+            self.counters.pids_reused += 1;
             self.retire(pid, forget);
         }
         let parent = self.live.get(&fork.parent_tgid);
@@ -183,7 +191,7 @@ impl TaskModel {
         process.cmdline = parent.map(|p| p.cmdline.clone()).unwrap_or_default();
         process.uid = Some(fork.uid);
         process.cgroup_id = Some(fork.cgroup_id);
-        process.cgroup_path = self.host.cgroup_path(fork.cgroup_id, pid);
+        process.cgroup_path = self.cgroup_path(fork.cgroup_id, pid);
         process.observed_from_start = true;
         process.threads.insert(pid, Thread::default());
         process.threads_started = 1;
@@ -195,6 +203,7 @@ impl TaskModel {
     fn apply_exit(&mut self, exit: ExitEvent) {
         let polls = self.polls;
         let Some(process) = self.live.get_mut(&exit.header.tgid) else {
+            self.counters.events_of_untracked += 1;
             return;
         };
         process
@@ -217,12 +226,24 @@ impl TaskModel {
                 process.slow_waits.pop_front();
             }
             process.slow_waits.push_back(wait);
+        } else {
+            self.counters.events_of_untracked += 1;
         }
+    }
+
+    /// The path of cgroup `id` that task `pid` was seen in; a cgroup that cannot be resolved
+    /// is counted (its tasks are charged to no cgroup).
+    fn cgroup_path(&mut self, id: u64, pid: u32) -> Option<String> {
+        let path = self.host.cgroup_path(id, pid);
+        if path.is_none() && id != 0 {
+            self.counters.cgroup_unresolved += 1;
+        }
+        path
     }
 
     pub(super) fn apply_exec(&mut self, exec: Exec) {
         let tgid = exec.header.tgid;
-        let cgroup_path = self.host.cgroup_path(exec.cgroup_id, tgid);
+        let cgroup_path = self.cgroup_path(exec.cgroup_id, tgid);
         let polls = self.polls;
         let cmdline = self.config.redactor.redact(exec.args);
         // Read while the process runs (a very short one may be gone: it keeps its trace), and
@@ -277,7 +298,7 @@ impl TaskModel {
         if known == Some(moved.cgroup_id) {
             return;
         }
-        let path = self.host.cgroup_path(moved.cgroup_id, tgid);
+        let path = self.cgroup_path(moved.cgroup_id, tgid);
         if path.is_some() {
             if let Some(process) = self.live.get_mut(&tgid) {
                 process.cgroup_id = Some(moved.cgroup_id);
@@ -291,7 +312,7 @@ impl TaskModel {
     /// stay with its process's workload: the kernel counts those per process.
     fn apply_thread_move(&mut self, moved: CgroupMoveEvent) {
         let (tid, tgid) = (moved.header.pid, moved.header.tgid);
-        let path = self.host.cgroup_path(moved.cgroup_id, tid);
+        let path = self.cgroup_path(moved.cgroup_id, tid);
         let now = self.host.clocks().monotonic_ns;
         let Some(process) = self.live.get_mut(&tgid) else {
             return;

@@ -96,6 +96,17 @@ pub(crate) struct ModelCounters {
     pub(crate) spans: u64,
     /// Spans not handed to the exporters because nobody took them in time.
     pub(crate) spans_dropped: u64,
+    /// Exit and over-threshold events of processes the model does not hold (not tracked, or
+    /// already retired): their exit status or slow event is lost.
+    pub(crate) events_of_untracked: u64,
+    /// Processes found in /proc whose argument vector could not be read.
+    pub(crate) cmdline_unreadable: u64,
+    /// Times a task's cgroup path could not be resolved (the cgroup vanished, or the
+    /// resolver's cache was full): the task is charged to no cgroup.
+    pub(crate) cgroup_unresolved: u64,
+    /// Pids reused while the previous owner's kernel entries were still there: the new
+    /// process's first counts may be merged with its predecessor's.
+    pub(crate) pids_reused: u64,
 }
 
 /// The task model.
@@ -328,6 +339,10 @@ mod tests {
         // The old owner's entry was reset by the kernel at the new fork: the tid is not
         // forgotten, or the new process's entry would be deleted.
         assert!(forget.tids.is_empty(), "{:?}", forget.tids);
+        // Its tgid-keyed entries are forgotten now, after the new process may have counted
+        // into them: that is counted.
+        assert_eq!(m.counters.pids_reused, 1);
+        assert!(forget.processes.contains(&P));
     }
 
     #[test]
@@ -425,8 +440,9 @@ mod tests {
         fn exe(&self, _pid: u32) -> Option<String> {
             Some("/usr/sbin/sshd".into())
         }
-        fn cmdline(&self, _pid: u32) -> Option<(Vec<String>, bool)> {
-            Some((vec!["sshd".into(), "-D".into()], false))
+        fn cmdline(&self, pid: u32) -> Option<(Vec<String>, bool)> {
+            // Pid 101's is unreadable (hidepid, or it vanished between two reads).
+            (pid != 101).then(|| (vec!["sshd".into(), "-D".into()], false))
         }
         fn uid(&self, _pid: u32) -> Option<u32> {
             Some(0)
@@ -453,8 +469,11 @@ mod tests {
     fn processes_running_before_the_agent_come_from_the_host_and_a_reused_pid_is_gone() {
         let host = FakeHost::default();
         host.set(100, "sshd", 5);
+        host.set(101, "hidden", 6);
         let mut m = TaskModel::new(ModelConfig::default(), Box::new(host.clone()));
         m.scan_proc();
+        assert!(m.by_pid(101)[0].cmdline.is_empty());
+        assert_eq!(m.counters.cmdline_unreadable, 1);
         let p = m.by_pid(100)[0];
         assert_eq!(
             (

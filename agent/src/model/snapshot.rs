@@ -27,8 +27,13 @@ pub(crate) mod loss_source {
     pub(crate) const RINGBUF_DECODER: &str = "ringbuf_decoder";
     /// Kernel map entries that could not be read (vanished mid-iteration, usually).
     pub(crate) const KERNEL_MAPS: &str = "kernel_maps";
-    /// Processes not tracked: the task model was full.
+    /// The task model: processes not tracked (it was full), exits not seen, events of
+    /// processes it does not hold, spans nobody took, pids reused too soon.
     pub(crate) const TASK_MODEL: &str = "task_model";
+    /// /proc reads that failed for a process found there.
+    pub(crate) const PROCFS: &str = "procfs";
+    /// Cgroup ids whose path could not be found.
+    pub(crate) const CGROUP_RESOLVER: &str = "cgroup_resolver";
     /// Task spans not exported.
     pub(crate) const OTLP_SPANS: &str = "otlp_spans";
     /// Pods left out of the name cache.

@@ -36,26 +36,44 @@ pub static SYSCALL_ENTRY_COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(3
 #[unsafe(no_mangle)]
 static MAX_SYSCALL_ENTRIES_PER_PROCESS: Global<u64> = Global::new(128);
 
+/// What a process may do about a new entry.
+enum EntryBudget {
+    /// Take it; if it cannot be made after all, give it back through the pointer.
+    Granted(Option<*mut u64>),
+    /// The process is at its cap.
+    Refused,
+}
+
 /// Whether `tgid` may have one more entry; if so, it is counted as taken. A process whose
 /// count cannot be kept (the count map is full) is not held back: the tables' own size still
 /// bounds it.
 #[inline(always)]
-fn take_entry(tgid: u32) -> bool {
+fn take_entry(tgid: u32) -> EntryBudget {
     if SYSCALL_ENTRY_COUNTS.get_ptr_mut(tgid).is_none() {
         // -EEXIST (another CPU was first) and -E2BIG (full) both leave it to the lookup.
         let _ = SYSCALL_ENTRY_COUNTS.insert(tgid, 0, BPF_NOEXIST as u64);
     }
     let Some(count) = SYSCALL_ENTRY_COUNTS.get_ptr_mut(tgid) else {
-        return true;
+        return EntryBudget::Granted(None);
     };
     // SAFETY: a live map value. Two CPUs may both pass the check for one process: the cap is
     // then passed by one entry per CPU at most.
-    let count = unsafe { &mut *count };
-    if *count >= MAX_SYSCALL_ENTRIES_PER_PROCESS.load() {
-        return false;
+    let counter = unsafe { &mut *count };
+    if *counter >= MAX_SYSCALL_ENTRIES_PER_PROCESS.load() {
+        return EntryBudget::Refused;
     }
-    add(count, 1);
-    true
+    add(counter, 1);
+    EntryBudget::Granted(Some(count))
+}
+
+/// Gives back an entry taken for one that could not be made (its table was full, which is
+/// counted as that): a full table must not also count against the process.
+#[inline(always)]
+fn give_back(budget: EntryBudget) {
+    if let EntryBudget::Granted(Some(count)) = budget {
+        // SAFETY: a map value, never freed while a program runs. Adding 2^64 - 1 subtracts 1.
+        add(unsafe { &mut *count }, u64::MAX);
+    }
 }
 
 /// Largest errno the kernel returns (`MAX_ERRNO`).
@@ -108,11 +126,15 @@ pub fn on_exit(ctx: *const u64) {
     let mut key = SyscallKey { tgid, nr };
     let mut stats = SYSCALLS.get_ptr_mut(key);
     if stats.is_none() {
-        if !take_entry(tgid) {
+        let budget = take_entry(tgid);
+        if matches!(budget, EntryBudget::Refused) {
             count_loss(Loss::SyscallsProcessCap);
             key.nr = SYSCALL_NR_OTHER;
         }
         stats = get_or_init(&SYSCALLS, &key, Loss::SyscallsMapFull);
+        if stats.is_none() {
+            give_back(budget);
+        }
     }
     if let Some(stats) = stats {
         let stats = unsafe { &mut *stats };
@@ -134,11 +156,19 @@ pub fn on_exit(ctx: *const u64) {
         };
         let count = match SYSCALL_ERRNOS.get_ptr_mut(key) {
             Some(count) => Some(count),
-            None if take_entry(tgid) => get_or_init(&SYSCALL_ERRNOS, &key, Loss::ErrnosMapFull),
-            None => {
-                count_loss(Loss::SyscallsProcessCap);
-                None
-            }
+            None => match take_entry(tgid) {
+                EntryBudget::Refused => {
+                    count_loss(Loss::SyscallsProcessCap);
+                    None
+                }
+                budget => {
+                    let count = get_or_init(&SYSCALL_ERRNOS, &key, Loss::ErrnosMapFull);
+                    if count.is_none() {
+                        give_back(budget);
+                    }
+                    count
+                }
+            },
         };
         if let Some(count) = count {
             add(unsafe { &mut *count }, 1);
