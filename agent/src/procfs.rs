@@ -46,7 +46,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_text(format!("/proc/{pid}/stat"))?)
 }
 
 /// Real uid from the `Uid:` line of `/proc/<pid>/status`.
@@ -68,8 +68,16 @@ pub(crate) fn own_seccomp_mode() -> Option<u32> {
         .ok()
 }
 
+/// A /proc file as text. What processes name (their comm, cgroups, mount points) need not be
+/// UTF-8: one bad byte must not make the whole file unreadable, so it is replaced instead.
+fn read_text(path: impl AsRef<Path>) -> Option<String> {
+    fs::read(path)
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
 pub(crate) fn read_uid(pid: u32) -> Option<u32> {
-    parse_status_uid(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    parse_status_uid(&read_text(format!("/proc/{pid}/status"))?)
 }
 
 /// At most `max` bytes of a file, and whether it had more: what a process controls (its
@@ -111,7 +119,7 @@ pub(crate) fn parse_cgroup_v2(text: &str) -> Option<String> {
 /// in a cgroup namespace of its own (a container), where `/proc/<pid>/cgroup` is relative to
 /// that namespace's root (`/../../kubepods.slice/...`).
 pub(crate) fn read_cgroup_v2(pid: u32) -> Option<String> {
-    let path = parse_cgroup_v2(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
+    let path = parse_cgroup_v2(&read_text(format!("/proc/{pid}/cgroup"))?)?;
     Some(match cgroup_namespace_root() {
         Some(root) => resolve_in_namespace(root, &path),
         None => path,
@@ -129,7 +137,7 @@ fn cgroup_namespace_root() -> Option<&'static str> {
 const MAX_CGROUP_DIRS_SEARCHED: usize = 100_000;
 
 fn find_cgroup_namespace_root() -> Option<String> {
-    let own = parse_cgroup_v2(&fs::read_to_string("/proc/self/cgroup").ok()?)?;
+    let own = parse_cgroup_v2(&read_text("/proc/self/cgroup")?)?;
     let mount = cgroup2_mount()?;
     let me = std::process::id().to_string();
     let lists_me = |dir: &Path| {
@@ -284,7 +292,7 @@ pub(crate) fn mount_point(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
 
 /// This process's view of the mounts (empty when unreadable).
 pub(crate) fn mountinfo() -> String {
-    fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+    read_text("/proc/self/mountinfo").unwrap_or_default()
 }
 
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on

@@ -828,3 +828,112 @@ fn an_agent_in_its_own_cgroup_namespace_names_workloads_as_the_host_does() {
     assert!(started >= 20.0);
     let _ = std::fs::remove_dir(&workload);
 }
+
+#[test]
+fn label_values_with_quotes_backslashes_newlines_and_bad_utf8_survive_promtool_and_prometheus() {
+    use std::os::unix::ffi::OsStrExt;
+    // A cgroup named with `"` and `\` (the kernel refuses a newline there), and a program
+    // whose file name, and so its comm, holds `"`, `\`, a newline and a byte that is no UTF-8.
+    let name = format!("taskscope-esc-\"q\\-{}", std::process::id());
+    let dir = std::path::Path::new(&cgroup2_root()).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    let bin_dir = std::env::temp_dir().join(format!("taskscope-esc-{}", std::process::id()));
+    std::fs::create_dir_all(&bin_dir).expect("dir");
+    let program = bin_dir.join(std::ffi::OsStr::from_bytes(b"t\"q\\\n\xffz"));
+    std::fs::copy("/bin/sleep", &program).expect("copy sleep");
+    let expected_comm = "t\"q\\\n\u{FFFD}z";
+    let start = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$1\"/cgroup.procs && exec \"$2\" 60")
+            .arg("sh")
+            .arg(&dir)
+            .arg(&program)
+            .spawn()
+            .expect("sh")
+    };
+    // One found in /proc at start, one seen at exec.
+    let mut before = start();
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = Agent::start(&["--process-metrics", "cgroup=/taskscope-esc-*"]);
+    let mut after = start();
+    let pids = [before.id(), after.id()];
+    let scrape = wait_for("both processes' series", Duration::from_secs(20), || {
+        let (_, scrape) = http_get(&agent.addr, "/metrics").ok()?;
+        pids.iter()
+            .all(|pid| scrape.contains(&format!("pid=\"{pid}\"")))
+            .then_some(scrape)
+    });
+    let escaped: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("taskscope_process_cpu_seconds_total{"))
+        .collect();
+    println!("{}", escaped.join("\n"));
+
+    // promtool parses the whole exposition and finds nothing to say.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("promtool check metrics: {:?}", said.trim());
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    // Prometheus ingests every sample (a parse error would fail the whole scrape: up 0) and
+    // gives the label values back exactly.
+    let prometheus = Prometheus::start(&agent.addr);
+    std::thread::sleep(Duration::from_secs(3));
+    let now = unix_now();
+    let up = prometheus.query_at("up{job=\"taskscope\"}", now);
+    assert_eq!(
+        up.first().map(|u| u["value"][1].clone()),
+        Some(Value::from("1"))
+    );
+    for pid in pids {
+        let series = prometheus.query_at(
+            &format!("taskscope_process_cpu_seconds_total{{pid=\"{pid}\"}}"),
+            now,
+        );
+        let labels = &series
+            .first()
+            .unwrap_or_else(|| panic!("no series of pid {pid}"))["metric"];
+        println!(
+            "pid {pid}: comm {:?}, cgroup {:?}",
+            labels["comm"], labels["cgroup"]
+        );
+        assert_eq!(labels["comm"], expected_comm);
+        assert_eq!(labels["cgroup"], format!("/{name}"));
+    }
+    let cgroup_query = format!(
+        "taskscope_cpu_seconds_total{{cgroup=\"/{}\"}}",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    assert_eq!(
+        prometheus.query_at(&cgroup_query, now).len(),
+        1,
+        "{cgroup_query}"
+    );
+    let rejected = prometheus.own_counter("prometheus_target_scrapes_sample_out_of_order_total")
+        + prometheus.own_counter("prometheus_target_scrapes_sample_duplicate_timestamp_total")
+        + prometheus.own_counter("prometheus_target_scrapes_sample_out_of_bounds_total");
+    assert_eq!(rejected, 0.0);
+    for child in [&mut before, &mut after] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir_all(&bin_dir);
+}
