@@ -16,7 +16,8 @@
 //! 8. [`exporters`]: Prometheus exposition and OTLP export, from snapshots.
 //! 9. Commands: [`check`], [`control`] (live reload), [`record`].
 //! 10. [`api`]: HTTP (JSON, /metrics, health probes, admin).
-//! 11. [`agent`]: `taskscope run`, wiring it all together.
+//! 11. [`agent`]: `taskscope run`, wiring it all together; `fuzzing`: the fuzz targets'
+//!     entry points (agent/fuzz).
 
 pub mod agent;
 pub(crate) mod api;
@@ -28,6 +29,8 @@ pub(crate) mod collector;
 pub mod config;
 pub(crate) mod control;
 pub(crate) mod exporters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod health;
 pub mod logging;
 pub(crate) mod metadata;

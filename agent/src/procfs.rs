@@ -246,7 +246,7 @@ pub(crate) fn read_traceparent(pid: u32) -> Option<(u128, u64)> {
 
 /// [`parse_traceparent`] over a stream of `NAME=VALUE\0` variables, reading at most `limit`
 /// bytes and keeping at most 128 bytes of any one variable.
-fn find_traceparent(environ: impl std::io::Read, limit: usize) -> Option<(u128, u64)> {
+pub(crate) fn find_traceparent(environ: impl std::io::Read, limit: usize) -> Option<(u128, u64)> {
     use std::io::Read;
     // "TRACEPARENT=" and a version-00 value are 67 bytes; a longer variable is not one.
     const KEEP: usize = 128;

@@ -31,7 +31,7 @@ pub const AGENT_LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["cli", "config", "logging"]),
     ("consumers", &["health", "exporters", "check"]),
     ("front", &["api", "control", "record"]),
-    ("process", &["agent"]),
+    ("process", &["agent", "fuzzing"]),
 ];
 
 /// Longest function allowed outside tests (split by meaning before this).

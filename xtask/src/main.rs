@@ -6,8 +6,10 @@
 //! rt-tests.
 
 mod bench;
+mod fuzz;
 mod kernels;
 mod layers;
+mod soak;
 
 use std::{
     env,
@@ -49,6 +51,11 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Measure /metrics scrape time and size with many workloads.
     BenchScrape(bench::ScrapeArgs),
+    /// Run every fuzz target (cargo-fuzz, libFuzzer) for --seconds each; print the figures.
+    Fuzz(fuzz::FuzzArgs),
+    /// The agent under sustained abuse for --seconds: process churn, cgroup churn, made-up
+    /// syscalls, scrapes and 64 API clients; RSS, CPU, losses and /livez latency.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -75,6 +82,16 @@ fn main() -> Result<()> {
             test()
         }
         Task::Layers => layers::check(&root()),
+        Task::Fuzz(args) => {
+            setup(false)?;
+            fuzz::run(&args)
+        }
+        Task::Soak(args) => {
+            setup(false)?;
+            build()?;
+            require_root("the soak loads programs into the kernel and makes cgroups")?;
+            soak::run(&args, &agent_binary())
+        }
         Task::BenchScrape(args) => {
             setup(false)?;
             build()?;
@@ -360,6 +377,9 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "taskscope"]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TESTS: u64 = 20;
+
 fn test() -> Result<()> {
     require_root("the end-to-end tests load programs into the kernel")?;
     // Structure first: it takes a second and names what moved to the wrong place.
@@ -382,6 +402,14 @@ fn test() -> Result<()> {
         .env("TASKSCOPE_PYTHON_DEPLOY_LIB", python_deploy_lib_dir())
         .env("TASKSCOPE_DEBIAN_ROOTFS", debian_rootfs_tar())
         .env("TASKSCOPE_KERNELS", env::join_paths(kernels::prepare()?)?))?;
+    // A minute of the soak: its assertions are on liveness and loss accounting, not speed.
+    soak::run(&soak::SoakArgs { seconds: 60 }, &agent_binary())?;
+    // Every fuzz target for a short time (`cargo xtask fuzz --seconds 600` for a real run):
+    // a parser that panics on its first odd input is caught here.
+    fuzz::run(&fuzz::FuzzArgs {
+        seconds: FUZZ_SECONDS_IN_TESTS,
+        targets: Vec::new(),
+    })?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -30,6 +30,8 @@ pub(crate) struct PodNames {
 /// The state of the Kubernetes metadata source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+// Connecting and Failing are the Kubernetes watch's states (feature `kubernetes`).
+#[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
 pub(crate) enum SourceState {
     /// `--kubernetes` not given: labels come from the cgroup path only.
     Disabled,
@@ -93,6 +95,7 @@ impl PodDirectory {
     }
 
     /// Adds or updates a pod; a new pod beyond `max_pods` is counted and left out.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub(crate) fn apply(&mut self, pod: PodNames) {
         if !self.pods.contains_key(&pod.uid) && self.pods.len() >= self.max_pods {
             self.dropped_total += 1;
@@ -106,6 +109,7 @@ impl PodDirectory {
     }
 
     /// Forgets a pod and its containers.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub(crate) fn remove(&mut self, uid: &str) {
         if let Some(old) = self.pods.remove(uid) {
             for (id, _) in &old.containers {
@@ -115,6 +119,7 @@ impl PodDirectory {
     }
 
     /// Replaces everything with a complete list (after a (re)list of the API).
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub(crate) fn replace_all(&mut self, pods: Vec<PodNames>) {
         self.pods.clear();
         self.containers.clear();
