@@ -239,7 +239,7 @@ impl Agent {
     /// Every process, after a kernel read later than `after_ns`.
     pub fn processes_after(&self, after_ns: u64) -> Vec<Value> {
         wait_for("a fresh process list", Duration::from_secs(20), || {
-            let answer = self.get("/api/v1/processes");
+            let answer = self.get("/api/v1/processes?limit=10000");
             (answer["collected_at_monotonic_ns"].as_u64()? > after_ns)
                 .then(|| answer["processes"].as_array().cloned().unwrap_or_default())
         })

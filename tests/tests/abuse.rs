@@ -75,7 +75,10 @@ fn sixty_four_clients_listing_thousands_of_processes_cannot_hold_up_the_probes()
         first_pid(&next) > first_pid(&page),
         "pages are ordered by pid"
     );
-    let whole = agent.get("/api/v1/processes");
+    let default = agent.get("/api/v1/processes");
+    assert_eq!(default["processes"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(default["next_offset"], 1000);
+    let whole = agent.get("/api/v1/processes?limit=10000");
     let listed = whole["processes"].as_array().map_or(0, Vec::len);
     println!(
         "{live} live processes; one whole answer: {listed} processes, {} bytes",
@@ -94,7 +97,7 @@ fn sixty_four_clients_listing_thousands_of_processes_cannot_hold_up_the_probes()
             std::thread::spawn(move || {
                 let (mut served, mut busy, mut other) = (0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    match http_get(&addr, "/api/v1/processes").map(|(code, _)| code) {
+                    match http_get(&addr, "/api/v1/processes?limit=10000").map(|(code, _)| code) {
                         Ok(200) => served += 1,
                         Ok(503) => busy += 1,
                         _ => other += 1,

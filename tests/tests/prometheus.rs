@@ -626,7 +626,7 @@ fn the_series_cap_and_ttl_hold_with_520_cgroups() {
     let mut many = CgroupSleepers::start(&format!("taskscope-many-{}", std::process::id()), 520);
     let prefix = format!("cgroup=\"/{}/", many.name);
     wait_for("all 520 sleepers running", Duration::from_secs(60), || {
-        let (_, body) = http_get(&agent.addr, "/api/v1/processes").ok()?;
+        let (_, body) = http_get(&agent.addr, "/api/v1/processes?limit=10000").ok()?;
         (body.matches("\"sleep\",\"600\"").count() >= 520).then_some(())
     });
     let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");

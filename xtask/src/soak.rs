@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
@@ -36,8 +35,9 @@ pub struct SoakArgs {
 const ADDR: &str = "127.0.0.1:9798";
 const CGROUPS: usize = 200;
 const STARTS_PER_SECOND: u64 = 1000;
-const SPAWNERS: u64 = 4;
+const SPAWNERS: u64 = 5;
 const API_CLIENTS: usize = 64;
+const EXITED_RETENTION: &str = "60s";
 
 /// One GET: (status, body, time taken); status 0 when the agent did not answer.
 fn get(path: &str) -> (u16, String, Duration) {
@@ -67,16 +67,13 @@ fn get(path: &str) -> (u16, String, Duration) {
 }
 
 unsafe extern "C" {
-    fn open(path: *const std::ffi::c_char, flags: i32, ...) -> i32;
-    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
-    fn close(fd: i32) -> i32;
     fn syscall(number: i64, ...) -> i64;
 }
 
 /// The 200 churning cgroups: each slot's current directory, remade under a new name.
 struct Cgroups {
     base: PathBuf,
-    slots: Mutex<Vec<(PathBuf, CString)>>,
+    slots: Mutex<Vec<PathBuf>>,
     churned: AtomicU64,
 }
 
@@ -95,16 +92,16 @@ impl Cgroups {
         })
     }
 
-    fn make(base: &Path, slot: usize, generation: u64) -> Result<(PathBuf, CString)> {
+    fn make(base: &Path, slot: usize, generation: u64) -> Result<PathBuf> {
         let dir = base.join(format!("w{slot}-g{generation}"));
         std::fs::create_dir(&dir)?;
-        let procs = CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned())?;
-        Ok((dir, procs))
+        Ok(dir)
     }
 
-    fn procs_of(&self, slot: usize) -> Option<CString> {
+    /// The `cgroup.procs` of a slot's current cgroup.
+    fn procs_of(&self, slot: usize) -> Option<PathBuf> {
         let slots = self.slots.lock().ok()?;
-        slots.get(slot).map(|(_, procs)| procs.clone())
+        slots.get(slot).map(|dir| dir.join("cgroup.procs"))
     }
 
     /// Replaces one slot's cgroup with a new one; the old one goes once it is empty.
@@ -117,7 +114,7 @@ impl Cgroups {
             .lock()
             .ok()
             .and_then(|mut s| s.get_mut(slot).map(|entry| std::mem::replace(entry, new)));
-        if let Some((dir, _)) = old {
+        if let Some(dir) = old {
             for _ in 0..50 {
                 if std::fs::remove_dir(&dir).is_ok() {
                     break;
@@ -130,32 +127,12 @@ impl Cgroups {
 
     fn remove(&self) {
         if let Ok(slots) = self.slots.lock() {
-            for (dir, _) in slots.iter() {
+            for dir in slots.iter() {
                 let _ = std::fs::remove_dir(dir);
             }
         }
         let _ = std::fs::remove_dir(&self.base);
     }
-}
-
-/// `/bin/true` started in the cgroup whose `cgroup.procs` is `procs` (the child moves itself
-/// there before exec, with nothing but raw syscalls: no allocation after fork).
-fn start_in(procs: &CString) -> std::io::Result<Child> {
-    let path = procs.clone();
-    let mut command = Command::new("/bin/true");
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: open, write and close are async-signal-safe; `path` was made before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            let fd = open(path.as_ptr(), 1);
-            if fd >= 0 {
-                write(fd, b"0".as_ptr(), 1);
-                close(fd);
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
 }
 
 /// The agent's `lost` counters and model counters from /api/v1/status.
@@ -205,6 +182,8 @@ pub fn run(args: &SoakArgs, agent_binary: &Path) -> Result<()> {
             "--log-level",
             "warn",
         ])
+        // Exited processes are kept this long: the RSS is flat once it has passed.
+        .args(["--exited-retention", EXITED_RETENTION])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()
@@ -267,30 +246,49 @@ fn soak(args: &SoakArgs, cgroup_root: &Path, agent_pid: u32) -> Result<Verdict> 
     let model_started = |model: &Value| model["processes_started"].as_u64().unwrap_or(0);
     let mut threads = Vec::new();
 
-    // 1,000 process starts a second, each in one of the 200 cgroups.
-    for spawner in 0..SPAWNERS {
-        let (cgroups, stop, started) = (
-            Arc::clone(&cgroups),
-            Arc::clone(&stop),
-            Arc::clone(&started),
+    // 1,000 process starts a second: shells starting `/bin/true` in batches (a small shell
+    // forks far faster than this large, threaded process could), each moved to another of the
+    // 200 cgroups every 100 ms, so that every cgroup has processes starting in it.
+    let mut shells = Vec::new();
+    for _ in 0..SPAWNERS {
+        let per_batch = STARTS_PER_SECOND / SPAWNERS / 10;
+        let script = format!(
+            "while :; do i=0; while [ $i -lt {per_batch} ]; do /bin/true; i=$((i+1)); done; echo; sleep 0.1; done"
         );
+        let mut shell = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start a spawner shell")?;
+        let stdout = shell.stdout.take().context("spawner's stdout")?;
+        let (stop, started) = (Arc::clone(&stop), Arc::clone(&started));
         threads.push(std::thread::spawn(move || {
-            let period = Duration::from_secs(SPAWNERS) / STARTS_PER_SECOND as u32;
-            let begin = Instant::now();
-            let mut n: u64 = 0;
+            // One line per batch.
+            let mut batches = std::io::BufReader::new(stdout);
+            let mut line = String::new();
             while !stop.load(Ordering::Relaxed) {
-                let slot = ((n * SPAWNERS + spawner) as usize) % CGROUPS;
-                if let Some(procs) = cgroups.procs_of(slot) {
-                    if let Ok(mut child) = start_in(&procs) {
-                        started.fetch_add(1, Ordering::Relaxed);
-                        let _ = child.wait();
+                line.clear();
+                match std::io::BufRead::read_line(&mut batches, &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => started.fetch_add(per_batch, Ordering::Relaxed),
+                };
+            }
+        }));
+        shells.push(shell);
+    }
+    {
+        let pids: Vec<u32> = shells.iter().map(Child::id).collect();
+        let (cgroups, stop) = (Arc::clone(&cgroups), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            let mut turn = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for (i, pid) in pids.iter().enumerate() {
+                    if let Some(procs) = cgroups.procs_of((turn * pids.len() + i) % CGROUPS) {
+                        let _ = std::fs::write(&procs, pid.to_string());
                     }
                 }
-                n += 1;
-                let due = period * n as u32;
-                if let Some(wait) = due.checked_sub(begin.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+                turn += 1;
+                std::thread::sleep(Duration::from_millis(100));
             }
         }));
     }
@@ -317,7 +315,8 @@ fn soak(args: &SoakArgs, cgroup_root: &Path, agent_pid: u32) -> Result<Verdict> 
                     unsafe { syscall(nr) };
                 }
                 invalid.fetch_add(39_000, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
+                // About a fifth of a core: the flood is about the tables, not the CPU.
+                std::thread::sleep(Duration::from_millis(200));
             }
         }));
     }
@@ -382,6 +381,10 @@ fn soak(args: &SoakArgs, cgroup_root: &Path, agent_pid: u32) -> Result<Verdict> 
     }
     let elapsed = begin.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    for mut shell in shells {
+        let _ = shell.kill();
+        let _ = shell.wait();
+    }
     for thread in threads {
         let _ = thread.join();
     }

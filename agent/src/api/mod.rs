@@ -79,7 +79,11 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest a request may take, its body included (408 beyond).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most processes one `/api/v1/processes` answer lists (`?limit=` up to it; default).
+/// Processes one `/api/v1/processes` answer lists without `?limit=`: a page costs the agent
+/// about 4 KiB a process while it is built and sent, times `--api-max-concurrent`.
+pub(crate) const DEFAULT_PROCESSES_PAGE: usize = 1_000;
+
+/// Most processes one `/api/v1/processes` answer lists (`?limit=` up to it).
 pub(crate) const MAX_PROCESSES_PAGE: usize = 10_000;
 
 /// Scrapes served at once: Prometheus sends one at a time; more come from something else.
@@ -297,7 +301,7 @@ async fn processes(State(state): State<ApiState>, query: UrlQuery<ProcessesQuery
         offset: query.offset.unwrap_or(0),
         limit: query
             .limit
-            .unwrap_or(MAX_PROCESSES_PAGE)
+            .unwrap_or(DEFAULT_PROCESSES_PAGE)
             .min(MAX_PROCESSES_PAGE),
     };
     match ask(&state, |tx| Query::Processes(page, tx)).await {

@@ -278,11 +278,9 @@ pub(crate) fn parse_header_list(list: &str) -> Result<Vec<(String, String)>, Str
 
 /// Parses one `NAME=VALUE` header (as `--otlp-header` takes it: the value verbatim).
 pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text
-        .split_once('=')
-        .ok_or_else(|| {
-            "a header is not NAME=VALUE (it is not shown: it may hold a secret)".to_string()
-        })?;
+    let (name, value) = text.split_once('=').ok_or_else(|| {
+        "a header is not NAME=VALUE (it is not shown: it may hold a secret)".to_string()
+    })?;
     let name = name.trim();
     let valid_name = !name.is_empty()
         && name

@@ -125,22 +125,25 @@ impl Redactor {
         let mut out = Vec::with_capacity(args.len());
         let mut next: Option<FlagSecret> = None;
         for (index, arg) in args.into_iter().enumerate() {
-            match next.take() {
-                Some(FlagSecret::AfterColon) => {
-                    out.push(redact_after_colon(&arg));
-                    continue;
+            if let Some(how) = next.take() {
+                // What a flag took may be a secret flag itself (`curl -u --secret X`): the
+                // argument after it is then a secret too (found by fuzzing).
+                if self.secret_flags.as_ref().is_some_and(|r| r.is_match(&arg)) {
+                    next = Some(FlagSecret::Next);
                 }
-                Some(_) => {
-                    out.push(REDACTED.to_string());
-                    continue;
-                }
-                None => {}
+                out.push(match how {
+                    // What is left (a user name, or no colon at all) still goes through the
+                    // patterns: `curl -u --password=...` must not hide a secret from them.
+                    FlagSecret::AfterColon => self.redact_one(&redact_after_colon(&arg)),
+                    _ => REDACTED.to_string(),
+                });
+                continue;
             }
             // A program's own flag decides for itself (`mysql -psecret` is not a flag named
             // "psecret" whose value follows).
             if index > 0 {
                 if let Some(redacted) = Self::program_flag(&flags, &arg, &mut next) {
-                    out.push(redacted);
+                    out.push(self.redact_one(&redacted));
                     continue;
                 }
             }
@@ -282,6 +285,15 @@ mod tests {
                     "--user=bob:[REDACTED]",
                     "-ualice:[REDACTED]",
                 ],
+            ),
+            // Found by fuzzing: the argument a program flag takes still meets the patterns.
+            (
+                &["curl", "-u", "--password=s3cret", "x"],
+                &["curl", "-u", "--password=[REDACTED]", "x"],
+            ),
+            (
+                &["curl", "-u", "--secret", "s3cret", "x"],
+                &["curl", "-u", "--secret", "[REDACTED]", "x"],
             ),
             (
                 &["mysql", "-psecret", "-h", "db", "-p"],
