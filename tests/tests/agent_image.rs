@@ -13,10 +13,13 @@ use std::{
 
 use serde_json::Value;
 use taskscope_e2e::{
-    agent_binary, free_port, http_get,
+    agent_binary, free_port, http_get, http_request,
     runtimes::{busybox_rootfs, run, stdout, Dockerd, Podman, Scratch},
     sample, wait_for,
 };
+
+/// The token the image's agent is given (`api_auth = true` in the shipped config).
+const IMAGE_TOKEN: &str = "image-test-token-0123456789abcdef";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -118,6 +121,8 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_the_host() {
         .args(["-v", "/etc/passwd:/host/etc/passwd:ro"])
         .arg("-v")
         .arg(format!("{}:/run/docker.sock", dockerd.socket.display()))
+        // The JSON API's token, as the DaemonSet gives it (the image's config wants one).
+        .args(["-e", &format!("TASKSCOPE_ADMIN_TOKEN={IMAGE_TOKEN}")])
         .arg("taskscope:test")
         .args(["run", "--config", "/etc/taskscope/taskscope.toml"])
         .args(["--passwd-file", "/host/etc/passwd"])
@@ -141,9 +146,15 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_the_host() {
     );
     println!("/readyz is 200 from inside the container");
 
+    // The image's config closes the JSON API to callers without the token.
+    let own = format!("/api/v1/processes/{}", std::process::id());
+    assert_eq!(http_get(&addr, &own).expect("GET").0, 401);
+    let auth = format!("Bearer {IMAGE_TOKEN}");
+    let with_token = |path: &str| {
+        http_request(&addr, "GET", path, &[("Authorization", &auth)], b"").expect(path)
+    };
     // It sees the host's processes: this test's own, by pid.
-    let (status, body) = http_get(&addr, &format!("/api/v1/processes/{}", std::process::id()))
-        .expect("GET the test's process");
+    let (status, body) = with_token(&own);
     assert_eq!(status, 200, "the test process is not seen: {body}");
     let test_process: Value = serde_json::from_str(&body).expect("JSON");
     println!(
@@ -175,8 +186,7 @@ fn the_image_runs_as_the_daemonset_runs_it_and_sees_the_host() {
     let health: Value =
         serde_json::from_str(&http_get(&addr, "/health").expect("health").1).expect("JSON");
     println!("health from inside: {}", health["status"]);
-    let capabilities: Value =
-        serde_json::from_str(&http_get(&addr, "/api/v1/status").expect("status").1).expect("JSON");
+    let capabilities: Value = serde_json::from_str(&with_token("/api/v1/status").1).expect("JSON");
     println!("capabilities effective: {}", capabilities["capabilities"]);
     assert_eq!(
         capabilities["capabilities"],
