@@ -82,10 +82,13 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         let corpus = super::root().join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let mut command = cargo_fuzz(&agent);
+        command.args(["run", "-O", target]).arg(&corpus);
+        // libFuzzer refuses a seed directory that does not exist.
+        let kept = agent.join("fuzz/regressions").join(target);
+        if kept.is_dir() {
+            command.arg(kept);
+        }
         command
-            .args(["run", "-O", target])
-            .arg(&corpus)
-            .arg(agent.join("fuzz/regressions").join(target))
             .arg("--")
             .arg(format!("-max_total_time={}", args.seconds))
             .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]);
