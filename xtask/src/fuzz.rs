@@ -32,6 +32,10 @@ pub struct FuzzArgs {
     /// Only these targets (default: all).
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// Stop each target after this many inputs, with a fixed seed: the same run on every
+    /// machine (what `cargo xtask test` does, so that CI replays what was checked).
+    #[arg(long)]
+    pub runs: Option<u64>,
 }
 
 /// What one target's run printed at its end.
@@ -91,6 +95,12 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         command
             .arg("--")
             .arg(format!("-max_total_time={}", args.seconds))
+            .args(
+                args.runs
+                    .map(|runs| [format!("-runs={runs}"), "-seed=1".to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"]);
         if target == "config" {
             command.arg(format!(
