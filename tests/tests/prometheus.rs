@@ -286,6 +286,19 @@ fn promtool_finds_nothing_to_say_about_a_live_scrape() {
     let agent = Agent::start(&[]);
     let (status, body) = http_get(&agent.addr, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
+    let (success, said) = promtool_check_metrics(&body);
+    println!(
+        "promtool check metrics on {} lines: {:?}",
+        body.lines().count(),
+        said
+    );
+    assert!(success, "{said}");
+    assert!(said.trim().is_empty(), "{said}");
+}
+
+/// `promtool check metrics` on an exposition: (whether it passed, what it said).
+fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+    use std::io::Write;
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -293,12 +306,11 @@ fn promtool_finds_nothing_to_say_about_a_live_scrape() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package `prometheus`)");
-    use std::io::Write;
     promtool
         .stdin
         .take()
         .expect("stdin")
-        .write_all(body.as_bytes())
+        .write_all(exposition.as_bytes())
         .expect("write");
     let out = promtool.wait_with_output().expect("promtool");
     let said = format!(
@@ -306,13 +318,7 @@ fn promtool_finds_nothing_to_say_about_a_live_scrape() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    println!(
-        "promtool check metrics on {} lines: {:?}",
-        body.lines().count(),
-        said
-    );
-    assert!(out.status.success(), "{said}");
-    assert!(said.trim().is_empty(), "{said}");
+    (out.status.success(), said)
 }
 
 #[test]
@@ -871,25 +877,9 @@ fn label_values_with_quotes_backslashes_newlines_and_bad_utf8_survive_promtool_a
     println!("{}", escaped.join("\n"));
 
     // promtool parses the whole exposition and finds nothing to say.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(scrape.as_bytes())
-        .expect("write");
-    let out = promtool.wait_with_output().expect("promtool");
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (success, said) = promtool_check_metrics(&scrape);
     println!("promtool check metrics: {:?}", said.trim());
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(success && said.trim().is_empty(), "{said}");
 
     // Prometheus ingests every sample (a parse error would fail the whole scrape: up 0) and
     // gives the label values back exactly.
