@@ -289,6 +289,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
         max_syscall_entries_per_process: args.max_syscall_entries_per_process,
+        max_io_requests: args.max_io_requests,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         force_raw_tp: args.attach == AttachMode::RawTp,
         kernel_btf: args.kernel.kernel_btf.clone(),

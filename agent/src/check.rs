@@ -333,6 +333,7 @@ fn try_load(kernel_btf: &Path, force_raw_tp: bool) -> Result<Probes, LoadError> 
         max_tasks: 1024,
         max_syscall_entries: 1024,
         max_syscall_entries_per_process: 128,
+        max_io_requests: 16384,
         ring_buffer_bytes: 64 * 1024,
         force_raw_tp,
         kernel_btf: kernel_btf.to_path_buf(),

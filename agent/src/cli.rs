@@ -104,6 +104,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=4096))]
     pub(crate) max_syscall_entries_per_process: u32,
 
+    /// Capacity of the kernel's table of block requests in flight. A request whose start did
+    /// not fit has its latency lost, counted (io_starts_map/map_full) when it completes.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub(crate) max_io_requests: u32,
+
     /// Ring buffer size in KiB (a power of two, at least 64).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     pub(crate) ring_buffer_kib: u32,

@@ -375,13 +375,22 @@ fn data_path_components(
 /// The task model: processes not tracked, kernel maps full, and the model's own losses.
 fn task_model(inputs: &Inputs<'_>, since: &Since<'_>) -> Component {
     let window = since.window;
-    // Every kernel map that can be full (the ring buffer is judged above).
-    let maps_lost: u64 = Loss::ALL
+    // Every kernel map that can be full (the ring buffer is judged above), with what to raise.
+    let maps_lost: Vec<String> = Loss::ALL
         .iter()
         .map(|loss| loss.name())
         .filter(|(_, reason)| *reason == "map_full")
-        .map(|(source, reason)| since.lost(source, Some(reason)))
-        .sum();
+        .filter_map(|(source, reason)| {
+            let count = since.lost(source, Some(reason));
+            let remedy = match source {
+                "tasks_map" => "raise --max-tasks",
+                "syscalls_map" | "syscall_errnos_map" => "raise --max-syscall-entries",
+                "io_starts_map" => "raise --max-io-requests",
+                _ => "fixed size",
+            };
+            (count > 0).then(|| format!("{count} lost in {source} (full: {remedy})"))
+        })
+        .collect();
     let dropped = inputs
         .status
         .model
@@ -431,7 +440,7 @@ fn task_model(inputs: &Inputs<'_>, since: &Since<'_>) -> Component {
         (count > 0).then(|| format!("{count} {what}"))
     })
     .collect();
-    if dropped == 0 && maps_lost == 0 && model_losses.is_empty() {
+    if dropped == 0 && maps_lost.is_empty() && model_losses.is_empty() {
         component(
             Status::Healthy,
             format!(
@@ -440,8 +449,11 @@ fn task_model(inputs: &Inputs<'_>, since: &Since<'_>) -> Component {
             ),
         )
     } else {
-        let mut text = format!("in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks), {maps_lost} kernel map updates lost (maps full: raise --max-tasks / --max-syscall-entries)", window.as_secs_f64());
-        for loss in &model_losses {
+        let mut text = format!(
+            "in the last {:.0} s: {dropped} processes not tracked (task table full: raise --max-tasks)",
+            window.as_secs_f64()
+        );
+        for loss in maps_lost.iter().chain(&model_losses) {
             text.push_str(", ");
             text.push_str(loss);
         }

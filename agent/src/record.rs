@@ -157,6 +157,7 @@ fn recording_collector(
         max_tasks: 32768,
         max_syscall_entries: 16384,
         max_syscall_entries_per_process: 128,
+        max_io_requests: 16384,
         ring_buffer_bytes: 16 << 20,
         force_raw_tp: false,
         kernel_btf: args.kernel.kernel_btf.clone(),

@@ -210,6 +210,8 @@ pub mod maps {
     /// Per process: its entries in `SYSCALLS` and `SYSCALL_ERRNOS` together, held under
     /// `MAX_SYSCALL_ENTRIES_PER_PROCESS`.
     pub const SYSCALL_ENTRY_COUNTS: &str = "SYSCALL_ENTRY_COUNTS";
+    /// Per block request in flight: [`crate::IoStart`] (LRU; `--max-io-requests`).
+    pub const IO_STARTS: &str = "IO_STARTS";
     /// Per (process, device, operation): [`crate::ProcessIo`].
     pub const PROCESS_IO: &str = "PROCESS_IO";
     /// Per (device, operation): [`crate::DeviceIo`].

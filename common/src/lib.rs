@@ -157,6 +157,8 @@ pub mod block_op {
     pub const WRITE: u32 = 1;
     pub const FLUSH: u32 = 2;
     pub const DISCARD: u32 = 3;
+    /// `REQ_OP_DRV_IN`; with `REQ_OP_DRV_OUT` (35) the driver-private (passthrough) commands.
+    pub const DRV_IN: u32 = 34;
 }
 
 /// An in-flight block request (`IO_STARTS`, keyed by the `struct request` address).
@@ -167,7 +169,8 @@ pub struct IoStart {
     pub tgid: u32,
     pub dev: u32,
     pub op: u32,
-    pub _pad: u32,
+    /// The request's size when it started (a driver may complete it in parts).
+    pub bytes: u32,
 }
 
 /// Key of `PROCESS_IO`: block IO issued by one process, per device and operation.
@@ -237,7 +240,8 @@ pub enum Loss {
     ErrnosMapFull = 3,
     /// `SYSCALL_STARTS` was full: a syscall's latency could not be measured.
     SyscallStartsMapFull = 4,
-    /// `IO_STARTS` was full: a block request was not followed.
+    /// A block request completed whose start `IO_STARTS` did not keep (evicted when the map
+    /// was full, or not inserted): its latency was not measured. Counted at completion.
     IoStartsMapFull = 5,
     /// `PROCESS_IO` was full.
     ProcessIoMapFull = 6,

@@ -217,6 +217,17 @@ impl Agent {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// The `lost` entry of `/api/v1/status` for (source, reason); 0 when absent.
+    pub fn lost(&self, source: &str, reason: &str) -> u64 {
+        self.get("/api/v1/status")["lost"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["source"] == source && l["reason"] == reason)
+            .and_then(|l| l["count"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// The newest process with `pid`, from an answer whose kernel read started after `after_ns`
     /// (CLOCK_MONOTONIC), so that it includes everything the kernel had counted by then.
     pub fn process_after(&self, pid: u32, after_ns: u64) -> Value {

@@ -206,17 +206,6 @@ fn connections_over_the_cap_are_closed_and_counted_and_idle_ones_time_out() {
     assert_eq!(counted, EXTRA as u64);
 }
 
-/// The `lost` entry of `/api/v1/status` for (source, reason); 0 when absent.
-fn status_lost(agent: &Agent, source: &str, reason: &str) -> u64 {
-    agent.get("/api/v1/status")["lost"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["source"] == source && l["reason"] == reason)
-        .and_then(|l| l["count"].as_u64())
-        .unwrap_or(0)
-}
-
 fn by_syscall(process: &Value) -> Vec<Value> {
     process["syscalls"]["by_syscall"]
         .as_array()
@@ -288,9 +277,9 @@ fn a_process_making_up_syscall_numbers_costs_only_its_own_detail() {
     assert!(in_gaps + other >= gap_calls, "calls went uncounted");
 
     // Nothing lost for anyone else; the capped detail counted as such.
-    let map_full = status_lost(&agent, "syscalls_map", "map_full")
-        + status_lost(&agent, "syscall_errnos_map", "map_full");
-    let capped = status_lost(&agent, "syscalls_map", "process_cap");
+    let map_full =
+        agent.lost("syscalls_map", "map_full") + agent.lost("syscall_errnos_map", "map_full");
+    let capped = agent.lost("syscalls_map", "process_cap");
     println!("losses: map_full {map_full}, process_cap {capped}");
     assert_eq!(map_full, 0);
     assert!(

@@ -177,13 +177,12 @@ fn device_written_bytes(node: &serde_json::Value, device: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() {
+/// Where the O_DIRECT workloads do their IO, and its device: a file `name` on the disk that
+/// holds the target directory or, in the kernel matrix's virtual machines, the whole virtio
+/// disk given in TASKSCOPE_DIRECT_WRITE_TARGET.
+fn direct_io_target(name: &str) -> (std::path::PathBuf, u64) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let agent = Agent::start(&[]);
-    // A file on the disk that holds the target directory or, in the kernel matrix's virtual
-    // machines, the whole virtio disk given in TASKSCOPE_DIRECT_WRITE_TARGET.
-    let (path, dev) = match std::env::var_os("TASKSCOPE_DIRECT_WRITE_TARGET") {
+    match std::env::var_os("TASKSCOPE_DIRECT_WRITE_TARGET") {
         Some(disk) => {
             let meta = std::fs::metadata(&disk).expect("TASKSCOPE_DIRECT_WRITE_TARGET");
             assert!(
@@ -195,9 +194,15 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         None => {
             let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
             let dev = std::fs::metadata(dir).expect("target dir").dev();
-            (dir.join("direct-write.bin"), dev)
+            (dir.join(name), dev)
         }
-    };
+    }
+}
+
+#[test]
+fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() {
+    let agent = Agent::start(&[]);
+    let (path, dev) = direct_io_target("direct-write.bin");
     let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let bytes: u64 = 32 << 20;
 
@@ -207,6 +212,7 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
     std::fs::create_dir(&cgroup_dir).expect("create cgroup");
 
     let node_before = wait_fresh_node(&agent);
+    let lost_before = agent.lost("io_starts_map", "map_full");
     let disk_before = diskstats(&device);
     let child = Workload::run_in_cgroups(
         &[&cgroup_dir],
@@ -279,6 +285,10 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
         "workload write requests {requests}, latency histogram count {completed}; its latency sum {latency_ms:.1} ms vs {device_ms} ms the device spent writing in the window ({flush_ms} ms of it flushing; /proc/diskstats, all writers): must be at most the write time (+1 ms of rounding) and at least half of it without the flushes"
     );
     assert_eq!(completed, requests);
+    // The fsync's flush and the journal's writes complete too: none is taken for a lost start.
+    let lost = agent.lost("io_starts_map", "map_full") - lost_before;
+    println!("io_starts_map/map_full rose by {lost} (table at its default size)");
+    assert_eq!(lost, 0);
     assert!(latency_ms <= device_ms as f64 + 1.0 && latency_ms >= 0.5 * data_ms as f64);
     // Everyone's writes to the device in the window (journal and writeback too), both ways.
     assert_close(
@@ -290,6 +300,85 @@ fn direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent() 
     child.finish();
     if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir(&cgroup_dir);
+}
+
+/// Requests started and requests completed (the latency histogram's count) on every device.
+fn node_requests(node: &serde_json::Value) -> (u64, u64) {
+    let devices = node["block_devices"].as_array().expect("block_devices");
+    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| devices.iter().map(f).sum::<u64>();
+    (
+        sum(&|d| d["requests"].as_u64().unwrap_or(0)),
+        sum(&|d| {
+            d["latency"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| b["count"].as_u64().unwrap_or(0))
+                .sum()
+        }),
+    )
+}
+
+#[test]
+fn block_requests_whose_start_the_full_table_lost_are_counted() {
+    // Room for 16 requests in flight, against 64 threads of O_DIRECT reads at once: the LRU
+    // table evicts starts of requests still in flight, whose latency is then lost.
+    let agent = Agent::start(&["--max-io-requests", "16"]);
+    let (path, dev) = direct_io_target(&format!("direct-reads-{}.bin", std::process::id()));
+    let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-direct-reads-{}", std::process::id()));
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+
+    let node_before = wait_fresh_node(&agent);
+    let lost_before = agent.lost("io_starts_map", "map_full");
+    let child = Workload::run_in_cgroups(
+        &[&cgroup_dir],
+        &["direct-reads", path.to_str().expect("path"), "64", "32"],
+    );
+    let process = agent.process_after(child.pid(), monotonic_ns());
+    let node_after = wait_fresh_node(&agent);
+    let lost = agent.lost("io_starts_map", "map_full") - lost_before;
+
+    let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
+    let cgroup = process["cgroup"]["path"]
+        .as_str()
+        .unwrap_or("/")
+        .to_string();
+    let labels = [
+        format!("cgroup=\"{cgroup}\""),
+        format!("device=\"{device}\""),
+        "op=\"read\"".to_string(),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let series = |family| taskscope_e2e::sample(&scrape, family, &labels).unwrap_or(0.0) as u64;
+    let started = series("taskscope_block_io_requests_total");
+    let measured = series("taskscope_block_io_latency_seconds_count");
+    let missing = started - measured;
+    let (node_started, _) = node_requests(&node_after);
+    let others = node_started - node_requests(&node_before).0 - started;
+    println!(
+        "the workload's reads on {device}: {started} started, {measured} with a latency, {missing} without; io_starts_map/map_full rose by {lost}; other requests on the node in the window: {others}"
+    );
+    assert!(
+        started >= 64 * 32,
+        "{started} reads started, fewer than the 2048 made"
+    );
+    assert!(
+        missing > 0,
+        "64 reads at once never overflowed a table of 16"
+    );
+    // Every read without a latency is counted; anything more was someone else's request.
+    assert!(lost >= missing, "{lost} counted < {missing} lost");
+    assert!(
+        lost <= missing + others,
+        "{lost} counted > {missing} + {others}"
+    );
+    child.finish();
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        let _ = std::fs::remove_file(&path);
     }
     let _ = std::fs::remove_dir(&cgroup_dir);
 }

@@ -3,7 +3,8 @@
 //! `cargo xtask setup --for-tests` and named in `$TASKSCOPE_KERNELS`) boots in qemu (TCG) with the agent, the workloads and a virtio disk.
 //! There `taskscope check` runs, then the same end-to-end tests as on the host, against that
 //! kernel's own /proc: on-CPU time and run-queue wait vs schedstat, an exact syscall count and
-//! errno, O_DIRECT block writes attributed to the writer, a process tree with exit codes and a
+//! errno, O_DIRECT block writes attributed to the writer, block requests whose start a full
+//! table lost counted exactly, a process tree with exit codes and a
 //! signal. Prints the table kernel x feature x result (also written to
 //! `target/kernel-matrix.md`).
 
@@ -44,6 +45,11 @@ const SUBSET: &[(&str, &str, &str)] = &[
         "kernel_accounting",
         "direct_writes_are_attributed_to_the_writer_and_the_device_within_1_percent",
         "O_DIRECT block IO",
+    ),
+    (
+        "kernel_accounting",
+        "block_requests_whose_start_the_full_table_lost_are_counted",
+        "block starts lost, counted",
     ),
     (
         "lifecycle",

@@ -138,6 +138,8 @@ pub(crate) struct LoadOptions {
     pub(crate) max_syscall_entries: u32,
     /// Entries one process may have in the syscall tables (both together).
     pub(crate) max_syscall_entries_per_process: u32,
+    /// Capacity of the map of block requests in flight.
+    pub(crate) max_io_requests: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub(crate) ring_buffer_bytes: u32,
     /// Try only raw tracepoints (for testing the fallback).
@@ -284,6 +286,7 @@ impl Probes {
             .map_max_entries(maps::SYSCALL_ENTRY_COUNTS, options.max_tasks)
             .map_max_entries(maps::SYSCALLS, options.max_syscall_entries)
             .map_max_entries(maps::SYSCALL_ERRNOS, options.max_syscall_entries / 2)
+            .map_max_entries(maps::IO_STARTS, options.max_io_requests)
             .map_max_entries(maps::EVENTS, options.ring_buffer_bytes);
         for (name, value) in &offsets.globals {
             loader.override_global(name, value, true);

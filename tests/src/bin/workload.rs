@@ -169,6 +169,46 @@ fn main() {
             }
             ready("");
         }
+        // direct-reads PATH THREADS READS: writes a 16 MiB file, then THREADS threads each read
+        // READS 4 KiB blocks of it with O_DIRECT at once, 64 KiB apart (never adjacent, so
+        // the block layer cannot merge them): many requests in flight together.
+        Some("direct-reads") => {
+            const FILE: usize = 16 << 20;
+            const BLOCK: usize = 4096;
+            const STRIDE: usize = 64 << 10;
+            let path = args.get(2).expect("path").clone();
+            let (threads, reads) = (arg(&args, 3, "threads"), arg(&args, 4, "reads"));
+            std::fs::write(&path, vec![7u8; FILE]).expect("write the file");
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .expect("fsync");
+            let barrier = std::sync::Barrier::new(threads as usize);
+            std::thread::scope(|scope| {
+                for t in 0..threads {
+                    let (path, barrier) = (&path, &barrier);
+                    scope.spawn(move || {
+                        let path = CString::new(path.as_str()).expect("path");
+                        let layout = Layout::from_size_align(BLOCK, 4096).expect("layout");
+                        // SAFETY: plain libc calls on a buffer we own, freed below.
+                        unsafe {
+                            let buf = alloc_zeroed(layout);
+                            assert!(!buf.is_null());
+                            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECT);
+                            assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+                            barrier.wait();
+                            for i in 0..reads {
+                                let offset = ((i * threads + t) as usize * STRIDE) % FILE;
+                                let n = libc::pread(fd, buf.cast(), BLOCK, offset as libc::off_t);
+                                assert_eq!(n, BLOCK as isize, "pread at {offset}");
+                            }
+                            libc::close(fd);
+                            dealloc(buf, layout);
+                        }
+                    });
+                }
+            });
+            ready(&(threads * reads).to_string());
+        }
         // threads N MS: N threads that each burn MS ms of CPU; prints their tids.
         Some("threads") => {
             let n = arg(&args, 2, "threads");
