@@ -323,20 +323,21 @@ fn node_requests(node: &serde_json::Value) -> (u64, u64) {
 
 #[test]
 fn block_requests_whose_start_the_full_table_lost_are_counted() {
-    // Room for 16 requests in flight, against 64 threads of O_DIRECT reads at once: the LRU
-    // table evicts starts of requests still in flight, whose latency is then lost.
+    // Room for 16 requests in flight, against submissions of 128 O_DIRECT reads at once (one
+    // io_submit plugs them: at least 32 start before any is dispatched): the LRU table evicts
+    // starts of requests still in flight, whose latency is then lost.
     let agent = Agent::start(&["--max-io-requests", "16"]);
-    let (path, dev) = direct_io_target(&format!("direct-reads-{}.bin", std::process::id()));
+    let (path, dev) = direct_io_target(&format!("aio-reads-{}.bin", std::process::id()));
     let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
-        .join(format!("taskscope-direct-reads-{}", std::process::id()));
+        .join(format!("taskscope-aio-reads-{}", std::process::id()));
     std::fs::create_dir(&cgroup_dir).expect("create cgroup");
 
     let node_before = wait_fresh_node(&agent);
     let lost_before = agent.lost("io_starts_map", "map_full");
     let child = Workload::run_in_cgroups(
         &[&cgroup_dir],
-        &["direct-reads", path.to_str().expect("path"), "64", "32"],
+        &["aio-reads", path.to_str().expect("path"), "16", "128"],
     );
     let process = agent.process_after(child.pid(), monotonic_ns());
     let node_after = wait_fresh_node(&agent);
@@ -363,12 +364,12 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
         "the workload's reads on {device}: {started} started, {measured} with a latency, {missing} without; io_starts_map/map_full rose by {lost}; other requests on the node in the window: {others}"
     );
     assert!(
-        started >= 64 * 32,
+        started >= 16 * 128,
         "{started} reads started, fewer than the 2048 made"
     );
     assert!(
         missing > 0,
-        "64 reads at once never overflowed a table of 16"
+        "128 reads at once never overflowed a table of 16"
     );
     // Every read without a latency is counted; anything more was someone else's request.
     assert!(lost >= missing, "{lost} counted < {missing} lost");

@@ -54,6 +54,109 @@ fn arg(args: &[String], i: usize, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("missing or bad argument {i}: {what}"))
 }
 
+/// The kernel's `struct iocb` (linux/aio_abi.h, little-endian).
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: i32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// The kernel's `struct io_event`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+/// See the `aio-reads` workload.
+fn aio_reads(path: &str, batches: usize, depth: usize) {
+    const FILE: usize = 16 << 20;
+    const BLOCK: usize = 4096;
+    const STRIDE: usize = 64 << 10;
+    const IOCB_CMD_PREAD: u16 = 0;
+    assert!(
+        depth <= FILE / STRIDE,
+        "at most {} reads a batch",
+        FILE / STRIDE
+    );
+    std::fs::write(path, vec![7u8; FILE]).expect("write the file");
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .expect("fsync");
+    let cpath = CString::new(path).expect("path");
+    let layout = Layout::from_size_align(BLOCK * depth, 4096).expect("layout");
+    // SAFETY: raw AIO syscalls on buffers we own, which outlive every request (each batch is
+    // waited for in full); freed at the end.
+    unsafe {
+        let buf = alloc_zeroed(layout);
+        assert!(!buf.is_null());
+        let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_DIRECT);
+        assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+        let mut ctx: libc::c_ulong = 0;
+        let ret = libc::syscall(libc::SYS_io_setup, depth as libc::c_long, &mut ctx);
+        assert_eq!(ret, 0, "io_setup: {}", std::io::Error::last_os_error());
+        for batch in 0..batches {
+            let iocbs: Vec<Iocb> = (0..depth)
+                .map(|i| Iocb {
+                    opcode: IOCB_CMD_PREAD,
+                    fildes: fd as u32,
+                    buf: buf.add(i * BLOCK) as u64,
+                    nbytes: BLOCK as u64,
+                    offset: (((batch * depth + i) * STRIDE) % FILE) as i64,
+                    ..Iocb::default()
+                })
+                .collect();
+            let mut pointers: Vec<*const Iocb> = iocbs.iter().map(|c| c as *const Iocb).collect();
+            let submitted = libc::syscall(
+                libc::SYS_io_submit,
+                ctx,
+                depth as libc::c_long,
+                pointers.as_mut_ptr(),
+            );
+            assert_eq!(
+                submitted,
+                depth as libc::c_long,
+                "io_submit: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut events = vec![IoEvent::default(); depth];
+            let mut done = 0;
+            while done < depth {
+                let n = libc::syscall(
+                    libc::SYS_io_getevents,
+                    ctx,
+                    1 as libc::c_long,
+                    (depth - done) as libc::c_long,
+                    events.as_mut_ptr().add(done),
+                    std::ptr::null_mut::<libc::timespec>(),
+                );
+                assert!(n > 0, "io_getevents: {}", std::io::Error::last_os_error());
+                done += n as usize;
+            }
+            for event in &events {
+                assert_eq!(event.res, BLOCK as i64, "a read returned {}", event.res);
+            }
+        }
+        libc::syscall(libc::SYS_io_destroy, ctx);
+        libc::close(fd);
+        dealloc(buf, layout);
+    }
+}
+
 /// clone3(CLONE_INTO_CGROUP) as a fork: 0 in the child, the child's pid in the parent.
 fn clone_into_cgroup(dir: &str) -> libc::pid_t {
     let path = CString::new(dir).expect("path");
@@ -169,45 +272,15 @@ fn main() {
             }
             ready("");
         }
-        // direct-reads PATH THREADS READS: writes a 16 MiB file, then THREADS threads each read
-        // READS 4 KiB blocks of it with O_DIRECT at once, 64 KiB apart (never adjacent, so
-        // the block layer cannot merge them): many requests in flight together.
-        Some("direct-reads") => {
-            const FILE: usize = 16 << 20;
-            const BLOCK: usize = 4096;
-            const STRIDE: usize = 64 << 10;
-            let path = args.get(2).expect("path").clone();
-            let (threads, reads) = (arg(&args, 3, "threads"), arg(&args, 4, "reads"));
-            std::fs::write(&path, vec![7u8; FILE]).expect("write the file");
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .expect("fsync");
-            let barrier = std::sync::Barrier::new(threads as usize);
-            std::thread::scope(|scope| {
-                for t in 0..threads {
-                    let (path, barrier) = (&path, &barrier);
-                    scope.spawn(move || {
-                        let path = CString::new(path.as_str()).expect("path");
-                        let layout = Layout::from_size_align(BLOCK, 4096).expect("layout");
-                        // SAFETY: plain libc calls on a buffer we own, freed below.
-                        unsafe {
-                            let buf = alloc_zeroed(layout);
-                            assert!(!buf.is_null());
-                            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECT);
-                            assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
-                            barrier.wait();
-                            for i in 0..reads {
-                                let offset = ((i * threads + t) as usize * STRIDE) % FILE;
-                                let n = libc::pread(fd, buf.cast(), BLOCK, offset as libc::off_t);
-                                assert_eq!(n, BLOCK as isize, "pread at {offset}");
-                            }
-                            libc::close(fd);
-                            dealloc(buf, layout);
-                        }
-                    });
-                }
-            });
-            ready(&(threads * reads).to_string());
+        // aio-reads PATH BATCHES DEPTH: writes a 16 MiB file, then reads it with Linux AIO and
+        // O_DIRECT in BATCHES submissions of DEPTH 4 KiB reads, 64 KiB apart (never adjacent,
+        // so the block layer cannot merge them). One io_submit plugs its requests: many start
+        // before the first can be dispatched, whatever the device's speed.
+        Some("aio-reads") => {
+            let path = args.get(2).expect("path");
+            let (batches, depth) = (arg(&args, 3, "batches"), arg(&args, 4, "depth"));
+            aio_reads(path, batches as usize, depth as usize);
+            ready(&(batches * depth).to_string());
         }
         // threads N MS: N threads that each burn MS ms of CPU; prints their tids.
         Some("threads") => {
