@@ -364,6 +364,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let exposition_config = ExpositionConfig {
         max_series: args.max_series,
         top_syscalls: args.top_syscalls,
+        histogram_buckets: args.histogram_buckets,
     };
     let otlp_metrics = start_metrics_export(
         metrics_target,

@@ -45,6 +45,16 @@ pub(crate) enum OtlpProtocol {
     Grpc,
 }
 
+/// Spacing of the exported histogram buckets, from 1.024 µs to ~17 s (the kernel keeps every
+/// power of two of nanoseconds; docs/metrics.md#histograms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HistogramBuckets {
+    /// Every second power of two (1.024 µs, 4.096 µs, 16.384 µs, ...): 14 buckets.
+    Log4,
+    /// Every power of two, the kernel's own resolution (1.024 µs, 2.048 µs, ...): 26 buckets.
+    Log2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Json,
@@ -129,6 +139,12 @@ pub struct RunArgs {
     /// Syscalls exported by name per workload (the busiest); the rest as syscall="other".
     #[arg(long, default_value_t = 10, value_parser = count_in(1, 512))]
     pub(crate) top_syscalls: usize,
+
+    /// Bucket spacing of the latency histograms on /metrics and over OTLP: log4 (every second
+    /// power of two, 14 buckets) or log2 (every power of two, the kernel's own resolution, 26
+    /// buckets: a quantile within a factor of 2 instead of 4, at 12 more series a histogram).
+    #[arg(long, value_enum, default_value_t = HistogramBuckets::Log4)]
+    pub(crate) histogram_buckets: HistogramBuckets,
 
     /// Idle periods shorter than this count as fragmented idle CPU time (rounded to the
     /// nearest power of two nanoseconds).

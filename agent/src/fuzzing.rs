@@ -8,6 +8,7 @@
 //! crate's internals.
 
 use crate::{
+    cli::HistogramBuckets,
     config::RunConfig,
     exporters::{families::Exposition, families::ExpositionConfig, otlp_metrics, otlp_target},
     model::{
@@ -200,6 +201,7 @@ pub fn exposition(data: &[u8]) {
     let config = ExpositionConfig {
         max_series: 10_000,
         top_syscalls: 10,
+        histogram_buckets: HistogramBuckets::Log2,
     };
     let mut exposition = Exposition::default();
     let text = exposition.encode(snapshot(), config);

@@ -189,6 +189,69 @@ fn prometheus_sees_one_cpu_of_a_cpu_bound_cgroup() {
 }
 
 #[test]
+fn log2_buckets_put_prometheus_quantiles_in_the_kernels_own_bucket() {
+    const SLEEPS: u64 = 300;
+    let agent = Agent::start(&["--histogram-buckets", "log2"]);
+    let prometheus = Prometheus::start(&agent.addr);
+    let name = format!("taskscope-log2-{}", std::process::id());
+    let dir = std::path::Path::new(&cgroup2_root()).join(&name);
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    // 1.3 ms sleeps: the kernel's bucket [2^20, 2^21) ns, which the log4 spacing would blur
+    // into (1.05 ms, 4.19 ms].
+    let sleeper = Workload::run_in_cgroups(&[&dir], &["sleeps", "1300", &SLEEPS.to_string()]);
+    let median_ns: u64 = sleeper.output.parse().expect("median");
+    let series = format!("cgroup=\"/{name}\",syscall=\"clock_nanosleep\"");
+    wait_for(
+        "Prometheus to have scraped every sleep",
+        Duration::from_secs(30),
+        || {
+            let count = prometheus.query_at(
+                &format!("taskscope_syscall_latency_seconds_count{{{series}}}"),
+                unix_now(),
+            );
+            let count: f64 = count.first()?["value"][1].as_str()?.parse().ok()?;
+            (count >= SLEEPS as f64).then_some(())
+        },
+    );
+    let query = format!(
+        "histogram_quantile(0.5, sum by (le) (taskscope_syscall_latency_seconds_bucket{{{series}}}))"
+    );
+    let result = prometheus.query_at(&query, unix_now());
+    let buckets = prometheus.query_at(
+        &format!("count(taskscope_syscall_latency_seconds_bucket{{{series}}})"),
+        unix_now(),
+    );
+    sleeper.finish();
+    let _ = std::fs::remove_dir(&dir);
+    let p50: f64 = result
+        .first()
+        .and_then(|r| r["value"][1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no result for {query}: {result:?}"));
+    // The kernel's bucket of the median sleep as measured by the sleeper: [2^(b-1), 2^b) ns.
+    let bits = 64 - median_ns.leading_zeros();
+    let (low, high) = (
+        (1u64 << (bits - 1)) as f64 / 1e9,
+        (1u64 << bits) as f64 / 1e9,
+    );
+    println!(
+        "median of {SLEEPS} sleeps of 1.3 ms: measured by the sleeper {:.3} ms (kernel bucket {:.3} to {:.3} ms); Prometheus {query} = {:.3} ms; buckets per series: {buckets:?}",
+        median_ns as f64 / 1e6,
+        low * 1e3,
+        high * 1e3,
+        p50 * 1e3
+    );
+    assert!(
+        p50 >= low && p50 <= high,
+        "Prometheus's median {p50} s is outside the kernel's bucket [{low}, {high}] of the true median"
+    );
+    // 25 finite bounds (1.024 µs to 2^34 ns, every power of two) and +Inf.
+    assert_eq!(
+        buckets.first().map(|b| b["value"][1].clone()),
+        Some(Value::from("26"))
+    );
+}
+
+#[test]
 fn the_shipped_rules_evaluate_on_a_live_scrape() {
     let agent = Agent::start(&[]);
     let rules =

@@ -13,6 +13,7 @@ use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
 
 use super::HttpRefusals;
 use crate::{
+    cli::HistogramBuckets,
     health::SharedHealth,
     metadata::{Directories, DirectoryView, SourceState},
     model::{
@@ -113,26 +114,46 @@ pub(crate) struct ExpositionConfig {
     pub(crate) max_series: usize,
     /// Syscalls exported by name per workload (the busiest); the rest are `syscall="other"`.
     pub(crate) top_syscalls: usize,
+    /// Spacing of the histogram buckets.
+    pub(crate) histogram_buckets: HistogramBuckets,
 }
 
-/// Upper bounds (ns) of exported histogram buckets: every second log2 bucket from 1 µs
-/// (2^10 ns) to ~17 s (2^34 ns), then +Inf. Exact: each bound is a log2 bucket boundary.
-const EXPORTED_BOUNDS_LOG2: [usize; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34];
+/// log2 (ns) of the first and last finite bounds of the exported histogram buckets: 1.024 µs
+/// and ~17 s. Every bound is a kernel bucket boundary, so folding is exact.
+const EXPORTED_BOUNDS_LOG2: std::ops::RangeInclusive<usize> = 10..=34;
+
+/// log2 (ns) of the finite bucket bounds with `spacing`.
+fn bounds_log2(spacing: HistogramBuckets) -> impl Iterator<Item = usize> {
+    let step = match spacing {
+        HistogramBuckets::Log4 => 2,
+        HistogramBuckets::Log2 => 1,
+    };
+    EXPORTED_BOUNDS_LOG2.step_by(step)
+}
+
+/// Series of one histogram sample with `spacing`: its buckets, +Inf, _sum and _count.
+fn histogram_series(spacing: HistogramBuckets) -> usize {
+    bounds_log2(spacing).count() + 3
+}
 
 /// Folds a kernel log2 histogram (bucket `j` counts values below 2^j) into exported buckets
-/// of seconds, per-bucket counts (the text encoder makes them cumulative).
-pub(crate) fn export_buckets(hist: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
-    let mut out: Vec<(f64, u64)> = EXPORTED_BOUNDS_LOG2
+/// of seconds spaced by `spacing`, per-bucket counts (the text encoder makes them cumulative).
+pub(crate) fn export_buckets(
+    hist: &[u64; HIST_BUCKETS],
+    spacing: HistogramBuckets,
+) -> Vec<(f64, u64)> {
+    let bounds: Vec<usize> = bounds_log2(spacing).collect();
+    let mut out: Vec<(f64, u64)> = bounds
         .iter()
         .map(|&i| ((1u64 << i) as f64 / 1e9, 0))
         .collect();
     out.push((f64::INFINITY, 0));
     for (j, &count) in hist.iter().enumerate() {
         // Values in bucket j are below 2^j ns: the first bound >= 2^j holds them all.
-        let slot = EXPORTED_BOUNDS_LOG2
+        let slot = bounds
             .iter()
             .position(|&i| j <= i && j + 1 < HIST_BUCKETS)
-            .unwrap_or(EXPORTED_BOUNDS_LOG2.len());
+            .unwrap_or(bounds.len());
         out[slot].1 += count;
     }
     out
@@ -145,8 +166,9 @@ fn expose_log2_histogram(
     labels: &[(&'static str, String)],
     hist: &[u64; HIST_BUCKETS],
     sum_ns: u64,
+    spacing: HistogramBuckets,
 ) -> fmt::Result {
-    let buckets = export_buckets(hist);
+    let buckets = export_buckets(hist, spacing);
     let count = buckets.iter().map(|b| b.1).sum();
     family.histogram(labels, &buckets, sum_ns as f64 / 1e9, count)
 }
@@ -268,6 +290,8 @@ pub(crate) struct Scrape {
     kept: Vec<KeptWorkload>,
     /// Processes selected by --process-metrics.
     processes: Vec<KeptWorkload>,
+    /// Spacing of the histogram buckets.
+    histogram_buckets: HistogramBuckets,
     series: BTreeMap<&'static str, usize>,
     events: BTreeMap<&'static str, u64>,
     lost: Vec<(&'static str, &'static str, u64)>,
@@ -290,20 +314,18 @@ pub(crate) struct Scrape {
     http_refused: Vec<(&'static str, u64)>,
 }
 
-/// Series one subject adds to a family group (for the cap and `taskscope_series`), per group.
-fn series_of(figures: &Figures, workload: bool) -> BTreeMap<&'static str, usize> {
+/// Series one subject adds to a family group (for the cap and `taskscope_series`), per group,
+/// a histogram taking `histogram` series.
+fn series_of(figures: &Figures, workload: bool, histogram: usize) -> BTreeMap<&'static str, usize> {
     let mut groups = BTreeMap::new();
     for family in SUBJECT_FAMILIES {
         if family.workloads_only && !workload {
             continue;
         }
-        *groups.entry(family.series_group).or_default() += (family.series)(figures);
+        *groups.entry(family.series_group).or_default() += (family.series)(figures, histogram);
     }
     groups
 }
-
-/// Series of one histogram sample: its buckets, +Inf, _sum and _count.
-const HISTOGRAM_SERIES: usize = EXPORTED_BOUNDS_LOG2.len() + 3;
 
 /// A family exported per subject (per workload, and per selected process under
 /// `taskscope_process_`): described, counted and encoded from this one row.
@@ -316,10 +338,10 @@ struct SubjectFamily {
     series_group: &'static str,
     /// Exported for workloads only, not for selected processes.
     workloads_only: bool,
-    /// Series one subject adds.
-    series: fn(&Figures) -> usize,
-    /// Exposes one subject's samples.
-    expose: fn(&mut dyn Samples, &Labels, &Figures) -> fmt::Result,
+    /// Series one subject adds, given the series one histogram takes.
+    series: fn(&Figures, usize) -> usize,
+    /// Exposes one subject's samples, histograms with the given spacing.
+    expose: fn(&mut dyn Samples, &Labels, &Figures, HistogramBuckets) -> fmt::Result,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -355,8 +377,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Info,
         series_group: "taskscope_workload_info",
         workloads_only: true,
-        series: |f| usize::from(f.info.is_some()),
-        expose: |family, labels, f| match &f.info {
+        series: |f, _| usize::from(f.info.is_some()),
+        expose: |family, labels, f, _| match &f.info {
             Some(info) => family.info(&with(labels, info)),
             None => Ok(()),
         },
@@ -367,8 +389,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_cpu_seconds",
         workloads_only: false,
-        series: |_| 1,
-        expose: |family, labels, f| {
+        series: |_, _| 1,
+        expose: |family, labels, f, _| {
             family.number(labels, Number::from(secs(f.totals.sched.on_cpu_ns)))
         },
     },
@@ -378,8 +400,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_context_switches",
         workloads_only: false,
-        series: |_| 2,
-        expose: |family, labels, f| {
+        series: |_, _| 2,
+        expose: |family, labels, f, _| {
             for (kind, value) in [
                 ("voluntary", f.totals.sched.voluntary_switches),
                 ("involuntary", f.totals.sched.involuntary_switches),
@@ -398,12 +420,13 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Histogram,
         series_group: "taskscope_runqueue_latency_seconds",
         workloads_only: false,
-        series: |_| HISTOGRAM_SERIES,
-        expose: |family, labels, f| {
+        series: |_, histogram| histogram,
+        expose: |family, labels, f, spacing| {
             expose_log2_histogram(
  family, labels,
                 &f.totals.sched.runqueue_hist,
                 f.totals.sched.runqueue_wait_ns,
+                spacing,
             )
         },
     },
@@ -413,8 +436,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_syscalls",
         workloads_only: false,
-        series: |f| f.syscalls.len(),
-        expose: |family, labels, f| {
+        series: |f, _| f.syscalls.len(),
+        expose: |family, labels, f, _| {
             for NamedSyscall { name, stats, .. } in &f.syscalls {
                 family.number(
                     &with(labels, &[("syscall", name.clone())]),
@@ -430,8 +453,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_syscall_errors",
         workloads_only: false,
-        series: |f| f.syscalls.iter().map(|s| s.errnos.len()).sum(),
-        expose: |family, labels, f| {
+        series: |f, _| f.syscalls.iter().map(|s| s.errnos.len()).sum(),
+        expose: |family, labels, f, _| {
             for NamedSyscall { name, errnos, .. } in &f.syscalls {
                 for (errno, count) in errnos {
                     let errno =
@@ -451,14 +474,15 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Histogram,
         series_group: "taskscope_syscall_latency_seconds",
         workloads_only: false,
-        series: |f| f.syscalls.len() * HISTOGRAM_SERIES,
-        expose: |family, labels, f| {
+        series: |f, histogram| f.syscalls.len() * histogram,
+        expose: |family, labels, f, spacing| {
             for NamedSyscall { name, stats, .. } in &f.syscalls {
                 expose_log2_histogram(
                     family,
                     &with(labels, &[("syscall", name.clone())]),
                     &stats.latency_hist,
                     stats.total_ns,
+                    spacing,
                 )?;
             }
             Ok(())
@@ -470,8 +494,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_block_io",
         workloads_only: false,
-        series: |f| f.totals.io.len(),
-        expose: |family, labels, f| expose_io_counter(family, labels, f, |io| io.bytes),
+        series: |f, _| f.totals.io.len(),
+        expose: |family, labels, f, _| expose_io_counter(family, labels, f, |io| io.bytes),
     },
     SubjectFamily {
         suffix: "block_io_requests",
@@ -479,8 +503,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_block_io",
         workloads_only: false,
-        series: |f| f.totals.io.len(),
-        expose: |family, labels, f| expose_io_counter(family, labels, f, |io| io.requests),
+        series: |f, _| f.totals.io.len(),
+        expose: |family, labels, f, _| expose_io_counter(family, labels, f, |io| io.requests),
     },
     SubjectFamily {
         suffix: "block_io_latency_seconds",
@@ -488,13 +512,14 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Histogram,
         series_group: "taskscope_block_io",
         workloads_only: false,
-        series: |f| f.totals.io.len() * HISTOGRAM_SERIES,
-        expose: |family, labels, f| {
+        series: |f, histogram| f.totals.io.len() * histogram,
+        expose: |family, labels, f, spacing| {
             for ((dev, op), io) in &f.totals.io {
                 expose_log2_histogram(
  family, &io_labels(labels, *dev, *op),
                     &io.latency_hist,
                     io.total_latency_ns,
+                    spacing,
                 )?;
             }
             Ok(())
@@ -506,8 +531,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_tasks",
         workloads_only: true,
-        series: |_| 1,
-        expose: |family, labels, f| {
+        series: |_, _| 1,
+        expose: |family, labels, f, _| {
             family.number(labels, Number::from(f.totals.started))
         },
     },
@@ -517,8 +542,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Counter,
         series_group: "taskscope_tasks",
         workloads_only: true,
-        series: |_| 3,
-        expose: |family, labels, f| {
+        series: |_, _| 3,
+        expose: |family, labels, f, _| {
             for (outcome, value) in [
                 ("success", f.totals.exited_success),
                 ("failure", f.totals.exited_failure),
@@ -538,8 +563,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Gauge,
         series_group: "taskscope_tasks",
         workloads_only: true,
-        series: |_| 1,
-        expose: |family, labels, f| {
+        series: |_, _| 1,
+        expose: |family, labels, f, _| {
             family.number(labels, Number::from(f.totals.running as i64))
         },
     },
@@ -549,12 +574,13 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Histogram,
         series_group: "taskscope_task_duration_seconds",
         workloads_only: true,
-        series: |_| HISTOGRAM_SERIES,
-        expose: |family, labels, f| {
+        series: |_, histogram| histogram,
+        expose: |family, labels, f, spacing| {
             expose_log2_histogram(
  family, labels,
                 &f.totals.durations,
                 f.totals.durations_sum_ns,
+                spacing,
             )
         },
     },
@@ -564,8 +590,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Gauge,
         series_group: "taskscope_memory",
         workloads_only: true,
-        series: |f| usize::from(f.memory.is_some()),
-        expose: |family, labels, f| match &f.memory {
+        series: |f, _| usize::from(f.memory.is_some()),
+        expose: |family, labels, f, _| match &f.memory {
             Some(m) => family.number(labels, Number::from(m.usage_bytes as i64)),
             None => Ok(()),
         },
@@ -576,8 +602,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         family_type: FamilyType::Gauge,
         series_group: "taskscope_memory",
         workloads_only: true,
-        series: |f| usize::from(f.memory.as_ref().is_some_and(|m| m.limit_bytes.is_some())),
-        expose: |family, labels, f| match f.memory.as_ref().and_then(|m| m.limit_bytes) {
+        series: |f, _| usize::from(f.memory.as_ref().is_some_and(|m| m.limit_bytes.is_some())),
+        expose: |family, labels, f, _| match f.memory.as_ref().and_then(|m| m.limit_bytes) {
             Some(limit) => family.number(labels, Number::from(limit as i64)),
             None => Ok(()),
         },
@@ -590,6 +616,7 @@ fn expose_subjects(
     prefix: &str,
     subjects: &[KeptWorkload],
     workloads: bool,
+    spacing: HistogramBuckets,
 ) -> fmt::Result {
     for row in SUBJECT_FAMILIES {
         if row.workloads_only && !workloads {
@@ -598,7 +625,7 @@ fn expose_subjects(
         let name = format!("{prefix}{}", row.suffix);
         out.family(&name, row.help, row.family_type, &mut |family| {
             for subject in subjects {
-                (row.expose)(family, &subject.labels, &subject.figures)?;
+                (row.expose)(family, &subject.labels, &subject.figures, spacing)?;
             }
             Ok(())
         })?;
@@ -609,9 +636,10 @@ fn expose_subjects(
 impl Scrape {
     /// Every family of the scrape, in exposition order.
     pub(crate) fn expose(&self, out: &mut dyn Exposer) -> fmt::Result {
-        expose_subjects(out, "taskscope_", &self.kept, true)?;
+        let spacing = self.histogram_buckets;
+        expose_subjects(out, "taskscope_", &self.kept, true, spacing)?;
         if !self.processes.is_empty() {
-            expose_subjects(out, "taskscope_process_", &self.processes, false)?;
+            expose_subjects(out, "taskscope_process_", &self.processes, false, spacing)?;
         }
         self.expose_node(out)?;
         self.expose_pipeline(out)?;
@@ -911,6 +939,7 @@ impl Exposition {
         let mut scrape = Scrape {
             kept: selected.kept,
             processes: selected.processes,
+            histogram_buckets: config.histogram_buckets,
             series: selected.series,
             events: snapshot.events,
             cpu_windows: snapshot.cpu_windows,
@@ -995,6 +1024,7 @@ impl Exposition {
                 .cmp(&a.1.sched.on_cpu_ns)
                 .then(a.0.cgroup.cmp(&b.0.cgroup))
         });
+        let histogram = histogram_series(config.histogram_buckets);
         let mut kept = Vec::new();
         let mut series: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut used = 0usize;
@@ -1006,7 +1036,7 @@ impl Exposition {
                 memory: None,
                 info: container_info(&workload, names),
             };
-            let without_memory: usize = series_of(&figures, true).values().sum();
+            let without_memory: usize = series_of(&figures, true, histogram).values().sum();
             if used + without_memory > config.max_series {
                 // Cut without reading its memory (reads cost a scrape most with many
                 // workloads): its memory series are not in the dropped count.
@@ -1014,7 +1044,7 @@ impl Exposition {
                 continue;
             }
             figures.memory = self.memory.read(&workload.cgroup);
-            let counts = series_of(&figures, true);
+            let counts = series_of(&figures, true, histogram);
             let total: usize = counts.values().sum();
             if used + total > config.max_series {
                 dropped += total as u64;
@@ -1037,7 +1067,7 @@ impl Exposition {
                 memory: None,
                 info: None,
             };
-            let total: usize = series_of(&figures, false).values().sum();
+            let total: usize = series_of(&figures, false, histogram).values().sum();
             if used + total > config.max_series {
                 dropped += total as u64;
                 continue;
@@ -1097,12 +1127,23 @@ mod tests {
         hist[12] = 4; // [2048, 4096): below 4.096 µs
         hist[34] = 5; // below 2^34 ns
         hist[HIST_BUCKETS - 1] = 6; // open-ended
-        let b = export_buckets(&hist);
-        assert_eq!(b.len(), EXPORTED_BOUNDS_LOG2.len() + 1);
+        let b = export_buckets(&hist, HistogramBuckets::Log4);
+        assert_eq!(b.len(), 14);
+        assert_eq!(histogram_series(HistogramBuckets::Log4), 16);
         assert_eq!(b[0], (1024.0 / 1e9, 3));
         assert_eq!(b[1], (4096.0 / 1e9, 7));
         assert_eq!(b[12], ((1u64 << 34) as f64 / 1e9, 5));
         assert_eq!(b[13], (f64::INFINITY, 6));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 21);
+        // Every power of two: each kernel bucket from 1.024 µs on is a bucket of its own.
+        let b = export_buckets(&hist, HistogramBuckets::Log2);
+        assert_eq!(b.len(), 26);
+        assert_eq!(histogram_series(HistogramBuckets::Log2), 28);
+        assert_eq!(b[0], (1024.0 / 1e9, 3));
+        assert_eq!(b[1], (2048.0 / 1e9, 3));
+        assert_eq!(b[2], (4096.0 / 1e9, 4));
+        assert_eq!(b[24], ((1u64 << 34) as f64 / 1e9, 5));
+        assert_eq!(b[25], (f64::INFINITY, 6));
         assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 21);
     }
 

@@ -341,6 +341,7 @@ async fn send(
 mod tests {
     use super::*;
     use crate::{
+        cli::HistogramBuckets,
         exporters::families::ExpositionConfig,
         model::{aggregate::WorkloadTotals, snapshot::MetricsSnapshot, workload::Workload},
     };
@@ -359,6 +360,7 @@ mod tests {
         let config = ExpositionConfig {
             max_series: 10_000,
             top_syscalls: 5,
+            histogram_buckets: HistogramBuckets::Log4,
         };
         let scrape = Exposition::default().scrape(snapshot, config);
         let metrics = to_otlp(&scrape, 1, 2);

@@ -180,6 +180,7 @@ pub(crate) fn to_classic(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::HistogramBuckets;
     use crate::model::{aggregate::WorkloadTotals, workload::Workload};
     use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
@@ -242,6 +243,7 @@ mod tests {
         let config = |max_series| ExpositionConfig {
             max_series,
             top_syscalls: 5,
+            histogram_buckets: HistogramBuckets::Log4,
         };
         let all = Exposition::default().encode(synthetic(60), config(usize::MAX));
         let total = workload_series(&all);

@@ -1,7 +1,7 @@
 //! Log2 histograms as the kernel programs keep them (`[u64; HIST_BUCKETS]`, bucket `i` counting
 //! values below 2^i ns; see `taskscope_common::log2_bucket`): the arithmetic every layer above
-//! uses, written once. The Prometheus exporter folds them into its own bounds
-//! (`exporters::prometheus::export_buckets`).
+//! uses, written once. The exporters fold them into their own bounds
+//! (`exporters::families::export_buckets`, `--histogram-buckets`).
 
 use serde::Serialize;
 use taskscope_common::{bucket_upper_bound_ns, HIST_BUCKETS};

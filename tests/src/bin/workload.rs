@@ -313,6 +313,20 @@ fn main() {
             std::thread::sleep(Duration::from_millis(arg(&args, 2, "milliseconds")));
             ready("");
         }
+        // sleeps US TIMES: TIMES sleeps (clock_nanosleep) of US microseconds; prints the median
+        // length of a sleep as measured here, in nanoseconds.
+        Some("sleeps") => {
+            let length = Duration::from_micros(arg(&args, 2, "microseconds"));
+            let mut took: Vec<u64> = (0..arg(&args, 3, "times"))
+                .map(|_| {
+                    let start = clock_ns(libc::CLOCK_MONOTONIC);
+                    std::thread::sleep(length);
+                    clock_ns(libc::CLOCK_MONOTONIC) - start
+                })
+                .collect();
+            took.sort_unstable();
+            ready(&took[took.len() / 2].to_string());
+        }
         // duty CPU RUN_US SLEEP_US MS: on CPU number CPU, spins RUN_US then sleeps SLEEP_US,
         // for MS milliseconds (no stdin wait): idle gaps of a known length on that CPU.
         Some("duty") => {
