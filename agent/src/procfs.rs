@@ -76,6 +76,18 @@ fn read_text(path: impl AsRef<Path>) -> Option<String> {
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// A numeric field of this process's `/proc/self/fdinfo/<fd>` (for a BPF map: `max_entries`,
+/// and `memlock`, the memory the kernel charges for it).
+pub(crate) fn fdinfo_field(fd: i32, field: &str) -> Option<u64> {
+    parse_fdinfo_field(&read_text(format!("/proc/self/fdinfo/{fd}"))?, field)
+}
+
+pub(crate) fn parse_fdinfo_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(crate) fn read_uid(pid: u32) -> Option<u32> {
     parse_status_uid(&read_text(format!("/proc/{pid}/status"))?)
 }
@@ -572,6 +584,15 @@ pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fdinfo_fields_of_a_bpf_map() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t1\nkey_size:\t4\nvalue_size:\t352\nmax_entries:\t32768\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t13107712\nmap_id:\t77\nfrozen:\t0\n";
+        assert_eq!(parse_fdinfo_field(text, "memlock"), Some(13_107_712));
+        assert_eq!(parse_fdinfo_field(text, "max_entries"), Some(32768));
+        assert_eq!(parse_fdinfo_field(text, "map_flags"), None); // not a number
+        assert_eq!(parse_fdinfo_field(text, "memlock_extra"), None);
+    }
 
     #[test]
     fn lockdown_mode() {

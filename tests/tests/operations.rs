@@ -72,6 +72,65 @@ fn kernel_links() -> Vec<(u64, String)> {
     links
 }
 
+#[test]
+fn the_kernel_maps_and_their_memory_are_what_the_kernel_says() {
+    let agent = Agent::start(&["--max-tasks", "4096", "--max-io-requests", "1024"]);
+    let status = agent.get("/api/v1/status");
+    let maps = status["kernel_maps"]
+        .as_array()
+        .expect("kernel_maps")
+        .clone();
+    let (_, scrape) = http_get(&agent.addr, "/metrics").expect("scrape");
+    let mut total = 0;
+    for map in &maps {
+        let (name, id) = (
+            map["name"].as_str().expect("name"),
+            map["id"].as_u64().expect("id"),
+        );
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool (installed by cargo xtask setup --for-tests)");
+        assert!(out.status.success(), "bpftool map show id {id}");
+        let kernel: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        println!(
+            "{name:<22} agent: {:>8} entries {:>10} bytes; bpftool: {} {:>8} entries {:>10} bytes",
+            map["max_entries"],
+            map["bytes"],
+            kernel["name"],
+            kernel["max_entries"],
+            kernel["bytes_memlock"]
+        );
+        // The kernel keeps 15 bytes of a map's name.
+        assert!(
+            name.starts_with(kernel["name"].as_str().unwrap_or("?")),
+            "{kernel}"
+        );
+        assert_eq!(map["max_entries"], kernel["max_entries"]);
+        assert_eq!(map["bytes"], kernel["bytes_memlock"]);
+        let exported = taskscope_e2e::sample(
+            &scrape,
+            "taskscope_kernel_map_bytes",
+            &[&format!("map=\"{name}\"")],
+        );
+        assert_eq!(exported, map["bytes"].as_f64());
+        total += map["bytes"].as_u64().unwrap_or(0);
+    }
+    println!(
+        "{} maps, {:.1} MiB in all",
+        maps.len(),
+        total as f64 / (1 << 20) as f64
+    );
+    let entries = |name: &str| {
+        maps.iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["max_entries"].as_u64())
+    };
+    assert_eq!(entries("TASKS"), Some(4096));
+    assert_eq!(entries("IO_STARTS"), Some(1024));
+    assert_eq!(entries("SYSCALLS"), Some(16384));
+}
+
 fn links_of(links: &[(u64, String)], prefixes: &[&str]) -> Vec<(u64, String)> {
     links
         .iter()

@@ -169,6 +169,8 @@ pub(crate) struct StatusResponse {
     pub(crate) last_poll_seconds_ago: Option<f64>,
     /// Tasks in the kernel's task table at the last read (the scheduling probes at work).
     pub(crate) kernel_tasks: usize,
+    /// The kernel maps: capacity and the memory the kernel charges for each, largest first.
+    pub(crate) kernel_maps: Vec<crate::probes::MapMemory>,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
@@ -454,6 +456,7 @@ impl Collector {
                     events: status.events,
                     lost: status.lost,
                     programs: self.probes.program_stats(),
+                    kernel_maps: self.probes.maps.clone(),
                 });
             }
         }
@@ -561,6 +564,7 @@ impl Collector {
             exited_processes: self.model.exited_count(),
             last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
             kernel_tasks: self.kernel_tasks,
+            kernel_maps: self.probes.maps.clone(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::{
         view::{block_op_name, device_name},
         workload::Workload,
     },
-    probes::ProgramStats,
+    probes::{MapMemory, ProgramStats},
     procfs::{CgroupMemory, CgroupMemoryReader, ZoneFreeBlocks},
     syscall_names::syscall_name,
 };
@@ -299,6 +299,7 @@ pub(crate) struct Scrape {
     memory_zones: Vec<ZoneFreeBlocks>,
     pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
     programs: Vec<(&'static str, ProgramStats)>,
+    kernel_maps: Vec<MapMemory>,
     previous_scrape_seconds: f64,
     dropped_series_total: u64,
     /// With `--kubernetes`: whether the pod list is synced.
@@ -738,6 +739,17 @@ impl Scrape {
             },
         )?;
         out.family(
+            "taskscope_kernel_map_bytes",
+            "Memory the kernel charges for each of the agent's maps (memlock, allocated at load).",
+            FamilyType::Gauge,
+            &mut |family| {
+                for map in &self.kernel_maps {
+                    family.number(&[("map", map.name.clone())], Number::from(map.bytes))?;
+                }
+                Ok(())
+            },
+        )?;
+        out.family(
             "taskscope_events",
             "Ring-buffer events received, by kind.",
             FamilyType::Counter,
@@ -946,6 +958,7 @@ impl Exposition {
             memory_zones: snapshot.memory_zones,
             pressure: snapshot.pressure,
             programs: snapshot.programs,
+            kernel_maps: snapshot.kernel_maps,
             lost: snapshot
                 .lost
                 .iter()

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     model::{aggregate::WorkloadTotals, node::CpuWindow, workload::Workload},
-    probes::ProgramStats,
+    probes::{MapMemory, ProgramStats},
     procfs::ZoneFreeBlocks,
 };
 
@@ -65,6 +65,8 @@ pub(crate) struct MetricsSnapshot {
     pub(crate) pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
     /// Kernel run statistics of each attached program.
     pub(crate) programs: Vec<(&'static str, ProgramStats)>,
+    /// The kernel maps and the memory the kernel charges for each.
+    pub(crate) kernel_maps: Vec<MapMemory>,
     /// Ring-buffer events received, by kind.
     pub(crate) events: BTreeMap<&'static str, u64>,
     pub(crate) lost: Vec<LossView>,

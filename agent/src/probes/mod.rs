@@ -188,9 +188,53 @@ pub enum LoadError {
     },
 }
 
+/// One kernel map of the programs, as the kernel sized it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct MapMemory {
+    pub(crate) name: String,
+    /// The kernel's id of the map (`bpftool map show id N`).
+    pub(crate) id: u64,
+    pub(crate) max_entries: u64,
+    /// What the kernel charges for it (`memlock` in its fdinfo): all of it from the start, the
+    /// hash maps being preallocated.
+    pub(crate) bytes: u64,
+}
+
+/// Every map of `ebpf`, read before the collector takes any.
+fn map_memory(ebpf: &Ebpf) -> Vec<MapMemory> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut maps: Vec<MapMemory> = ebpf
+        .maps()
+        .filter_map(|(name, map)| {
+            let data = match map {
+                aya::maps::Map::Array(d)
+                | aya::maps::Map::PerCpuArray(d)
+                | aya::maps::Map::HashMap(d)
+                | aya::maps::Map::LruHashMap(d)
+                | aya::maps::Map::PerCpuHashMap(d)
+                | aya::maps::Map::RingBuf(d) => d,
+                _ => return None,
+            };
+            let fd = data.fd().as_fd().as_raw_fd();
+            Some(MapMemory {
+                name: name.to_string(),
+                id: crate::procfs::fdinfo_field(fd, "map_id")?,
+                max_entries: crate::procfs::fdinfo_field(fd, "max_entries")?,
+                bytes: crate::procfs::fdinfo_field(fd, "memlock")?,
+            })
+        })
+        // Global variables (.rodata, .bss) are arrays too, of a few bytes: not tables.
+        .filter(|m| !m.name.starts_with('.'))
+        .collect();
+    maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    maps
+}
+
 /// The loaded programs and maps. Dropping it detaches and unloads everything.
 pub(crate) struct Probes {
     pub(crate) ebpf: Ebpf,
+    /// The kernel maps and their memory, read at load.
+    pub(crate) maps: Vec<MapMemory>,
     /// Every hook tried, in attach order (a fallback only where its primary failed).
     pub(crate) hooks: Vec<HookStatus>,
     /// What the optional hooks that did not attach leave out (see [`coverage`]).
@@ -293,6 +337,7 @@ impl Probes {
         }
         let ebpf = loader.load(PROBES_OBJECT).map_err(refused_or_object)?;
         let mut probes = Probes {
+            maps: map_memory(&ebpf),
             ebpf,
             hooks: Vec::with_capacity(HOOKS.len()),
             degraded: Vec::new(),
@@ -573,6 +618,7 @@ mod tests {
             maps::SYSCALL_ERRNOS,
             maps::SYSCALL_STARTS,
             maps::SYSCALL_ENTRY_COUNTS,
+            maps::IO_STARTS,
             maps::PROCESS_IO,
             maps::DEVICE_IO,
             maps::LOSSES,
