@@ -289,6 +289,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         max_tasks: args.max_tasks,
         max_syscall_entries: args.max_syscall_entries,
         max_syscall_entries_per_process: args.max_syscall_entries_per_process,
+        max_workload_syscall_entries: args.max_workload_syscall_entries,
         max_io_requests: args.max_io_requests,
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         force_raw_tp: args.attach == AttachMode::RawTp,
@@ -511,6 +512,7 @@ fn new_collector(
             idle_fragment_threshold: args.idle_fragment_threshold,
             redactor: Redactor::new(&args.redact_patterns),
             join_traceparent: args.join_traceparent,
+            series_ttl: args.series_ttl,
             ..ModelConfig::default()
         },
         Box::new(SystemHost::new(CgroupResolver::new(cgroup_root))),
@@ -522,7 +524,6 @@ fn new_collector(
             poll_interval: args.poll_interval,
             max_staleness: args.max_staleness,
             drain_interval: args.drain_interval,
-            series_ttl: args.series_ttl,
             process_selectors: live.process_selectors.clone(),
             span_sink: span_sink.clone(),
             sampling: live.sampling,

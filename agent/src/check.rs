@@ -332,6 +332,7 @@ fn try_load(kernel_btf: &Path, force_raw_tp: bool) -> Result<Probes, LoadError> 
         record_switches: false,
         max_tasks: 1024,
         max_syscall_entries: 1024,
+        max_workload_syscall_entries: 16384,
         max_syscall_entries_per_process: 128,
         max_io_requests: 16384,
         ring_buffer_bytes: 64 * 1024,

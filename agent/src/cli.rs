@@ -103,10 +103,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub(crate) max_tasks: u32,
 
-    /// Capacity of the kernel's per-(process, syscall) table (the errno table gets half).
-    /// Entries of exited processes are freed two polls after their exit.
-    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    /// Capacity of the kernel's per-(process, syscall) table of counts (the errno table gets
+    /// a quarter): 10,000 processes of 30 syscalls each fit the default. Entries of exited
+    /// processes are freed two polls after their exit.
+    #[arg(long, default_value_t = 327_680, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub(crate) max_syscall_entries: u32,
+
+    /// Capacity of the kernel's per-(cgroup, syscall) table, which holds the latency
+    /// histograms /metrics exports. Entries of a cgroup without live processes for
+    /// --series-ttl are freed.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub(crate) max_workload_syscall_entries: u32,
 
     /// Entries one process may take in the syscall tables (its distinct syscalls and their
     /// errnos together). Beyond, its syscalls are counted under the syscall "other" and the

@@ -386,6 +386,7 @@ fn task_model(inputs: &Inputs<'_>, since: &Since<'_>) -> Component {
                 "tasks_map" => "raise --max-tasks",
                 "syscalls_map" | "syscall_errnos_map" => "raise --max-syscall-entries",
                 "io_starts_map" => "raise --max-io-requests",
+                "workload_syscalls_map" => "raise --max-workload-syscall-entries",
                 _ => "fixed size",
             };
             (count > 0).then(|| format!("{count} lost in {source} (full: {remedy})"))

@@ -156,6 +156,7 @@ fn recording_collector(
         record_switches: true,
         max_tasks: 32768,
         max_syscall_entries: 16384,
+        max_workload_syscall_entries: 16384,
         max_syscall_entries_per_process: 128,
         max_io_requests: 16384,
         ring_buffer_bytes: 16 << 20,
@@ -176,7 +177,6 @@ fn recording_collector(
             poll_interval,
             max_staleness: std::time::Duration::from_millis(100),
             drain_interval: std::time::Duration::from_millis(50),
-            series_ttl: std::time::Duration::from_secs(300),
             process_selectors: Vec::new(),
             span_sink: None,
             sampling: SamplingConfig {

@@ -201,8 +201,10 @@ pub mod maps {
     pub const TASKS: &str = "TASKS";
     /// Per CPU: [`crate::CpuStats`].
     pub const CPUS: &str = "CPUS";
-    /// Per (process, syscall): [`crate::SyscallStats`].
+    /// Per (process, syscall): [`crate::SyscallCounts`].
     pub const SYSCALLS: &str = "SYSCALLS";
+    /// Per (cgroup, syscall): [`crate::SyscallStats`], with the latency histogram.
+    pub const WORKLOAD_SYSCALLS: &str = "WORKLOAD_SYSCALLS";
     /// Per (process, syscall, errno): failures.
     pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
     /// Per task: the syscall in progress.

@@ -123,7 +123,26 @@ pub struct SyscallKey {
     pub nr: u32,
 }
 
-/// Accumulators for one (process, syscall).
+/// Counts of one (process, syscall): small, so that every process of a busy node has its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallCounts {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+}
+
+/// Key of the `WORKLOAD_SYSCALLS` map: one cgroup (v2 id, the caller's at the syscall) and one
+/// syscall number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadSyscallKey {
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// Accumulators for one (cgroup, syscall), with the latency histogram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallStats {
@@ -250,10 +269,12 @@ pub enum Loss {
     /// A syscall (or a failure's errno) of a process at its cap of entries: counted under
     /// [`SYSCALL_NR_OTHER`] (the errno is not kept).
     SyscallsProcessCap = 8,
+    /// `WORKLOAD_SYSCALLS` was full: a syscall is missing from its workload's figures.
+    WorkloadSyscallsMapFull = 9,
 }
 
 /// Number of [`Loss`] variants (size of the `LOSSES` array).
-pub const LOSS_KINDS: u32 = 9;
+pub const LOSS_KINDS: u32 = 10;
 
 impl Loss {
     /// Every variant, in index order.
@@ -267,6 +288,7 @@ impl Loss {
         Loss::ProcessIoMapFull,
         Loss::DeviceIoMapFull,
         Loss::SyscallsProcessCap,
+        Loss::WorkloadSyscallsMapFull,
     ];
 
     /// Stable name used in logs, the API and metrics (`source`, `reason`).
@@ -281,6 +303,7 @@ impl Loss {
             Loss::ProcessIoMapFull => ("process_io_map", "map_full"),
             Loss::DeviceIoMapFull => ("device_io_map", "map_full"),
             Loss::SyscallsProcessCap => ("syscalls_map", "process_cap"),
+            Loss::WorkloadSyscallsMapFull => ("workload_syscalls_map", "map_full"),
         }
     }
 }
@@ -498,6 +521,8 @@ mod pod {
     unsafe impl aya::Pod for CpuStats {}
     unsafe impl aya::Pod for SyscallKey {}
     unsafe impl aya::Pod for SyscallStats {}
+    unsafe impl aya::Pod for SyscallCounts {}
+    unsafe impl aya::Pod for WorkloadSyscallKey {}
     unsafe impl aya::Pod for ErrnoKey {}
     unsafe impl aya::Pod for SyscallStart {}
     unsafe impl aya::Pod for IoStart {}
@@ -545,5 +570,7 @@ mod tests {
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
         assert_eq!(size_of::<Thresholds>(), 24);
+        assert_eq!(size_of::<SyscallCounts>(), 24);
+        assert_eq!(size_of::<WorkloadSyscallKey>(), 16);
     }
 }

@@ -111,7 +111,15 @@ fn runqueue_wait_and_switches_of_competing_processes_match_the_kernel() {
 fn syscall_counts_and_errors_are_exact() {
     let agent = Agent::start(&[]);
     let (calls, failures) = (5000u64, 1234u64);
-    let child = Workload::run(&["syscalls", &calls.to_string(), &failures.to_string()]);
+    // In a cgroup of its own: its workload's figures (kept per cgroup by the kernel, with the
+    // latency histograms) are the process's alone.
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-syscalls-{}", std::process::id()));
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+    let child = Workload::run_in_cgroups(
+        &[&cgroup_dir],
+        &["syscalls", &calls.to_string(), &failures.to_string()],
+    );
     let process = agent.process_after(child.pid(), monotonic_ns());
     let getpgid = process["syscalls"]["by_syscall"]
         .as_array()
@@ -128,14 +136,43 @@ fn syscall_counts_and_errors_are_exact() {
     assert_eq!(getpgid["errnos"][0]["name"], "ESRCH");
     assert_eq!(getpgid["errnos"][0]["count"].as_u64(), Some(failures));
     assert_eq!(getpgid["errnos"].as_array().map(Vec::len), Some(1));
-    let hist_total: u64 = getpgid["latency"]
-        .as_array()
-        .expect("latency")
-        .iter()
-        .map(|b| b["count"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(hist_total, calls, "latency histogram holds every call");
+    // The workload's series: the same counts, and a latency histogram holding every call.
+    let (cgroup, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
+    let (total, errors, histogram) = (
+        series("taskscope_syscalls_total"),
+        series("taskscope_syscall_errors_total"),
+        series("taskscope_syscall_latency_seconds_count"),
+    );
+    println!("workload {cgroup}: taskscope_syscalls_total {total}, taskscope_syscall_errors_total (all errnos) {errors}, latency histogram count {histogram}");
+    assert_eq!(total, calls as f64);
+    assert_eq!(
+        histogram, calls as f64,
+        "latency histogram holds every call"
+    );
+    assert_eq!(errors, failures as f64);
     child.finish();
+    let _ = std::fs::remove_dir(&cgroup_dir);
+}
+
+/// The process's workload (cgroup path) and its series on a fresh scrape: a family's value
+/// with the workload's labels and `labels` (NaN when absent).
+fn workload_series(
+    agent: &Agent,
+    process: &serde_json::Value,
+    labels: &[&str],
+) -> (String, impl Fn(&str) -> f64) {
+    let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
+    let cgroup = process["cgroup"]["path"]
+        .as_str()
+        .unwrap_or("/")
+        .to_string();
+    let mut all = vec![format!("cgroup=\"{cgroup}\"")];
+    all.extend(labels.iter().map(|l| l.to_string()));
+    let series = move |family: &str| {
+        let labels: Vec<&str> = all.iter().map(String::as_str).collect();
+        taskscope_e2e::sample(&scrape, family, &labels).unwrap_or(f64::NAN)
+    };
+    (cgroup, series)
 }
 
 /// What `/proc/diskstats` says of one device (`major:minor`).
@@ -343,18 +380,9 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
     let node_after = wait_fresh_node(&agent);
     let lost = agent.lost("io_starts_map", "map_full") - lost_before;
 
-    let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
-    let cgroup = process["cgroup"]["path"]
-        .as_str()
-        .unwrap_or("/")
-        .to_string();
-    let labels = [
-        format!("cgroup=\"{cgroup}\""),
-        format!("device=\"{device}\""),
-        "op=\"read\"".to_string(),
-    ];
-    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let series = |family| taskscope_e2e::sample(&scrape, family, &labels).unwrap_or(0.0) as u64;
+    let device_label = format!("device=\"{device}\"");
+    let (_, series) = workload_series(&agent, &process, &[&device_label, "op=\"read\""]);
+    let series = |family| series(family) as u64;
     let started = series("taskscope_block_io_requests_total");
     let measured = series("taskscope_block_io_latency_seconds_count");
     let missing = started - measured;

@@ -193,8 +193,6 @@ pub(crate) struct CollectorConfig {
     /// How often the ring buffer is drained when the kernel has not woken the reader (it
     /// wakes it only when an eighth of the ring is pending).
     pub(crate) drain_interval: Duration,
-    /// Workloads without live processes stay in /metrics this long.
-    pub(crate) series_ttl: Duration,
     /// Processes that get their own series on /metrics.
     pub(crate) process_selectors: Vec<ProcessSelector>,
     /// Where finished spans go for OTLP export (none: they stay in the API only).
@@ -433,7 +431,7 @@ impl Collector {
             }
             Query::Workloads(reply) => {
                 self.refresh_if_stale();
-                let _ = reply.send(self.model.workload_totals(self.config.series_ttl));
+                let _ = reply.send(self.model.workload_totals());
             }
             Query::Reconfigure(settings, reply) => {
                 let _ = reply.send(self.reconfigure(*settings));
@@ -446,7 +444,7 @@ impl Collector {
                 self.refresh_if_stale();
                 let status = self.status();
                 let _ = reply.send(MetricsSnapshot {
-                    workloads: self.model.workload_totals(self.config.series_ttl),
+                    workloads: self.model.workload_totals(),
                     processes: self
                         .model
                         .selected_processes(&self.config.process_selectors),
@@ -456,7 +454,7 @@ impl Collector {
                     events: status.events,
                     lost: status.lost,
                     programs: self.probes.program_stats(),
-                    kernel_maps: self.probes.maps.clone(),
+                    kernel_maps: self.probes.map_memory(),
                 });
             }
         }
@@ -564,7 +562,7 @@ impl Collector {
             exited_processes: self.model.exited_count(),
             last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
             kernel_tasks: self.kernel_tasks,
-            kernel_maps: self.probes.maps.clone(),
+            kernel_maps: self.probes.map_memory(),
         }
     }
 

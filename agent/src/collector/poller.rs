@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use taskscope_common::{
     contract::maps, CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey,
-    SyscallKey, SyscallStart, SyscallStats, TaskSched, LOSS_KINDS,
+    SyscallCounts, SyscallKey, SyscallStart, SyscallStats, TaskSched, WorkloadSyscallKey,
+    LOSS_KINDS,
 };
 
 use crate::{
@@ -28,7 +29,8 @@ pub struct MapsError {
 pub(crate) struct KernelMaps {
     tasks: HashMap<MapData, u32, TaskSched>,
     syscall_starts: HashMap<MapData, u32, SyscallStart>,
-    syscalls: HashMap<MapData, SyscallKey, SyscallStats>,
+    syscalls: HashMap<MapData, SyscallKey, SyscallCounts>,
+    workload_syscalls: HashMap<MapData, WorkloadSyscallKey, SyscallStats>,
     errnos: HashMap<MapData, ErrnoKey, u64>,
     syscall_entry_counts: HashMap<MapData, u32, u64>,
     process_io: HashMap<MapData, ProcessIoKey, ProcessIo>,
@@ -139,6 +141,7 @@ impl KernelMaps {
             tasks: take(probes, maps::TASKS)?,
             syscall_starts: take(probes, maps::SYSCALL_STARTS)?,
             syscalls: take(probes, maps::SYSCALLS)?,
+            workload_syscalls: take(probes, maps::WORKLOAD_SYSCALLS)?,
             errnos: take(probes, maps::SYSCALL_ERRNOS)?,
             syscall_entry_counts: take(probes, maps::SYSCALL_ENTRY_COUNTS)?,
             process_io: take(probes, maps::PROCESS_IO)?,
@@ -170,6 +173,7 @@ impl KernelMaps {
             taken_at_ns,
             tasks: collect(&self.tasks, &mut errors),
             syscalls: collect(&self.syscalls, &mut errors),
+            workload_syscalls: collect(&self.workload_syscalls, &mut errors),
             errnos: collect(&self.errnos, &mut errors),
             process_io: collect(&self.process_io, &mut errors),
             device_io: collect(&self.device_io, &mut errors),
@@ -192,6 +196,9 @@ impl KernelMaps {
         }
         for key in &forget.syscalls {
             let _ = self.syscalls.remove(key);
+        }
+        for key in &forget.workload_syscalls {
+            let _ = self.workload_syscalls.remove(key);
         }
         for key in &forget.errnos {
             let _ = self.errnos.remove(key);

@@ -474,7 +474,8 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         help: "Syscall durations, entry to exit.",
         family_type: FamilyType::Histogram,
         series_group: "taskscope_syscall_latency_seconds",
-        workloads_only: false,
+        // The kernel keeps the histograms per cgroup, not per process.
+        workloads_only: true,
         series: |f, histogram| f.syscalls.len() * histogram,
         expose: |family, labels, f, spacing| {
             for NamedSyscall { name, stats, .. } in &f.syscalls {

@@ -2,7 +2,8 @@
 //!
 //! A workload's counters must never go down while it exists, although its processes come and
 //! go: what a process accumulated is kept in the workload's retired totals when the process is
-//! retired, and live processes are added on top at read time.
+//! retired, and live processes are added on top at read time. Syscalls are the exception: the
+//! kernel keeps them per cgroup, past the processes' lives (`cgroup_syscalls`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,23 +58,14 @@ pub(crate) fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
 }
 
 impl WorkloadTotals {
-    /// Adds scheduler, syscall and IO figures (a process's, or another total's).
+    /// Adds scheduler, errno and IO figures (a process's, or another total's).
     fn add_figures(
         &mut self,
         sched: &SchedTotals,
-        syscalls: &BTreeMap<u32, SyscallStats>,
         errnos: &BTreeMap<(u32, u32), u64>,
         io: &BTreeMap<(u32, u32), ProcessIo>,
     ) {
         self.sched.add_totals(sched);
-        for (nr, stats) in syscalls {
-            match self.syscalls.get_mut(nr) {
-                Some(total) => add_syscalls(total, stats),
-                None => {
-                    self.syscalls.insert(*nr, *stats);
-                }
-            }
-        }
         for (key, count) in errnos {
             *self.errnos.entry(*key).or_default() += count;
         }
@@ -86,14 +78,14 @@ impl WorkloadTotals {
         }
     }
 
-    /// The scheduler, syscall and IO figures `process` has accumulated (no counts).
+    /// The scheduler, errno and IO figures `process` has accumulated (no counts).
     pub(crate) fn figures_of(
         p: &Process,
         now_ns: u64,
         running: &HashMap<u32, u64>,
     ) -> WorkloadTotals {
         let mut figures = WorkloadTotals::default();
-        figures.add_figures(&p.sched(now_ns, running), &p.syscalls, &p.errnos, &p.io);
+        figures.add_figures(&p.sched(now_ns, running), &p.errnos, &p.io);
         figures
     }
 
@@ -101,7 +93,6 @@ impl WorkloadTotals {
     pub(crate) fn figures_minus(&self, base: &WorkloadTotals) -> WorkloadTotals {
         let mut out = WorkloadTotals {
             sched: self.sched,
-            syscalls: self.syscalls.clone(),
             errnos: self.errnos.clone(),
             io: self.io.clone(),
             ..WorkloadTotals::default()
@@ -120,7 +111,7 @@ impl WorkloadTotals {
         for (_, share) in p.thread_shares(now_ns, running) {
             sched = sched.minus(&share);
         }
-        self.add_figures(&sched, &p.syscalls, &p.errnos, &p.io);
+        self.add_figures(&sched, &p.errnos, &p.io);
         if let Some(base) = &p.moved_baseline {
             self.subtract_figures(base);
         }
@@ -137,18 +128,10 @@ impl WorkloadTotals {
         }
     }
 
-    /// Takes `base`'s scheduler, syscall and IO figures off these, never below zero.
+    /// Takes `base`'s scheduler, errno and IO figures off these, never below zero.
     fn subtract_figures(&mut self, base: &WorkloadTotals) {
         let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
         self.sched = self.sched.minus(&base.sched);
-        for (nr, b) in &base.syscalls {
-            if let Some(t) = self.syscalls.get_mut(nr) {
-                sub(&mut t.count, b.count);
-                sub(&mut t.errors, b.errors);
-                sub(&mut t.total_ns, b.total_ns);
-                t.latency_hist = histogram::delta(&t.latency_hist, Some(&b.latency_hist));
-            }
-        }
         for (key, b) in &base.errnos {
             if let Some(t) = self.errnos.get_mut(key) {
                 sub(t, *b);
@@ -166,7 +149,7 @@ impl WorkloadTotals {
 
     /// Adds another total (retired processes into live ones).
     fn merge(&mut self, from: &WorkloadTotals) {
-        self.add_figures(&from.sched, &from.syscalls, &from.errnos, &from.io);
+        self.add_figures(&from.sched, &from.errnos, &from.io);
         self.started += from.started;
         self.exited_success += from.exited_success;
         self.exited_failure += from.exited_failure;
@@ -220,20 +203,19 @@ impl WorkloadLedger {
             .retired
             .entry(workload.key().to_string())
             .or_insert_with(|| (workload, WorkloadTotals::default(), now_ns));
-        entry.1.add_figures(
-            &figures.sched,
-            &figures.syscalls,
-            &figures.errnos,
-            &figures.io,
-        );
+        entry
+            .1
+            .add_figures(&figures.sched, &figures.errnos, &figures.io);
         entry.2 = now_ns;
     }
 
-    /// Every workload's totals: retired ones plus the live processes. Workloads with no live
+    /// Every workload's totals: retired ones plus the live processes, with the syscall
+    /// figures of their cgroups (path, syscall number -> figures). Workloads with no live
     /// process that have not had one for `ttl_ns` are forgotten first.
-    pub(crate) fn totals<'a>(
+    pub(crate) fn totals<'a, 'c>(
         &mut self,
         live: impl Iterator<Item = &'a Process>,
+        cgroup_syscalls: impl Iterator<Item = (&'c str, &'c BTreeMap<u32, SyscallStats>)>,
         now_ns: u64,
         running: &HashMap<u32, u64>,
         ttl_ns: u64,
@@ -268,6 +250,21 @@ impl WorkloadLedger {
                 .or_insert_with(|| (workload.clone(), WorkloadTotals::default()))
                 .1
                 .merge(retired);
+        }
+        // Only into workloads still kept: a cgroup's entries are dropped a poll after its
+        // workload is, and must not bring it back meanwhile.
+        for (path, syscalls) in cgroup_syscalls {
+            let Some((_, totals)) = out.get_mut(Workload::from_cgroup(path).key()) else {
+                continue;
+            };
+            for (nr, stats) in syscalls {
+                match totals.syscalls.get_mut(nr) {
+                    Some(total) => add_syscalls(total, stats),
+                    None => {
+                        totals.syscalls.insert(*nr, *stats);
+                    }
+                }
+            }
         }
         out.into_values().collect()
     }

@@ -8,8 +8,8 @@ use super::{
     TaskModel, FINAL_READ_POLLS, SWEEP_EVERY_POLLS,
 };
 use taskscope_common::{
-    CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, ProcessIo, ProcessIoKey, SyscallKey, SyscallStats,
-    TaskSched, LOSS_KINDS,
+    CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, ProcessIo, ProcessIoKey, SyscallCounts, SyscallKey,
+    SyscallStats, TaskSched, WorkloadSyscallKey, LOSS_KINDS,
 };
 
 /// Everything the kernel has accumulated, read in one pass.
@@ -18,7 +18,9 @@ pub(crate) struct KernelSnapshot {
     /// CLOCK_MONOTONIC when the read started (the kernel programs' clock).
     pub(crate) taken_at_ns: u64,
     pub(crate) tasks: Vec<(u32, TaskSched)>,
-    pub(crate) syscalls: Vec<(SyscallKey, SyscallStats)>,
+    pub(crate) syscalls: Vec<(SyscallKey, SyscallCounts)>,
+    /// Per (cgroup, syscall), with latency histograms: the workloads' syscall figures.
+    pub(crate) workload_syscalls: Vec<(WorkloadSyscallKey, SyscallStats)>,
     pub(crate) errnos: Vec<(ErrnoKey, u64)>,
     pub(crate) process_io: Vec<(ProcessIoKey, ProcessIo)>,
     pub(crate) device_io: Vec<(DeviceIoKey, DeviceIo)>,
@@ -37,6 +39,8 @@ pub(crate) struct Forget {
     pub(crate) tids: Vec<(u32, u32)>,
     /// Entries of exited processes.
     pub(crate) syscalls: Vec<SyscallKey>,
+    /// Entries of cgroups without a live process for `--series-ttl`.
+    pub(crate) workload_syscalls: Vec<WorkloadSyscallKey>,
     pub(crate) errnos: Vec<ErrnoKey>,
     pub(crate) process_io: Vec<ProcessIoKey>,
     /// Exited processes (tgid): their count of syscall-table entries.
@@ -66,6 +70,18 @@ impl TaskModel {
                 process.syscalls.insert(key.nr, stats);
             }
         }
+        let live_cgroups: std::collections::HashSet<u64> =
+            self.live.values().filter_map(|p| p.cgroup_id).collect();
+        let host = &mut self.host;
+        let applied = self.cgroup_syscalls.apply(
+            snapshot.workload_syscalls,
+            &live_cgroups,
+            host.clocks().monotonic_ns,
+            self.config.series_ttl_ns(),
+            |id| host.cgroup_path(id, 0),
+        );
+        forget.workload_syscalls = applied.forget;
+        self.counters.cgroup_unresolved += applied.unresolved;
         for (key, count) in snapshot.errnos {
             if let Some(process) = self.live.get_mut(&key.tgid) {
                 process.errnos.insert((key.nr, key.errno), count);

@@ -7,6 +7,7 @@
 //! final values of its exited threads.
 
 pub(crate) mod aggregate;
+pub(crate) mod cgroup_syscalls;
 pub(crate) mod errno;
 pub(crate) mod exit;
 pub(crate) mod histogram;
@@ -34,6 +35,7 @@ use taskscope_common::{DeviceIo, DeviceIoKey, LOSS_KINDS};
 
 use self::{
     aggregate::WorkloadLedger,
+    cgroup_syscalls::CgroupSyscalls,
     host::Host,
     node::{CpuTotals, CpuWindow},
     span::{SpanIdSource, TaskSpan},
@@ -63,6 +65,15 @@ pub(crate) struct ModelConfig {
     pub(crate) redactor: redact::Redactor,
     /// A process exec'd with `TRACEPARENT` in its environment joins that trace.
     pub(crate) join_traceparent: bool,
+    /// Workloads without live processes stay in /metrics this long, with their cgroups'
+    /// syscall figures (`--series-ttl`).
+    pub(crate) series_ttl: Duration,
+}
+
+impl ModelConfig {
+    fn series_ttl_ns(&self) -> u64 {
+        self.series_ttl.as_nanos().min(u64::MAX as u128) as u64
+    }
 }
 
 impl Default for ModelConfig {
@@ -76,6 +87,7 @@ impl Default for ModelConfig {
             idle_fragment_threshold: Duration::from_millis(1),
             redactor: redact::Redactor::default(),
             join_traceparent: true,
+            series_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -132,6 +144,8 @@ pub(crate) struct TaskModel {
     pub(crate) collected_at_ns: u64,
     /// What retired processes left to their workloads.
     workloads: WorkloadLedger,
+    /// The workloads' syscall figures, per cgroup as the kernel keeps them.
+    cgroup_syscalls: CgroupSyscalls,
     /// Start of the current CPU window: (CLOCK_MONOTONIC, per-CPU totals).
     cpu_window_start: Option<(u64, Vec<CpuTotals>)>,
     /// Busy share and idle fragmentation per CPU over the latest complete window.
@@ -170,6 +184,7 @@ impl TaskModel {
             map_read_errors: 0,
             collected_at_ns: 0,
             workloads: WorkloadLedger::default(),
+            cgroup_syscalls: CgroupSyscalls::default(),
             cpu_window_start: None,
             cpu_windows: Vec::new(),
             span_ids: SpanIdSource::default(),
@@ -189,7 +204,7 @@ mod tests {
     };
     use intake::{Forget, KernelSnapshot};
     use std::collections::BTreeMap;
-    use taskscope_common::{decode::Event, SyscallKey, SyscallStats, TaskSched, HIST_BUCKETS};
+    use taskscope_common::{decode::Event, SyscallCounts, SyscallKey, TaskSched, HIST_BUCKETS};
     use taskscope_common::{event_kind, EventHeader, ExitEvent, ForkEvent, COMM_LEN};
 
     fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
@@ -579,7 +594,7 @@ mod tests {
 
     /// The CPU time of a workload, by cgroup path (0 when it has none).
     fn cpu_of(m: &mut TaskModel, cgroup: &str) -> u64 {
-        m.workload_totals(Duration::from_secs(60))
+        m.workload_totals()
             .iter()
             .find(|(w, _)| w.cgroup == cgroup)
             .map_or(0, |(_, t)| t.sched.on_cpu_ns)
@@ -606,12 +621,11 @@ mod tests {
         })
     }
 
-    fn zero_syscalls() -> SyscallStats {
-        SyscallStats {
+    fn zero_syscalls() -> SyscallCounts {
+        SyscallCounts {
             count: 1,
             errors: 0,
             total_ns: 1,
-            latency_hist: [0; HIST_BUCKETS],
         }
     }
 }

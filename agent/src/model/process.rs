@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use taskscope_common::{ProcessIo, SlowSyscallEvent, SyscallStats, TaskSched, HIST_BUCKETS};
+use taskscope_common::{ProcessIo, SlowSyscallEvent, SyscallCounts, TaskSched, HIST_BUCKETS};
 
 use super::{aggregate::WorkloadTotals, histogram, intake::Forget, span::SpanIds, ExitStatus};
 
@@ -144,7 +144,8 @@ pub(crate) struct Process {
     pub(crate) threads_started: u64,
     pub(crate) threads_exited: u64,
     pub(super) exited_sched: SchedTotals,
-    pub(crate) syscalls: BTreeMap<u32, SyscallStats>,
+    /// Per syscall number: its own counts (the latency histograms are kept per workload).
+    pub(crate) syscalls: BTreeMap<u32, SyscallCounts>,
     pub(crate) errnos: BTreeMap<(u32, u32), u64>,
     /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
     pub(crate) io: BTreeMap<(u32, u32), ProcessIo>,

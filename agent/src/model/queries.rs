@@ -1,6 +1,6 @@
 //! What the collector asks the model: processes, spans, workload totals, selected processes.
 
-use std::time::Duration;
+use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
 use super::{
     aggregate::WorkloadTotals, process::Process, selector::ProcessSelector,
@@ -38,12 +38,17 @@ impl TaskModel {
     }
 
     /// Totals per workload (retired processes and live ones); workloads without live processes
-    /// for `ttl` are dropped.
-    pub(crate) fn workload_totals(&mut self, ttl: Duration) -> Vec<(Workload, WorkloadTotals)> {
+    /// for `--series-ttl` are dropped.
+    pub(crate) fn workload_totals(&mut self) -> Vec<(Workload, WorkloadTotals)> {
         let now = self.host.clocks().monotonic_ns;
-        let ttl_ns = ttl.as_nanos().min(u64::MAX as u128) as u64;
-        self.workloads
-            .totals(self.live.values(), now, &self.running, ttl_ns)
+        let ttl_ns = self.config.series_ttl_ns();
+        self.workloads.totals(
+            self.live.values(),
+            self.cgroup_syscalls.by_path(),
+            now,
+            &self.running,
+            ttl_ns,
+        )
     }
 
     /// Live processes any of `selectors` matches, each with its own totals.
@@ -58,6 +63,20 @@ impl TaskModel {
             .map(|p| {
                 let mut totals = WorkloadTotals::default();
                 totals.add_process(p, now, &self.running);
+                // Its own counts (the latency histograms are kept per workload only).
+                totals.syscalls = p
+                    .syscalls
+                    .iter()
+                    .map(|(&nr, c)| {
+                        let stats = SyscallStats {
+                            count: c.count,
+                            errors: c.errors,
+                            total_ns: c.total_ns,
+                            latency_hist: [0; HIST_BUCKETS],
+                        };
+                        (nr, stats)
+                    })
+                    .collect();
                 SelectedProcess {
                     workload: Workload::from_cgroup(p.cgroup_path.as_deref().unwrap_or("/")),
                     pid: p.pid,

@@ -86,7 +86,6 @@ pub(crate) struct SyscallView {
     pub(crate) errors: u64,
     pub(crate) total_latency_ns: u64,
     pub(crate) errnos: Vec<ErrnoView>,
-    pub(crate) latency: Vec<Bucket>,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,7 +166,6 @@ impl ProcessView {
                         count,
                     })
                     .collect(),
-                latency: buckets(&s.latency_hist),
             })
             .collect();
         let start_boottime = p.start_boottime_ns.unwrap_or(p.start_ticks * NS_PER_TICK);

@@ -134,8 +134,10 @@ pub(crate) struct LoadOptions {
     pub(crate) record_switches: bool,
     /// Capacity of the per-task map.
     pub(crate) max_tasks: u32,
-    /// Capacity of the per-(process, syscall) map; the errno map gets half.
+    /// Capacity of the per-(process, syscall) map; the errno map gets a quarter.
     pub(crate) max_syscall_entries: u32,
+    /// Capacity of the per-(cgroup, syscall) map.
+    pub(crate) max_workload_syscall_entries: u32,
     /// Entries one process may have in the syscall tables (both together).
     pub(crate) max_syscall_entries_per_process: u32,
     /// Capacity of the map of block requests in flight.
@@ -195,16 +197,18 @@ pub(crate) struct MapMemory {
     /// The kernel's id of the map (`bpftool map show id N`).
     pub(crate) id: u64,
     pub(crate) max_entries: u64,
-    /// What the kernel charges for it (`memlock` in its fdinfo): all of it from the start, the
-    /// hash maps being preallocated.
+    /// What the kernel charges for it (`memlock` in its fdinfo): all of it from the start for
+    /// a preallocated map; what is in use for one that allocates as it goes.
     pub(crate) bytes: u64,
+    /// This process's descriptor of the map, to read `memlock` again.
+    #[serde(skip)]
+    fd: i32,
 }
 
 /// Every map of `ebpf`, read before the collector takes any.
-fn map_memory(ebpf: &Ebpf) -> Vec<MapMemory> {
+fn maps_of(ebpf: &Ebpf) -> Vec<MapMemory> {
     use std::os::fd::{AsFd, AsRawFd};
-    let mut maps: Vec<MapMemory> = ebpf
-        .maps()
+    ebpf.maps()
         .filter_map(|(name, map)| {
             let data = match map {
                 aya::maps::Map::Array(d)
@@ -217,6 +221,7 @@ fn map_memory(ebpf: &Ebpf) -> Vec<MapMemory> {
             };
             let fd = data.fd().as_fd().as_raw_fd();
             Some(MapMemory {
+                fd,
                 name: name.to_string(),
                 id: crate::procfs::fdinfo_field(fd, "map_id")?,
                 max_entries: crate::procfs::fdinfo_field(fd, "max_entries")?,
@@ -225,16 +230,14 @@ fn map_memory(ebpf: &Ebpf) -> Vec<MapMemory> {
         })
         // Global variables (.rodata, .bss) are arrays too, of a few bytes: not tables.
         .filter(|m| !m.name.starts_with('.'))
-        .collect();
-    maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
-    maps
+        .collect()
 }
 
 /// The loaded programs and maps. Dropping it detaches and unloads everything.
 pub(crate) struct Probes {
     pub(crate) ebpf: Ebpf,
-    /// The kernel maps and their memory, read at load.
-    pub(crate) maps: Vec<MapMemory>,
+    /// The kernel maps and their memory at load.
+    maps: Vec<MapMemory>,
     /// Every hook tried, in attach order (a fallback only where its primary failed).
     pub(crate) hooks: Vec<HookStatus>,
     /// What the optional hooks that did not attach leave out (see [`coverage`]).
@@ -329,7 +332,11 @@ impl Probes {
             .map_max_entries(maps::TASKS, options.max_tasks)
             .map_max_entries(maps::SYSCALL_ENTRY_COUNTS, options.max_tasks)
             .map_max_entries(maps::SYSCALLS, options.max_syscall_entries)
-            .map_max_entries(maps::SYSCALL_ERRNOS, options.max_syscall_entries / 2)
+            .map_max_entries(maps::SYSCALL_ERRNOS, options.max_syscall_entries / 4)
+            .map_max_entries(
+                maps::WORKLOAD_SYSCALLS,
+                options.max_workload_syscall_entries,
+            )
             .map_max_entries(maps::IO_STARTS, options.max_io_requests)
             .map_max_entries(maps::EVENTS, options.ring_buffer_bytes);
         for (name, value) in &offsets.globals {
@@ -337,7 +344,7 @@ impl Probes {
         }
         let ebpf = loader.load(PROBES_OBJECT).map_err(refused_or_object)?;
         let mut probes = Probes {
-            maps: map_memory(&ebpf),
+            maps: maps_of(&ebpf),
             ebpf,
             hooks: Vec::with_capacity(HOOKS.len()),
             degraded: Vec::new(),
@@ -467,6 +474,20 @@ pub(crate) struct ProgramStats {
 }
 
 impl Probes {
+    /// The kernel maps and the memory the kernel charges for each now, largest first.
+    pub(crate) fn map_memory(&self) -> Vec<MapMemory> {
+        let mut maps: Vec<MapMemory> = self
+            .maps
+            .iter()
+            .map(|m| MapMemory {
+                bytes: crate::procfs::fdinfo_field(m.fd, "memlock").unwrap_or(m.bytes),
+                ..m.clone()
+            })
+            .collect();
+        maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+        maps
+    }
+
     /// Run statistics of every attached program, by program name.
     pub(crate) fn program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
         self.hooks
@@ -615,6 +636,7 @@ mod tests {
             maps::TASKS,
             maps::CPUS,
             maps::SYSCALLS,
+            maps::WORKLOAD_SYSCALLS,
             maps::SYSCALL_ERRNOS,
             maps::SYSCALL_STARTS,
             maps::SYSCALL_ENTRY_COUNTS,

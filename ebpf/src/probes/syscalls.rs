@@ -1,5 +1,7 @@
-//! Syscalls: per (process, syscall) count, errors (and per errno), total latency and a log2
-//! latency histogram; a syscall slower than the threshold goes to the ring buffer.
+//! Syscalls: per (process, syscall) count, errors (and per errno) and total latency; per
+//! (cgroup, syscall) the same with a log2 latency histogram, at the grain /metrics exports, so
+//! that a process's entry stays small (24 bytes, not 312) and a busy node's processes all fit.
+//! A syscall slower than the threshold goes to the ring buffer.
 //!
 //! Threads of one process share a `SYSCALLS` entry, so its counters are updated atomically.
 //!
@@ -8,11 +10,16 @@
 //! "other" entry (and that loss of detail counted).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, Global,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::HashMap,
+    Global,
 };
 use taskscope_common::{
-    event_kind, log2_bucket, ErrnoKey, Loss, SlowSyscallEvent, SyscallKey, SyscallStart,
-    SyscallStats, SYSCALL_NR_INVALID, SYSCALL_NR_LIMIT, SYSCALL_NR_OTHER,
+    event_kind, log2_bucket, ErrnoKey, Loss, SlowSyscallEvent, SyscallCounts, SyscallKey,
+    SyscallStart, SyscallStats, WorkloadSyscallKey, SYSCALL_NR_INVALID, SYSCALL_NR_LIMIT,
+    SYSCALL_NR_OTHER,
 };
 
 use super::kernel::{add, agent_tgid, arg, count_loss, current_ids, get_or_init, thresholds};
@@ -22,11 +29,21 @@ use super::ringbuf::{header, send};
 #[map]
 pub static SYSCALL_STARTS: HashMap<u32, SyscallStart> = HashMap::with_max_entries(65536, 0);
 
+/// Per (process, syscall): counts only, allocated as entries are made (`BPF_F_NO_PREALLOC`),
+/// so that the capacity for a busy node's processes costs a quiet node nothing.
 #[map]
-pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(16384, 0);
+pub static SYSCALLS: HashMap<SyscallKey, SyscallCounts> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Per (cgroup, syscall), with the latency histogram (sized by the agent). A cgroup has at
+/// most one entry per syscall number, plus `invalid`.
+#[map]
+static WORKLOAD_SYSCALLS: HashMap<WorkloadSyscallKey, SyscallStats> =
+    HashMap::with_max_entries(16384, 0);
 
 #[map]
-pub static SYSCALL_ERRNOS: HashMap<ErrnoKey, u64> = HashMap::with_max_entries(8192, 0);
+pub static SYSCALL_ERRNOS: HashMap<ErrnoKey, u64> =
+    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
 /// Per process (tgid): its entries in `SYSCALLS` and `SYSCALL_ERRNOS` (sized like `TASKS`).
 #[map]
@@ -96,6 +113,29 @@ pub fn on_enter(ctx: *const u64) {
     }
 }
 
+/// Counts syscall `nr` (its latency and whether it failed) for the caller's cgroup.
+#[inline(always)]
+fn count_for_workload(nr: u32, duration: u64, failed: bool) {
+    let key = WorkloadSyscallKey {
+        // SAFETY: no arguments; the caller's cgroup v2 id.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        nr,
+        _pad: 0,
+    };
+    if let Some(stats) = get_or_init(&WORKLOAD_SYSCALLS, &key, Loss::WorkloadSyscallsMapFull) {
+        // SAFETY: a live map value.
+        let stats = unsafe { &mut *stats };
+        add(&mut stats.count, 1);
+        add(&mut stats.total_ns, duration);
+        if let Some(slot) = stats.latency_hist.get_mut(log2_bucket(duration)) {
+            add(slot, 1);
+        }
+        if failed {
+            add(&mut stats.errors, 1);
+        }
+    }
+}
+
 /// `sys_exit(pt_regs *regs, long ret)`.
 #[inline(always)]
 pub fn on_exit(ctx: *const u64) {
@@ -123,6 +163,7 @@ pub fn on_exit(ctx: *const u64) {
     start.ts_ns = 0;
 
     let failed = (-MAX_ERRNO..0).contains(&ret);
+    count_for_workload(nr, duration, failed);
     let mut key = SyscallKey { tgid, nr };
     let mut stats = SYSCALLS.get_ptr_mut(key);
     if stats.is_none() {
@@ -140,9 +181,6 @@ pub fn on_exit(ctx: *const u64) {
         let stats = unsafe { &mut *stats };
         add(&mut stats.count, 1);
         add(&mut stats.total_ns, duration);
-        if let Some(slot) = stats.latency_hist.get_mut(log2_bucket(duration)) {
-            add(slot, 1);
-        }
         if failed {
             add(&mut stats.errors, 1);
         }

@@ -157,6 +157,119 @@ fn aio_reads(path: &str, batches: usize, depth: usize) {
     }
 }
 
+/// 30 syscalls that only read, and that nothing else calls in a forked child.
+const KNOWN_SYSCALLS: [libc::c_long; 30] = [
+    libc::SYS_getpid,
+    libc::SYS_getppid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_gettid,
+    libc::SYS_getpgrp,
+    libc::SYS_getpgid,
+    libc::SYS_getsid,
+    libc::SYS_sched_yield,
+    libc::SYS_getpriority,
+    libc::SYS_getrlimit,
+    libc::SYS_uname,
+    libc::SYS_getcwd,
+    libc::SYS_times,
+    libc::SYS_sysinfo,
+    libc::SYS_getrusage,
+    libc::SYS_getcpu,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_time,
+    libc::SYS_sched_getscheduler,
+    libc::SYS_sched_getparam,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_getgroups,
+    libc::SYS_getresuid,
+    libc::SYS_getresgid,
+    libc::SYS_capget,
+    libc::SYS_getitimer,
+];
+
+/// Makes syscall `nr` of [`KNOWN_SYSCALLS`] with harmless arguments (`scratch` for whatever
+/// it writes); panics if it fails.
+fn known_syscall(nr: libc::c_long, scratch: &mut [u64; 512]) {
+    let buf = scratch.as_mut_ptr();
+    let (a, b, c): (libc::c_long, libc::c_long, libc::c_long) = match nr {
+        libc::SYS_getpriority => (0, 0, 0),
+        libc::SYS_getrlimit => (libc::RLIMIT_NOFILE as libc::c_long, buf as _, 0),
+        libc::SYS_getcwd => (buf as _, 4096, 0),
+        libc::SYS_getcpu => (buf as _, buf.wrapping_add(1) as _, 0),
+        libc::SYS_clock_gettime => (libc::CLOCK_MONOTONIC as _, buf as _, 0),
+        libc::SYS_sched_getparam => (0, buf as _, 0),
+        libc::SYS_sched_getaffinity => (0, 1024, buf as _),
+        libc::SYS_getresuid | libc::SYS_getresgid => {
+            (buf as _, buf.wrapping_add(1) as _, buf.wrapping_add(2) as _)
+        }
+        libc::SYS_capget => {
+            // _LINUX_CAPABILITY_VERSION_3, this process.
+            scratch[0] = 0x2008_0522;
+            (
+                scratch.as_mut_ptr() as _,
+                scratch.as_mut_ptr().wrapping_add(8) as _,
+                0,
+            )
+        }
+        libc::SYS_getitimer => (libc::ITIMER_REAL as _, buf as _, 0),
+        libc::SYS_getrusage => (libc::RUSAGE_SELF as _, buf as _, 0),
+        libc::SYS_getgroups
+        | libc::SYS_getpgid
+        | libc::SYS_getsid
+        | libc::SYS_time
+        | libc::SYS_sched_getscheduler => (0, 0, 0),
+        _ => (buf as _, 0, 0),
+    };
+    // SAFETY: each call only reads state, or writes into `scratch` (4 KiB, enough for all).
+    let ret = unsafe { libc::syscall(nr, a, b, c) };
+    assert!(
+        ret >= 0,
+        "syscall {nr}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// See the `many-processes` workload.
+fn many_processes(n: usize, calls: u64) {
+    let mut done = [0 as libc::c_int; 2];
+    // SAFETY: plain libc calls; each child only makes raw syscalls, then exits with _exit.
+    unsafe {
+        assert_eq!(libc::pipe(done.as_mut_ptr()), 0);
+        let mut pids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                let mut scratch = [0u64; 512];
+                for &nr in &KNOWN_SYSCALLS {
+                    for _ in 0..calls {
+                        known_syscall(nr, &mut scratch);
+                    }
+                }
+                libc::write(done[1], b"x".as_ptr().cast(), 1);
+                let mut byte = 0u8;
+                while libc::read(0, (&raw mut byte).cast(), 1) > 0 {}
+                libc::_exit(0);
+            }
+            pids.push(pid);
+        }
+        let mut byte = 0u8;
+        for _ in 0..n {
+            assert_eq!(libc::read(done[0], (&raw mut byte).cast(), 1), 1);
+        }
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        ready(&pids.join(","));
+        block_until_stdin_closes();
+        for _ in 0..n {
+            libc::wait(std::ptr::null_mut());
+        }
+    }
+}
+
 /// clone3(CLONE_INTO_CGROUP) as a fork: 0 in the child, the child's pid in the parent.
 fn clone_into_cgroup(dir: &str) -> libc::pid_t {
     let path = CString::new(dir).expect("path");
@@ -281,6 +394,14 @@ fn main() {
             let (batches, depth) = (arg(&args, 3, "batches"), arg(&args, 4, "depth"));
             aio_reads(path, batches as usize, depth as usize);
             ready(&(batches * depth).to_string());
+        }
+        // many-processes N CALLS: forks N children; each makes each syscall of
+        // `KNOWN_SYSCALLS` CALLS times, then waits for stdin to close. Prints the children's
+        // pids once all of them have made their calls.
+        Some("many-processes") => {
+            let (n, calls) = (arg(&args, 2, "processes"), arg(&args, 3, "calls"));
+            many_processes(n as usize, calls);
+            return;
         }
         // threads N MS: N threads that each burn MS ms of CPU; prints their tids.
         Some("threads") => {
