@@ -2,7 +2,7 @@
 
 use std::{process::Command, time::Duration};
 
-use taskscope_e2e::{agent_binary, free_port, wait_for, Agent};
+use taskscope_e2e::{agent_binary, free_port, http_get, wait_for, Agent};
 
 fn loaded_taskscope_programs() -> usize {
     let out = Command::new("bpftool")
@@ -95,7 +95,9 @@ fn check_and_run_agree_on_what_this_kernel_gives() {
     let agent = Agent::start(&[]);
     let status = agent.get("/api/v1/status");
     let health = wait_for("a health evaluation", Duration::from_secs(30), || {
-        let health = agent.get("/health/detailed");
+        // 503 "starting" until the first evaluation, which may come after /livez's first 200.
+        let (code, body) = http_get(&agent.addr, "/health/detailed").ok()?;
+        let health: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
         health["components"]["probes_scheduling"]["status"]
             .is_string()
             .then_some(health)

@@ -12,11 +12,19 @@ use taskscope_common::{SyscallStats, WorkloadSyscallKey};
 /// What is known of one cgroup with entries.
 #[derive(Debug)]
 struct Seen {
-    /// Its cgroup v2 path; `None` when it could not be resolved.
+    /// Its cgroup v2 path; `None` until it is resolved.
     path: Option<String>,
+    /// CLOCK_MONOTONIC when it was first seen.
+    first_seen_ns: u64,
     /// CLOCK_MONOTONIC when it last had a live process (or was first seen).
     live_at_ns: u64,
+    /// Counted as unresolved already.
+    counted: bool,
 }
+
+/// A cgroup still unresolved this long after it was first seen is counted as unresolved: the
+/// resolver rescans the hierarchy at most every second, so a new cgroup may wait a little.
+const RESOLVE_GRACE_NS: u64 = 10_000_000_000;
 
 /// The latest per-cgroup syscall figures.
 #[derive(Debug, Default)]
@@ -29,14 +37,15 @@ pub(crate) struct CgroupSyscalls {
 pub(crate) struct Applied {
     /// Entries of cgroups without a live process for the retention: the kernel may drop them.
     pub(crate) forget: Vec<WorkloadSyscallKey>,
-    /// Cgroups newly found that no path could be found for (their syscalls are in no workload).
+    /// Cgroups no path was found for within [`RESOLVE_GRACE_NS`] (their syscalls are in no
+    /// workload meanwhile), each counted once.
     pub(crate) unresolved: u64,
 }
 
 impl CgroupSyscalls {
     /// Takes a read of the kernel's entries. `live` holds the cgroup ids of live processes;
     /// a cgroup none of them has been in for `retention_ns` is given up. `resolve` finds the
-    /// path of a cgroup id.
+    /// path of a cgroup id (asked again at each read until it does).
     pub(crate) fn apply(
         &mut self,
         entries: Vec<(WorkloadSyscallKey, SyscallStats)>,
@@ -51,14 +60,20 @@ impl CgroupSyscalls {
         };
         self.latest.clear();
         for (key, stats) in entries {
-            let seen = self.seen.entry(key.cgroup_id).or_insert_with(|| {
-                let path = resolve(key.cgroup_id);
-                applied.unresolved += u64::from(path.is_none());
-                Seen {
-                    path,
-                    live_at_ns: now_ns,
-                }
+            let seen = self.seen.entry(key.cgroup_id).or_insert_with(|| Seen {
+                path: None,
+                first_seen_ns: now_ns,
+                live_at_ns: now_ns,
+                counted: false,
             });
+            if seen.path.is_none() {
+                seen.path = resolve(key.cgroup_id);
+                let late = now_ns.saturating_sub(seen.first_seen_ns) >= RESOLVE_GRACE_NS;
+                if seen.path.is_none() && late && !seen.counted {
+                    seen.counted = true;
+                    applied.unresolved += 1;
+                }
+            }
             if live.contains(&key.cgroup_id) {
                 seen.live_at_ns = now_ns;
             }
@@ -114,18 +129,24 @@ mod tests {
         let read = || vec![entry(1, 0, 5), entry(2, 0, 7), entry(9, 1, 1)];
         let applied = figures.apply(read(), &live, 0, 100, resolve);
         assert!(applied.forget.is_empty());
-        assert_eq!(applied.unresolved, 1);
+        assert_eq!(applied.unresolved, 0, "not before the grace period");
         let mut paths: Vec<&str> = figures.by_path().map(|(p, _)| p).collect();
         paths.sort();
         assert_eq!(paths, ["/cg1", "/cg2"]);
-        // Cgroup 2 has had no live process since it was first seen, 100 ns ago; 1 is live.
-        let applied = figures.apply(read(), &live, 100, 100, resolve);
-        let forgotten: Vec<u64> = applied.forget.iter().map(|k| k.cgroup_id).collect();
-        assert_eq!(forgotten, [2, 9]);
+        // Cgroup 9 is still unresolved after the grace period: counted, once.
+        let late = RESOLVE_GRACE_NS;
+        let all_live: HashSet<u64> = [1, 2, 9].into();
+        let applied = figures.apply(read(), &all_live, late, u64::MAX, resolve);
+        assert_eq!(applied.unresolved, 1);
+        let applied = figures.apply(read(), &all_live, late + 1, u64::MAX, resolve);
         assert_eq!(
             applied.unresolved, 0,
             "an unresolved cgroup is counted once"
         );
+        // Then cgroups 2 and 9 have no live process for the retention; 1 is live.
+        let applied = figures.apply(read(), &live, late + 101, 100, resolve);
+        let forgotten: Vec<u64> = applied.forget.iter().map(|k| k.cgroup_id).collect();
+        assert_eq!(forgotten, [2, 9]);
         let paths: Vec<&str> = figures.by_path().map(|(p, _)| p).collect();
         assert_eq!(paths, ["/cg1"]);
         assert_eq!(figures.by_path().next().map(|(_, s)| s[&0].count), Some(5));
