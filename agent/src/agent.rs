@@ -361,12 +361,9 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     let cgroup_v2 = cgroup_root.is_some();
     let collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
+    let heartbeat = collector.heartbeat();
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
-    let exposition_config = ExpositionConfig {
-        max_series: args.max_series,
-        top_syscalls: args.top_syscalls,
-        histogram_buckets: args.histogram_buckets,
-    };
+    let exposition_config = exposition_config(&args);
     let otlp_metrics = start_metrics_export(
         metrics_target,
         &args,
@@ -413,6 +410,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         control: Arc::clone(&control),
         admin_token,
         api_auth: args.api_auth,
+        heartbeat,
         poll_interval: args.poll_interval,
         health_interval: args.health_interval,
         refusals,
@@ -493,6 +491,15 @@ fn start_span_export(
         None => None,
     };
     Ok(sink)
+}
+
+/// What a scrape (and an OTLP metrics export) holds.
+fn exposition_config(args: &RunArgs) -> ExpositionConfig {
+    ExpositionConfig {
+        max_series: args.max_series,
+        top_syscalls: args.top_syscalls,
+        histogram_buckets: args.histogram_buckets,
+    }
 }
 
 /// The task model and the collector that owns it, with the probes loaded.

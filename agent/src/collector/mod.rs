@@ -10,6 +10,7 @@ pub(crate) mod sampling;
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,7 +32,7 @@ use self::{
     sampling::{Sampler, SamplingConfig},
 };
 use crate::{
-    clock::Clocks,
+    clock::{monotonic_ns, Clocks},
     model::span::TaskSpan,
     model::{
         aggregate::WorkloadTotals,
@@ -184,6 +185,24 @@ pub(crate) struct OtlpStatus {
     pub(crate) up: bool,
 }
 
+/// When the collector last read the kernel maps, for /livez to read without a round trip
+/// through the collector's queue (which a flood of API requests may fill).
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat(std::sync::atomic::AtomicU64);
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.0
+            .store(monotonic_ns(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago the maps were last read; `None` before the first read.
+    pub(crate) fn since_last_read(&self) -> Option<Duration> {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (last != 0).then(|| Duration::from_nanos(monotonic_ns().saturating_sub(last)))
+    }
+}
+
 /// How often the collector reads the kernel maps.
 #[derive(Debug, Clone)]
 pub(crate) struct CollectorConfig {
@@ -217,6 +236,8 @@ pub(crate) struct Collector {
     model: TaskModel,
     config: CollectorConfig,
     last_poll: Option<Instant>,
+    /// The same, shared with /livez.
+    heartbeat: Arc<Heartbeat>,
     events: BTreeMap<&'static str, u64>,
     decode_errors: BTreeMap<&'static str, u64>,
     agent_pid: u32,
@@ -264,6 +285,11 @@ pub enum CollectorError {
 }
 
 impl Collector {
+    /// When the maps were last read, readable from anywhere.
+    pub(crate) fn heartbeat(&self) -> Arc<Heartbeat> {
+        Arc::clone(&self.heartbeat)
+    }
+
     pub(crate) fn new(
         mut probes: Probes,
         model: TaskModel,
@@ -285,6 +311,7 @@ impl Collector {
             ring,
             model,
             last_poll: None,
+            heartbeat: Arc::default(),
             events: BTreeMap::new(),
             decode_errors: BTreeMap::new(),
             agent_pid: std::process::id(),
@@ -343,16 +370,22 @@ impl Collector {
     /// Drains pending events, then reads the maps into the model.
     fn poll(&mut self) {
         self.drain();
+        let started = Instant::now();
         let snapshot = self.maps.read();
+        let read = started.elapsed();
         self.kernel_tasks = snapshot.tasks.len();
-        debug!(
-            tasks = snapshot.tasks.len(),
-            live_processes = self.model.live_count(),
-            "kernel maps read"
-        );
+        let syscall_entries = snapshot.syscalls.len();
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
+        debug!(
+            live_processes = self.model.live_count(),
+            syscall_entries,
+            read_ms = read.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "kernel maps read and applied"
+        );
         self.last_poll = Some(Instant::now());
+        self.heartbeat.beat();
         for slow in self.model.new_slow_tasks(self.config.slow_task) {
             log_slow_task(&slow);
         }
