@@ -111,8 +111,8 @@ pub struct RunArgs {
 
     /// Capacity of the kernel's per-(cgroup, syscall) table, which holds the latency
     /// histograms /metrics exports. Entries of a cgroup without live processes for
-    /// --series-ttl are freed.
-    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    /// --series-ttl are freed, so it must hold the cgroups a node makes in that time.
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub(crate) max_workload_syscall_entries: u32,
 
     /// Entries one process may take in the syscall tables (its distinct syscalls and their

@@ -36,10 +36,11 @@ pub static SYSCALLS: HashMap<SyscallKey, SyscallCounts> =
     HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// Per (cgroup, syscall), with the latency histogram (sized by the agent). A cgroup has at
-/// most one entry per syscall number, plus `invalid`.
+/// most one entry per syscall number, plus `invalid`. Allocated as entries are made: a node
+/// whose containers come and go keeps those of removed cgroups for `--series-ttl`.
 #[map]
 static WORKLOAD_SYSCALLS: HashMap<WorkloadSyscallKey, SyscallStats> =
-    HashMap::with_max_entries(16384, 0);
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static SYSCALL_ERRNOS: HashMap<ErrnoKey, u64> =
