@@ -235,8 +235,7 @@ pub(crate) struct Collector {
     ring: AsyncFd<RingBuf<MapData>>,
     model: TaskModel,
     config: CollectorConfig,
-    last_poll: Option<Instant>,
-    /// The same, shared with /livez.
+    /// When the maps were last read (shared with /livez).
     heartbeat: Arc<Heartbeat>,
     events: BTreeMap<&'static str, u64>,
     decode_errors: BTreeMap<&'static str, u64>,
@@ -310,7 +309,6 @@ impl Collector {
             maps,
             ring,
             model,
-            last_poll: None,
             heartbeat: Arc::default(),
             events: BTreeMap::new(),
             decode_errors: BTreeMap::new(),
@@ -384,7 +382,6 @@ impl Collector {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "kernel maps read and applied"
         );
-        self.last_poll = Some(Instant::now());
         self.heartbeat.beat();
         for slow in self.model.new_slow_tasks(self.config.slow_task) {
             log_slow_task(&slow);
@@ -425,8 +422,9 @@ impl Collector {
     fn refresh_if_stale(&mut self) {
         self.drain();
         let stale = self
-            .last_poll
-            .is_none_or(|t| t.elapsed() >= self.config.max_staleness);
+            .heartbeat
+            .since_last_read()
+            .is_none_or(|ago| ago >= self.config.max_staleness);
         if stale {
             self.poll();
         }
@@ -593,7 +591,10 @@ impl Collector {
             model: self.model.counters,
             live_processes: self.model.live_count(),
             exited_processes: self.model.exited_count(),
-            last_poll_seconds_ago: self.last_poll.map(|t| t.elapsed().as_secs_f64()),
+            last_poll_seconds_ago: self
+                .heartbeat
+                .since_last_read()
+                .map(|ago| ago.as_secs_f64()),
             kernel_tasks: self.kernel_tasks,
             kernel_maps: self.probes.map_memory(),
         }
