@@ -154,6 +154,48 @@ fn syscall_counts_and_errors_are_exact() {
     let _ = std::fs::remove_dir(&cgroup_dir);
 }
 
+/// A systemd unit that restarts makes its cgroup again: the same path, a new id. The kernel
+/// keeps syscall figures per cgroup id, and the old id's are freed once it has had no process
+/// for --series-ttl; the workload's counters must not go down then (Prometheus would read a
+/// reset).
+#[test]
+fn workload_syscall_counts_survive_their_cgroup_made_again() {
+    let agent = Agent::start(&["--series-ttl", "3s"]);
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-remade-{}", std::process::id()));
+    let (first_calls, second_calls) = (4000u64, 3000u64);
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+    let first =
+        Workload::run_in_cgroups(&[&cgroup_dir], &["syscalls", &first_calls.to_string(), "0"]);
+    let process = agent.process_after(first.pid(), monotonic_ns());
+    first.finish();
+    std::fs::remove_dir(&cgroup_dir).expect("remove the cgroup");
+    std::fs::create_dir(&cgroup_dir).expect("make the cgroup again");
+    let second = Workload::run_in_cgroups(
+        &[&cgroup_dir],
+        &["syscalls", &second_calls.to_string(), "0"],
+    );
+    agent.process_after(second.pid(), monotonic_ns());
+    // Past the retention of the first cgroup, with a poll or two after it.
+    let mut totals = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let (_, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
+        totals.push(series("taskscope_syscalls_total"));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    println!(
+        "taskscope_syscalls_total{{syscall=\"getpgid\"}} every 0.5 s for 8 s: {totals:?}; the two processes made {first_calls} + {second_calls}"
+    );
+    let expected = (first_calls + second_calls) as f64;
+    assert!(
+        totals.iter().all(|total| *total == expected),
+        "the workload's count changed when the first cgroup was freed: {totals:?}, expected {expected} throughout"
+    );
+    second.finish();
+    let _ = std::fs::remove_dir(&cgroup_dir);
+}
+
 /// The process's workload (cgroup path) and its series on a fresh scrape: a family's value
 /// with the workload's labels and `labels` (NaN when absent).
 fn workload_series(

@@ -3,7 +3,8 @@
 //! A workload's counters must never go down while it exists, although its processes come and
 //! go: what a process accumulated is kept in the workload's retired totals when the process is
 //! retired, and live processes are added on top at read time. Syscalls are the exception: the
-//! kernel keeps them per cgroup, past the processes' lives (`cgroup_syscalls`).
+//! kernel keeps them per cgroup, past the processes' lives (`cgroup_syscalls`), and they come to
+//! the retired totals only when a cgroup is given up.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -147,9 +148,22 @@ impl WorkloadTotals {
         }
     }
 
+    /// Adds syscall figures by syscall number.
+    fn add_syscall_figures(&mut self, syscalls: &BTreeMap<u32, SyscallStats>) {
+        for (nr, stats) in syscalls {
+            match self.syscalls.get_mut(nr) {
+                Some(total) => add_syscalls(total, stats),
+                None => {
+                    self.syscalls.insert(*nr, *stats);
+                }
+            }
+        }
+    }
+
     /// Adds another total (retired processes into live ones).
     fn merge(&mut self, from: &WorkloadTotals) {
         self.add_figures(&from.sched, &from.errnos, &from.io);
+        self.add_syscall_figures(&from.syscalls);
         self.started += from.started;
         self.exited_success += from.exited_success;
         self.exited_failure += from.exited_failure;
@@ -209,6 +223,31 @@ impl WorkloadLedger {
         entry.2 = now_ns;
     }
 
+    /// Keeps the final syscall figures of a cgroup given up, so that its workload's counters do
+    /// not go down when the cgroup's path lives on under a new id. Kept only for a workload
+    /// still kept (`live`, or already with retired totals), and without making it younger: a
+    /// workload gone for the retention stays gone.
+    pub(crate) fn credit_syscalls(
+        &mut self,
+        cgroup_path: &str,
+        syscalls: &BTreeMap<u32, SyscallStats>,
+        live: bool,
+        now_ns: u64,
+    ) {
+        let workload = Workload::from_cgroup(cgroup_path);
+        let key = workload.key().to_string();
+        let entry = match self.retired.get_mut(&key) {
+            Some(entry) => entry,
+            None if live => {
+                self.retired
+                    .entry(key)
+                    .or_insert((workload, WorkloadTotals::default(), now_ns))
+            }
+            None => return,
+        };
+        entry.1.add_syscall_figures(syscalls);
+    }
+
     /// Every workload's totals: retired ones plus the live processes, with the syscall
     /// figures of their cgroups (path, syscall number -> figures). Workloads with no live
     /// process that have not had one for `ttl_ns` are forgotten first.
@@ -257,14 +296,7 @@ impl WorkloadLedger {
             let Some((_, totals)) = out.get_mut(Workload::from_cgroup(path).key()) else {
                 continue;
             };
-            for (nr, stats) in syscalls {
-                match totals.syscalls.get_mut(nr) {
-                    Some(total) => add_syscalls(total, stats),
-                    None => {
-                        totals.syscalls.insert(*nr, *stats);
-                    }
-                }
-            }
+            totals.add_syscall_figures(syscalls);
         }
         out.into_values().collect()
     }

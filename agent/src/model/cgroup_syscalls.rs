@@ -3,7 +3,9 @@
 //!
 //! The kernel charges a syscall to the caller's cgroup at the time of the call, so a process
 //! that moves, or a thread in a cgroup of its own, is counted where it was; the entries outlive
-//! the processes, so the figures never go down while the cgroup is kept.
+//! the processes, so the figures never go down while the cgroup is kept. A cgroup given up
+//! hands its final figures over (to the workload's retired totals), because its path may live
+//! on under a new id: a systemd unit that restarts makes its cgroup again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -37,6 +39,9 @@ pub(crate) struct CgroupSyscalls {
 pub(crate) struct Applied {
     /// Entries of cgroups without a live process for the retention: the kernel may drop them.
     pub(crate) forget: Vec<WorkloadSyscallKey>,
+    /// The final figures of the cgroups given up whose path is known: (path, syscall number
+    /// -> figures), to be kept by whoever keeps the workload's totals.
+    pub(crate) given_up: Vec<(String, BTreeMap<u32, SyscallStats>)>,
     /// Cgroups no path was found for within [`RESOLVE_GRACE_NS`] (their syscalls are in no
     /// workload meanwhile), each counted once.
     pub(crate) unresolved: u64,
@@ -56,8 +61,10 @@ impl CgroupSyscalls {
     ) -> Applied {
         let mut applied = Applied {
             forget: Vec::new(),
+            given_up: Vec::new(),
             unresolved: 0,
         };
+        let mut given_up: HashMap<u64, BTreeMap<u32, SyscallStats>> = HashMap::new();
         self.latest.clear();
         for (key, stats) in entries {
             let seen = self.seen.entry(key.cgroup_id).or_insert_with(|| Seen {
@@ -79,12 +86,23 @@ impl CgroupSyscalls {
             }
             if now_ns.saturating_sub(seen.live_at_ns) >= retention_ns {
                 applied.forget.push(key);
+                if seen.path.is_some() {
+                    given_up
+                        .entry(key.cgroup_id)
+                        .or_default()
+                        .insert(key.nr, stats);
+                }
                 continue;
             }
             self.latest
                 .entry(key.cgroup_id)
                 .or_default()
                 .insert(key.nr, stats);
+        }
+        for (id, syscalls) in given_up {
+            if let Some(path) = self.seen.get(&id).and_then(|seen| seen.path.clone()) {
+                applied.given_up.push((path, syscalls));
+            }
         }
         // Only cgroups with entries are remembered.
         let latest = &self.latest;
@@ -147,6 +165,10 @@ mod tests {
         let applied = figures.apply(read(), &live, late + 101, 100, resolve);
         let forgotten: Vec<u64> = applied.forget.iter().map(|k| k.cgroup_id).collect();
         assert_eq!(forgotten, [2, 9]);
+        // Their final figures are handed over, where the path is known.
+        assert_eq!(applied.given_up.len(), 1);
+        assert_eq!(applied.given_up[0].0, "/cg2");
+        assert_eq!(applied.given_up[0].1[&0].count, 7);
         let paths: Vec<&str> = figures.by_path().map(|(p, _)| p).collect();
         assert_eq!(paths, ["/cg1"]);
         assert_eq!(figures.by_path().next().map(|(_, s)| s[&0].count), Some(5));

@@ -5,6 +5,7 @@
 
 use super::{
     node::{cpu_windows, CpuTotals},
+    workload::Workload,
     TaskModel, FINAL_READ_POLLS, SWEEP_EVERY_POLLS,
 };
 use taskscope_common::{
@@ -82,6 +83,21 @@ impl TaskModel {
         );
         forget.workload_syscalls = applied.forget;
         self.counters.cgroup_unresolved += applied.unresolved;
+        if !applied.given_up.is_empty() {
+            let live_workloads: std::collections::HashSet<String> = self
+                .live
+                .values()
+                .map(|p| {
+                    let path = p.cgroup_path.as_deref().unwrap_or("/");
+                    Workload::from_cgroup(path).key().to_string()
+                })
+                .collect();
+            let now = self.host.clocks().monotonic_ns;
+            for (path, syscalls) in &applied.given_up {
+                let live = live_workloads.contains(Workload::from_cgroup(path).key());
+                self.workloads.credit_syscalls(path, syscalls, live, now);
+            }
+        }
         for (key, count) in snapshot.errnos {
             if let Some(process) = self.live.get_mut(&key.tgid) {
                 process.errnos.insert((key.nr, key.errno), count);
