@@ -1,10 +1,15 @@
 //! `cargo xtask bench`: what the agent costs, in figures, next to libbpf-tools.
 //!
-//! With the kernel's BPF run statistics on (`kernel.bpf_stats_enabled=1`), runs a
-//! context-switch-heavy workload (hackbench) and a syscall-heavy one (dd with 1-byte blocks)
-//! under the agent, then under libbpf-tools `runqlat` and `syscount`, and prints per program
-//! runs and ns per run, the agent's CPU time and peak RSS, and the agent's RSS with many live
-//! tasks. Figures, not pass/fail: the targets are printed beside them.
+//! First a cost table, with the kernel's BPF run statistics off: hackbench and a getppid loop
+//! timed alone, under empty programs on the agent's hooks (the floor), under the agent (with
+//! and without its syscall hooks), under runqlat, and under runqlat + `syscount -L`; rounds
+//! rotate the order, and the medians and ratios are printed.
+//!
+//! Then, with the statistics on (`kernel.bpf_stats_enabled=1`), a context-switch-heavy
+//! workload (hackbench) and a syscall-heavy one (dd with 1-byte blocks) under the agent, the
+//! empty programs and the reference tools: per program runs and ns per run, the agent's CPU
+//! time and peak RSS, and the agent's RSS with many live tasks. Figures, not pass/fail: the
+//! targets are printed beside them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,6 +39,15 @@ pub struct BenchArgs {
     /// Rounds of (taskscope, runqlat, syscount); the summary gives medians.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// hackbench loops of the cost table (`hackbench -g 4 -l N`).
+    #[arg(long, default_value_t = 600)]
+    table_hackbench_loops: u32,
+    /// getppid calls of the cost table.
+    #[arg(long, default_value_t = 3_000_000)]
+    getppid_calls: u32,
+    /// Rounds of the cost table (every setup once per round, in a rotating order).
+    #[arg(long, default_value_t = 5)]
+    table_rounds: usize,
 }
 
 /// Run statistics of one BPF program.
@@ -188,7 +202,7 @@ impl Agent {
                 "--log-format",
                 "text",
                 "--log-level",
-                "warn",
+                "error",
             ])
             .args(extra)
             .stdout(Stdio::null())
@@ -245,6 +259,18 @@ fn start_tool(args: &[&str]) -> Result<(Child, BTreeSet<u64>)> {
     }
 }
 
+/// Starts `syscount -L` (counts and times every syscall, as the agent does).
+fn start_syscount() -> Result<(Child, BTreeSet<u64>)> {
+    // syscount attaches classic tracepoints, which need tracefs.
+    let mounted_tracefs = mount_tracefs()?;
+    let started = start_tool(&["syscount", "-L", "-i", "3600"]);
+    if mounted_tracefs {
+        // Mounted only while syscount attaches: attached links survive the unmount.
+        let _ = Command::new("umount").arg(TRACEFS).status();
+    }
+    started
+}
+
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -262,10 +288,14 @@ fn mount_tracefs() -> Result<bool> {
 }
 
 fn hackbench(loops: u32) -> Result<Duration> {
+    hackbench_groups(10, loops)
+}
+
+fn hackbench_groups(groups: u32, loops: u32) -> Result<Duration> {
     let start = Instant::now();
     crate::run(
         Command::new("hackbench")
-            .args(["-g", "10", "-l", &loops.to_string()])
+            .args(["-g", &groups.to_string(), "-l", &loops.to_string()])
             .stdout(Stdio::null()),
     )?;
     Ok(start.elapsed())
@@ -306,6 +336,9 @@ fn sum(stats: &BTreeMap<String, ProgStats>, names: &[&str]) -> ProgStats {
 }
 
 pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
+    // The cost table first, with the kernel's run statistics off: they add two clock reads to
+    // every program run, which would count against every tool.
+    cost_table(args, agent_binary)?;
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
@@ -314,9 +347,166 @@ pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
     result
 }
 
+/// What is attached while the cost table's workloads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Alone,
+    /// Empty programs on the agent's hooks.
+    Floor,
+    Taskscope,
+    /// The agent with its syscall hooks detached: its scheduling and lifecycle hooks alone.
+    TaskscopeNoSyscalls,
+    Runqlat,
+    /// runqlat and `syscount -L` together: what the agent does, done by the reference tools.
+    Reference,
+}
+
+const SETUPS: [Setup; 6] = [
+    Setup::Alone,
+    Setup::Floor,
+    Setup::Taskscope,
+    Setup::TaskscopeNoSyscalls,
+    Setup::Runqlat,
+    Setup::Reference,
+];
+
+impl Setup {
+    fn title(self) -> &'static str {
+        match self {
+            Setup::Alone => "alone",
+            Setup::Floor => "empty programs",
+            Setup::Taskscope => "taskscope",
+            Setup::TaskscopeNoSyscalls => "taskscope, no syscall hooks",
+            Setup::Runqlat => "runqlat",
+            Setup::Reference => "runqlat + syscount -L",
+        }
+    }
+}
+
+/// The two workloads' figures under one setup: hackbench seconds, ns per getppid.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    hackbench_s: f64,
+    getppid_ns: f64,
+}
+
+/// `calls` getppid calls (glibc does not cache it): ns per call.
+fn getppid_ns(calls: u32) -> f64 {
+    let start = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..calls {
+        sum = sum.wrapping_add(u64::from(std::os::unix::process::parent_id()));
+    }
+    std::hint::black_box(sum);
+    start.elapsed().as_nanos() as f64 / f64::from(calls.max(1))
+}
+
+/// Attaches `setup`, runs both workloads, detaches.
+fn timings_under(setup: Setup, args: &BenchArgs, agent_binary: &Path) -> Result<Timings> {
+    let mut tools = Vec::new();
+    let (mut agent, mut floor) = (None, None);
+    match setup {
+        Setup::Alone => {}
+        Setup::Floor => floor = Some(crate::floor::Floor::attach()?),
+        Setup::Taskscope => agent = Some(Agent::start(agent_binary)?),
+        Setup::TaskscopeNoSyscalls => {
+            agent = Some(Agent::start_with(
+                agent_binary,
+                &["--disable-probes", "syscalls"],
+            )?)
+        }
+        Setup::Runqlat => tools.push(start_tool(&["runqlat", "3600", "1"])?.0),
+        Setup::Reference => {
+            tools.push(start_tool(&["runqlat", "3600", "1"])?.0);
+            tools.push(start_syscount()?.0);
+        }
+    }
+    // Let start-up work (the agent's first reads) settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let hackbench_s = hackbench_groups(4, args.table_hackbench_loops)?.as_secs_f64();
+    let getppid_ns = getppid_ns(args.getppid_calls);
+    tools.into_iter().for_each(stop);
+    drop((agent, floor));
+    Ok(Timings {
+        hackbench_s,
+        getppid_ns,
+    })
+}
+
+/// Each setup once per round, the order rotating, then the medians side by side.
+fn cost_table(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
+    let floor = crate::floor::Floor::attach()?;
+    println!(
+        "== cost table: hackbench -g 4 -l {} and {} getppid calls; {} rounds; the floor attaches to {}",
+        args.table_hackbench_loops,
+        args.getppid_calls,
+        args.table_rounds,
+        floor.programs.keys().copied().collect::<Vec<_>>().join(", ")
+    );
+    drop(floor);
+    let mut figures: BTreeMap<usize, Vec<Timings>> = BTreeMap::new();
+    for round in 0..args.table_rounds {
+        for i in 0..SETUPS.len() {
+            let index = (i + round) % SETUPS.len();
+            let t = timings_under(SETUPS[index], args, agent_binary)?;
+            println!(
+                "  round {}: {:<28} hackbench {:.3} s, getppid {:.1} ns",
+                round + 1,
+                SETUPS[index].title(),
+                t.hackbench_s,
+                t.getppid_ns
+            );
+            figures.entry(index).or_default().push(t);
+        }
+    }
+    let med = |setup: Setup, f: fn(&Timings) -> f64| {
+        let index = SETUPS.iter().position(|s| *s == setup).unwrap_or(0);
+        median(figures.get(&index).into_iter().flatten().map(f).collect())
+    };
+    let hackbench = |s| med(s, |t| t.hackbench_s);
+    let getppid = |s| med(s, |t| t.getppid_ns);
+    println!();
+    println!("== cost table: medians");
+    println!(
+        "{:<28} {:>14} {:>18}",
+        "", "hackbench (s)", "getppid (ns/call)"
+    );
+    let (hb_alone, gp_alone) = (hackbench(Setup::Alone), getppid(Setup::Alone));
+    for setup in SETUPS {
+        let (hb, gp) = (hackbench(setup), getppid(setup));
+        println!(
+            "{:<28} {:>6.2} ({:>+4.0}%) {:>8.1} ({:>+6.1})",
+            setup.title(),
+            hb,
+            100.0 * (hb / hb_alone - 1.0),
+            gp,
+            gp - gp_alone
+        );
+    }
+    let added_hb = |s| hackbench(s) - hb_alone;
+    let added_gp = |s| getppid(s) - gp_alone;
+    println!(
+        "syscall: taskscope adds {:.1} ns [<= 120], {:.2} of what runqlat + syscount -L add [<= 0.25]; the empty programs add {:.1} ns",
+        added_gp(Setup::Taskscope),
+        added_gp(Setup::Taskscope) / added_gp(Setup::Reference),
+        added_gp(Setup::Floor)
+    );
+    println!(
+        "hackbench: taskscope's scheduling hooks add {:.2} of what runqlat adds [<= 0.25]; all of taskscope {:.2} of runqlat + syscount -L; the empty programs add {:+.1}%",
+        added_hb(Setup::TaskscopeNoSyscalls) / added_hb(Setup::Runqlat),
+        added_hb(Setup::Taskscope) / added_hb(Setup::Reference),
+        100.0 * added_hb(Setup::Floor) / hb_alone
+    );
+    println!();
+    Ok(())
+}
+
 /// Figures of one round: taskscope and the reference tools on the same workloads.
 struct Round {
     agent_switch: f64,
+    /// The empty program's ns per run on sched_switch, and per syscall (enter + exit).
+    floor_switch: f64,
+    floor_syscall: f64,
     runqlat_switch: f64,
     agent_syscall: f64,
     syscount_syscall: f64,
@@ -366,6 +556,11 @@ fn round(args: &BenchArgs, agent_binary: &Path, verbose: bool) -> Result<Round> 
     let agent_hwm_kib = status_kib(agent.pid(), "VmHWM");
     drop(agent);
 
+    let (floor_switch, floor_syscall) = floor_costs(args)?;
+    if verbose {
+        println!("== empty programs (same workloads): switch {floor_switch:.1} ns/run, syscall {floor_syscall:.1} ns");
+    }
+
     let (runqlat, programs) = start_tool(&["runqlat", "3600", "1"])?;
     let (rq, rq_wall, _) = measure(runqlat.id(), &programs, || hackbench(args.hackbench_loops))?;
     stop(runqlat);
@@ -374,14 +569,7 @@ fn round(args: &BenchArgs, agent_binary: &Path, verbose: bool) -> Result<Round> 
         print_programs(&format!("hackbench ({rq_wall:.2?})"), &rq);
     }
 
-    // syscount attaches classic tracepoints, which need tracefs.
-    let mounted_tracefs = mount_tracefs()?;
-    let started = start_tool(&["syscount", "-L", "-i", "3600"]);
-    if mounted_tracefs {
-        // Mounted only while syscount attaches: attached links survive the unmount.
-        let _ = Command::new("umount").arg(TRACEFS).status();
-    }
-    let (syscount, programs) = started?;
+    let (syscount, programs) = start_syscount()?;
     let (sy, sy_wall, _) = measure(syscount.id(), &programs, || dd(args.dd_bytes))?;
     stop(syscount);
     if verbose {
@@ -390,12 +578,41 @@ fn round(args: &BenchArgs, agent_binary: &Path, verbose: bool) -> Result<Round> 
     }
     Ok(Round {
         agent_switch,
+        floor_switch,
+        floor_syscall,
         runqlat_switch: ns_per_run(&sum(&rq, &["handle_sched_switch", "sched_switch"])),
         agent_syscall,
         syscount_syscall: per_syscall(&sum(&sy, &["sys_enter"]), &sum(&sy, &["sys_exit"])),
         agent_cpu_share: 100.0 * hb_cpu / hb_wall.as_secs_f64(),
         agent_hwm_kib,
     })
+}
+
+/// The empty programs' ns per run on sched_switch during hackbench, and per syscall (enter +
+/// exit) during dd.
+fn floor_costs(args: &BenchArgs) -> Result<(f64, f64)> {
+    let floor = crate::floor::Floor::attach()?;
+    let read = || -> Result<BTreeMap<String, ProgStats>> {
+        let all = all_programs()?;
+        Ok(floor
+            .programs
+            .iter()
+            .filter_map(|(tracepoint, id)| Some((tracepoint.to_string(), all.get(id)?.1)))
+            .collect())
+    };
+    let before = read()?;
+    hackbench(args.hackbench_loops)?;
+    let switch = delta(&before, &read()?);
+    let before = read()?;
+    dd(args.dd_bytes)?;
+    let syscall = delta(&before, &read()?);
+    Ok((
+        ns_per_run(&sum(&switch, &["sched_switch"])),
+        per_syscall(
+            &sum(&syscall, &["sys_enter"]),
+            &sum(&syscall, &["sys_exit"]),
+        ),
+    ))
 }
 
 fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
@@ -422,6 +639,7 @@ fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
     let med = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
     let (switch, runqlat) = (med(|r| r.agent_switch), med(|r| r.runqlat_switch));
     let (syscall, syscount) = (med(|r| r.agent_syscall), med(|r| r.syscount_syscall));
+    let (floor_switch, floor_syscall) = (med(|r| r.floor_switch), med(|r| r.floor_syscall));
     println!();
     println!(
         "== summary: medians of {} rounds (target in brackets)",
@@ -436,7 +654,12 @@ fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
         syscall / syscount
     );
     println!(
-        "agent CPU during hackbench: {:.2}% of one core [<= 2%]",
+        "empty programs: {floor_switch:.1} ns/run on sched_switch (taskscope {:.1} ns above), {floor_syscall:.1} ns/syscall (taskscope {:.1} ns above)",
+        switch - floor_switch,
+        syscall - floor_syscall
+    );
+    println!(
+        "agent CPU during hackbench: {:.2}% of one core [<= 1%]",
         med(|r| r.agent_cpu_share)
     );
     println!(

@@ -6,6 +6,7 @@
 //! rt-tests.
 
 mod bench;
+mod floor;
 mod fuzz;
 mod kernels;
 mod layers;
@@ -435,12 +436,7 @@ fn test() -> Result<()> {
             "-Z",
             "build-std=core",
         ])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "--bin",
-            "taskscope-probes",
-        ])
+        .args(["--target", "bpfel-unknown-none", "--bins"])
         .args(["--", "-D", "warnings"])
         .current_dir(root().join("ebpf"))
         .env("PATH", tool_path()))?;
