@@ -71,33 +71,7 @@ impl TaskModel {
                 process.syscalls.insert(key.nr, stats);
             }
         }
-        let live_cgroups: std::collections::HashSet<u64> =
-            self.live.values().filter_map(|p| p.cgroup_id).collect();
-        let host = &mut self.host;
-        let applied = self.cgroup_syscalls.apply(
-            snapshot.workload_syscalls,
-            &live_cgroups,
-            host.clocks().monotonic_ns,
-            self.config.series_ttl_ns(),
-            |id| host.cgroup_path(id, 0),
-        );
-        forget.workload_syscalls = applied.forget;
-        self.counters.cgroup_unresolved += applied.unresolved;
-        if !applied.given_up.is_empty() {
-            let live_workloads: std::collections::HashSet<String> = self
-                .live
-                .values()
-                .map(|p| {
-                    let path = p.cgroup_path.as_deref().unwrap_or("/");
-                    Workload::from_cgroup(path).key().to_string()
-                })
-                .collect();
-            let now = self.host.clocks().monotonic_ns;
-            for (path, syscalls) in &applied.given_up {
-                let live = live_workloads.contains(Workload::from_cgroup(path).key());
-                self.workloads.credit_syscalls(path, syscalls, live, now);
-            }
-        }
+        forget.workload_syscalls = self.apply_cgroup_syscalls(snapshot.workload_syscalls);
         for (key, count) in snapshot.errnos {
             if let Some(process) = self.live.get_mut(&key.tgid) {
                 process.errnos.insert((key.nr, key.errno), count);
@@ -151,6 +125,41 @@ impl TaskModel {
         }
         self.evict_exited();
         forget
+    }
+
+    /// Takes the kernel's per-cgroup syscall figures; a cgroup given up leaves its final
+    /// figures to its workload's retired totals. Returns the entries the kernel may free.
+    fn apply_cgroup_syscalls(
+        &mut self,
+        entries: Vec<(WorkloadSyscallKey, SyscallStats)>,
+    ) -> Vec<WorkloadSyscallKey> {
+        let live_cgroups: std::collections::HashSet<u64> =
+            self.live.values().filter_map(|p| p.cgroup_id).collect();
+        let host = &mut self.host;
+        let applied = self.cgroup_syscalls.apply(
+            entries,
+            &live_cgroups,
+            host.clocks().monotonic_ns,
+            self.config.series_ttl_ns(),
+            |id| host.cgroup_path(id, 0),
+        );
+        self.counters.cgroup_unresolved += applied.unresolved;
+        if !applied.given_up.is_empty() {
+            let live_workloads: std::collections::HashSet<String> = self
+                .live
+                .values()
+                .map(|p| {
+                    let path = p.cgroup_path.as_deref().unwrap_or("/");
+                    Workload::from_cgroup(path).key().to_string()
+                })
+                .collect();
+            let now = self.host.clocks().monotonic_ns;
+            for (path, syscalls) in &applied.given_up {
+                let live = live_workloads.contains(Workload::from_cgroup(path).key());
+                self.workloads.credit_syscalls(path, syscalls, live, now);
+            }
+        }
+        applied.forget
     }
 
     /// Closes the CPU window when it is long enough, and starts the next one.
