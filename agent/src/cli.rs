@@ -106,7 +106,7 @@ pub struct RunArgs {
     /// Capacity of the kernel's per-(process, syscall) table of counts (the errno table gets
     /// a quarter): 10,000 processes of 30 syscalls each fit the default. Entries of exited
     /// processes are freed two polls after their exit.
-    #[arg(long, default_value_t = 327_680, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub(crate) max_syscall_entries: u32,
 
     /// Capacity of the kernel's per-(cgroup, syscall) table, which holds the latency

@@ -48,6 +48,8 @@ pub struct BenchArgs {
     /// Rounds of the cost table (every setup once per round, in a rotating order).
     #[arg(long, default_value_t = 5)]
     table_rounds: usize,
+    #[command(flatten)]
+    scale: crate::scale::ScaleArgs,
 }
 
 /// Run statistics of one BPF program.
@@ -181,18 +183,22 @@ fn http_ok(addr: &str, path: &str) -> bool {
     body.starts_with("HTTP/1.1 200")
 }
 
-struct Agent {
+/// Where the bench's agent listens.
+pub(crate) const AGENT_ADDR: &str = "127.0.0.1:9799";
+
+/// The agent under measurement, stopped on drop.
+pub(crate) struct Agent {
     child: Child,
     programs: BTreeSet<u64>,
 }
 
 impl Agent {
-    fn start(binary: &Path) -> Result<Self> {
+    pub(crate) fn start(binary: &Path) -> Result<Self> {
         Self::start_with(binary, &[])
     }
 
     fn start_with(binary: &Path, extra: &[&str]) -> Result<Self> {
-        let addr = "127.0.0.1:9799";
+        let addr = AGENT_ADDR;
         let before = program_ids()?;
         let child = Command::new(binary)
             .args([
@@ -219,7 +225,7 @@ impl Agent {
         Ok(Agent { child, programs })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -344,7 +350,8 @@ pub fn run(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
     std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = run_inner(args, agent_binary);
     let _ = std::fs::write(STATS, previous.trim());
-    result
+    result?;
+    crate::scale::run(&args.scale, agent_binary)
 }
 
 /// What is attached while the cost table's workloads run.
@@ -514,7 +521,7 @@ struct Round {
     agent_hwm_kib: u64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
@@ -695,7 +702,7 @@ fn live_tasks_rss(agent_binary: &Path, count: usize) -> Result<(u64, u64, u64)> 
     std::thread::sleep(Duration::from_secs(3));
     let me = std::process::id();
     let mut seen = 0;
-    if let Ok(mut stream) = TcpStream::connect("127.0.0.1:9799") {
+    if let Ok(mut stream) = TcpStream::connect(AGENT_ADDR) {
         let _ = write!(
             stream,
             "GET /api/v1/processes/{me} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -707,7 +714,7 @@ fn live_tasks_rss(agent_binary: &Path, count: usize) -> Result<(u64, u64, u64)> 
             seen = v["processes"][0]["threads"]["live"].as_u64().unwrap_or(0);
         }
     }
-    http_ok("127.0.0.1:9799", "/api/v1/processes");
+    http_ok(AGENT_ADDR, "/api/v1/processes");
     let hwm = status_kib(agent.pid(), "VmHWM");
     let rss = status_kib(agent.pid(), "VmRSS");
     release.wait();
@@ -736,7 +743,7 @@ fn timed_scrape() -> Result<(Duration, usize)> {
 /// One GET of /metrics: (duration, body).
 fn scrape_text() -> Result<(Duration, String)> {
     let start = Instant::now();
-    let mut stream = TcpStream::connect("127.0.0.1:9799")?;
+    let mut stream = TcpStream::connect(AGENT_ADDR)?;
     write!(
         stream,
         "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"

@@ -10,6 +10,7 @@ mod floor;
 mod fuzz;
 mod kernels;
 mod layers;
+mod scale;
 mod soak;
 
 use std::{
@@ -52,6 +53,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Measure /metrics scrape time and size with many workloads.
     BenchScrape(bench::ScrapeArgs),
+    /// The bench's scale run alone: many live processes, then a storm of process starts.
+    BenchScale(scale::ScaleArgs),
     /// Run every fuzz target (cargo-fuzz, libFuzzer) for --seconds each; print the figures.
     Fuzz(fuzz::FuzzArgs),
     /// The agent under sustained abuse for --seconds: process churn, cgroup churn, made-up
@@ -98,6 +101,12 @@ fn main() -> Result<()> {
             build()?;
             require_root("the benchmark loads programs into the kernel")?;
             bench::scrape(&args, &agent_binary())
+        }
+        Task::BenchScale(args) => {
+            setup(true)?;
+            build()?;
+            require_root("the benchmark loads programs into the kernel")?;
+            scale::run(&args, &agent_binary())
         }
         Task::Bench(args) => {
             setup(true)?;

@@ -41,9 +41,14 @@ const EXITED_RETENTION: &str = "60s";
 
 /// One GET: (status, body, time taken); status 0 when the agent did not answer.
 fn get(path: &str) -> (u16, String, Duration) {
+    get_from(ADDR, path)
+}
+
+/// One GET of the agent at `addr`, as [`get`].
+pub(crate) fn get_from(addr: &str, path: &str) -> (u16, String, Duration) {
     let started = Instant::now();
     let answer = (|| -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(ADDR)?;
+        let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         write!(
             stream,
@@ -137,7 +142,12 @@ impl Cgroups {
 
 /// The agent's `lost` counters and model counters from /api/v1/status.
 fn status() -> Option<(BTreeMap<String, u64>, Value)> {
-    let (code, body, _) = get("/api/v1/status");
+    status_from(ADDR).map(|(lost, status)| (lost, status["model"].clone()))
+}
+
+/// The agent's loss counters ("source/reason" -> count) and its whole status.
+pub(crate) fn status_from(addr: &str) -> Option<(BTreeMap<String, u64>, Value)> {
+    let (code, body, _) = get_from(addr, "/api/v1/status");
     if code != 200 {
         return None;
     }
@@ -156,7 +166,7 @@ fn status() -> Option<(BTreeMap<String, u64>, Value)> {
             )
         })
         .collect();
-    Some((lost, status["model"].clone()))
+    Some((lost, status))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -270,6 +270,31 @@ fn many_processes(n: usize, calls: u64) {
     }
 }
 
+/// See the `churn` workload.
+fn churn(per_second: u64, seconds: u64) {
+    let start = std::time::Instant::now();
+    let total = per_second * seconds;
+    let mut started = 0u64;
+    while started < total {
+        // Paced: the starts due by now, then a short sleep.
+        let due = (start.elapsed().as_secs_f64() * per_second as f64) as u64;
+        while started < due.min(total) {
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                unsafe { libc::_exit(0) };
+            }
+            started += 1;
+            // Reap what has exited, so that the live count stays small.
+            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+    ready(&format!("{started} {:.3}", start.elapsed().as_secs_f64()));
+}
+
 /// clone3(CLONE_INTO_CGROUP) as a fork: 0 in the child, the child's pid in the parent.
 fn clone_into_cgroup(dir: &str) -> libc::pid_t {
     let path = CString::new(dir).expect("path");
@@ -401,6 +426,12 @@ fn main() {
         Some("many-processes") => {
             let (n, calls) = (arg(&args, 2, "processes"), arg(&args, 3, "calls"));
             many_processes(n as usize, calls);
+            return;
+        }
+        // churn RATE SECONDS: RATE process starts a second (fork, then _exit) for SECONDS;
+        // prints the processes started and the seconds it took.
+        Some("churn") => {
+            churn(arg(&args, 2, "per second"), arg(&args, 3, "seconds"));
             return;
         }
         // threads N MS: N threads that each burn MS ms of CPU; prints their tids.
