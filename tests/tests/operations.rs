@@ -141,7 +141,7 @@ fn the_kernel_maps_and_their_memory_are_what_the_kernel_says() {
     };
     assert_eq!(entries("TASKS"), Some(4096));
     assert_eq!(entries("IO_STARTS"), Some(1024));
-    assert_eq!(entries("SYSCALLS"), Some(327_680));
+    assert_eq!(entries("SYSCALLS"), Some(524_288));
     assert_eq!(entries("WORKLOAD_SYSCALLS"), Some(262_144));
 }
 
