@@ -357,7 +357,8 @@ fn probes_answer_and_a_reload_under_load_changes_thresholds_and_probe_groups_liv
     assert_eq!(
         lost_total(&status),
         0,
-        "events were lost across the reloads"
+        "events were lost across the reloads: {}",
+        status["lost"]
     );
     assert!(agent.log_text().contains("configuration reloaded"));
     let _ = std::fs::remove_file(&config);
