@@ -56,16 +56,32 @@ impl TaskModel {
         let polls = self.polls;
         let mut forget = Forget::default();
 
+        let mut unknown = std::collections::HashSet::new();
         for (tid, task) in snapshot.tasks {
             if task.tgid == 0 {
                 continue;
             }
-            if let Some(process) = self.live_or_proc(task.tgid) {
-                process.last_switch_out_ns =
-                    process.last_switch_out_ns.max(task.last_switch_out_ns);
-                process.threads.entry(tid).or_default().sched = Some(task);
+            // A task of a process the model does not know yet forked while the maps were
+            // read: its fork event is still in the ring buffer. Taken from /proc now, a
+            // process already gone would be a bare entry that its fork event then took for a
+            // reused pid, and counted lost. Only a task still unknown at the next read (its
+            // fork event was lost) is looked up in /proc.
+            if !self.live.contains_key(&task.tgid) && !self.unknown_tasks.contains(&tid) {
+                unknown.insert(tid);
+                continue;
+            }
+            match self.live_or_proc(task.tgid) {
+                Some(process) => {
+                    process.last_switch_out_ns =
+                        process.last_switch_out_ns.max(task.last_switch_out_ns);
+                    process.threads.entry(tid).or_default().sched = Some(task);
+                }
+                None => {
+                    unknown.insert(tid);
+                }
             }
         }
+        self.unknown_tasks = unknown;
         // In process order: the kernel hands the entries over in hash order, and a node of
         // 10,000 processes has 300,000 of them; taken one process at a time, each process's
         // table is looked up once and filled while it is in the cache.

@@ -27,7 +27,7 @@ pub(crate) mod view;
 pub(crate) mod workload;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -155,6 +155,9 @@ pub(crate) struct TaskModel {
     spans: VecDeque<TaskSpan>,
     /// Spans not yet taken by the exporters (at most `MAX_NEW_SPANS`).
     new_spans: Vec<TaskSpan>,
+    /// Tids whose kernel entry named a process the model did not know at the latest read
+    /// (at most one per `TASKS` entry).
+    unknown_tasks: HashSet<u32>,
 }
 
 /// Polls after an exit before a thread's or process's final values are read: one poll may
@@ -190,6 +193,7 @@ impl TaskModel {
             span_ids: SpanIdSource::default(),
             spans: VecDeque::new(),
             new_spans: Vec::new(),
+            unknown_tasks: HashSet::new(),
         }
     }
 }
@@ -358,6 +362,44 @@ mod tests {
         // into them: that is counted.
         assert_eq!(m.counters.pids_reused, 1);
         assert!(forget.processes.contains(&P));
+    }
+
+    #[test]
+    fn a_task_read_before_its_fork_event_is_not_a_reused_pid() {
+        // A short process forks and exits while the maps are read: the read has its entry,
+        // the ring buffer its fork and exit, /proc nothing any more.
+        let mut m = model();
+        let mut forget = Forget::default();
+        let snap = || KernelSnapshot {
+            tasks: vec![(P, sched(P, 40))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap());
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.apply_event(exit(P, P, 0, true), &mut forget);
+        m.apply_kernel(snap());
+        m.apply_kernel(snap());
+        assert_eq!((m.counters.pids_reused, m.counters.processes_lost), (0, 0));
+        let p = &m.by_pid(P)[0];
+        assert_eq!(p.exit, Some(ExitStatus::Exited { code: 0 }));
+        assert_eq!(p.sched(0, &HashMap::new()).on_cpu_ns, 40);
+    }
+
+    #[test]
+    fn a_task_whose_fork_event_never_comes_is_taken_from_proc_at_the_next_read() {
+        let host = FakeHost::default();
+        host.set(100, "sshd", 5);
+        let mut m = TaskModel::new(ModelConfig::default(), Box::new(host));
+        let snap = || KernelSnapshot {
+            tasks: vec![(100, sched(100, 40))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap());
+        assert!(m.by_pid(100).is_empty());
+        m.apply_kernel(snap());
+        let p = &m.by_pid(100)[0];
+        assert_eq!((p.comm.as_str(), p.start_ticks), ("sshd", 5));
+        assert_eq!(p.sched(0, &HashMap::new()).on_cpu_ns, 40);
     }
 
     #[test]
