@@ -243,15 +243,30 @@ fn log_attachment(probes: &Probes) {
 /// Malloc arenas the agent's threads share: one (glibc's per-thread caches keep them off its lock).
 const MALLOC_ARENAS: libc::c_int = 1;
 
-/// Before any thread starts: glibc gives each thread that allocates an arena of its own (up to
-/// eight per core), and memory freed in one arena serves no other. The agent's threads take
-/// turns on its tables: with 10,000 processes its RSS was 123 MiB with glibc's default, 103 MiB
-/// with one arena, and 364 against 244 MiB after a storm of process starts (`cargo xtask
-/// bench-scale`). `MALLOC_ARENA_MAX` in the environment still wins.
-fn limit_malloc_arenas() {
+/// Allocations at least this large get pages of their own, returned when freed.
+const MALLOC_MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
+/// Before any thread starts, two allocator settings, measured with `cargo xtask bench-scale`
+/// (10,000 processes, then a storm of process starts):
+/// - one arena: glibc gives each thread that allocates an arena of its own (up to eight per
+///   core), and memory freed in one serves no other. The agent's threads take turns on its
+///   tables: RSS 123 MiB with glibc's default, 103 MiB with one arena; 364 against 244 MiB after
+///   the storm.
+/// - a fixed mmap threshold of 1 MiB: each read of the kernel maps builds a few MiB of vectors.
+///   glibc raises its threshold to the largest block freed, so from the second read on they came
+///   from the heap, where the model's small allocations made between them pinned the pages:
+///   106 MiB with 10,000 processes, 88 MiB with the threshold fixed; 247 against 220 MiB after
+///   the storm.
+///
+/// `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_` in the environment still win.
+fn tune_malloc() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter, before the runtime's threads exist.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+    }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) };
     }
 }
 
@@ -259,7 +274,7 @@ fn limit_malloc_arenas() {
 /// capabilities belong to each thread, so they are dropped here, where they are held alone,
 /// and the runtime's threads start with the reduced set.
 pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
-    limit_malloc_arenas();
+    tune_malloc();
     let admin_token = admin_token(args)?;
     warn_about_exposure(args.listen, args.api_auth, admin_token.is_some());
     // Settings checked before anything is loaded into the kernel.
