@@ -25,6 +25,18 @@ pub(crate) struct Stat {
     pub(crate) ppid: u32,
     /// Start time in clock ticks since boot (field 22).
     pub(crate) start_ticks: u64,
+    /// Threads in its group, a zombie leader included (field 20).
+    pub(crate) num_threads: u32,
+    /// `task_struct.exit_code` (field 52, Linux 3.5+; 0 while it runs).
+    pub(crate) exit_code: u32,
+}
+
+impl Stat {
+    /// The whole process has exited and waits to be reaped: a zombie leader with no thread
+    /// left. (A leader that exited alone while its threads run is a zombie too.)
+    pub(crate) fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X') && self.num_threads <= 1
+    }
 }
 
 /// Parses `/proc/<pid>/stat`. The comm (field 2) may hold spaces and parentheses, so fields are
@@ -42,6 +54,8 @@ pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
         state: rest.first()?.chars().next()?,
         ppid: rest.get(1)?.parse().ok()?,
         start_ticks: rest.get(19)?.parse().ok()?,
+        num_threads: rest.get(17)?.parse().ok()?,
+        exit_code: rest.get(49).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -616,8 +630,28 @@ mod tests {
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.ppid, 1);
         assert_eq!(stat.start_ticks, 98765);
+        assert_eq!((stat.num_threads, stat.exit_code), (1, 0));
+        assert!(!stat.exited());
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S"), None);
+    }
+
+    #[test]
+    fn stat_of_a_zombie() {
+        // A child that called _exit(3), not yet reaped (read on Linux 6.18).
+        let text = "4748 (python3) Z 4707 4705 14823 0 -1 4227148 228 0 0 0 0 0 0 0 20 0 1 0 6212207 0 0 18446744073709551615 0 0 0 0 0 0 0 16781312 2 1 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 768\n";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(
+            (stat.state, stat.num_threads, stat.exit_code),
+            ('Z', 1, 3 << 8)
+        );
+        assert!(stat.exited());
+        // Its leader gone, its threads still running: not exited.
+        let leader_only = Stat {
+            num_threads: 2,
+            ..stat
+        };
+        assert!(!leader_only.exited());
     }
 
     #[test]

@@ -173,6 +173,39 @@ fn a_reused_pid_is_a_new_process() {
 }
 
 #[test]
+fn a_zombie_from_before_the_agent_is_exited_and_not_lost_when_reaped() {
+    // The test is its parent and does not reap it yet: a zombie when the agent starts.
+    let mut zombie = Command::new(workload_binary())
+        .args(["exit", "5"])
+        .spawn()
+        .expect("spawn");
+    let pid = zombie.id();
+    wait_for("the child to exit", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .trim_start()
+            .starts_with('Z')
+            .then_some(())
+    });
+    let agent = Agent::start(&[]);
+    let found = agent.get(&format!("/api/v1/processes/{pid}"))["processes"][0].clone();
+    println!("zombie {pid} as the agent found it: {found}");
+    assert_eq!(found["state"], "exited");
+    assert_eq!(found["exit"]["code"], 5, "the exit code from /proc");
+    assert_eq!(zombie.wait().expect("reap").code(), Some(5));
+    // Sweeps look for live processes gone from /proc every 10 polls (2 s here): a lost exit
+    // is counted at the second sweep after the process is gone.
+    std::thread::sleep(Duration::from_secs(5));
+    let lost = agent.lost("task_model", "exit_not_seen");
+    println!("exit_not_seen after it was reaped: {lost}");
+    assert_eq!(
+        lost, 0,
+        "a process that exited before the agent was counted lost"
+    );
+}
+
+#[test]
 fn slow_syscalls_reach_the_process_one_by_one() {
     let agent = Agent::start(&["--slow-syscall", "100ms"]);
     let child = Workload::run(&["sleep", "300"]);

@@ -28,6 +28,7 @@ impl TaskModel {
     pub(super) fn insert_from_proc(&mut self, pid: u32) -> Option<&mut Process> {
         let process = match self.host.stat(pid) {
             Some(stat) => {
+                let exit = stat.exited().then(|| ExitStatus::from_raw(stat.exit_code));
                 let mut p = Process::new(pid, stat.start_ticks);
                 p.ppid = stat.ppid;
                 p.comm = stat.comm;
@@ -45,6 +46,12 @@ impl TaskModel {
                 }
                 p.threads.insert(pid, Thread::default());
                 p.threads_started = 1;
+                // Exited before the agent was there to see it (or its exit event is still
+                // in the ring buffer): not live, and not a lost exit when it is reaped.
+                if exit.is_some() {
+                    p.exit = exit;
+                    p.exit_seen_after_poll = Some(self.polls);
+                }
                 p
             }
             None => Process::new(pid, 0),

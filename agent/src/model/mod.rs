@@ -475,8 +475,19 @@ mod tests {
                 state: 'S',
                 ppid: 1,
                 start_ticks,
+                num_threads: 1,
+                exit_code: 0,
             };
             self.procs.lock().expect("procs").insert(pid, stat);
+        }
+
+        /// A process that exited with `exit_code` and waits for its parent.
+        fn set_zombie(&self, pid: u32, start_ticks: u64, exit_code: u32) {
+            self.set(pid, "zombie", start_ticks);
+            if let Some(stat) = self.procs.lock().expect("procs").get_mut(&pid) {
+                stat.state = 'Z';
+                stat.exit_code = exit_code;
+            }
         }
     }
 
@@ -551,6 +562,22 @@ mod tests {
         }
         assert_eq!(m.by_pid(100)[0].exit, Some(ExitStatus::Unknown));
         assert_eq!(m.counters.processes_lost, 1);
+    }
+
+    #[test]
+    fn a_zombie_found_at_start_has_exited_and_is_not_lost_when_reaped() {
+        let host = FakeHost::default();
+        host.set_zombie(100, 5, 2 << 8);
+        let mut m = TaskModel::new(ModelConfig::default(), Box::new(host.clone()));
+        m.scan_proc();
+        assert_eq!(m.by_pid(100)[0].exit, Some(ExitStatus::Exited { code: 2 }));
+        // Reaped, its pid not yet reused.
+        host.procs.lock().expect("procs").remove(&100);
+        for _ in 0..2 * SWEEP_EVERY_POLLS {
+            m.apply_kernel(KernelSnapshot::default());
+        }
+        assert_eq!((m.live_count(), m.exited_count()), (0, 1));
+        assert_eq!(m.counters.processes_lost, 0);
     }
 
     #[test]
