@@ -285,8 +285,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2048, value_parser = count_in(1, 1_000_000))]
     pub(crate) kubernetes_max_pods: usize,
 
-    /// Probe groups to leave detached: syscalls, block_io (scheduling and lifecycle are the
-    /// task model's and always on). Repeatable; changes live on reload.
+    /// Probe groups to leave detached: syscalls, syscall_latency (syscalls still counted, not
+    /// timed, at about a third of the cost), block_io (scheduling and lifecycle are the task
+    /// model's and always on). Repeatable; changes live on reload.
     #[arg(long = "disable-probes", value_name = "GROUP", value_parser = parse_optional_probe_group)]
     pub(crate) disable_probes: Vec<crate::probes::ProbeGroup>,
 

@@ -151,6 +151,7 @@ fn recording_collector(
             slow_syscall_ns: 100_000_000,
             slow_runqueue_wait_ns: 50_000_000,
             slow_io_ns: 100_000_000,
+            time_syscalls: 1,
         },
         disabled_groups: Vec::new(),
         record_switches: true,

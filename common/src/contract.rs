@@ -10,22 +10,46 @@
 pub enum ProbeGroup {
     Scheduling,
     Lifecycle,
+    /// `sys_exit`: syscall counts and errors.
     Syscalls,
+    /// `sys_enter`: the start of each syscall, so that it is timed.
+    SyscallLatency,
     BlockIo,
 }
 
 impl ProbeGroup {
     /// Every group, in report order.
-    pub const ALL: [ProbeGroup; 4] = [
+    pub const ALL: [ProbeGroup; 5] = [
         ProbeGroup::Scheduling,
         ProbeGroup::Lifecycle,
         ProbeGroup::Syscalls,
+        ProbeGroup::SyscallLatency,
         ProbeGroup::BlockIo,
     ];
 
     /// Groups the agent can run without (the task model needs scheduling and lifecycle).
     pub fn can_be_disabled(self) -> bool {
-        matches!(self, ProbeGroup::Syscalls | ProbeGroup::BlockIo)
+        matches!(
+            self,
+            ProbeGroup::Syscalls | ProbeGroup::SyscallLatency | ProbeGroup::BlockIo
+        )
+    }
+
+    /// The group this one is of no use without: timing syscalls that are not counted.
+    pub fn needs(self) -> Option<ProbeGroup> {
+        match self {
+            ProbeGroup::SyscallLatency => Some(ProbeGroup::Syscalls),
+            _ => None,
+        }
+    }
+
+    /// Whether the group is attached when `disabled` are switched off: neither it nor the
+    /// group it needs is among them.
+    pub fn enabled_unless(self, disabled: &[ProbeGroup]) -> bool {
+        !disabled.contains(&self)
+            && self
+                .needs()
+                .is_none_or(|needed| !disabled.contains(&needed))
     }
 
     /// Stable name (flags, health components, the API).
@@ -34,6 +58,7 @@ impl ProbeGroup {
             ProbeGroup::Scheduling => "scheduling",
             ProbeGroup::Lifecycle => "lifecycle",
             ProbeGroup::Syscalls => "syscalls",
+            ProbeGroup::SyscallLatency => "syscall_latency",
             ProbeGroup::BlockIo => "block_io",
         }
     }
@@ -143,7 +168,7 @@ pub const HOOKS: &[Hook] = &[
         "sys_enter",
         "ts_sys_enter_btf",
         "ts_sys_enter_raw",
-        ProbeGroup::Syscalls,
+        ProbeGroup::SyscallLatency,
         false,
     ),
     hook(

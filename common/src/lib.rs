@@ -502,14 +502,19 @@ pub struct Thresholds {
     pub slow_syscall_ns: u64,
     pub slow_runqueue_wait_ns: u64,
     pub slow_io_ns: u64,
+    /// 1 while `sys_enter` is attached and syscalls are timed; 0 when `sys_exit` counts them
+    /// alone (the `syscall_latency` probe group switched off), taking the number from the
+    /// syscall's registers. The loader sets it from the hooks, whatever it is given.
+    pub time_syscalls: u64,
 }
 
 impl Thresholds {
-    /// Nothing is slow enough to report.
+    /// Nothing is slow enough to report; syscalls are timed.
     pub const NEVER: Thresholds = Thresholds {
         slow_syscall_ns: u64::MAX,
         slow_runqueue_wait_ns: u64::MAX,
         slow_io_ns: u64::MAX,
+        time_syscalls: 1,
     };
 }
 
@@ -569,7 +574,7 @@ mod tests {
         assert_eq!(size_of::<SlowRunqueueWaitEvent>(), 24 + 8);
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
-        assert_eq!(size_of::<Thresholds>(), 24);
+        assert_eq!(size_of::<Thresholds>(), 32);
         assert_eq!(size_of::<SyscallCounts>(), 24);
         assert_eq!(size_of::<WorkloadSyscallKey>(), 16);
     }

@@ -109,12 +109,22 @@ fn runqueue_wait_and_switches_of_competing_processes_match_the_kernel() {
 
 #[test]
 fn syscall_counts_and_errors_are_exact() {
-    let agent = Agent::start(&[]);
+    syscall_counts_and_errors_are_exact_with(&[], true);
+}
+
+/// With `sys_enter` detached, `sys_exit` counts alone: the same counts, no latency.
+#[test]
+fn syscall_counts_and_errors_are_exact_untimed() {
+    syscall_counts_and_errors_are_exact_with(&["--disable-probes", "syscall_latency"], false);
+}
+
+fn syscall_counts_and_errors_are_exact_with(flags: &[&str], timed: bool) {
+    let agent = Agent::start(flags);
     let (calls, failures) = (5000u64, 1234u64);
     // In a cgroup of its own: its workload's figures (kept per cgroup by the kernel, with the
     // latency histograms) are the process's alone.
     let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
-        .join(format!("taskscope-syscalls-{}", std::process::id()));
+        .join(format!("taskscope-syscalls-{}-{timed}", std::process::id()));
     std::fs::create_dir(&cgroup_dir).expect("create cgroup");
     let child = Workload::run_in_cgroups(
         &[&cgroup_dir],
@@ -129,14 +139,22 @@ fn syscall_counts_and_errors_are_exact() {
         .cloned()
         .unwrap_or_else(|| panic!("no getpgid in {}", process["syscalls"]));
     println!(
-        "getpgid: taskscope {getpgid}, workload made {calls} calls, {failures} failed with ESRCH"
+        "getpgid (timed: {timed}): taskscope {getpgid}, workload made {calls} calls, {failures} failed with ESRCH"
     );
     assert_eq!(getpgid["count"].as_u64(), Some(calls));
     assert_eq!(getpgid["errors"].as_u64(), Some(failures));
     assert_eq!(getpgid["errnos"][0]["name"], "ESRCH");
     assert_eq!(getpgid["errnos"][0]["count"].as_u64(), Some(failures));
     assert_eq!(getpgid["errnos"].as_array().map(Vec::len), Some(1));
-    // The workload's series: the same counts, and a latency histogram holding every call.
+    assert_eq!(
+        getpgid["total_latency_ns"]
+            .as_u64()
+            .is_some_and(|ns| ns > 0),
+        timed,
+        "latency only when timed"
+    );
+    // The workload's series: the same counts, and a latency histogram holding every call
+    // (none when untimed).
     let (cgroup, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
     let (total, errors, histogram) = (
         series("taskscope_syscalls_total"),
@@ -145,10 +163,14 @@ fn syscall_counts_and_errors_are_exact() {
     );
     println!("workload {cgroup}: taskscope_syscalls_total {total}, taskscope_syscall_errors_total (all errnos) {errors}, latency histogram count {histogram}");
     assert_eq!(total, calls as f64);
-    assert_eq!(
-        histogram, calls as f64,
-        "latency histogram holds every call"
-    );
+    if timed {
+        assert_eq!(
+            histogram, calls as f64,
+            "latency histogram holds every call"
+        );
+    } else {
+        assert!(histogram.is_nan(), "a latency histogram while untimed");
+    }
     assert_eq!(errors, failures as f64);
     child.finish();
     let _ = std::fs::remove_dir(&cgroup_dir);

@@ -495,10 +495,15 @@ impl Collector {
         self.probes
             .set_thresholds(settings.thresholds)
             .map_err(|e| format!("cannot write the thresholds: {e}"))?;
-        for group in [ProbeGroup::Syscalls, ProbeGroup::BlockIo] {
-            let enabled = !settings.disabled_groups.contains(&group);
+        for group in ProbeGroup::ALL.into_iter().filter(|g| g.can_be_disabled()) {
+            let enabled = group.enabled_unless(&settings.disabled_groups);
             if self.probes.set_group_enabled(group, enabled)? {
                 info!(?group, enabled, "probe group switched");
+                if group == ProbeGroup::SyscallLatency && !enabled {
+                    // Starts written before the detach, whose syscalls ended untimed, would
+                    // pair with the wrong exits once the group is back.
+                    self.maps.clear_syscall_starts();
+                }
             }
         }
         self.sampler.set_config(settings.sampling);

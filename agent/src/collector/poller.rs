@@ -183,6 +183,15 @@ impl KernelMaps {
         }
     }
 
+    /// Empties the table of syscalls in progress (their starts are stale once `sys_enter` is
+    /// detached).
+    pub(crate) fn clear_syscall_starts(&mut self) {
+        let tids: Vec<u32> = self.syscall_starts.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            let _ = self.syscall_starts.remove(&tid);
+        }
+    }
+
     /// Removes what the model has finished with.
     pub(crate) fn forget(&mut self, forget: &Forget) {
         // A missing entry is fine: a task may never have been scheduled while attached.

@@ -196,6 +196,16 @@ struct Figures {
     info: Option<Labels>,
 }
 
+impl Figures {
+    /// The syscalls with a latency histogram: untimed ones (`syscall_latency` switched off)
+    /// have none to show.
+    fn timed_syscalls(&self) -> impl Iterator<Item = &NamedSyscall> {
+        self.syscalls
+            .iter()
+            .filter(|s| s.stats.latency_hist.iter().any(|&n| n > 0))
+    }
+}
+
 /// A subject kept under the series cap.
 #[derive(Debug)]
 struct KeptWorkload {
@@ -476,9 +486,9 @@ const SUBJECT_FAMILIES: &[SubjectFamily] = &[
         series_group: "taskscope_syscall_latency_seconds",
         // The kernel keeps the histograms per cgroup, not per process.
         workloads_only: true,
-        series: |f, histogram| f.syscalls.len() * histogram,
+        series: |f, histogram| f.timed_syscalls().count() * histogram,
         expose: |family, labels, f, spacing| {
-            for NamedSyscall { name, stats, .. } in &f.syscalls {
+            for NamedSyscall { name, stats, .. } in f.timed_syscalls() {
                 expose_log2_histogram(
                     family,
                     &with(labels, &[("syscall", name.clone())]),

@@ -177,6 +177,6 @@ mod tests {
         let hooks = loaded((6, 18), &["sys_enter", "cgroup_attach_task"]);
         let text = degraded_summary(&degradations(&hooks, Some((6, 18)))).expect("degraded");
         assert!(text.contains("lifecycle (cgroup_attach_task) unavailable because"));
-        assert!(text.contains("; syscalls (sys_enter) unavailable because"));
+        assert!(text.contains("; syscall_latency (sys_enter) unavailable because"));
     }
 }

@@ -244,6 +244,8 @@ pub(crate) struct Probes {
     pub(crate) degraded: Vec<Degradation>,
     /// The link of each hook (same order as `hooks`), while attached.
     links: Vec<Option<HookLink>>,
+    /// The thresholds last written (their `time_syscalls` is derived from `hooks`).
+    thresholds: Thresholds,
 }
 
 /// An attached hook's link, to detach it.
@@ -349,6 +351,7 @@ impl Probes {
             hooks: Vec::with_capacity(HOOKS.len()),
             degraded: Vec::new(),
             links: Vec::with_capacity(HOOKS.len()),
+            thresholds: options.thresholds,
         };
         probes
             .set_thresholds(options.thresholds)
@@ -373,16 +376,40 @@ impl Probes {
         mark_replaced(&mut probes.hooks);
         let kernel = crate::procfs::parse_kernel_version(&crate::procfs::kernel_release());
         probes.degraded = coverage::degradations(&probes.hooks, kernel);
-        for &group in &options.disabled_groups {
-            probes
-                .set_group_enabled(group, false)
-                .map_err(|reason| LoadError::Toggle { group, reason })?;
+        for group in ProbeGroup::ALL {
+            if !group.enabled_unless(&options.disabled_groups) {
+                probes
+                    .set_group_enabled(group, false)
+                    .map_err(|reason| LoadError::Toggle { group, reason })?;
+            }
         }
+        // Written before the attach (the programs must not see zero thresholds), untimed while
+        // `sys_enter` was not yet attached; now with the hooks as they are.
+        probes
+            .set_thresholds(options.thresholds)
+            .map_err(LoadError::Object)?;
         Ok(probes)
     }
 
-    /// Writes the reporting thresholds the programs read on every event.
+    /// Writes the reporting thresholds the programs read on every event. Syscalls are timed
+    /// exactly while `sys_enter` is attached, whatever `thresholds` says.
     pub(crate) fn set_thresholds(&mut self, thresholds: Thresholds) -> Result<(), aya::EbpfError> {
+        self.thresholds = thresholds;
+        self.write_thresholds(self.syscall_starts_attached())
+    }
+
+    /// Whether `sys_enter` is attached: it records the starts that time a syscall.
+    fn syscall_starts_attached(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.group == ProbeGroup::SyscallLatency && h.enabled && h.attach_type.is_some())
+    }
+
+    fn write_thresholds(&mut self, time_syscalls: bool) -> Result<(), aya::EbpfError> {
+        let thresholds = Thresholds {
+            time_syscalls: u64::from(time_syscalls),
+            ..self.thresholds
+        };
         let map = self
             .ebpf
             .map_mut(maps::THRESHOLDS)
@@ -405,6 +432,12 @@ impl Probes {
             return Err(format!(
                 "the {group:?} probes cannot be switched off: the task model needs them"
             ));
+        }
+        // Syscalls are counted untimed from before `sys_enter` goes until after it is back, so
+        // that none is missed in between (an exit without its start is not counted when timed).
+        let thresholds_error = |e: aya::EbpfError| format!("cannot write the thresholds: {e}");
+        if group == ProbeGroup::SyscallLatency && !enabled {
+            self.write_thresholds(false).map_err(thresholds_error)?;
         }
         let mut changed = false;
         for (index, status) in self.hooks.iter_mut().enumerate() {
@@ -457,6 +490,10 @@ impl Probes {
             }
             status.enabled = enabled;
             changed = true;
+        }
+        if group == ProbeGroup::SyscallLatency {
+            self.write_thresholds(self.syscall_starts_attached())
+                .map_err(thresholds_error)?;
         }
         Ok(changed)
     }

@@ -38,6 +38,13 @@ const MEMBERS: &[(&str, &str, &str)] = &[
     ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
 ];
 
+/// Where `struct pt_regs` keeps the syscall number on this architecture (the kernel's
+/// `syscall_get_nr()`); its low 32 bits are read.
+#[cfg(target_arch = "x86_64")]
+const PT_REGS_SYSCALL_NR: &str = "orig_ax";
+#[cfg(target_arch = "aarch64")]
+const PT_REGS_SYSCALL_NR: &str = "syscallno";
+
 /// (global, struct, member, its struct type, member of that): offsets of nested members.
 const NESTED: &[(&str, &str, &str, &str, &str)] = &[
     (
@@ -124,10 +131,14 @@ impl KernelOffsets {
             btf.func_typedef_params("btf_trace_sched_switch")
                 .map_err(explain)?,
         )?;
-        let mut globals = Vec::with_capacity(MEMBERS.len() + NESTED.len());
+        let mut globals = Vec::with_capacity(MEMBERS.len() + NESTED.len() + 1);
         for (global, strukt, member) in MEMBERS {
             globals.push((*global, btf.member_offset(strukt, member).map_err(explain)?));
         }
+        globals.push((
+            "OFF_PT_REGS_SYSCALL_NR",
+            btf.member_offset("pt_regs", PT_REGS_SYSCALL_NR)?,
+        ));
         for (global, outer, member, inner, field) in NESTED {
             let offset = btf.member_offset(outer, member)? + btf.member_offset(inner, field)?;
             globals.push((*global, offset));
@@ -189,7 +200,7 @@ mod tests {
     fn running_kernel_offsets_are_complete() {
         let data = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
         let offsets = KernelOffsets::from_btf(&Btf::parse(&data).unwrap()).unwrap();
-        assert_eq!(offsets.globals.len(), MEMBERS.len() + NESTED.len());
+        assert_eq!(offsets.globals.len(), MEMBERS.len() + NESTED.len() + 1);
         println!("{offsets:?}");
     }
 }

@@ -69,6 +69,10 @@ static OFF_CSS_SET_DFL_CGRP: Global<u32> = Global::new(0);
 static OFF_CGROUP_KN: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: Global<u32> = Global::new(0);
+/// The syscall number in `struct pt_regs` (`orig_ax` on x86-64, `syscallno` on arm64): read at
+/// `sys_exit` when syscalls are not timed, so that `sys_enter` need not run.
+#[unsafe(no_mangle)]
+static OFF_PT_REGS_SYSCALL_NR: Global<u32> = Global::new(0);
 /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+); else `signal->live` is read.
 #[unsafe(no_mangle)]
 static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
@@ -102,6 +106,10 @@ pub fn off_task_nvcsw() -> u32 {
 #[inline(always)]
 pub fn off_task_start_boottime() -> u32 {
     OFF_TASK_START_BOOTTIME.load()
+}
+#[inline(always)]
+pub fn off_pt_regs_syscall_nr() -> u32 {
+    OFF_PT_REGS_SYSCALL_NR.load()
 }
 #[inline(always)]
 pub fn off_task_signal() -> u32 {
