@@ -263,4 +263,8 @@ pub mod globals {
     /// Entries one process may have in `SYSCALLS` and `SYSCALL_ERRNOS` together; beyond, its
     /// syscalls are counted under [`crate::SYSCALL_NR_OTHER`].
     pub const MAX_SYSCALL_ENTRIES_PER_PROCESS: &str = "MAX_SYSCALL_ENTRIES_PER_PROCESS";
+    /// This architecture's numbers of the syscalls that return twice, the second time (0) in
+    /// the new task: clone, clone3, fork, vfork (`u32::MAX` for one it lacks). An untimed
+    /// `sys_exit` must not count the new task's return as a syscall of its own.
+    pub const FORK_SYSCALLS: &str = "FORK_SYSCALLS";
 }

@@ -174,6 +174,35 @@ fn syscall_counts_and_errors_are_exact_with(flags: &[&str], timed: bool) {
     assert_eq!(errors, failures as f64);
     child.finish();
     let _ = std::fs::remove_dir(&cgroup_dir);
+
+    // fork() returns twice: once in the parent, once in the child, which never called it.
+    // Only the parent's is a syscall (an untimed exit takes the number from the registers,
+    // which the child inherits).
+    let forks = 3;
+    let parent = Workload::run(&["many-processes", &forks.to_string(), "1"]);
+    let children: Vec<u32> = parent
+        .output
+        .split(',')
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    let clones = |pid: u32| {
+        let process = agent.process_after(pid, monotonic_ns());
+        process["syscalls"]["by_syscall"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "clone" || s["name"] == "fork")
+            .filter_map(|s| s["count"].as_u64())
+            .sum::<u64>()
+    };
+    let (parent_clones, child_clones) = (
+        clones(parent.pid()),
+        children.iter().map(|&pid| clones(pid)).collect::<Vec<_>>(),
+    );
+    println!("fork (timed: {timed}): the parent made {forks}, taskscope counted {parent_clones}; its children made none, taskscope counted {child_clones:?}");
+    assert_eq!(parent_clones, forks);
+    assert!(child_clones.iter().all(|&n| n == 0), "{child_clones:?}");
+    parent.finish();
 }
 
 /// A systemd unit that restarts makes its cgroup again: the same path, a new id. The kernel

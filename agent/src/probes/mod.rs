@@ -119,6 +119,17 @@ pub(crate) fn mark_replaced(hooks: &mut [HookStatus]) {
     }
 }
 
+/// clone, clone3, fork and vfork on this architecture (`u32::MAX` for one it lacks): the new
+/// task returns from them too, and that return is not a syscall of its own.
+fn fork_syscalls() -> [u32; 4] {
+    let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
+    #[cfg(target_arch = "x86_64")]
+    let (fork, vfork) = (nr(libc::SYS_fork), nr(libc::SYS_vfork));
+    #[cfg(not(target_arch = "x86_64"))]
+    let (fork, vfork) = (u32::MAX, u32::MAX);
+    [nr(libc::SYS_clone), nr(libc::SYS_clone3), fork, vfork]
+}
+
 /// Settings the kernel programs are loaded with.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadOptions {
@@ -319,6 +330,7 @@ impl Probes {
         let wakeup_bytes = u64::from(options.ring_buffer_bytes / 8);
         let record_switches = u32::from(options.record_switches);
         let max_syscall_entries_per_process = u64::from(options.max_syscall_entries_per_process);
+        let fork_syscalls = fork_syscalls();
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
@@ -331,6 +343,7 @@ impl Probes {
                 &max_syscall_entries_per_process,
                 true,
             )
+            .override_global(globals::FORK_SYSCALLS, &fork_syscalls, true)
             .map_max_entries(maps::TASKS, options.max_tasks)
             .map_max_entries(maps::SYSCALL_ENTRY_COUNTS, options.max_tasks)
             .map_max_entries(maps::SYSCALLS, options.max_syscall_entries)
@@ -691,6 +704,7 @@ mod tests {
             globals::EXIT_HAS_GROUP_DEAD,
             globals::WAKEUP_BYTES,
             globals::MAX_SYSCALL_ENTRIES_PER_PROCESS,
+            globals::FORK_SYSCALLS,
         ] {
             // A symbol of the ELF string table: the name, NUL-terminated.
             let symbol = format!("\0{name}\0");

@@ -73,6 +73,9 @@ static OFF_KERNFS_NODE_ID: Global<u32> = Global::new(0);
 /// `sys_exit` when syscalls are not timed, so that `sys_enter` need not run.
 #[unsafe(no_mangle)]
 static OFF_PT_REGS_SYSCALL_NR: Global<u32> = Global::new(0);
+/// clone, clone3, fork and vfork on this architecture (`u32::MAX`: none).
+#[unsafe(no_mangle)]
+static FORK_SYSCALLS: Global<[u32; 4]> = Global::new([u32::MAX; 4]);
 /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+); else `signal->live` is read.
 #[unsafe(no_mangle)]
 static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
@@ -106,6 +109,11 @@ pub fn off_task_nvcsw() -> u32 {
 #[inline(always)]
 pub fn off_task_start_boottime() -> u32 {
     OFF_TASK_START_BOOTTIME.load()
+}
+/// Whether `nr` returns a second time in the task it makes.
+#[inline(always)]
+pub fn is_fork_syscall(nr: u32) -> bool {
+    FORK_SYSCALLS.load().contains(&nr)
 }
 #[inline(always)]
 pub fn off_pt_regs_syscall_nr() -> u32 {

@@ -27,8 +27,8 @@ use taskscope_common::{
 };
 
 use super::kernel::{
-    add, agent_tgid, arg, count_loss, current_ids, get_or_init, off_pt_regs_syscall_nr, read,
-    thresholds,
+    add, agent_tgid, arg, count_loss, current_ids, get_or_init, is_fork_syscall,
+    off_pt_regs_syscall_nr, read, thresholds,
 };
 use super::ringbuf::{header, send};
 
@@ -146,25 +146,28 @@ fn count_for_workload(nr: u32, duration: Option<u64>, failed: bool) {
     }
 }
 
-/// The syscall ending now and how long it took: from its start when syscalls are timed (none
-/// without a start: it began before `sys_enter` was attached), else its number from the
-/// registers, untimed.
+/// The syscall ending now and how long it took: from its start when syscalls are timed, else
+/// (or when it began before `sys_enter` was attached) its number from the registers, untimed.
+/// None for a new task's return from the syscall that made it: its parent's.
 #[inline(always)]
-fn ending_syscall(ctx: *const u64, pid: u32, timed: bool) -> Option<(u64, Option<u64>)> {
-    if !timed {
-        // -1 (no syscall) reads as u32::MAX, as does a failed read: counted as no syscall.
-        let raw = read::<u32>(arg(ctx, 0), off_pt_regs_syscall_nr()).unwrap_or(u32::MAX);
-        return Some((u64::from(raw), None));
+fn ending_syscall(ctx: *const u64, pid: u32, ret: i64, timed: bool) -> Option<(u64, Option<u64>)> {
+    if timed {
+        if let Some(start) = SYSCALL_STARTS.get_ptr_mut(pid) {
+            // SAFETY: this task's own entry.
+            let start = unsafe { &mut *start };
+            if start.ts_ns != 0 {
+                let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
+                start.ts_ns = 0;
+                return Some((start.nr, Some(duration)));
+            }
+        }
     }
-    let start = SYSCALL_STARTS.get_ptr_mut(pid)?;
-    // SAFETY: this task's own entry.
-    let start = unsafe { &mut *start };
-    if start.ts_ns == 0 {
+    // -1 (no syscall) reads as u32::MAX, as does a failed read: counted as no syscall.
+    let nr = read::<u32>(arg(ctx, 0), off_pt_regs_syscall_nr()).unwrap_or(u32::MAX);
+    if ret == 0 && is_fork_syscall(nr) {
         return None;
     }
-    let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
-    start.ts_ns = 0;
-    Some((start.nr, Some(duration)))
+    Some((u64::from(nr), None))
 }
 
 /// `sys_exit(pt_regs *regs, long ret)`.
@@ -176,7 +179,8 @@ pub fn on_exit(ctx: *const u64) {
     }
     let ret = arg(ctx, 1) as i64;
     let settings = thresholds();
-    let Some((raw_nr, duration)) = ending_syscall(ctx, pid, settings.time_syscalls != 0) else {
+    let Some((raw_nr, duration)) = ending_syscall(ctx, pid, ret, settings.time_syscalls != 0)
+    else {
         return;
     };
     // `nr` is a long: -1 (a syscall skipped by seccomp or ptrace) and made-up numbers are no
