@@ -205,6 +205,90 @@ fn syscall_counts_and_errors_are_exact_with(flags: &[&str], timed: bool) {
     parent.finish();
 }
 
+/// Syscall timing switched off and on (reload) while processes make syscalls: `sys_exit`
+/// counts untimed from before `sys_enter` goes until after it is back, so none is lost.
+#[test]
+fn switching_syscall_latency_live_loses_no_syscall() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let config = std::env::temp_dir().join(format!(
+        "taskscope-syscall-latency-{}.toml",
+        std::process::id()
+    ));
+    let write = |timed: bool| {
+        let disabled = if timed { "" } else { "\"syscall_latency\"" };
+        std::fs::write(
+            &config,
+            format!("health_interval = \"1s\"\ndisable_probes = [{disabled}]\n"),
+        )
+        .expect("config");
+    };
+    write(false);
+    let agent = Agent::start(&["--config", config.to_str().expect("path")]);
+    let latency_status = || {
+        let (_, body) = taskscope_e2e::http_get(&agent.addr, "/health").expect("health");
+        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        report["components"]["probes_syscall_latency"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-latency-switch-{}", std::process::id()));
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+    const CALLS: u64 = 20_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (stop, dir) = (stop.clone(), cgroup_dir.clone());
+        std::thread::spawn(move || {
+            let (mut runs, mut last) = (0u64, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let w = Workload::run_in_cgroups(&[&dir], &["syscalls", &CALLS.to_string(), "0"]);
+                last = w.pid();
+                w.finish();
+                runs += 1;
+            }
+            (runs, last)
+        })
+    };
+    let mut seen = Vec::new();
+    for timed in [true, false, true, false, true] {
+        write(timed);
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &agent.pid().to_string()])
+            .status();
+        let want = if timed { "healthy" } else { "disabled" };
+        taskscope_e2e::wait_for(
+            &format!("probes_syscall_latency {want}"),
+            std::time::Duration::from_secs(10),
+            || (latency_status() == want).then_some(()),
+        );
+        seen.push(want);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (runs, last) = runner.join().expect("runner");
+    let process = agent.process_after(last, monotonic_ns());
+    let (cgroup, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
+    let (total, timed) = (
+        series("taskscope_syscalls_total"),
+        series("taskscope_syscall_latency_seconds_count"),
+    );
+    println!(
+        "{cgroup}: {runs} processes of {CALLS} getpgid calls while syscall_latency went {seen:?}; taskscope_syscalls_total {total}, of them timed {timed}"
+    );
+    assert_eq!(
+        total,
+        (runs * CALLS) as f64,
+        "syscalls lost across the switches"
+    );
+    assert!(timed > 0.0 && timed < total, "some timed, not all");
+    let _ = std::fs::remove_dir(&cgroup_dir);
+    let _ = std::fs::remove_file(&config);
+}
+
 /// A systemd unit that restarts makes its cgroup again: the same path, a new id. The kernel
 /// keeps syscall figures per cgroup id, and the old id's are freed once it has had no process
 /// for --series-ttl; the workload's counters must not go down then (Prometheus would read a

@@ -266,10 +266,15 @@ fn start_tool(args: &[&str]) -> Result<(Child, BTreeSet<u64>)> {
 }
 
 /// Starts `syscount -L` (counts and times every syscall, as the agent does).
-fn start_syscount() -> Result<(Child, BTreeSet<u64>)> {
+/// syscount, timing syscalls (`-L`, both hooks) or counting them (`sys_exit` alone).
+fn start_syscount(latency: bool) -> Result<(Child, BTreeSet<u64>)> {
     // syscount attaches classic tracepoints, which need tracefs.
     let mounted_tracefs = mount_tracefs()?;
-    let started = start_tool(&["syscount", "-L", "-i", "3600"]);
+    let started = if latency {
+        start_tool(&["syscount", "-L", "-i", "3600"])
+    } else {
+        start_tool(&["syscount", "-i", "3600"])
+    };
     if mounted_tracefs {
         // Mounted only while syscount attaches: attached links survive the unmount.
         let _ = Command::new("umount").arg(TRACEFS).status();
@@ -366,15 +371,21 @@ enum Setup {
     Runqlat,
     /// runqlat and `syscount -L` together: what the agent does, done by the reference tools.
     Reference,
+    /// The agent with `sys_enter` detached: syscalls counted at `sys_exit` alone.
+    TaskscopeUntimed,
+    /// runqlat and `syscount` (counts, `sys_exit` alone): the reference for the above.
+    ReferenceCounts,
 }
 
-const SETUPS: [Setup; 6] = [
+const SETUPS: [Setup; 8] = [
     Setup::Alone,
     Setup::Floor,
     Setup::Taskscope,
     Setup::TaskscopeNoSyscalls,
     Setup::Runqlat,
     Setup::Reference,
+    Setup::TaskscopeUntimed,
+    Setup::ReferenceCounts,
 ];
 
 impl Setup {
@@ -386,6 +397,8 @@ impl Setup {
             Setup::TaskscopeNoSyscalls => "taskscope, no syscall hooks",
             Setup::Runqlat => "runqlat",
             Setup::Reference => "runqlat + syscount -L",
+            Setup::TaskscopeUntimed => "taskscope, syscalls untimed",
+            Setup::ReferenceCounts => "runqlat + syscount",
         }
     }
 }
@@ -423,9 +436,15 @@ fn timings_under(setup: Setup, args: &BenchArgs, agent_binary: &Path) -> Result<
             )?)
         }
         Setup::Runqlat => tools.push(start_tool(&["runqlat", "3600", "1"])?.0),
-        Setup::Reference => {
+        Setup::Reference | Setup::ReferenceCounts => {
             tools.push(start_tool(&["runqlat", "3600", "1"])?.0);
-            tools.push(start_syscount()?.0);
+            tools.push(start_syscount(setup == Setup::Reference)?.0);
+        }
+        Setup::TaskscopeUntimed => {
+            agent = Some(Agent::start_with(
+                agent_binary,
+                &["--disable-probes", "syscall_latency"],
+            )?)
         }
     }
     // Let start-up work (the agent's first reads) settle.
@@ -497,6 +516,11 @@ fn cost_table(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
         added_gp(Setup::Taskscope),
         added_gp(Setup::Taskscope) / added_gp(Setup::Reference),
         added_gp(Setup::Floor)
+    );
+    println!(
+        "syscall, untimed (--disable-probes syscall_latency): taskscope adds {:.1} ns [<= 120], {:.2} of what runqlat + syscount add",
+        added_gp(Setup::TaskscopeUntimed),
+        added_gp(Setup::TaskscopeUntimed) / added_gp(Setup::ReferenceCounts),
     );
     println!(
         "hackbench: taskscope's scheduling hooks add {:.2} of what runqlat adds [<= 0.25]; all of taskscope {:.2} of runqlat + syscount -L; the empty programs add {:+.1}%",
@@ -576,7 +600,7 @@ fn round(args: &BenchArgs, agent_binary: &Path, verbose: bool) -> Result<Round> 
         print_programs(&format!("hackbench ({rq_wall:.2?})"), &rq);
     }
 
-    let (syscount, programs) = start_syscount()?;
+    let (syscount, programs) = start_syscount(true)?;
     let (sy, sy_wall, _) = measure(syscount.id(), &programs, || dd(args.dd_bytes))?;
     stop(syscount);
     if verbose {
