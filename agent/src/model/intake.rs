@@ -56,32 +56,7 @@ impl TaskModel {
         let polls = self.polls;
         let mut forget = Forget::default();
 
-        let mut unknown = std::collections::HashSet::new();
-        for (tid, task) in snapshot.tasks {
-            if task.tgid == 0 {
-                continue;
-            }
-            // A task of a process the model does not know yet forked while the maps were
-            // read: its fork event is still in the ring buffer. Taken from /proc now, a
-            // process already gone would be a bare entry that its fork event then took for a
-            // reused pid, and counted lost. Only a task still unknown at the next read (its
-            // fork event was lost) is looked up in /proc.
-            if !self.live.contains_key(&task.tgid) && !self.unknown_tasks.contains(&tid) {
-                unknown.insert(tid);
-                continue;
-            }
-            match self.live_or_proc(task.tgid) {
-                Some(process) => {
-                    process.last_switch_out_ns =
-                        process.last_switch_out_ns.max(task.last_switch_out_ns);
-                    process.threads.entry(tid).or_default().sched = Some(task);
-                }
-                None => {
-                    unknown.insert(tid);
-                }
-            }
-        }
-        self.unknown_tasks = unknown;
+        self.apply_tasks(snapshot.tasks);
         // In process order: the kernel hands the entries over in hash order, and a node of
         // 10,000 processes has 300,000 of them; taken one process at a time, each process's
         // table is looked up once and filled while it is in the cache.
@@ -152,6 +127,36 @@ impl TaskModel {
         }
         self.evict_exited();
         forget
+    }
+
+    /// Takes the kernel's per-task scheduler figures into the processes they belong to.
+    fn apply_tasks(&mut self, tasks: Vec<(u32, TaskSched)>) {
+        let mut unknown = std::collections::HashSet::new();
+        for (tid, task) in tasks {
+            if task.tgid == 0 {
+                continue;
+            }
+            // A task of a process the model does not know yet forked while the maps were
+            // read: its fork event is still in the ring buffer. Taken from /proc now, a
+            // process already gone would be a bare entry that its fork event then took for a
+            // reused pid, and counted lost. Only a task still unknown at the next read (its
+            // fork event was lost) is looked up in /proc.
+            if !self.live.contains_key(&task.tgid) && !self.unknown_tasks.contains(&tid) {
+                unknown.insert(tid);
+                continue;
+            }
+            match self.live_or_proc(task.tgid) {
+                Some(process) => {
+                    process.last_switch_out_ns =
+                        process.last_switch_out_ns.max(task.last_switch_out_ns);
+                    process.threads.entry(tid).or_default().sched = Some(task);
+                }
+                None => {
+                    unknown.insert(tid);
+                }
+            }
+        }
+        self.unknown_tasks = unknown;
     }
 
     /// Takes the kernel's per-cgroup syscall figures; a cgroup given up leaves its final
