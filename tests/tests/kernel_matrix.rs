@@ -3,7 +3,7 @@
 //! `cargo xtask setup --for-tests` and named in `$TASKSCOPE_KERNELS`) boots in qemu (TCG) with the agent, the workloads and a virtio disk.
 //! There `taskscope check` runs, then the same end-to-end tests as on the host, against that
 //! kernel's own /proc: on-CPU time and run-queue wait vs schedstat, an exact syscall count and
-//! errno, O_DIRECT block writes attributed to the writer, block requests whose start a full
+//! errno (timed, and untimed from the registers), O_DIRECT block writes attributed to the writer, block requests whose start a full
 //! table lost counted exactly, a process tree with exit codes and a
 //! signal. Prints the table kernel x feature x result (also written to
 //! `target/kernel-matrix.md`).
@@ -40,6 +40,11 @@ const SUBSET: &[(&str, &str, &str)] = &[
         "kernel_accounting",
         "syscall_counts_and_errors_are_exact",
         "syscalls, errno",
+    ),
+    (
+        "kernel_accounting",
+        "syscall_counts_and_errors_are_exact_untimed",
+        "syscalls untimed (pt_regs)",
     ),
     (
         "kernel_accounting",
