@@ -446,8 +446,8 @@ impl Probes {
                 "the {group:?} probes cannot be switched off: the task model needs them"
             ));
         }
-        // Syscalls are counted untimed from before `sys_enter` goes until after it is back, so
-        // that none is missed in between (an exit without its start is not counted when timed).
+        // Timing follows `sys_enter`: off before it is detached, on once it is attached again,
+        // so that no exit looks for a start that cannot come (one without is counted untimed).
         let thresholds_error = |e: aya::EbpfError| format!("cannot write the thresholds: {e}");
         if group == ProbeGroup::SyscallLatency && !enabled {
             self.write_thresholds(false).map_err(thresholds_error)?;
