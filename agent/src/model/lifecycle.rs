@@ -48,10 +48,8 @@ impl TaskModel {
                 p.threads_started = 1;
                 // Exited before the agent was there to see it (or its exit event is still
                 // in the ring buffer): not live, and not a lost exit when it is reaped.
-                if exit.is_some() {
-                    p.exit = exit;
-                    p.exit_seen_after_poll = Some(self.polls);
-                }
+                p.exit_seen_after_poll = exit.is_some().then_some(self.polls);
+                p.exit = exit;
                 p
             }
             None => Process::new(pid, 0),
