@@ -75,8 +75,8 @@ pub(crate) fn thresholds(args: &RunArgs) -> Thresholds {
         slow_syscall_ns: nanos(args.slow_syscall),
         slow_runqueue_wait_ns: nanos(args.slow_runqueue_wait),
         slow_io_ns: nanos(args.slow_block_io),
-        // The loader times syscalls exactly while `sys_enter` is attached.
-        time_syscalls: 1,
+        // Set by the loader: syscalls are timed exactly while `sys_enter` is attached.
+        timed_since_ns: 0,
     }
 }
 

@@ -151,7 +151,8 @@ fn recording_collector(
             slow_syscall_ns: 100_000_000,
             slow_runqueue_wait_ns: 50_000_000,
             slow_io_ns: 100_000_000,
-            time_syscalls: 1,
+            // Set by the loader: syscalls are timed exactly while `sys_enter` is attached.
+            timed_since_ns: 0,
         },
         disabled_groups: Vec::new(),
         record_switches: true,

@@ -162,7 +162,7 @@ pub struct ErrnoKey {
     pub _pad: u32,
 }
 
-/// Syscall entry state of one task (`SYSCALL_STARTS`, keyed by tid).
+/// Syscall entry state of one task (`SYSCALL_STARTS`, task-local storage).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStart {
@@ -257,7 +257,8 @@ pub enum Loss {
     SyscallsMapFull = 2,
     /// `SYSCALL_ERRNOS` was full.
     ErrnosMapFull = 3,
-    /// `SYSCALL_STARTS` was full: a syscall's latency could not be measured.
+    /// A task's syscall start could not be stored (`SYSCALL_STARTS`, task-local storage: the
+    /// kernel could not allocate it): that syscall is counted untimed.
     SyscallStartsMapFull = 4,
     /// A block request completed whose start `IO_STARTS` did not keep (evicted when the map
     /// was full, or not inserted): its latency was not measured. Counted at completion.
@@ -502,10 +503,11 @@ pub struct Thresholds {
     pub slow_syscall_ns: u64,
     pub slow_runqueue_wait_ns: u64,
     pub slow_io_ns: u64,
-    /// 1 while `sys_enter` is attached and syscalls are timed; 0 when `sys_exit` counts them
-    /// alone (the `syscall_latency` probe group switched off), taking the number from the
-    /// syscall's registers. The loader sets it from the hooks, whatever it is given.
-    pub time_syscalls: u64,
+    /// While `sys_enter` is attached, when it was (CLOCK_MONOTONIC ns, after the attach): a
+    /// start older than this is stale (its syscall began before a detach) and is not used.
+    /// 0 when `sys_exit` counts syscalls alone (the `syscall_latency` probe group switched
+    /// off), taking the number from the registers. The loader sets it, whatever it is given.
+    pub timed_since_ns: u64,
 }
 
 impl Thresholds {
@@ -514,7 +516,7 @@ impl Thresholds {
         slow_syscall_ns: u64::MAX,
         slow_runqueue_wait_ns: u64::MAX,
         slow_io_ns: u64::MAX,
-        time_syscalls: 1,
+        timed_since_ns: 1,
     };
 }
 

@@ -329,6 +329,16 @@ impl Workload {
         self.child.id()
     }
 
+    /// Writes `text` to its stdin (a workload that blocks reading it reads it and blocks again).
+    pub fn send(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write to the workload");
+        stdin.flush().expect("flush");
+    }
+
     /// Lets it exit and reaps it.
     pub fn finish(mut self) {
         drop(self.stdin.take());

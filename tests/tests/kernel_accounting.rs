@@ -205,6 +205,60 @@ fn syscall_counts_and_errors_are_exact_with(flags: &[&str], timed: bool) {
     parent.finish();
 }
 
+/// An agent whose `syscall_latency` probe group a test switches live (config file + SIGHUP).
+struct LatencySwitch {
+    agent: Agent,
+    config: std::path::PathBuf,
+}
+
+impl LatencySwitch {
+    fn start(name: &str, timed: bool) -> Self {
+        let config =
+            std::env::temp_dir().join(format!("taskscope-{name}-{}.toml", std::process::id()));
+        Self::write(&config, timed);
+        let agent = Agent::start(&["--config", config.to_str().expect("path")]);
+        Self { agent, config }
+    }
+
+    fn write(config: &std::path::Path, timed: bool) {
+        let disabled = if timed { "" } else { "\"syscall_latency\"" };
+        std::fs::write(
+            config,
+            format!("health_interval = \"1s\"\ndisable_probes = [{disabled}]\n"),
+        )
+        .expect("config");
+    }
+
+    /// Switches timing on or off and waits until health says it is; returns the status seen.
+    fn set(&self, timed: bool) -> &'static str {
+        Self::write(&self.config, timed);
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &self.agent.pid().to_string()])
+            .status();
+        let want = if timed { "healthy" } else { "disabled" };
+        let status = || {
+            let (_, body) = taskscope_e2e::http_get(&self.agent.addr, "/health").expect("health");
+            let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            report["components"]["probes_syscall_latency"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        taskscope_e2e::wait_for(
+            &format!("probes_syscall_latency {want}"),
+            std::time::Duration::from_secs(10),
+            || (status() == want).then_some(()),
+        );
+        want
+    }
+}
+
+impl Drop for LatencySwitch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
 /// Syscall timing switched off and on (reload) while processes make syscalls: `sys_exit`
 /// counts untimed from before `sys_enter` goes until after it is back, so none is lost.
 #[test]
@@ -213,28 +267,7 @@ fn switching_syscall_latency_live_loses_no_syscall() {
         atomic::{AtomicBool, Ordering},
         Arc,
     };
-    let config = std::env::temp_dir().join(format!(
-        "taskscope-syscall-latency-{}.toml",
-        std::process::id()
-    ));
-    let write = |timed: bool| {
-        let disabled = if timed { "" } else { "\"syscall_latency\"" };
-        std::fs::write(
-            &config,
-            format!("health_interval = \"1s\"\ndisable_probes = [{disabled}]\n"),
-        )
-        .expect("config");
-    };
-    write(false);
-    let agent = Agent::start(&["--config", config.to_str().expect("path")]);
-    let latency_status = || {
-        let (_, body) = taskscope_e2e::http_get(&agent.addr, "/health").expect("health");
-        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        report["components"]["probes_syscall_latency"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let switch = LatencySwitch::start("syscall-latency", false);
     let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
         .join(format!("taskscope-latency-switch-{}", std::process::id()));
     std::fs::create_dir(&cgroup_dir).expect("create cgroup");
@@ -255,23 +288,13 @@ fn switching_syscall_latency_live_loses_no_syscall() {
     };
     let mut seen = Vec::new();
     for timed in [true, false, true, false, true] {
-        write(timed);
-        let _ = std::process::Command::new("kill")
-            .args(["-HUP", &agent.pid().to_string()])
-            .status();
-        let want = if timed { "healthy" } else { "disabled" };
-        taskscope_e2e::wait_for(
-            &format!("probes_syscall_latency {want}"),
-            std::time::Duration::from_secs(10),
-            || (latency_status() == want).then_some(()),
-        );
-        seen.push(want);
+        seen.push(switch.set(timed));
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     stop.store(true, Ordering::Relaxed);
     let (runs, last) = runner.join().expect("runner");
-    let process = agent.process_after(last, monotonic_ns());
-    let (cgroup, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
+    let process = switch.agent.process_after(last, monotonic_ns());
+    let (cgroup, series) = workload_series(&switch.agent, &process, &["syscall=\"getpgid\""]);
     let (total, timed) = (
         series("taskscope_syscalls_total"),
         series("taskscope_syscall_latency_seconds_count"),
@@ -286,49 +309,46 @@ fn switching_syscall_latency_live_loses_no_syscall() {
     );
     assert!(timed > 0.0 && timed < total, "some timed, not all");
     let _ = std::fs::remove_dir(&cgroup_dir);
-    let _ = std::fs::remove_file(&config);
 }
 
-/// A systemd unit that restarts makes its cgroup again: the same path, a new id. The kernel
-/// keeps syscall figures per cgroup id, and the old id's are freed once it has had no process
-/// for --series-ttl; the workload's counters must not go down then (Prometheus would read a
-/// reset).
+/// The start a blocked `read` left when timing went off is stale once it is back on: the next
+/// `read`, begun while untimed, must end untimed, not be timed from the first one's start.
 #[test]
-fn workload_syscall_counts_survive_their_cgroup_made_again() {
-    let agent = Agent::start(&["--series-ttl", "3s"]);
-    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
-        .join(format!("taskscope-remade-{}", std::process::id()));
-    let (first_calls, second_calls) = (4000u64, 3000u64);
-    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
-    let first =
-        Workload::run_in_cgroups(&[&cgroup_dir], &["syscalls", &first_calls.to_string(), "0"]);
-    let process = agent.process_after(first.pid(), monotonic_ns());
-    first.finish();
-    std::fs::remove_dir(&cgroup_dir).expect("remove the cgroup");
-    std::fs::create_dir(&cgroup_dir).expect("make the cgroup again");
-    let second = Workload::run_in_cgroups(
-        &[&cgroup_dir],
-        &["syscalls", &second_calls.to_string(), "0"],
-    );
-    agent.process_after(second.pid(), monotonic_ns());
-    // Past the retention of the first cgroup, with a poll or two after it.
-    let mut totals = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
-    while std::time::Instant::now() < deadline {
-        let (_, series) = workload_series(&agent, &process, &["syscall=\"getpgid\""]);
-        totals.push(series("taskscope_syscalls_total"));
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+fn a_syscall_start_from_before_timing_went_off_is_not_used_after_it_is_back() {
+    let switch = LatencySwitch::start("stale-start", true);
+    // It makes no syscall of its own, then blocks reading stdin.
+    let mut reader = Workload::run(&["syscalls", "0", "0"]);
+    wait_until_blocked(reader.pid());
+    switch.set(false);
+    // The first read returns (untimed); the second begins with no `sys_enter` to see it.
+    reader.send("x\n");
+    wait_until_blocked(reader.pid());
+    let stale_for = std::time::Duration::from_millis(1500);
+    std::thread::sleep(stale_for);
+    switch.set(true);
+    let pid = reader.pid();
+    // The second read returns 0 (end of input) with timing back on.
+    reader.finish();
+    let process = switch.agent.process_after(pid, monotonic_ns());
+    let read = process["syscalls"]["by_syscall"]
+        .as_array()
+        .expect("by_syscall")
+        .iter()
+        .find(|s| s["name"] == "read")
+        .cloned()
+        .unwrap_or_else(|| panic!("no read in {}", process["syscalls"]));
+    let latency_ns = read["total_latency_ns"].as_u64().expect("total_latency_ns");
     println!(
-        "taskscope_syscalls_total{{syscall=\"getpgid\"}} every 0.5 s for 8 s: {totals:?}; the two processes made {first_calls} + {second_calls}"
+        "read: {read}; the stale start was at least {stale_for:?} old when the last read ended, its reads' total latency is {latency_ns} ns"
     );
-    let expected = (first_calls + second_calls) as f64;
     assert!(
-        totals.iter().all(|total| *total == expected),
-        "the workload's count changed when the first cgroup was freed: {totals:?}, expected {expected} throughout"
+        read["count"].as_u64().is_some_and(|n| n >= 2),
+        "both blocking reads counted"
     );
-    second.finish();
-    let _ = std::fs::remove_dir(&cgroup_dir);
+    assert!(
+        latency_ns < 200_000_000,
+        "a read was timed from a stale start: {latency_ns} ns"
+    );
 }
 
 /// The process's workload (cgroup path) and its series on a fresh scrape: a family's value

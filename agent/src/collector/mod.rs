@@ -499,11 +499,6 @@ impl Collector {
             let enabled = group.enabled_unless(&settings.disabled_groups);
             if self.probes.set_group_enabled(group, enabled)? {
                 info!(?group, enabled, "probe group switched");
-                if group == ProbeGroup::SyscallLatency && !enabled {
-                    // Starts written before the detach, whose syscalls ended untimed, would
-                    // pair with the wrong exits once the group is back.
-                    self.maps.clear_syscall_starts();
-                }
             }
         }
         self.sampler.set_config(settings.sampling);

@@ -6,8 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use taskscope_common::{
     contract::maps, CpuStats, DeviceIo, DeviceIoKey, ErrnoKey, Loss, ProcessIo, ProcessIoKey,
-    SyscallCounts, SyscallKey, SyscallStart, SyscallStats, TaskSched, WorkloadSyscallKey,
-    LOSS_KINDS,
+    SyscallCounts, SyscallKey, SyscallStats, TaskSched, WorkloadSyscallKey, LOSS_KINDS,
 };
 
 use crate::{
@@ -28,7 +27,6 @@ pub struct MapsError {
 /// Typed handles to the accumulator maps.
 pub(crate) struct KernelMaps {
     tasks: HashMap<MapData, u32, TaskSched>,
-    syscall_starts: HashMap<MapData, u32, SyscallStart>,
     syscalls: HashMap<MapData, SyscallKey, SyscallCounts>,
     workload_syscalls: HashMap<MapData, WorkloadSyscallKey, SyscallStats>,
     errnos: HashMap<MapData, ErrnoKey, u64>,
@@ -139,7 +137,6 @@ impl KernelMaps {
     pub(crate) fn take(probes: &mut Probes) -> Result<Self, MapsError> {
         Ok(Self {
             tasks: take(probes, maps::TASKS)?,
-            syscall_starts: take(probes, maps::SYSCALL_STARTS)?,
             syscalls: take(probes, maps::SYSCALLS)?,
             workload_syscalls: take(probes, maps::WORKLOAD_SYSCALLS)?,
             errnos: take(probes, maps::SYSCALL_ERRNOS)?,
@@ -183,15 +180,6 @@ impl KernelMaps {
         }
     }
 
-    /// Empties the table of syscalls in progress (their starts are stale once `sys_enter` is
-    /// detached).
-    pub(crate) fn clear_syscall_starts(&mut self) {
-        let tids: Vec<u32> = self.syscall_starts.keys().filter_map(Result::ok).collect();
-        for tid in tids {
-            let _ = self.syscall_starts.remove(&tid);
-        }
-    }
-
     /// Removes what the model has finished with.
     pub(crate) fn forget(&mut self, forget: &Forget) {
         // A missing entry is fine: a task may never have been scheduled while attached.
@@ -201,7 +189,6 @@ impl KernelMaps {
                 continue;
             }
             let _ = self.tasks.remove(tid);
-            let _ = self.syscall_starts.remove(tid);
         }
         for key in &forget.syscalls {
             let _ = self.syscalls.remove(key);

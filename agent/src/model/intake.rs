@@ -36,7 +36,7 @@ pub(crate) struct KernelSnapshot {
 /// Map entries the task model no longer needs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Forget {
-    /// Exited threads (tid, tgid): their `TASKS` and `SYSCALL_STARTS` entries.
+    /// Exited threads (tid, tgid): their `TASKS` entries.
     pub(crate) tids: Vec<(u32, u32)>,
     /// Entries of exited processes.
     pub(crate) syscalls: Vec<SyscallKey>,

@@ -21,6 +21,8 @@ use taskscope_common::{
     Thresholds,
 };
 
+use crate::clock;
+
 use self::{btf::Btf, coverage::Degradation, offsets::KernelOffsets};
 
 /// The compiled kernel programs.
@@ -227,7 +229,9 @@ fn maps_of(ebpf: &Ebpf) -> Vec<MapMemory> {
                 | aya::maps::Map::HashMap(d)
                 | aya::maps::Map::LruHashMap(d)
                 | aya::maps::Map::PerCpuHashMap(d)
-                | aya::maps::Map::RingBuf(d) => d,
+                | aya::maps::Map::RingBuf(d)
+                // Task-local storage (`SYSCALL_STARTS`): its values live with the tasks.
+                | aya::maps::Map::Unsupported(d) => d,
                 _ => return None,
             };
             let fd = data.fd().as_fd().as_raw_fd();
@@ -255,8 +259,10 @@ pub(crate) struct Probes {
     pub(crate) degraded: Vec<Degradation>,
     /// The link of each hook (same order as `hooks`), while attached.
     links: Vec<Option<HookLink>>,
-    /// The thresholds last written (their `time_syscalls` is derived from `hooks`).
+    /// The thresholds last given (their `timed_since_ns` is the one below).
     thresholds: Thresholds,
+    /// When `sys_enter` was last attached (CLOCK_MONOTONIC ns); 0 while it is not.
+    syscalls_timed_since_ns: u64,
 }
 
 /// An attached hook's link, to detach it.
@@ -333,6 +339,8 @@ impl Probes {
         let fork_syscalls = fork_syscalls();
         let mut loader = EbpfLoader::new();
         loader
+            // aya has no type for task-local storage (`SYSCALL_STARTS`); only the programs use it.
+            .allow_unsupported_maps()
             .btf(Some(&aya_btf))
             .override_global(globals::AGENT_TGID, &options.agent_tgid, true)
             .override_global(globals::RECORD_SWITCHES, &record_switches, true)
@@ -365,6 +373,7 @@ impl Probes {
             degraded: Vec::new(),
             links: Vec::with_capacity(HOOKS.len()),
             thresholds: options.thresholds,
+            syscalls_timed_since_ns: 0,
         };
         probes
             .set_thresholds(options.thresholds)
@@ -418,9 +427,16 @@ impl Probes {
             .any(|h| h.group == ProbeGroup::SyscallLatency && h.enabled && h.attach_type.is_some())
     }
 
-    fn write_thresholds(&mut self, time_syscalls: bool) -> Result<(), aya::EbpfError> {
+    /// Writes the thresholds, with syscalls timed (while `timed`) from when `sys_enter` was
+    /// attached: the starts it left before a detach are stale.
+    fn write_thresholds(&mut self, timed: bool) -> Result<(), aya::EbpfError> {
+        if !timed {
+            self.syscalls_timed_since_ns = 0;
+        } else if self.syscalls_timed_since_ns == 0 {
+            self.syscalls_timed_since_ns = clock::monotonic_ns();
+        }
         let thresholds = Thresholds {
-            time_syscalls: u64::from(time_syscalls),
+            timed_since_ns: self.syscalls_timed_since_ns,
             ..self.thresholds
         };
         let map = self
@@ -688,7 +704,6 @@ mod tests {
             maps::SYSCALLS,
             maps::WORKLOAD_SYSCALLS,
             maps::SYSCALL_ERRNOS,
-            maps::SYSCALL_STARTS,
             maps::SYSCALL_ENTRY_COUNTS,
             maps::IO_STARTS,
             maps::PROCESS_IO,

@@ -4,8 +4,11 @@
 //! overrides these globals before loading.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    bindings::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
     Global,
@@ -203,6 +206,56 @@ pub fn task_cgroup_id(task: u64) -> Option<u64> {
 #[inline(always)]
 pub fn exit_has_group_dead() -> bool {
     EXIT_HAS_GROUP_DEAD.load() != 0
+}
+
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`, Linux 5.11), defined through BTF as
+/// the kernel requires (aya-ebpf 0.2.1 has the other local storages, not this one). A value
+/// lives in the `task_struct` itself: found without hashing, freed with the task.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders for the loader (their types are the BTF map definition);
+// they are never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current task's value; with `create`, a zeroed one is made when it has none. None
+    /// when it has none (or the kernel cannot allocate one).
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> Option<*mut T> {
+        // SAFETY: helpers of tracing programs; the task pointer is the verifier-typed current
+        // task, and `self` is this map's definition, which the loader turns into its fd.
+        let value = unsafe {
+            let task = bpf_get_current_task_btf();
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task,
+                core::ptr::null_mut(),
+                if create {
+                    BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+                } else {
+                    0
+                },
+            )
+        };
+        (!value.is_null()).then_some(value.cast())
+    }
 }
 
 /// The reporting thresholds (one entry), set by the agent and changed on reload.

@@ -18,7 +18,7 @@ use super::kernel::{
 };
 use super::ringbuf::{header, send, send_with};
 use super::sched::{copy_counters, TASKS};
-use super::syscalls::{SYSCALL_ENTRY_COUNTS, SYSCALL_STARTS};
+use super::syscalls::SYSCALL_ENTRY_COUNTS;
 
 #[inline(always)]
 fn current_comm() -> [u8; COMM_LEN] {
@@ -38,7 +38,6 @@ pub fn on_fork(ctx: *const u64) {
     };
     // A reused tid starts from zero, whatever the agent has not cleaned up yet.
     let _ = TASKS.remove(pid);
-    let _ = SYSCALL_STARTS.remove(pid);
     if tgid != parent_tgid {
         // A new process starts with none of the syscall-table entries a previous owner of its
         // pid may have left (one the agent never tracked is never cleaned up).

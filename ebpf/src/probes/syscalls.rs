@@ -16,7 +16,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    macros::map,
+    macros::{btf_map, map},
     maps::HashMap,
     Global,
 };
@@ -28,13 +28,14 @@ use taskscope_common::{
 
 use super::kernel::{
     add, agent_tgid, arg, count_loss, current_ids, get_or_init, is_fork_syscall,
-    off_pt_regs_syscall_nr, read, thresholds,
+    off_pt_regs_syscall_nr, read, thresholds, TaskStorage,
 };
 use super::ringbuf::{header, send};
 
-/// Syscall in progress per task (tid).
-#[map]
-pub static SYSCALL_STARTS: HashMap<u32, SyscallStart> = HashMap::with_max_entries(65536, 0);
+/// The syscall in progress, per task: in the task itself (no hash to compute, nothing to
+/// clean up when it exits), ~30 ns a syscall cheaper than a hash keyed by tid.
+#[btf_map]
+static SYSCALL_STARTS: TaskStorage<SyscallStart> = TaskStorage::new();
 
 /// Per (process, syscall): counts only, allocated as entries are made (`BPF_F_NO_PREALLOC`),
 /// so that the capacity for a busy node's processes costs a quiet node nothing.
@@ -107,23 +108,34 @@ const MAX_ERRNO: i64 = 4095;
 /// `sys_enter(pt_regs *regs, long id)`.
 #[inline(always)]
 pub fn on_enter(ctx: *const u64) {
-    let (pid, tgid) = current_ids();
+    let (_, tgid) = current_ids();
     if tgid == agent_tgid() {
         return;
     }
     let nr = arg(ctx, 1);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(start) = get_or_init(&SYSCALL_STARTS, &pid, Loss::SyscallStartsMapFull) {
-        // SAFETY: this task's own entry.
-        let start = unsafe { &mut *start };
-        start.ts_ns = now;
-        start.nr = nr;
-    }
+    let Some(start) = SYSCALL_STARTS.current(true) else {
+        count_loss(Loss::SyscallStartsMapFull);
+        return;
+    };
+    // SAFETY: this task's own value.
+    let start = unsafe { &mut *start };
+    start.ts_ns = now;
+    start.nr = nr;
 }
 
-/// Counts syscall `nr` (whether it failed, and its latency when timed) for the caller's cgroup.
+/// A syscall that ended. Plain fields, not an `Option` for the latency: LLVM may copy an
+/// `Option`'s unset payload, and the verifier refuses to read an unset register.
+struct Ended {
+    nr: u64,
+    /// Whether `duration_ns` was measured (else it is 0).
+    timed: bool,
+    duration_ns: u64,
+}
+
+/// Counts a syscall (whether it failed, and its latency when timed) for the caller's cgroup.
 #[inline(always)]
-fn count_for_workload(nr: u32, duration: Option<u64>, failed: bool) {
+fn count_for_workload(nr: u32, ended: &Ended, failed: bool) {
     let key = WorkloadSyscallKey {
         // SAFETY: no arguments; the caller's cgroup v2 id.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -134,9 +146,9 @@ fn count_for_workload(nr: u32, duration: Option<u64>, failed: bool) {
         // SAFETY: a live map value.
         let stats = unsafe { &mut *stats };
         add(&mut stats.count, 1);
-        if let Some(duration) = duration {
-            add(&mut stats.total_ns, duration);
-            if let Some(slot) = stats.latency_hist.get_mut(log2_bucket(duration)) {
+        if ended.timed {
+            add(&mut stats.total_ns, ended.duration_ns);
+            if let Some(slot) = stats.latency_hist.get_mut(log2_bucket(ended.duration_ns)) {
                 add(slot, 1);
             }
         }
@@ -146,19 +158,24 @@ fn count_for_workload(nr: u32, duration: Option<u64>, failed: bool) {
     }
 }
 
-/// The syscall ending now and how long it took: from its start when syscalls are timed, else
-/// (or when it began before `sys_enter` was attached) its number from the registers, untimed.
-/// None for a new task's return from the syscall that made it: its parent's.
+/// The syscall ending now and how long it took: from its start when syscalls are timed (a start
+/// from before `timed_since_ns` is stale: it began before `sys_enter` was last attached), else
+/// its number from the registers, untimed. None for a new task's return from the syscall that
+/// made it: its parent's.
 #[inline(always)]
-fn ending_syscall(ctx: *const u64, pid: u32, ret: i64, timed: bool) -> Option<(u64, Option<u64>)> {
-    if timed {
-        if let Some(start) = SYSCALL_STARTS.get_ptr_mut(pid) {
-            // SAFETY: this task's own entry.
+fn ending_syscall(ctx: *const u64, ret: i64, timed_since_ns: u64) -> Option<Ended> {
+    if timed_since_ns != 0 {
+        if let Some(start) = SYSCALL_STARTS.current(false) {
+            // SAFETY: this task's own value.
             let start = unsafe { &mut *start };
-            if start.ts_ns != 0 {
-                let duration = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
+            if start.ts_ns >= timed_since_ns {
+                let duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
                 start.ts_ns = 0;
-                return Some((start.nr, Some(duration)));
+                return Some(Ended {
+                    nr: start.nr,
+                    timed: true,
+                    duration_ns,
+                });
             }
         }
     }
@@ -167,7 +184,11 @@ fn ending_syscall(ctx: *const u64, pid: u32, ret: i64, timed: bool) -> Option<(u
     if ret == 0 && is_fork_syscall(nr) {
         return None;
     }
-    Some((u64::from(nr), None))
+    Some(Ended {
+        nr: u64::from(nr),
+        timed: false,
+        duration_ns: 0,
+    })
 }
 
 /// `sys_exit(pt_regs *regs, long ret)`.
@@ -179,20 +200,19 @@ pub fn on_exit(ctx: *const u64) {
     }
     let ret = arg(ctx, 1) as i64;
     let settings = thresholds();
-    let Some((raw_nr, duration)) = ending_syscall(ctx, pid, ret, settings.time_syscalls != 0)
-    else {
+    let Some(ended) = ending_syscall(ctx, ret, settings.timed_since_ns) else {
         return;
     };
     // `nr` is a long: -1 (a syscall skipped by seccomp or ptrace) and made-up numbers are no
     // syscall.
-    let nr = if raw_nr < u64::from(SYSCALL_NR_LIMIT) {
-        raw_nr as u32
+    let nr = if ended.nr < u64::from(SYSCALL_NR_LIMIT) {
+        ended.nr as u32
     } else {
         SYSCALL_NR_INVALID
     };
 
     let failed = (-MAX_ERRNO..0).contains(&ret);
-    count_for_workload(nr, duration, failed);
+    count_for_workload(nr, &ended, failed);
     let mut key = SyscallKey { tgid, nr };
     let mut stats = SYSCALLS.get_ptr_mut(key);
     if stats.is_none() {
@@ -209,8 +229,8 @@ pub fn on_exit(ctx: *const u64) {
     if let Some(stats) = stats {
         let stats = unsafe { &mut *stats };
         add(&mut stats.count, 1);
-        if let Some(duration) = duration {
-            add(&mut stats.total_ns, duration);
+        if ended.timed {
+            add(&mut stats.total_ns, ended.duration_ns);
         }
         if failed {
             add(&mut stats.errors, 1);
@@ -244,13 +264,13 @@ pub fn on_exit(ctx: *const u64) {
         }
     }
     // Syscalls at least this long are sent to userspace one by one.
-    if let Some(duration) = duration.filter(|&d| d >= settings.slow_syscall_ns) {
+    if ended.timed && ended.duration_ns >= settings.slow_syscall_ns {
         send(SlowSyscallEvent {
             header: header(event_kind::SLOW_SYSCALL, pid, tgid),
             nr,
             _pad: 0,
             ret,
-            duration_ns: duration,
+            duration_ns: ended.duration_ns,
         });
     }
 }
