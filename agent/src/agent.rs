@@ -38,6 +38,7 @@ use crate::{
     model::{host::SystemHost, redact::Redactor, ModelConfig, TaskModel},
     probes::{coverage::degraded_summary, BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
+    viz,
 };
 
 /// Why `run` could not start.
@@ -426,6 +427,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         thresholds_tx,
     )));
 
+    let history = start_history(&queries_tx, &shutdown_rx);
     let refusals = Arc::new(HttpRefusals::default());
     let state = ApiState {
         queries: queries_tx,
@@ -446,6 +448,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         health_interval: args.health_interval,
         refusals,
         max_concurrent: args.api_max_concurrent,
+        history,
     };
     let server = serve(listener, state, args.http_max_connections, shutdown_rx);
     info!(listen = %args.listen, "taskscope is running");
@@ -475,6 +478,20 @@ async fn shut_down<T>(
         return Err(RunError::CollectorStopped);
     }
     Ok(())
+}
+
+/// Starts recording the node's history (the visualisation endpoints read it).
+fn start_history(
+    queries: &mpsc::Sender<Query>,
+    shutdown: &watch::Receiver<bool>,
+) -> viz::SharedHistory {
+    let history = viz::SharedHistory::default();
+    tokio::spawn(viz::record(
+        queries.clone(),
+        Arc::clone(&history),
+        shutdown.clone(),
+    ));
+    history
 }
 
 /// Serves the API until `shutdown` says stop.

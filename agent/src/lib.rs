@@ -39,3 +39,4 @@ pub(crate) mod probes;
 pub(crate) mod procfs;
 pub mod record;
 pub(crate) mod syscall_names;
+pub(crate) mod viz;

@@ -291,11 +291,21 @@ impl Workload {
     /// Starts a workload inside the cgroups at `dirs` (one per hierarchy: the shell moves
     /// itself there, then execs the workload) and waits until it is `ready`.
     pub fn run_in_cgroups(dirs: &[&Path], args: &[&str]) -> Workload {
+        Self::run_pinned_in_cgroups(dirs, None, args)
+    }
+
+    /// As [`Workload::run_in_cgroups`], on CPU `cpu` alone when given (`taskset`).
+    pub fn run_pinned_in_cgroups(dirs: &[&Path], cpu: Option<usize>, args: &[&str]) -> Workload {
         let mut script = String::new();
         for dir in dirs {
             script += &format!("echo $$ > {}/cgroup.procs && ", dir.display());
         }
-        script += &format!("exec {} {}", workload_binary().display(), args.join(" "));
+        let pin = cpu.map_or(String::new(), |cpu| format!("taskset -c {cpu} "));
+        script += &format!(
+            "exec {pin}{} {}",
+            workload_binary().display(),
+            args.join(" ")
+        );
         let mut command = Command::new("sh");
         command.arg("-c").arg(script);
         Self::start(command, args)
@@ -367,6 +377,24 @@ pub fn wait_until_blocked(pid: u32) {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Per-CPU (busy, idle) ticks from /proc/stat; idle includes iowait.
+pub fn proc_stat_cpus() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            let idle = f[3] + f[4];
+            let busy: u64 = f[..8].iter().sum::<u64>() - idle;
+            (busy, idle)
+        })
+        .collect()
 }
 
 /// `/proc/<pid>/schedstat`: (ns on CPU, ns waiting on a run queue, timeslices).

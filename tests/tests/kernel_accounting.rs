@@ -2,8 +2,8 @@
 //! with the real programs loaded into the running kernel. Run as root (`cargo xtask test`).
 
 use taskscope_e2e::{
-    assert_close, assert_count_close, monotonic_ns, proc_field, schedstat, wait_until_blocked,
-    Agent, Workload,
+    assert_close, assert_count_close, monotonic_ns, proc_field, proc_stat_cpus, schedstat,
+    wait_until_blocked, Agent, Workload,
 };
 
 #[test]
@@ -620,24 +620,6 @@ fn wait_fresh_node(agent: &Agent) -> serde_json::Value {
             (node["collected_at_monotonic_ns"].as_u64()? > after).then_some(node)
         },
     )
-}
-
-/// Per-CPU (busy, idle) ticks from /proc/stat; idle includes iowait.
-fn proc_stat_cpus() -> Vec<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    text.lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .map(|v| v.parse().unwrap_or(0))
-                .collect();
-            let idle = f[3] + f[4];
-            let busy: u64 = f[..8].iter().sum::<u64>() - idle;
-            (busy, idle)
-        })
-        .collect()
 }
 
 #[test]

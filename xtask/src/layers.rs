@@ -29,7 +29,7 @@ pub const AGENT_LAYERS: &[(&str, &[&str])] = &[
     ("model", &["model"]),
     ("collector", &["collector"]),
     ("configuration", &["cli", "config", "logging"]),
-    ("consumers", &["health", "exporters", "check"]),
+    ("consumers", &["health", "exporters", "check", "viz"]),
     ("front", &["api", "control", "record"]),
     ("process", &["agent", "fuzzing"]),
 ];

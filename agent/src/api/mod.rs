@@ -42,6 +42,10 @@ use crate::{
     health::{HealthReport, SharedHealth, Status},
     metadata::{runtimes::RuntimeSource, Directories, DirectoryStatus, DirectoryView},
     model::workload::Workload,
+    viz::{
+        heatmap::{heatmap, HeatmapError, HeatmapRequest},
+        SharedHistory,
+    },
 };
 
 /// Handle on the collector for request handlers.
@@ -73,6 +77,8 @@ pub(crate) struct ApiState {
     pub(crate) refusals: Arc<HttpRefusals>,
     /// Heavy API requests served at once (the rest get 503).
     pub(crate) max_concurrent: usize,
+    /// The node's recent history, for the visualisation endpoints.
+    pub(crate) history: SharedHistory,
 }
 
 /// Largest request body accepted (a config file); larger ones get 413.
@@ -137,6 +143,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/viz/heatmap", get(viz_heatmap))
         .layer(timed.clone())
         .merge(heavy_api)
         .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
@@ -326,6 +333,43 @@ async fn process(State(state): State<ApiState>, Path(pid): Path<String>) -> Resp
         ),
         Ok(answer) => named_processes(&state, answer).await,
         Err(response) => response,
+    }
+}
+
+/// Query of `/api/v1/viz/heatmap`: strings, checked by [`HeatmapRequest::parse`] so that a
+/// wrong value gets an error naming it.
+#[derive(Debug, serde::Deserialize)]
+struct HeatmapQuery {
+    kind: Option<String>,
+    seconds: Option<String>,
+    workload: Option<String>,
+}
+
+async fn viz_heatmap(State(state): State<ApiState>, query: UrlQuery<HeatmapQuery>) -> Response {
+    let request = match HeatmapRequest::parse(
+        query.kind.as_deref(),
+        query.seconds.as_deref(),
+        query.workload.as_deref(),
+    ) {
+        Ok(request) => request,
+        Err(HeatmapError::BadRequest(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(HeatmapError::UnknownWorkload(message)) => {
+            return error(StatusCode::NOT_FOUND, message)
+        }
+    };
+    let made = match state.history.lock() {
+        Ok(history) => heatmap(&history, &request),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the history is unavailable",
+            )
+        }
+    };
+    match made {
+        Ok(map) => Json(map).into_response(),
+        Err(HeatmapError::BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),
+        Err(HeatmapError::UnknownWorkload(message)) => error(StatusCode::NOT_FOUND, message),
     }
 }
 

@@ -1,0 +1,208 @@
+//! The visualisation data (`/api/v1/viz/heatmap`) against the kernel's own figures and the
+//! agent's other exports, with the real programs loaded. Run as root (`cargo xtask test`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use taskscope_e2e::{proc_stat_cpus, schedstat, wait_for, Agent, Workload};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn heatmap(agent: &Agent, query: &str) -> Value {
+    agent.get(&format!("/api/v1/viz/heatmap?{query}"))
+}
+
+/// Waits until the history has its first interval (it takes two readings, a second apart).
+fn wait_for_first_interval(agent: &Agent) {
+    wait_for("a first heatmap interval", Duration::from_secs(10), || {
+        let map = heatmap(agent, "kind=cpu_busy");
+        (!map["x"]["values"].as_array()?.is_empty()).then_some(())
+    });
+}
+
+/// The last CPU: the one the spinners are pinned to.
+fn last_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+/// A spinner pinned to one CPU: that CPU's busy share in the heatmap's intervals that fall
+/// inside a window equals /proc/stat's over the window.
+#[test]
+fn the_cpu_busy_heatmap_of_a_pinned_spinner_matches_proc_stat() {
+    let agent = Agent::start(&[]);
+    let cpu = last_cpu();
+    wait_for_first_interval(&agent);
+    let spinner = std::thread::spawn(move || {
+        Workload::run_pinned_in_cgroups(&[], Some(cpu), &["cpu-burn", "5000"]).finish()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let (stat_before, from_ms) = (proc_stat_cpus(), unix_ms());
+    std::thread::sleep(Duration::from_millis(3000));
+    let (stat_after, to_ms) = (proc_stat_cpus(), unix_ms());
+    // The interval ending after `to_ms` is recorded within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let map = heatmap(&agent, "kind=cpu_busy&seconds=30");
+    spinner.join().expect("spinner");
+    assert_eq!(map["kind"], "cpu_busy");
+    assert_eq!(map["y"]["name"], "cpu");
+    let times: Vec<u64> = map["x"]["values"]
+        .as_array()
+        .expect("x")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    // Intervals (about a second each, ending at their time) wholly inside the window.
+    let inside: Vec<usize> = (0..times.len())
+        .filter(|&i| times[i] >= from_ms + 1100 && times[i] <= to_ms)
+        .collect();
+    assert!(
+        !inside.is_empty(),
+        "no interval inside the window: {times:?} vs {from_ms}..{to_ms}"
+    );
+    let shares: Vec<f64> = inside
+        .iter()
+        .map(|&i| map["cells"][cpu][i].as_f64().expect("a busy share"))
+        .collect();
+    let heatmap_share = shares.iter().sum::<f64>() / shares.len() as f64;
+    let ((b0, i0), (b1, i1)) = (stat_before[cpu], stat_after[cpu]);
+    let stat_share = (b1 - b0) as f64 / ((b1 - b0) + (i1 - i0)) as f64;
+    println!(
+        "cpu {cpu} with a pinned spinner: heatmap busy share {:.3} (intervals {shares:?}), /proc/stat {:.3} over the window (allowed 0.03)",
+        heatmap_share, stat_share
+    );
+    assert!(
+        (heatmap_share - stat_share).abs() <= 0.03,
+        "busy share {heatmap_share:.3} vs /proc/stat {stat_share:.3}"
+    );
+    assert!(
+        stat_share > 0.9,
+        "the spinner did not keep its CPU busy: {stat_share}"
+    );
+}
+
+/// Two spinners sharing one CPU in a cgroup of their own: the workload's run-queue heatmap holds
+/// every wait the agent counted for it (the same number as /metrics), and about as many as
+/// the times the kernel ran them (each run of a CPU-bound task follows a wait).
+#[test]
+fn the_runqueue_heatmap_of_a_workload_holds_its_waits() {
+    let agent = Agent::start(&[]);
+    wait_for_first_interval(&agent);
+    let cgroup_dir = std::path::Path::new(&taskscope_e2e::cgroup2_root())
+        .join(format!("taskscope-viz-{}", std::process::id()));
+    std::fs::create_dir(&cgroup_dir).expect("create cgroup");
+    let cpu = last_cpu();
+    let spinners: Vec<Workload> = std::thread::scope(|scope| {
+        let dir = &cgroup_dir;
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(move || {
+                    Workload::run_pinned_in_cgroups(&[dir], Some(cpu), &["cpu-burn", "700"])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("spinner"))
+            .collect()
+    });
+    let timeslices: u64 = spinners.iter().map(|s| schedstat(s.pid()).2).sum();
+    let process = agent.process_after(spinners[0].pid(), taskscope_e2e::monotonic_ns());
+    let cgroup = process["cgroup"]["path"]
+        .as_str()
+        .expect("cgroup")
+        .to_string();
+    let query = format!("kind=runqueue&workload={cgroup}");
+    let metrics_count = || {
+        let (_, scrape) = taskscope_e2e::http_get(&agent.addr, "/metrics").expect("scrape");
+        let label = format!("cgroup=\"{cgroup}\"");
+        taskscope_e2e::sample(
+            &scrape,
+            "taskscope_runqueue_latency_seconds_count",
+            &[&label],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let heatmap_count = |map: &Value| -> u64 {
+        map["cells"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|row| row.as_array().into_iter().flatten())
+            .filter_map(Value::as_f64)
+            .sum::<f64>() as u64
+    };
+    // The spinners are blocked now: the counts stop moving once the next interval is recorded.
+    let (map, in_heatmap, in_metrics) = wait_for(
+        "the heatmap to hold every wait",
+        Duration::from_secs(10),
+        || {
+            let map = heatmap(&agent, &query);
+            let (h, m) = (heatmap_count(&map), metrics_count());
+            (h == m && h > 0).then_some((map, h, m))
+        },
+    );
+    for spinner in spinners {
+        spinner.finish();
+    }
+    let _ = std::fs::remove_dir(&cgroup_dir);
+    println!(
+        "{cgroup}: run-queue waits in the heatmap {in_heatmap}, on /metrics {in_metrics}, timeslices the kernel ran them {timeslices} (allowed 5%); rows {}, p99 per interval {}",
+        map["y"]["values"], map["p99_ns"]
+    );
+    assert_eq!(map["workload"], cgroup.as_str());
+    assert_eq!(map["intervals_with_workloads_left_out"], 0);
+    let tolerance = (timeslices as f64 * 0.05).max(3.0);
+    assert!(
+        (in_heatmap as f64 - timeslices as f64).abs() <= tolerance,
+        "waits {in_heatmap} vs timeslices {timeslices}"
+    );
+}
+
+/// Wrong requests get a 400 or 404 naming what is wrong; the endpoint needs the API's token
+/// when the API does (`--api-auth`).
+#[test]
+fn heatmap_requests_are_checked_and_guarded() {
+    let agent = Agent::start(&[]);
+    for (query, status, says) in [
+        ("", 400, "kind is required"),
+        ("kind=heat", 400, "cpu_busy, idle_gaps, runqueue"),
+        ("kind=runqueue&seconds=301", 400, "from 1 to 300"),
+        ("kind=idle_gaps&workload=/x", 400, "only for kind=runqueue"),
+        ("kind=runqueue&workload=/no-such-cgroup", 404, "no workload"),
+    ] {
+        let (code, body) =
+            taskscope_e2e::http_get(&agent.addr, &format!("/api/v1/viz/heatmap?{query}"))
+                .expect("request");
+        println!("?{query}: {code} {body}");
+        assert_eq!(code, status, "?{query}: {body}");
+        assert!(body.contains(says), "?{query}: {body}");
+    }
+    let map = heatmap(&agent, "kind=idle_gaps&seconds=5");
+    assert_eq!(map["y"]["name"], "cpu");
+    assert_eq!(map["x"]["name"], "idle_period_below_ns");
+    drop(agent);
+
+    let token = "e2e-viz-token-0123456789abcdef";
+    let token_file =
+        std::env::temp_dir().join(format!("taskscope-viz-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    let agent = Agent::start(&[
+        "--admin-token-file",
+        token_file.to_str().expect("path"),
+        "--api-auth",
+    ]);
+    let path = "/api/v1/viz/heatmap?kind=cpu_busy";
+    let (code, _) = taskscope_e2e::http_get(&agent.addr, path).expect("request");
+    assert_eq!(code, 401, "no token");
+    let auth = format!("Bearer {token}");
+    let (code, body) =
+        taskscope_e2e::http_request(&agent.addr, "GET", path, &[("Authorization", &auth)], b"")
+            .expect("request");
+    println!("--api-auth: without the token 401, with it {code}");
+    assert_eq!(code, 200, "{body}");
+    let _ = std::fs::remove_file(&token_file);
+}
