@@ -66,6 +66,9 @@ pub(crate) enum Query {
     TakeRecording(oneshot::Sender<Recording>),
     /// Every workload's totals (health evaluation).
     Workloads(oneshot::Sender<Vec<(Workload, WorkloadTotals)>>),
+    /// The node and every workload's totals from the latest kernel read, without a fresh one
+    /// (the visualisation history, which reads once a second and must not double the polls).
+    Latest(oneshot::Sender<LatestRead>),
     /// Applies new live settings (a reload); the answer says what failed, if anything.
     Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
 }
@@ -114,6 +117,13 @@ pub(crate) struct NodeResponse {
     pub(crate) collected_at_monotonic_ns: u64,
     #[serde(flatten)]
     pub(crate) node: NodeView,
+}
+
+/// The node and the workloads as of the latest kernel read.
+#[derive(Debug)]
+pub(crate) struct LatestRead {
+    pub(crate) node: NodeResponse,
+    pub(crate) workloads: Vec<(Workload, WorkloadTotals)>,
 }
 
 /// Which part of a listing to answer: `limit` entries from `offset` on.
@@ -430,6 +440,15 @@ impl Collector {
         }
     }
 
+    /// The node as of the latest kernel read.
+    fn node(&self) -> NodeResponse {
+        let read_at = self.model.collected_at_ns;
+        NodeResponse {
+            collected_at_monotonic_ns: read_at,
+            node: NodeView::new(&self.model.cpus, &self.model.device_io, read_at),
+        }
+    }
+
     fn answer(&mut self, query: Query) {
         match query {
             Query::Processes(page, reply) => {
@@ -442,11 +461,7 @@ impl Collector {
             }
             Query::Node(reply) => {
                 self.refresh_if_stale();
-                let read_at = self.model.collected_at_ns;
-                let _ = reply.send(NodeResponse {
-                    collected_at_monotonic_ns: read_at,
-                    node: NodeView::new(&self.model.cpus, &self.model.device_io, read_at),
-                });
+                let _ = reply.send(self.node());
             }
             Query::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -463,6 +478,12 @@ impl Collector {
             Query::Workloads(reply) => {
                 self.refresh_if_stale();
                 let _ = reply.send(self.model.workload_totals());
+            }
+            Query::Latest(reply) => {
+                let _ = reply.send(LatestRead {
+                    node: self.node(),
+                    workloads: self.model.workload_totals(),
+                });
             }
             Query::Reconfigure(settings, reply) => {
                 let _ = reply.send(self.reconfigure(*settings));

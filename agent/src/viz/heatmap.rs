@@ -177,7 +177,7 @@ pub(crate) fn heatmap(
                 .map(|cpu| {
                     frames
                         .iter()
-                        .map(|f| f.cpu_busy.get(cpu).copied().flatten())
+                        .map(|f| f.cpu_busy.get(cpu).copied().flatten().map(round4))
                         .collect()
                 })
                 .collect();
@@ -186,6 +186,11 @@ pub(crate) fn heatmap(
         HeatmapKind::Runqueue => runqueue(&mut map, &frames, request.workload.as_deref()),
     }
     Ok(map)
+}
+
+/// `share` to 4 decimals: a frame stays small, and a finer share means nothing at 1 s.
+fn round4(share: f64) -> f64 {
+    (share * 10_000.0).round() / 10_000.0
 }
 
 /// Idle time of each CPU over the window, by idle-period length.

@@ -36,7 +36,7 @@ pub(crate) struct CpuReading {
 /// The collector's cumulative counters at one read.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reading {
-    /// Unix time of the read (ms).
+    /// Unix time of the kernel read (ms).
     pub(crate) unix_ms: u64,
     /// CLOCK_MONOTONIC of the kernel read the figures come from.
     pub(crate) monotonic_ns: u64,

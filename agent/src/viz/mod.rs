@@ -2,7 +2,8 @@
 //! node recorded once a second from the collector's answers, on the consumers' side, and the
 //! heatmaps built from it on request.
 //!
-//! The recorder asks the collector like any consumer does; it never holds it up, and the
+//! The recorder asks the collector for its latest read like any consumer does (never for a
+//! fresh one, which would add a kernel read a second); it never holds it up, and the
 //! history's size is fixed ([`history::MAX_FRAMES`] frames, each with at most
 //! [`history::MAX_WORKLOADS_PER_FRAME`] workloads).
 
@@ -42,13 +43,11 @@ pub(crate) async fn record(
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tick.tick() => {}
         }
-        let Some(node) = ask(&queries, Query::Node).await else {
+        // The latest poll's figures: asking for fresh ones would add a kernel read a second.
+        let Some(latest) = ask(&queries, Query::Latest).await else {
             return;
         };
-        let Some(workloads) = ask(&queries, Query::Workloads).await else {
-            return;
-        };
-        let reading = reading(&node, &workloads);
+        let reading = reading(&latest.node, &latest.workloads);
         if let Ok(mut history) = history.lock() {
             history.push(reading);
         }
@@ -84,7 +83,7 @@ fn reading(node: &NodeResponse, workloads: &[(Workload, WorkloadTotals)]) -> Rea
         })
         .collect();
     Reading {
-        unix_ms: clock::Clocks::now().realtime_ns / 1_000_000,
+        unix_ms: clock::Clocks::now().monotonic_to_unix(node.collected_at_monotonic_ns) / 1_000_000,
         monotonic_ns: node.collected_at_monotonic_ns,
         cpus,
         runqueue_by_workload,
