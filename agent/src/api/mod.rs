@@ -346,26 +346,19 @@ struct HeatmapQuery {
 }
 
 async fn viz_heatmap(State(state): State<ApiState>, query: UrlQuery<HeatmapQuery>) -> Response {
-    let request = match HeatmapRequest::parse(
+    let made = HeatmapRequest::parse(
         query.kind.as_deref(),
         query.seconds.as_deref(),
         query.workload.as_deref(),
-    ) {
-        Ok(request) => request,
-        Err(HeatmapError::BadRequest(message)) => return error(StatusCode::BAD_REQUEST, message),
-        Err(HeatmapError::UnknownWorkload(message)) => {
-            return error(StatusCode::NOT_FOUND, message)
-        }
-    };
-    let made = match state.history.lock() {
-        Ok(history) => heatmap(&history, &request),
-        Err(_) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the history is unavailable",
-            )
-        }
-    };
+    )
+    .and_then(|request| {
+        // Held only while the heatmap is built; the recorder never panics holding it.
+        let history = state
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        heatmap(&history, &request)
+    });
     match made {
         Ok(map) => Json(map).into_response(),
         Err(HeatmapError::BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),

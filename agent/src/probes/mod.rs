@@ -704,6 +704,7 @@ mod tests {
             maps::SYSCALLS,
             maps::WORKLOAD_SYSCALLS,
             maps::SYSCALL_ERRNOS,
+            maps::SYSCALL_STARTS,
             maps::SYSCALL_ENTRY_COUNTS,
             maps::IO_STARTS,
             maps::PROCESS_IO,

@@ -48,9 +48,10 @@ pub(crate) async fn record(
             return;
         };
         let reading = reading(&latest.node, &latest.workloads);
-        if let Ok(mut history) = history.lock() {
-            history.push(reading);
-        }
+        history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(reading);
     }
 }
 
