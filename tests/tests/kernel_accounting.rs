@@ -131,13 +131,7 @@ fn syscall_counts_and_errors_are_exact_with(flags: &[&str], timed: bool) {
         &["syscalls", &calls.to_string(), &failures.to_string()],
     );
     let process = agent.process_after(child.pid(), monotonic_ns());
-    let getpgid = process["syscalls"]["by_syscall"]
-        .as_array()
-        .expect("by_syscall")
-        .iter()
-        .find(|s| s["name"] == "getpgid")
-        .cloned()
-        .unwrap_or_else(|| panic!("no getpgid in {}", process["syscalls"]));
+    let getpgid = syscall_of(&process, "getpgid");
     println!(
         "getpgid (timed: {timed}): taskscope {getpgid}, workload made {calls} calls, {failures} failed with ESRCH"
     );
@@ -330,13 +324,7 @@ fn a_syscall_start_from_before_timing_went_off_is_not_used_after_it_is_back() {
     // The second read returns 0 (end of input) with timing back on.
     reader.finish();
     let process = switch.agent.process_after(pid, monotonic_ns());
-    let read = process["syscalls"]["by_syscall"]
-        .as_array()
-        .expect("by_syscall")
-        .iter()
-        .find(|s| s["name"] == "read")
-        .cloned()
-        .unwrap_or_else(|| panic!("no read in {}", process["syscalls"]));
+    let read = syscall_of(&process, "read");
     let latency_ns = read["total_latency_ns"].as_u64().expect("total_latency_ns");
     println!(
         "read: {read}; the stale start was at least {stale_for:?} old when the last read ended, its reads' total latency is {latency_ns} ns"
@@ -349,6 +337,17 @@ fn a_syscall_start_from_before_timing_went_off_is_not_used_after_it_is_back() {
         latency_ns < 200_000_000,
         "a read was timed from a stale start: {latency_ns} ns"
     );
+}
+
+/// The process's figures for the syscall `name` (its entry of `syscalls.by_syscall`).
+fn syscall_of(process: &serde_json::Value, name: &str) -> serde_json::Value {
+    process["syscalls"]["by_syscall"]
+        .as_array()
+        .expect("by_syscall")
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {}", process["syscalls"]))
 }
 
 /// The process's workload (cgroup path) and its series on a fresh scrape: a family's value
