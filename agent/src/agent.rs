@@ -13,7 +13,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiState},
+    api::{self, ui::Dashboard, ApiState},
     check::{drop_capabilities, effective_capability_names, effective_caps, missing_capabilities},
     cli::{AttachMode, RunArgs},
     collector::{
@@ -38,7 +38,6 @@ use crate::{
     model::{host::SystemHost, redact::Redactor, ModelConfig, TaskModel},
     probes::{coverage::degraded_summary, BpfStatsGuard, LoadOptions, Probes},
     procfs::{cgroup2_mount, mountinfo, CgroupMemoryReader, CgroupResolver},
-    viz,
 };
 
 /// Why `run` could not start.
@@ -427,14 +426,14 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         thresholds_tx,
     )));
 
-    let history = start_history(&queries_tx, &shutdown_rx);
+    let dashboard = Dashboard::start(&queries_tx, &health, &names, &shutdown_rx);
     let refusals = Arc::new(HttpRefusals::default());
     let state = ApiState {
         queries: queries_tx,
         exposition: Arc::new(Mutex::new(
             Exposition::new(CgroupMemoryReader::from_mounts(&mountinfo()), names.clone())
                 .with_health(Arc::clone(&health))
-                .with_http_refusals(Arc::clone(&refusals)),
+                .with_http_refusals(Arc::clone(&refusals), Arc::clone(&dashboard.live_stats)),
         )),
         names,
         exposition_config,
@@ -448,7 +447,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
         health_interval: args.health_interval,
         refusals,
         max_concurrent: args.api_max_concurrent,
-        history,
+        dashboard,
     };
     let server = serve(listener, state, args.http_max_connections, shutdown_rx);
     info!(listen = %args.listen, "taskscope is running");
@@ -478,20 +477,6 @@ async fn shut_down<T>(
         return Err(RunError::CollectorStopped);
     }
     Ok(())
-}
-
-/// Starts recording the node's history (the visualisation endpoints read it).
-fn start_history(
-    queries: &mpsc::Sender<Query>,
-    shutdown: &watch::Receiver<bool>,
-) -> viz::SharedHistory {
-    let history = viz::SharedHistory::default();
-    tokio::spawn(viz::record(
-        queries.clone(),
-        Arc::clone(&history),
-        shutdown.clone(),
-    ));
-    history
 }
 
 /// Serves the API until `shutdown` says stop.

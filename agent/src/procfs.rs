@@ -595,6 +595,41 @@ pub(crate) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// The agent's own CPU time (user + system, ns) and resident memory (bytes), from /proc/self.
+pub(crate) fn own_usage() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let pages: u64 = fs::read_to_string("/proc/self/statm")
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks * NS_PER_TICK, pages * page))
+}
+
+/// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in bytes.
+pub(crate) fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+    let kib = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    Some((kib("MemTotal:")? * 1024, kib("MemAvailable:")? * 1024))
+}
+
+/// [`parse_meminfo`] of this host.
+pub(crate) fn read_meminfo() -> Option<(u64, u64)> {
+    parse_meminfo(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,5 +803,15 @@ mod tests {
         );
         assert_eq!(resolve_in_namespace(root, "/../../../.."), "/");
         assert_eq!(resolve_in_namespace("/", "/system.slice"), "/system.slice");
+    }
+
+    #[test]
+    fn meminfo_gives_total_and_available_bytes() {
+        let text = "MemTotal:       24607604 kB\nMemFree:        20000000 kB\nMemAvailable:   23000000 kB\n";
+        assert_eq!(
+            parse_meminfo(text),
+            Some((24_607_604 * 1024, 23_000_000 * 1024))
+        );
+        assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
     }
 }

@@ -8,6 +8,8 @@
 //! them cannot hold up the collector or the probes, which have no limit.
 
 pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod ui;
 
 use std::{
     sync::{Arc, Mutex},
@@ -42,10 +44,7 @@ use crate::{
     health::{HealthReport, SharedHealth, Status},
     metadata::{runtimes::RuntimeSource, Directories, DirectoryStatus, DirectoryView},
     model::workload::Workload,
-    viz::{
-        heatmap::{heatmap, HeatmapError, HeatmapRequest},
-        SharedHistory,
-    },
+    viz::heatmap::{heatmap, HeatmapError, HeatmapRequest},
 };
 
 /// Handle on the collector for request handlers.
@@ -77,8 +76,8 @@ pub(crate) struct ApiState {
     pub(crate) refusals: Arc<HttpRefusals>,
     /// Heavy API requests served at once (the rest get 503).
     pub(crate) max_concurrent: usize,
-    /// The node's recent history, for the visualisation endpoints.
-    pub(crate) history: SharedHistory,
+    /// The node's recent history, the live feed, sessions and rate limits.
+    pub(crate) dashboard: ui::Dashboard,
 }
 
 /// Largest request body accepted (a config file); larger ones get 413.
@@ -156,13 +155,29 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/api/v1/debug",
             get(debug_get).post(debug_set).put(debug_set),
         )
-        .layer(timed)
+        .layer(timed.clone())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let scrape = Router::new()
         .route("/metrics", get(metrics))
         .layer(limited(MAX_CONCURRENT_SCRAPES));
+    let live = Router::new()
+        .route("/api/v1/live", get(ui::live))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
+    let dashboard = Router::new()
+        .route("/ui", get(ui::to_index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/login", get(ui::login_page).post(ui::login))
+        .route("/ui/logout", axum::routing::post(ui::logout))
+        .route("/ui/{file}", get(ui::asset))
+        .layer(timed.clone())
+        .merge(live)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ui::limit_rate,
+        ));
     Router::new()
         .merge(read_api)
+        .merge(dashboard)
         .merge(admin)
         .merge(scrape)
         .route("/livez", get(livez))
@@ -211,7 +226,7 @@ async fn admin_auth(State(state): State<ApiState>, request: Request, next: Next)
 }
 
 async fn read_auth(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if !state.api_auth {
+    if !state.api_auth || ui::has_session(&state, request.headers()) {
         return next.run(request).await;
     }
     if state.admin_token.is_none() {
@@ -354,6 +369,7 @@ async fn viz_heatmap(State(state): State<ApiState>, query: UrlQuery<HeatmapQuery
     .and_then(|request| {
         // Held only while the heatmap is built; the recorder never panics holding it.
         let history = state
+            .dashboard
             .history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -182,6 +182,9 @@ pub(crate) struct StatusResponse {
     pub(crate) kernel_tasks: usize,
     /// The kernel maps: capacity and the memory the kernel charges for each, largest first.
     pub(crate) kernel_maps: Vec<crate::probes::MapMemory>,
+    /// Time the kernel programs ran since they were loaded (counted only while the kernel's
+    /// BPF statistics are on: `--bpf-stats` or `kernel.bpf_stats_enabled`).
+    pub(crate) bpf_run_time_ns: u64,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
@@ -618,6 +621,12 @@ impl Collector {
                 .map(|ago| ago.as_secs_f64()),
             kernel_tasks: self.kernel_tasks,
             kernel_maps: self.probes.map_memory(),
+            bpf_run_time_ns: self
+                .probes
+                .program_stats()
+                .iter()
+                .map(|(_, stats)| stats.run_time_ns)
+                .sum(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
 
-use super::HttpRefusals;
+use super::{HttpRefusals, LiveFeedStats};
 use crate::{
     cli::HistogramBuckets,
     health::SharedHealth,
@@ -25,7 +25,7 @@ use crate::{
         workload::Workload,
     },
     probes::{MapMemory, ProgramStats},
-    procfs::{CgroupMemory, CgroupMemoryReader, ZoneFreeBlocks},
+    procfs::{self, CgroupMemory, CgroupMemoryReader, ZoneFreeBlocks},
     syscall_names::syscall_name,
 };
 
@@ -323,6 +323,8 @@ pub(crate) struct Scrape {
     log_lines_suppressed: u64,
     /// (reason, count) of requests the HTTP server refused.
     http_refused: Vec<(&'static str, u64)>,
+    /// (clients, frames sent, frames dropped, bytes sent) of the live feed.
+    live_feed: [u64; 4],
 }
 
 /// Series one subject adds to a family group (for the cap and `taskscope_series`), per group,
@@ -854,7 +856,7 @@ impl Scrape {
         )?;
         out.family(
             "taskscope_http_refused",
-            "HTTP requests the agent refused to protect itself, by reason: connections (over --http-max-connections), busy (503: too many heavy requests at once, --api-max-concurrent), timeout (408).",
+            "HTTP requests the agent refused to protect itself, by reason: connections (over --http-max-connections), busy (503: too many heavy requests at once, --api-max-concurrent), timeout (408), rate_limited (429: a dashboard client over its rate), login_failed (a dashboard login with a wrong token), live_clients (503: the live feed had its most clients).",
             FamilyType::Counter,
             &mut |family| {
                 for (reason, count) in &self.http_refused {
@@ -862,6 +864,36 @@ impl Scrape {
                 }
                 Ok(())
             },
+        )?;
+        self.expose_live_feed(out)
+    }
+
+    /// The live feed (`/api/v1/live`): its clients and what it sent and dropped.
+    fn expose_live_feed(&self, out: &mut dyn Exposer) -> fmt::Result {
+        let [clients, sent, dropped, bytes] = self.live_feed;
+        out.family(
+            "taskscope_live_clients",
+            "Clients connected to the live feed (/api/v1/live) now.",
+            FamilyType::Gauge,
+            &mut |family| family.number(&[], Number::from(clients as i64)),
+        )?;
+        out.family(
+            "taskscope_live_frames_sent",
+            "Frames the live feed sent, over every client.",
+            FamilyType::Counter,
+            &mut |family| family.number(&[], Number::from(sent)),
+        )?;
+        out.family(
+            "taskscope_live_frames_dropped",
+            "Frames a live-feed client did not get because it was still receiving an earlier one (it got the newest instead).",
+            FamilyType::Counter,
+            &mut |family| family.number(&[], Number::from(dropped)),
+        )?;
+        out.family(
+            "taskscope_live_sent_bytes",
+            "Bytes of frames the live feed sent, over every client.",
+            FamilyType::Counter,
+            &mut |family| family.number(&[], Number::from(bytes)),
         )
     }
 
@@ -879,7 +911,8 @@ impl Scrape {
             FamilyType::Info,
             &mut |family| family.info(&[("version", env!("CARGO_PKG_VERSION").to_string())]),
         )?;
-        let (cpu, rss) = self_usage();
+        let (cpu_ns, rss) = procfs::own_usage().unwrap_or_default();
+        let cpu = cpu_ns as f64 / 1e9;
         out.family(
             "process_cpu_seconds",
             "CPU time of the agent (user + system).",
@@ -893,26 +926,6 @@ impl Scrape {
             &mut |family| family.number(&[], Number::from(rss as i64)),
         )
     }
-}
-
-/// (CPU seconds, resident bytes) of this process, from /proc/self.
-fn self_usage() -> (f64, u64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            let ticks: u64 =
-                rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / crate::procfs::USER_HZ as f64)
-        })
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page);
-    (cpu, rss)
 }
 
 /// What fits under the series cap.
@@ -941,6 +954,7 @@ pub(crate) struct Exposition {
     health: Option<SharedHealth>,
     /// What the HTTP server refused, when it serves /metrics.
     http_refusals: Option<Arc<HttpRefusals>>,
+    live_feed: Option<Arc<LiveFeedStats>>,
 }
 
 impl Default for Exposition {
@@ -1002,6 +1016,11 @@ impl Exposition {
                 .as_deref()
                 .map(HttpRefusals::totals)
                 .unwrap_or_default(),
+            live_feed: self
+                .live_feed
+                .as_deref()
+                .map(LiveFeedStats::totals)
+                .unwrap_or_default(),
         };
         self.add_health(&mut scrape, &names);
         scrape
@@ -1018,6 +1037,7 @@ impl Exposition {
             directories,
             health: None,
             http_refusals: None,
+            live_feed: None,
         }
     }
 
@@ -1027,9 +1047,14 @@ impl Exposition {
         self
     }
 
-    /// Also exports what the HTTP server refused.
-    pub(crate) fn with_http_refusals(mut self, refusals: Arc<HttpRefusals>) -> Self {
+    /// Also exports what the HTTP server refused and the live feed's counters.
+    pub(crate) fn with_http_refusals(
+        mut self,
+        refusals: Arc<HttpRefusals>,
+        live_feed: Arc<LiveFeedStats>,
+    ) -> Self {
         self.http_refusals = Some(refusals);
+        self.live_feed = Some(live_feed);
         self
     }
 

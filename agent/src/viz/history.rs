@@ -148,18 +148,26 @@ pub(crate) struct History {
 impl History {
     /// Adds the interval from the previous reading to `reading` (the first makes no frame).
     /// A reading not newer than the previous one (the collector had not read the kernel
-    /// again) is skipped.
-    pub(crate) fn push(&mut self, reading: Reading) {
+    /// again) is skipped. Whether a frame was added.
+    pub(crate) fn push(&mut self, reading: Reading) -> bool {
+        let mut added = false;
         if let Some(before) = &self.last {
             if reading.monotonic_ns <= before.monotonic_ns {
-                return;
+                return false;
             }
             if self.frames.len() == MAX_FRAMES {
                 self.frames.pop_front();
             }
             self.frames.push_back(Frame::between(before, &reading));
+            added = true;
         }
         self.last = Some(reading);
+        added
+    }
+
+    /// The newest frame.
+    pub(crate) fn newest(&self) -> Option<&Frame> {
+        self.frames.back()
     }
 
     /// The frames of the last `seconds`, oldest first.

@@ -9,6 +9,7 @@
 
 pub(crate) mod heatmap;
 pub(crate) mod history;
+pub(crate) mod live;
 
 use std::{
     sync::{Arc, Mutex},
@@ -17,10 +18,15 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use self::history::{CpuReading, History, Reading};
+use self::{
+    history::{CpuReading, History, Reading},
+    live::{LiveBuilder, LiveFrame, ProcReadings},
+};
 use crate::{
     clock,
-    collector::{ask, NodeResponse, Query},
+    collector::{ask, LatestRead, NodeResponse, Query},
+    health::SharedHealth,
+    metadata::Directories,
     model::{aggregate::WorkloadTotals, histogram::Log2Hist, workload::Workload},
 };
 
@@ -30,12 +36,26 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// The history, shared by the recorder (writer) and the API (readers).
 pub(crate) type SharedHistory = Arc<Mutex<History>>;
 
-/// Takes a reading every [`INTERVAL`] until `shutdown` says stop (or the collector stops).
+/// The live feed's newest frame; clients subscribe to it (a client that is slow sees only the
+/// newest). Frames are built only while someone subscribes.
+pub(crate) type LiveFrames = Arc<watch::Sender<Arc<LiveFrame>>>;
+
+/// What the live frames take besides the collector's answers.
+pub(crate) struct LiveSources {
+    pub(crate) frames: LiveFrames,
+    pub(crate) health: SharedHealth,
+    pub(crate) names: Directories,
+}
+
+/// Takes a reading every [`INTERVAL`] until `shutdown` says stop (or the collector stops),
+/// and publishes a live frame of it while a client listens.
 pub(crate) async fn record(
     queries: mpsc::Sender<Query>,
     history: SharedHistory,
+    live: LiveSources,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut builder = LiveBuilder::default();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,11 +68,49 @@ pub(crate) async fn record(
             return;
         };
         let reading = reading(&latest.node, &latest.workloads);
-        history
+        let added = history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(reading);
+        if live.frames.receiver_count() == 0 {
+            builder.pause();
+        } else if added {
+            let Some(status) = ask(&queries, Query::Status).await else {
+                return;
+            };
+            let frame = live_frame(&mut builder, &history, &latest, &status, &live);
+            if let Some(frame) = frame {
+                live.frames.send_replace(Arc::new(frame));
+            }
+        }
     }
+}
+
+/// The live frame of the history's newest interval.
+fn live_frame(
+    builder: &mut LiveBuilder,
+    history: &SharedHistory,
+    latest: &LatestRead,
+    status: &crate::collector::StatusResponse,
+    live: &LiveSources,
+) -> Option<LiveFrame> {
+    let proc = ProcReadings::read();
+    let history = history
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let health = live
+        .health
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let names = live.names.read();
+    Some(builder.build(live::Inputs {
+        frame: history.newest()?,
+        workloads: &latest.workloads,
+        status,
+        health: health.as_ref(),
+        names: &names,
+        proc,
+    }))
 }
 
 /// A reading from the collector's answers.

@@ -1,0 +1,533 @@
+//! The live feed's frames (`/api/v1/live`, the dashboard's): what the node, the agent and the
+//! workloads did in the latest interval, built once an interval on the consumers' side while
+//! at least one client listens, and shared by every client.
+//!
+//! A frame is a set of sections, each encoded once (JSON) so that a client gets the sections it
+//! subscribed to without the agent encoding anything per client.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::history::Frame;
+use crate::{
+    collector::StatusResponse,
+    health::HealthReport,
+    metadata::DirectoryView,
+    model::{
+        aggregate::WorkloadTotals,
+        histogram::{self, Log2Hist},
+        workload::Workload,
+    },
+    procfs::{self, ZoneFreeBlocks},
+};
+
+/// Rows of a frame's workload table: the busiest by CPU (the rest are counted).
+pub(crate) const MAX_WORKLOAD_ROWS: usize = 100;
+
+/// Idle periods shorter than this are fragments: too short to be of use to a task that would
+/// wait for a whole CPU (2^20 ns, about a millisecond: one log2 bucket boundary).
+pub(crate) const FRAGMENT_BELOW_NS: u64 = 1 << 20;
+
+/// Free memory in blocks of at least this order (2^9 pages: 2 MiB, a huge page) is unfragmented.
+const UNFRAGMENTED_ORDER: usize = 9;
+
+/// The parts of a frame a client can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Section {
+    /// CPUs, memory, pressure, process starts and failures.
+    Node,
+    /// The agent's health, cost and losses.
+    Agent,
+    /// The busiest workloads, with their rates in the interval.
+    Workloads,
+    /// The newest column of the time heatmaps (CPU busy, node run-queue waits).
+    Heatmaps,
+}
+
+impl Section {
+    /// Every section, in the order a frame lists them.
+    pub(crate) const ALL: [Section; 4] = [
+        Section::Node,
+        Section::Agent,
+        Section::Workloads,
+        Section::Heatmaps,
+    ];
+
+    /// The section's key in a frame.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Section::Node => "node",
+            Section::Agent => "agent",
+            Section::Workloads => "workloads",
+            Section::Heatmaps => "heatmaps",
+        }
+    }
+}
+
+/// One frame of the feed: its sections, each already encoded as JSON.
+#[derive(Debug, Default)]
+pub(crate) struct LiveFrame {
+    /// Counts frames since the agent started, so that a client sees how many it missed.
+    pub(crate) seq: u64,
+    pub(crate) unix_ms: u64,
+    pub(crate) sections: BTreeMap<Section, String>,
+}
+
+impl LiveFrame {
+    /// The frame as sent to a client subscribed to `wanted`, with `dropped` frames it missed.
+    pub(crate) fn message(&self, wanted: &[Section], dropped: u64) -> String {
+        let mut out = format!(
+            "{{\"type\":\"frame\",\"seq\":{},\"unix_ms\":{},\"dropped\":{dropped}",
+            self.seq, self.unix_ms
+        );
+        for (section, json) in &self.sections {
+            if wanted.contains(section) {
+                out.push_str(",\"");
+                out.push_str(section.key());
+                out.push_str("\":");
+                out.push_str(json);
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// The counters of one workload a frame turns into rates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counters {
+    on_cpu_ns: u64,
+    involuntary_switches: u64,
+    syscalls: u64,
+    syscall_errors: u64,
+    io_bytes: u64,
+    started: u64,
+    failed: u64,
+    runqueue: Log2Hist,
+}
+
+impl Counters {
+    fn of(totals: &WorkloadTotals) -> Self {
+        Self {
+            on_cpu_ns: totals.sched.on_cpu_ns,
+            involuntary_switches: totals.sched.involuntary_switches,
+            syscalls: totals.syscalls.values().map(|s| s.count).sum(),
+            syscall_errors: totals.syscalls.values().map(|s| s.errors).sum(),
+            io_bytes: totals.io.values().map(|io| io.bytes).sum(),
+            started: totals.started,
+            failed: totals.exited_failure + totals.exited_signal,
+            runqueue: totals.sched.runqueue_hist,
+        }
+    }
+}
+
+/// The node-wide readings a frame takes from /proc (cumulative where the kernel's are).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProcReadings {
+    /// `MemTotal` and `MemAvailable` of /proc/meminfo (bytes).
+    pub(crate) memory: Option<(u64, u64)>,
+    pub(crate) zones: Vec<ZoneFreeBlocks>,
+    /// Stall totals (µs) by resource: (`some`, `full`).
+    pub(crate) pressure: Vec<(&'static str, Option<u64>, Option<u64>)>,
+    /// The agent's own CPU time (ns) and resident memory (bytes).
+    pub(crate) agent_cpu_ns: Option<u64>,
+    pub(crate) agent_rss_bytes: Option<u64>,
+}
+
+impl ProcReadings {
+    /// Reads them now.
+    pub(crate) fn read() -> Self {
+        let own = procfs::own_usage();
+        Self {
+            memory: procfs::read_meminfo(),
+            zones: procfs::read_buddyinfo(),
+            pressure: procfs::read_pressure(),
+            agent_cpu_ns: own.map(|o| o.0),
+            agent_rss_bytes: own.map(|o| o.1),
+        }
+    }
+}
+
+/// What a frame is built from.
+pub(crate) struct Inputs<'a> {
+    /// The history's newest frame (the interval the live frame describes).
+    pub(crate) frame: &'a Frame,
+    pub(crate) workloads: &'a [(Workload, WorkloadTotals)],
+    pub(crate) status: &'a StatusResponse,
+    pub(crate) health: Option<&'a HealthReport>,
+    pub(crate) names: &'a DirectoryView<'a>,
+    pub(crate) proc: ProcReadings,
+}
+
+/// Builds frames, keeping the previous interval's counters to make rates of.
+#[derive(Debug, Default)]
+pub(crate) struct LiveBuilder {
+    seq: u64,
+    previous: HashMap<String, Counters>,
+    previous_proc: Option<ProcReadings>,
+}
+
+impl LiveBuilder {
+    /// Forgets the previous interval (no client listened since): the next frame has no rates
+    /// rather than rates over the whole pause.
+    pub(crate) fn pause(&mut self) {
+        self.previous.clear();
+        self.previous_proc = None;
+    }
+
+    /// The frame of the interval `inputs` describes.
+    pub(crate) fn build(&mut self, inputs: Inputs<'_>) -> LiveFrame {
+        self.seq += 1;
+        let seconds = inputs.frame.interval_ns as f64 / 1e9;
+        let rows = self.workload_rows(&inputs, seconds);
+        let previous_proc = self.previous_proc.replace(inputs.proc.clone());
+        let node = node_section(&inputs, previous_proc.as_ref(), &rows.all_rates, seconds);
+        let agent = agent_section(&inputs, previous_proc.as_ref(), seconds);
+        let heatmaps = HeatmapsSection {
+            unix_ms: inputs.frame.unix_ms,
+            cpu_busy: &inputs.frame.cpu_busy,
+            node_runqueue: inputs.frame.node_runqueue.as_slice(),
+        };
+        let mut sections = BTreeMap::new();
+        let mut put = |section: Section, json: serde_json::Result<String>| {
+            // Plain data: encoding cannot fail; an empty section would if it did.
+            sections.insert(section, json.unwrap_or_else(|_| "null".into()));
+        };
+        put(Section::Node, serde_json::to_string(&node));
+        put(Section::Agent, serde_json::to_string(&agent));
+        put(Section::Workloads, serde_json::to_string(&rows.table));
+        put(Section::Heatmaps, serde_json::to_string(&heatmaps));
+        LiveFrame {
+            seq: self.seq,
+            unix_ms: inputs.frame.unix_ms,
+            sections,
+        }
+    }
+
+    /// The workload table, and the node's process rates summed over every workload.
+    fn workload_rows(&mut self, inputs: &Inputs<'_>, seconds: f64) -> Rows {
+        let mut now = HashMap::with_capacity(inputs.workloads.len());
+        let mut rows: Vec<WorkloadRow> = Vec::with_capacity(inputs.workloads.len());
+        let mut all_rates = ProcessRates::default();
+        for (workload, totals) in inputs.workloads {
+            let counters = Counters::of(totals);
+            let before = self.previous.get(&workload.cgroup);
+            let row = WorkloadRow::new(workload, totals.running, &counters, before, seconds);
+            all_rates.add(&row);
+            now.insert(workload.cgroup.clone(), counters);
+            rows.push(row);
+        }
+        self.previous = now;
+        // The busiest first; ties by cgroup so that the table's order holds between frames.
+        rows.sort_by(|a, b| {
+            b.cpu
+                .unwrap_or(0.0)
+                .total_cmp(&a.cpu.unwrap_or(0.0))
+                .then_with(|| a.cgroup.cmp(&b.cgroup))
+        });
+        let total = rows.len();
+        rows.truncate(MAX_WORKLOAD_ROWS);
+        let states = workload_states(inputs.health);
+        for row in &mut rows {
+            row.states = states.get(row.cgroup.as_str()).cloned().unwrap_or_default();
+            let names = inputs
+                .names
+                .names(row.pod_uid.as_deref(), row.container_id.as_deref());
+            row.pod = names.pod.map(str::to_string);
+            row.namespace = names.namespace.map(str::to_string);
+            row.container = names.container.map(str::to_string);
+        }
+        Rows {
+            table: WorkloadTable {
+                total,
+                left_out: total - rows.len(),
+                rows,
+            },
+            all_rates,
+        }
+    }
+}
+
+/// The workload rows of a frame and the sums the node section shows.
+struct Rows {
+    table: WorkloadTable,
+    all_rates: ProcessRates,
+}
+
+/// The health report's workload states, by cgroup.
+fn workload_states(health: Option<&HealthReport>) -> HashMap<&str, BTreeMap<String, String>> {
+    health
+        .map(|report| {
+            report
+                .workloads
+                .iter()
+                .map(|w| {
+                    let states = w
+                        .states
+                        .iter()
+                        .map(|(state, why)| (state.name().to_string(), why.clone()))
+                        .collect();
+                    (w.workload.cgroup.as_str(), states)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct WorkloadTable {
+    /// Workloads known to the agent.
+    total: usize,
+    /// Those beyond [`MAX_WORKLOAD_ROWS`], not listed.
+    left_out: usize,
+    rows: Vec<WorkloadRow>,
+}
+
+/// One workload in the interval. Rates are `None` in the first frame a client gets and for a
+/// workload new in it (nothing to compare with).
+#[derive(Debug, Serialize)]
+struct WorkloadRow {
+    cgroup: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    systemd_unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
+    /// CPUs' worth of on-CPU time.
+    cpu: Option<f64>,
+    runqueue_waits: Option<u64>,
+    runqueue_p50_ns: Option<u64>,
+    runqueue_p99_ns: Option<u64>,
+    involuntary_switches_per_s: Option<f64>,
+    syscalls_per_s: Option<f64>,
+    syscall_errors_per_s: Option<f64>,
+    io_bytes_per_s: Option<f64>,
+    started_per_s: Option<f64>,
+    failed_per_s: Option<f64>,
+    /// Live processes.
+    running: u64,
+    /// Health states (starved, failing, io_bound, churning) and why.
+    states: BTreeMap<String, String>,
+}
+
+impl WorkloadRow {
+    fn new(
+        workload: &Workload,
+        running: u64,
+        now: &Counters,
+        before: Option<&Counters>,
+        seconds: f64,
+    ) -> Self {
+        let rate = |pick: fn(&Counters) -> u64| {
+            let before = before?;
+            (seconds > 0.0).then(|| pick(now).saturating_sub(pick(before)) as f64 / seconds)
+        };
+        let waits = before.map(|b| histogram::delta(&now.runqueue, Some(&b.runqueue)));
+        Self {
+            cgroup: workload.cgroup.clone(),
+            container_id: workload.container_id.clone(),
+            runtime: workload.runtime,
+            pod_uid: workload.pod_uid.clone(),
+            systemd_unit: workload.systemd_unit.clone(),
+            pod: None,
+            namespace: None,
+            container: None,
+            cpu: rate(|c| c.on_cpu_ns).map(|ns_per_s| ns_per_s / 1e9),
+            runqueue_waits: waits.map(|w| w.iter().sum()),
+            runqueue_p50_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.5)),
+            runqueue_p99_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.99)),
+            involuntary_switches_per_s: rate(|c| c.involuntary_switches),
+            syscalls_per_s: rate(|c| c.syscalls),
+            syscall_errors_per_s: rate(|c| c.syscall_errors),
+            io_bytes_per_s: rate(|c| c.io_bytes),
+            started_per_s: rate(|c| c.started),
+            failed_per_s: rate(|c| c.failed),
+            running,
+            states: BTreeMap::new(),
+        }
+    }
+}
+
+/// Processes running, started and failed, over every workload.
+#[derive(Debug, Default, Serialize)]
+struct ProcessRates {
+    running: u64,
+    started_per_s: Option<f64>,
+    failed_per_s: Option<f64>,
+}
+
+impl ProcessRates {
+    fn add(&mut self, row: &WorkloadRow) {
+        self.running += row.running;
+        let add = |sum: &mut Option<f64>, rate: Option<f64>| {
+            if let Some(rate) = rate {
+                *sum = Some(sum.unwrap_or(0.0) + rate);
+            }
+        };
+        add(&mut self.started_per_s, row.started_per_s);
+        add(&mut self.failed_per_s, row.failed_per_s);
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct NodeSection<'a> {
+    interval_s: f64,
+    /// Share of the interval each CPU was busy (`None`: not yet seen).
+    cpu_busy: &'a [Option<f64>],
+    /// CPUs' worth of busy time, over the CPUs seen.
+    busy_cpus: f64,
+    /// Share of the interval's closed idle time that was in periods shorter than
+    /// [`FRAGMENT_BELOW_NS`] (`None`: no idle period closed).
+    idle_fragmented_share: Option<f64>,
+    fragment_below_ns: u64,
+    memory_total_bytes: Option<u64>,
+    memory_available_bytes: Option<u64>,
+    /// Share of free memory not in blocks of 2 MiB or more (/proc/buddyinfo).
+    memory_fragmented_share: Option<f64>,
+    /// Share of the interval some (or all) tasks stalled on each resource (/proc/pressure).
+    pressure: Vec<Pressure>,
+    processes: &'a ProcessRates,
+}
+
+#[derive(Debug, Serialize)]
+struct Pressure {
+    resource: &'static str,
+    some: Option<f64>,
+    full: Option<f64>,
+}
+
+fn node_section<'a>(
+    inputs: &'a Inputs<'_>,
+    previous: Option<&ProcReadings>,
+    processes: &'a ProcessRates,
+    seconds: f64,
+) -> NodeSection<'a> {
+    let frame = inputs.frame;
+    let (mut idle, mut fragmented) = (0u64, 0u64);
+    for buckets in &frame.cpu_idle_ns_by_bucket {
+        for (index, ns) in buckets.iter().enumerate() {
+            idle += ns;
+            if histogram::below_ns(index).is_some_and(|below| below <= FRAGMENT_BELOW_NS) {
+                fragmented += ns;
+            }
+        }
+    }
+    let pressure = inputs
+        .proc
+        .pressure
+        .iter()
+        .map(|&(resource, some, full)| {
+            let before = previous.and_then(|p| p.pressure.iter().find(|r| r.0 == resource));
+            let share = |now: Option<u64>, before: Option<u64>| {
+                let stalled_us = now?.checked_sub(before?)?;
+                (seconds > 0.0).then(|| (stalled_us as f64 / 1e6 / seconds).min(1.0))
+            };
+            Pressure {
+                resource,
+                some: share(some, before.and_then(|b| b.1)),
+                full: share(full, before.and_then(|b| b.2)),
+            }
+        })
+        .collect();
+    NodeSection {
+        interval_s: seconds,
+        cpu_busy: &frame.cpu_busy,
+        busy_cpus: frame.cpu_busy.iter().flatten().sum(),
+        idle_fragmented_share: (idle > 0).then(|| fragmented as f64 / idle as f64),
+        fragment_below_ns: FRAGMENT_BELOW_NS,
+        memory_total_bytes: inputs.proc.memory.map(|m| m.0),
+        memory_available_bytes: inputs.proc.memory.map(|m| m.1),
+        memory_fragmented_share: memory_fragmented_share(&inputs.proc.zones),
+        pressure,
+        processes,
+    }
+}
+
+/// Share of free pages in blocks smaller than 2 MiB, over every zone.
+fn memory_fragmented_share(zones: &[ZoneFreeBlocks]) -> Option<f64> {
+    let (mut free, mut small) = (0u64, 0u64);
+    for zone in zones {
+        for (order, blocks) in zone.free_blocks.iter().enumerate() {
+            let pages = blocks.saturating_mul(1 << order.min(63));
+            free = free.saturating_add(pages);
+            if order < UNFRAGMENTED_ORDER {
+                small = small.saturating_add(pages);
+            }
+        }
+    }
+    (free > 0).then(|| small as f64 / free as f64)
+}
+
+#[derive(Debug, Serialize)]
+struct AgentSection<'a> {
+    /// The latest health evaluation: status, components and why (`None` before the first).
+    health: Option<AgentHealth<'a>>,
+    /// CPUs' worth of the agent's own CPU time in the interval.
+    cpu: Option<f64>,
+    rss_bytes: Option<u64>,
+    /// Time the kernel programs ran (ns, since they were loaded; counted only while the
+    /// kernel's BPF statistics are on).
+    bpf_run_ns: u64,
+    /// Data lost since the agent started, by source and reason.
+    lost: &'a [crate::model::snapshot::LossView],
+    lost_total: u64,
+    live_processes: usize,
+    kernel_tasks: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct AgentHealth<'a> {
+    status: crate::health::Status,
+    message: &'a str,
+    /// Unix seconds of the evaluation.
+    timestamp: f64,
+    components: &'a BTreeMap<String, crate::health::Component>,
+}
+
+fn agent_section<'a>(
+    inputs: &'a Inputs<'_>,
+    previous: Option<&ProcReadings>,
+    seconds: f64,
+) -> AgentSection<'a> {
+    let cpu = previous
+        .and_then(|p| p.agent_cpu_ns)
+        .zip(inputs.proc.agent_cpu_ns)
+        .filter(|_| seconds > 0.0)
+        .map(|(before, now)| now.saturating_sub(before) as f64 / 1e9 / seconds);
+    AgentSection {
+        health: inputs.health.map(|report| AgentHealth {
+            status: report.status,
+            message: &report.message,
+            timestamp: report.timestamp,
+            components: &report.components,
+        }),
+        cpu,
+        rss_bytes: inputs.proc.agent_rss_bytes,
+        bpf_run_ns: inputs.status.bpf_run_time_ns,
+        lost: &inputs.status.lost,
+        lost_total: inputs.status.lost.iter().map(|l| l.count).sum(),
+        live_processes: inputs.status.live_processes,
+        kernel_tasks: inputs.status.kernel_tasks,
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct HeatmapsSection<'a> {
+    /// The column's time (the end of its interval).
+    unix_ms: u64,
+    /// One cell per CPU: its busy share.
+    cpu_busy: &'a [Option<f64>],
+    /// Run-queue waits of the node by log2 bucket (as the runqueue heatmap's rows).
+    node_runqueue: &'a [u64],
+}

@@ -1,0 +1,179 @@
+// Drives the dashboard in Debian's Chromium against a running agent (tests/tests/dashboard.rs
+// starts both and a known workload). Prints each compared pair; exits non-zero on the first
+// check that fails.
+//
+// Environment: TASKSCOPE_URL (http://127.0.0.1:PORT), TASKSCOPE_TOKEN, SPIN_CGROUP (the cgroup
+// path of a workload spinning one CPU) and SPIN_CGROUP_DIR (its directory), SCREENSHOT_DIR, CHROMIUM (default /usr/bin/chromium).
+import { chromium } from 'playwright-core';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const base = process.env.TASKSCOPE_URL;
+const token = process.env.TASKSCOPE_TOKEN;
+const spinCgroup = process.env.SPIN_CGROUP;
+const shots = process.env.SCREENSHOT_DIR;
+mkdirSync(shots, { recursive: true });
+
+function check(what, ok, detail = '') {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail ? `: ${detail}` : ''}`);
+  if (!ok) throw new Error(`check failed: ${what} ${detail}`);
+}
+
+async function api(path) {
+  const response = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.json();
+}
+
+const profile = mkdtempSync(join(tmpdir(), 'taskscope-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  viewport: { width: 1280, height: 900 },
+});
+try {
+  const page = browser.pages()[0] ?? await browser.newPage();
+  page.on('pageerror', (err) => console.log(`page error: ${err.message}`));
+
+  // Without a session: the page sends the browser to the login, the data and the feed refuse.
+  await page.goto(`${base}/ui/`);
+  check('no session: /ui/ shows the login page', page.url().endsWith('/ui/login'), page.url());
+  const refused = await page.evaluate(async () => {
+    const data = (await fetch('/api/v1/viz/heatmap?kind=cpu_busy')).status;
+    const app = (await fetch('/ui/app.js')).status;
+    const feed = await new Promise((resolve) => {
+      const socket = new WebSocket(`ws://${location.host}/api/v1/live`);
+      socket.onopen = () => resolve('open');
+      socket.onerror = () => resolve('refused');
+    });
+    return { data, app, feed };
+  });
+  check('no session: the API, the assets and the feed refuse', refused.data === 401 && refused.app === 401 && refused.feed === 'refused', JSON.stringify(refused));
+
+  await page.fill('#token', 'not-the-token');
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#login-error:not([hidden])');
+  check('a wrong token is refused with a message', (await page.textContent('#login-error')).includes('Wrong token'));
+
+  await page.fill('#token', token);
+  await page.click('button[type=submit]');
+  await page.waitForURL(`${base}/ui/`);
+  const cookies = await browser.cookies(base);
+  const session = cookies.find((c) => c.name === 'taskscope_session');
+  check('the session cookie is HttpOnly and SameSite=Strict', session?.httpOnly === true && session?.sameSite === 'Strict');
+
+  // Live frames arrive and change.
+  await page.waitForFunction(() => Number(document.getElementById('frame-seq').dataset.seq) > 0, null, { timeout: 15000 });
+  const seq1 = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+  await page.waitForFunction((s) => Number(document.getElementById('frame-seq').dataset.seq) > s, seq1, { timeout: 5000 });
+  const seq2 = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+  check('live frames arrive and change', seq2 > seq1, `#${seq1} then #${seq2}`);
+  check('the feed shows as live', (await page.textContent('#feed-state')) === 'live');
+
+  // The per-CPU bars equal the API's cpu_busy heatmap column of the same second.
+  const bars = await page.evaluate(() => {
+    const el = document.getElementById('cpu-bars');
+    return { unixMs: Number(el.dataset.unixMs), busy: [...el.children].map((b) => (b.dataset.busy === '' ? null : Number(b.dataset.busy))) };
+  });
+  const cpuMap = await api('/api/v1/viz/heatmap?kind=cpu_busy&seconds=30');
+  const column = cpuMap.x.values.indexOf(bars.unixMs);
+  check('the bars\' second is in the API\'s heatmap', column >= 0, `${bars.unixMs}`);
+  bars.busy.forEach((share, cpu) => {
+    const api = cpuMap.cells[cpu][column];
+    console.log(`     cpu ${cpu} busy at ${bars.unixMs}: dashboard ${share?.toFixed(4)}, API ${api} (allowed 0.0001: the API rounds to 4 decimals)`);
+    check(`cpu ${cpu} busy share equals the API's`, share === null ? api === null : Math.abs(share - api) <= 0.0001);
+  });
+  await page.screenshot({ path: join(shots, 'node.png'), fullPage: true });
+
+  // The spinner's workload at ~1 CPU in the table, as the API's processes say.
+  await page.click('nav button[data-view=workloads]');
+  const row = `#workloads tbody tr[data-cgroup="${spinCgroup}"] td[data-key=cpu]`;
+  await page.waitForSelector(row, { timeout: 10000 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.value !== undefined, row, { timeout: 10000 });
+  // Five frames of the spinner's CPU in the table against its cgroup's usage_usec (the kernel's
+  // own accounting) over the same frames.
+  const usage = () => Number(/usage_usec (\d+)/.exec(readFileSync(join(process.env.SPIN_CGROUP_DIR, 'cpu.stat'), 'utf8'))[1]);
+  const shown = [];
+  let seq = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+  const [usage0, t0] = [usage(), performance.now()];
+  while (shown.length < 5) {
+    await page.waitForFunction((s) => Number(document.getElementById('frame-seq').dataset.seq) > s, seq, { timeout: 5000 });
+    seq = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+    shown.push(Number(await page.getAttribute(row, 'data-value')));
+  }
+  const kernelCpu = (usage() - usage0) / 1000 / (performance.now() - t0);
+  const shownCpu = shown.reduce((a, b) => a + b, 0) / shown.length;
+  console.log(`     spinner workload ${spinCgroup}: dashboard ${shownCpu.toFixed(3)} CPU (frames ${shown.map((v) => v.toFixed(3)).join(' ')}), its cgroup's cpu.stat ${kernelCpu.toFixed(3)} over the same frames (allowed 0.05)`);
+  check('a spinner\'s CPU equals the kernel\'s', Math.abs(shownCpu - kernelCpu) <= 0.05 && shownCpu > 0.8);
+
+  // Sorting: by CPU descending (the default), then by name ascending, and back.
+  const cpus = await page.$$eval('#workloads tbody td[data-key=cpu]', (tds) => tds.map((td) => Number(td.dataset.value ?? -1)));
+  check('rows are sorted by CPU, busiest first', cpus.every((v, i) => i === 0 || cpus[i - 1] >= v), cpus.slice(0, 5).join(' '));
+  await page.click('#workloads th[data-key=name]');
+  const names = await page.$$eval('#workloads tbody td[data-key=name]', (tds) => tds.map((td) => td.firstChild.textContent));
+  check('a click on a heading sorts by it', names.every((v, i) => i === 0 || names[i - 1] <= v), names.slice(0, 3).join(' | '));
+  await page.click('#workloads th[data-key=cpu]');
+  const leaf = spinCgroup.split('/').pop();
+  await page.fill('#filter', leaf);
+  const filtered = await page.$$eval('#workloads tbody tr', (trs) => trs.map((tr) => tr.dataset.cgroup));
+  check('the filter keeps only matching workloads', filtered.length === 1 && filtered[0] === spinCgroup, filtered.join(','));
+  await page.click(`#workloads tbody tr[data-cgroup="${spinCgroup}"]`);
+  await page.waitForSelector('#workload-detail:not([hidden])');
+  await page.screenshot({ path: join(shots, 'workloads.png'), fullPage: true });
+  await page.fill('#filter', '');
+
+  // Pause stops updates; resume restarts them.
+  await page.click('#pause');
+  await page.waitForTimeout(300);
+  const paused = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+  await page.waitForTimeout(2500);
+  const stillPaused = Number(await page.getAttribute('#frame-seq', 'data-seq'));
+  check('pause stops updates', paused === stillPaused, `#${paused} then #${stillPaused} after 2.5 s`);
+  await page.click('#pause');
+  await page.waitForFunction((s) => Number(document.getElementById('frame-seq').dataset.seq) > s, stillPaused, { timeout: 5000 });
+  check('resume restarts them', true);
+
+  // The heatmaps draw.
+  await page.click('nav button[data-view=heatmaps]');
+  await page.waitForTimeout(1500);
+  for (const id of ['heat-cpu', 'heat-runqueue', 'heat-idle']) {
+    const painted = await page.evaluate((canvasId) => {
+      const canvas = document.getElementById(canvasId);
+      const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n += 1;
+      return n;
+    }, id);
+    check(`heatmap ${id} draws`, painted > 0, `${painted} painted pixels`);
+  }
+  await page.selectOption('#heat-workload', spinCgroup);
+  await page.waitForTimeout(1000);
+  await page.screenshot({ path: join(shots, 'heatmaps.png'), fullPage: true });
+
+  // A phone: no horizontal scroll on any view.
+  await page.setViewportSize({ width: 375, height: 800 });
+  for (const view of ['node', 'heatmaps', 'workloads']) {
+    await page.click(`nav button[data-view=${view}]`);
+    await page.waitForTimeout(300);
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    check(`375 px wide, ${view}: no horizontal scroll`, width <= 375, `scrollWidth ${width}`);
+    await page.screenshot({ path: join(shots, `phone-${view}.png`), fullPage: true });
+  }
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.click('nav button[data-view=node]');
+  await page.screenshot({ path: join(shots, 'phone-node-dark.png'), fullPage: true });
+
+  // Logging out ends the session: the feed refuses again.
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.click('header form button');
+  await page.waitForURL(`${base}/ui/login`);
+  const after = await page.evaluate(async () => (await fetch('/api/v1/viz/heatmap?kind=cpu_busy')).status);
+  check('after logging out the API refuses', after === 401, `${after}`);
+  console.log('dashboard: every check passed');
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
