@@ -777,8 +777,20 @@ fn scrape_text() -> Result<(Duration, String)> {
     Ok((start.elapsed(), String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Cgroups with one process each, for bench-scrape; removed on drop.
-struct BenchWorkloads {
+/// Where cgroup v2 is mounted.
+pub(crate) fn cgroup2_root() -> Result<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup v2 mount")
+}
+
+/// Cgroups with one process each, for bench-scrape and bench-live; removed on drop.
+pub(crate) struct BenchWorkloads {
     base: PathBuf,
     v1_base: Option<PathBuf>,
     io_dir: PathBuf,
@@ -789,7 +801,7 @@ struct BenchWorkloads {
 impl BenchWorkloads {
     /// `count` cgroups under the cgroup v2 `root`, each with a process that makes a failing
     /// syscall and one direct 4 KiB block write, then sleeps; with a memory limit.
-    fn start(root: &Path, count: usize) -> Result<BenchWorkloads> {
+    pub(crate) fn start(root: &Path, count: usize) -> Result<BenchWorkloads> {
         let name = format!("taskscope-bench-{}", std::process::id());
         let base = root.join(&name);
         std::fs::create_dir(&base)?;
@@ -866,14 +878,7 @@ impl Drop for BenchWorkloads {
 
 /// `cargo xtask bench-scrape`: /metrics with many workloads, all families populated.
 pub fn scrape(args: &ScrapeArgs, agent_binary: &Path) -> Result<()> {
-    let root = std::fs::read_to_string("/proc/self/mountinfo")?
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup v2 mount")?;
+    let root = cgroup2_root()?;
     for (title, extra) in [
         ("default cap (--max-series 10000)", vec![]),
         (

@@ -10,6 +10,7 @@ mod floor;
 mod fuzz;
 mod kernels;
 mod layers;
+mod live;
 mod scale;
 mod soak;
 
@@ -55,6 +56,8 @@ enum Task {
     BenchScrape(bench::ScrapeArgs),
     /// The bench's scale run alone: many live processes, then a storm of process starts.
     BenchScale(scale::ScaleArgs),
+    /// What the dashboard's live feed costs: agent CPU with and without clients, frame sizes.
+    BenchLive(live::LiveArgs),
     /// Run every fuzz target (cargo-fuzz, libFuzzer) for --seconds each; print the figures.
     Fuzz(fuzz::FuzzArgs),
     /// The agent under sustained abuse for --seconds: process churn, cgroup churn, made-up
@@ -101,6 +104,12 @@ fn main() -> Result<()> {
             build()?;
             require_root("the benchmark loads programs into the kernel")?;
             bench::scrape(&args, &agent_binary())
+        }
+        Task::BenchLive(args) => {
+            setup(false)?;
+            build()?;
+            require_root("the benchmark loads programs into the kernel and makes cgroups")?;
+            live::run(&args, &agent_binary())
         }
         Task::BenchScale(args) => {
             setup(true)?;
@@ -242,6 +251,8 @@ fn setup(for_tests: bool) -> Result<()> {
             .env("LLVM_PREFIX", &prefix))?;
     }
 
+    ui_packages(for_tests)?;
+
     if for_tests {
         let needed = [
             ("bpftool", "bpftool"),
@@ -266,6 +277,8 @@ fn setup(for_tests: bool) -> Result<()> {
             ("cpio", "cpio"),
             ("xz", "xz-utils"),
             ("depmod", "kmod"),
+            // The dashboard's browser tests.
+            ("chromium", "chromium"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()
@@ -311,6 +324,42 @@ fn setup(for_tests: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dashboard's directory: its npm packages (package-lock.json pins them).
+fn ui_dir() -> PathBuf {
+    root().join("agent/ui")
+}
+
+/// Installs the dashboard's npm packages (uPlot, embedded by the agent's build; for the tests
+/// also playwright-core, which drives Debian's Chromium), with Debian's Node.js where the
+/// machine has none.
+fn ui_packages(for_tests: bool) -> Result<()> {
+    if !on_path("npm") {
+        require_root("installing Node.js and npm with apt-get")?;
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "nodejs", "npm"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let modules = ui_dir().join("node_modules");
+    let needed: &[&str] = if for_tests {
+        &["uplot", "playwright-core"]
+    } else {
+        &["uplot"]
+    };
+    if needed.iter().all(|package| modules.join(package).exists()) {
+        return Ok(());
+    }
+    let mut npm = Command::new("npm");
+    npm.current_dir(ui_dir())
+        .args(["ci", "--no-audit", "--no-fund"]);
+    if !for_tests {
+        npm.args(["--omit", "dev"]);
+    }
+    run(&mut npm)
 }
 
 /// The PyPI `opentelemetry-proto` the OTLP test receiver uses.
@@ -397,6 +446,8 @@ fn test() -> Result<()> {
     require_root("the end-to-end tests load programs into the kernel")?;
     // Structure first: it takes a second and names what moved to the wrong place.
     layers::check(&root())?;
+    // The dashboard's own logic (Node's test runner).
+    run(Command::new("npm").current_dir(ui_dir()).args(["test"]))?;
     // Unit tests: pure logic, no privileges needed.
     run(cargo().args([
         "test",

@@ -1,0 +1,119 @@
+//! `cargo xtask bench-live`: what the dashboard's live feed costs the agent. The agent's CPU
+//! with no client, then with browsers' worth of clients subscribed to every section, on a node
+//! with many workloads (the frame's table full), and the frames' sizes.
+
+use std::{
+    net::TcpStream,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use clap::Args;
+use tungstenite::{Message, WebSocket};
+
+use crate::bench::{cgroup2_root, cpu_seconds, Agent, BenchWorkloads, AGENT_ADDR};
+
+#[derive(Args)]
+pub struct LiveArgs {
+    /// Workloads on the node: cgroups, each with one sleeping process.
+    #[arg(long, default_value_t = 200)]
+    workloads: usize,
+    /// Clients connected at once (a browser each).
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// Seconds each configuration is measured.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+/// What one client received.
+#[derive(Debug, Default)]
+struct Received {
+    frames: u64,
+    bytes: u64,
+    largest: usize,
+    dropped: u64,
+}
+
+/// A client reading every frame until `stop`.
+fn client(stop: Arc<AtomicBool>) -> Result<Received> {
+    let stream = TcpStream::connect(AGENT_ADDR)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (mut socket, _): (WebSocket<TcpStream>, _) =
+        tungstenite::client(format!("ws://{AGENT_ADDR}/api/v1/live"), stream)
+            .map_err(|e| anyhow::anyhow!("connect to the live feed: {e}"))?;
+    let mut received = Received::default();
+    while !stop.load(Ordering::Relaxed) {
+        match socket.read() {
+            Ok(Message::Text(text)) if text.starts_with("{\"type\":\"frame\"") => {
+                received.frames += 1;
+                received.bytes += text.len() as u64;
+                received.largest = received.largest.max(text.len());
+                let frame: serde_json::Value = serde_json::from_str(&text)?;
+                received.dropped += frame["dropped"].as_u64().unwrap_or(0);
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(received)
+}
+
+/// The agent's CPU (share of one core) over `seconds`.
+fn agent_cpu(agent: &Agent, seconds: u64) -> Result<f64> {
+    let (before, start) = (cpu_seconds(agent.pid())?, Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    Ok((cpu_seconds(agent.pid())? - before) / start.elapsed().as_secs_f64())
+}
+
+pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
+    let agent = Agent::start(agent_binary)?;
+    let _workloads = BenchWorkloads::start(&cgroup2_root()?, args.workloads)?;
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = agent_cpu(&agent, args.seconds)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || client(stop))
+        })
+        .collect();
+    // The first frames (the clients' first interval has no rates yet) are not measured.
+    std::thread::sleep(Duration::from_secs(3));
+    let watched = agent_cpu(&agent, args.seconds)?;
+    stop.store(true, Ordering::Relaxed);
+    let mut received = Vec::new();
+    for client in clients {
+        received.push(client.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+    }
+    let frames: u64 = received.iter().map(|r| r.frames).sum();
+    let bytes: u64 = received.iter().map(|r| r.bytes).sum();
+    let largest = received.iter().map(|r| r.largest).max().unwrap_or(0);
+    let dropped: u64 = received.iter().map(|r| r.dropped).sum();
+    println!(
+        "live feed, {} workloads, {} clients, {} s each:",
+        args.workloads, args.clients, args.seconds
+    );
+    println!("  agent CPU, no client:       {:.2}% of a core", idle * 100.0);
+    println!(
+        "  agent CPU, {} clients:       {:.2}% of a core  (+{:.2} points) [target <= +1]",
+        args.clients,
+        watched * 100.0,
+        (watched - idle) * 100.0
+    );
+    println!(
+        "  frames: {frames} received, {:.1} KiB on average, {:.1} KiB largest, {dropped} skipped for slowness",
+        bytes as f64 / frames.max(1) as f64 / 1024.0,
+        largest as f64 / 1024.0
+    );
+    anyhow::ensure!(frames > 0, "no frame arrived");
+    Ok(())
+}
+
