@@ -343,6 +343,15 @@ pub(crate) fn cgroup_v1_mount(mountinfo: &str, controller: &str) -> Option<PathB
     })
 }
 
+/// The cgroup v2 mount when its root offers `controller` (on hybrid hosts the controllers are
+/// bound to v1).
+fn cgroup2_root_with(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mount_point(mountinfo, "cgroup2").filter(|root| {
+        fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == controller))
+    })
+}
+
 /// Memory charged to a cgroup and its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CgroupMemory {
@@ -369,12 +378,8 @@ impl CgroupMemoryReader {
     /// A reader for the hierarchies mounted on this host. Cgroup v2 is asked only when its
     /// root offers the memory controller (on hybrid hosts it is bound to v1).
     pub(crate) fn from_mounts(mountinfo: &str) -> Self {
-        let v2_root = mount_point(mountinfo, "cgroup2").filter(|root| {
-            fs::read_to_string(root.join("cgroup.controllers"))
-                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
-        });
         Self {
-            v2_root,
+            v2_root: cgroup2_root_with(mountinfo, "memory"),
             v1_memory_root: cgroup_v1_mount(mountinfo, "memory"),
         }
     }
@@ -407,6 +412,74 @@ impl CgroupMemoryReader {
             limit_bytes,
         })
     }
+}
+
+/// A cgroup's CPU limit and share of the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CgroupCpu {
+    /// CPUs' worth of time it may use: `cpu.max` (v2) or `cpu.cfs_quota_us / cpu.cfs_period_us`
+    /// (v1); `None` when unlimited.
+    pub(crate) limit_cores: Option<f64>,
+    /// Its weight as v1 `cpu.shares` (v2's `cpu.weight` converted back as Kubernetes sets it:
+    /// shares are a pod's CPU request in milli-CPUs x 1.024).
+    pub(crate) shares: Option<u64>,
+}
+
+/// Reads the CPU limits of cgroups by their v2 path, from cgroup v2 where the cpu controller
+/// is enabled there, else from the v1 cpu hierarchy at the same path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CgroupCpuReader {
+    v2_root: Option<PathBuf>,
+    v1_cpu_root: Option<PathBuf>,
+}
+
+impl CgroupCpuReader {
+    /// A reader for the hierarchies mounted on this host.
+    pub(crate) fn from_mounts(mountinfo: &str) -> Self {
+        Self {
+            v2_root: cgroup2_root_with(mountinfo, "cpu"),
+            v1_cpu_root: cgroup_v1_mount(mountinfo, "cpu"),
+        }
+    }
+
+    /// The limits of the cgroup at `path`; `None` for the root and where no hierarchy has them.
+    pub(crate) fn read(&self, path: &str) -> Option<CgroupCpu> {
+        let relative = path.trim_start_matches('/');
+        if relative.is_empty() {
+            return None;
+        }
+        let read = |file: PathBuf| fs::read_to_string(file).ok();
+        if let Some(dir) = self.v2_root.as_ref().map(|root| root.join(relative)) {
+            if let Some(max) = read(dir.join("cpu.max")) {
+                let weight = read(dir.join("cpu.weight")).and_then(|w| w.trim().parse().ok());
+                return Some(CgroupCpu {
+                    limit_cores: parse_cpu_max(&max),
+                    shares: weight.map(shares_of_weight),
+                });
+            }
+        }
+        let dir = self.v1_cpu_root.as_ref()?.join(relative);
+        let quota: i64 = read(dir.join("cpu.cfs_quota_us"))?.trim().parse().ok()?;
+        let period: u64 = read(dir.join("cpu.cfs_period_us"))?.trim().parse().ok()?;
+        Some(CgroupCpu {
+            limit_cores: (quota > 0 && period > 0).then(|| quota as f64 / period as f64),
+            shares: read(dir.join("cpu.shares")).and_then(|s| s.trim().parse().ok()),
+        })
+    }
+}
+
+/// CPUs' worth of v2 `cpu.max` (`"max 100000"`: none; `"50000 100000"`: half a CPU).
+pub(crate) fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut fields = text.split_whitespace();
+    let quota: u64 = fields.next()?.parse().ok()?;
+    let period: u64 = fields.next()?.parse().ok()?;
+    (period > 0).then(|| quota as f64 / period as f64)
+}
+
+/// v1 `cpu.shares` from v2 `cpu.weight`, the inverse of the kernel's and Kubernetes'
+/// conversion (`weight = 1 + (shares - 2) * 9999 / 262142`).
+pub(crate) fn shares_of_weight(weight: u64) -> u64 {
+    2 + weight.saturating_sub(1).saturating_mul(262_142) / 9_999
 }
 
 /// Free blocks of one zone, per order, from `/proc/buddyinfo`.
@@ -813,5 +886,16 @@ mod tests {
             Some((24_607_604 * 1024, 23_000_000 * 1024))
         );
         assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn cpu_limits_parse_from_either_hierarchy_format() {
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        // Kubernetes: a 500m request is 512 shares, weight 20 in v2.
+        assert_eq!(1 + (512 - 2) * 9999 / 262_142, 20);
+        let shares = shares_of_weight(20);
+        assert!((shares as i64 - 512).abs() <= 14, "{shares}");
+        assert_eq!(shares_of_weight(1), 2);
     }
 }

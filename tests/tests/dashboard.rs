@@ -27,26 +27,81 @@ fn agent_with_token() -> (Agent, PathBuf) {
     (agent, token_file)
 }
 
-/// A process spinning one CPU in a cgroup of its own; killed and the cgroup removed on drop.
+/// A process spinning one CPU in a cgroup of its own; killed and the cgroups removed on drop.
 struct Spinner {
     child: Child,
     dir: PathBuf,
+    /// The v1 cpu and memory cgroups of a capped spinner on a hybrid host.
+    v1_dirs: Vec<PathBuf>,
 }
+
+/// The capped spinner's limits: half a CPU, 64 MiB.
+const CAP_QUOTA_US: u64 = 50_000;
+const CAP_PERIOD_US: u64 = 100_000;
+const CAP_MEMORY_BYTES: u64 = 64 << 20;
 
 impl Spinner {
     fn start(name: &str) -> Spinner {
-        let dir = Path::new(&cgroup2_root()).join(format!("{name}-{}", std::process::id()));
+        Self::start_with_limits(name, false)
+    }
+
+    /// With `capped`, its cgroup limits it to half a CPU and 64 MiB: in cgroup v2 where the
+    /// controllers are there, else in the v1 cpu and memory hierarchies at the same path (as
+    /// runc does on hybrid hosts).
+    fn start_with_limits(name: &str, capped: bool) -> Spinner {
+        let leaf = format!("{name}-{}", std::process::id());
+        let root = PathBuf::from(cgroup2_root());
+        let dir = root.join(&leaf);
         std::fs::create_dir_all(&dir).expect("create cgroup");
+        let mut v1_dirs = Vec::new();
+        let mut joins = format!("echo $$ > {}/cgroup.procs", dir.display());
+        if capped {
+            let controllers =
+                std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "cpu") {
+                std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory")
+                    .expect("enable controllers");
+                std::fs::write(
+                    dir.join("cpu.max"),
+                    format!("{CAP_QUOTA_US} {CAP_PERIOD_US}"),
+                )
+                .expect("cpu.max");
+                std::fs::write(dir.join("memory.max"), CAP_MEMORY_BYTES.to_string())
+                    .expect("memory.max");
+            } else {
+                for (controller, files) in [
+                    (
+                        "cpu",
+                        vec![
+                            ("cpu.cfs_period_us", CAP_PERIOD_US),
+                            ("cpu.cfs_quota_us", CAP_QUOTA_US),
+                        ],
+                    ),
+                    ("memory", vec![("memory.limit_in_bytes", CAP_MEMORY_BYTES)]),
+                ] {
+                    let v1 = Path::new("/sys/fs/cgroup").join(controller).join(&leaf);
+                    std::fs::create_dir_all(&v1).expect("create a v1 cgroup");
+                    for (file, value) in files {
+                        std::fs::write(v1.join(file), value.to_string()).expect(file);
+                    }
+                    joins += &format!(" && echo $$ > {}/cgroup.procs", v1.display());
+                    v1_dirs.push(v1);
+                }
+            }
+        }
         let script = format!(
-            "echo $$ > {}/cgroup.procs && exec {} spin-for 300000",
-            dir.display(),
+            "{joins} && exec {} spin-for 300000",
             workload_binary().display()
         );
         let child = Command::new("sh")
             .args(["-c", &script])
             .spawn()
             .expect("spawn spinner");
-        Spinner { child, dir }
+        Spinner {
+            child,
+            dir,
+            v1_dirs,
+        }
     }
 
     /// The cgroup path as the agent names it (relative to the cgroup v2 root).
@@ -66,6 +121,9 @@ impl Drop for Spinner {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(&self.dir);
+        for dir in &self.v1_dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -81,6 +139,7 @@ fn ui_dir() -> PathBuf {
 fn the_dashboard_in_chromium_shows_what_the_api_says() {
     let (agent, token_file) = agent_with_token();
     let spinner = Spinner::start("taskscope-dashboard");
+    let capped = Spinner::start_with_limits("taskscope-capped", true);
     // Two history intervals with the spinner in them, so that its rate is in the first frame.
     std::thread::sleep(Duration::from_secs(3));
     let screenshots =
@@ -92,6 +151,8 @@ fn the_dashboard_in_chromium_shows_what_the_api_says() {
         .env("TASKSCOPE_TOKEN", TOKEN)
         .env("SPIN_CGROUP", spinner.cgroup())
         .env("SPIN_CGROUP_DIR", &spinner.dir)
+        .env("CAPPED_CGROUP", capped.cgroup())
+        .env("CAPPED_MEMORY_BYTES", CAP_MEMORY_BYTES.to_string())
         .env("SCREENSHOT_DIR", &screenshots)
         .output()
         .expect("run node (cargo xtask setup installs it and the dashboard's packages)");

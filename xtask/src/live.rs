@@ -91,7 +91,11 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let mut received = Vec::new();
     for client in clients {
-        received.push(client.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+        received.push(
+            client
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??,
+        );
     }
     let frames: u64 = received.iter().map(|r| r.frames).sum();
     let bytes: u64 = received.iter().map(|r| r.bytes).sum();
@@ -101,7 +105,10 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
         "live feed, {} workloads, {} clients, {} s each:",
         args.workloads, args.clients, args.seconds
     );
-    println!("  agent CPU, no client:       {:.2}% of a core", idle * 100.0);
+    println!(
+        "  agent CPU, no client:       {:.2}% of a core",
+        idle * 100.0
+    );
     println!(
         "  agent CPU, {} clients:       {:.2}% of a core  (+{:.2} points) [target <= +1]",
         args.clients,
@@ -116,4 +123,3 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
     anyhow::ensure!(frames > 0, "no frame arrived");
     Ok(())
 }
-

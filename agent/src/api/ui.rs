@@ -32,7 +32,11 @@ use crate::{
     exporters::{HttpRefusals, LiveFeedStats},
     health::SharedHealth,
     metadata::Directories,
-    viz::{self, live::Section, LiveFrames, LiveSources, SharedHistory},
+    viz::{
+        self,
+        live::{CgroupLimits, Section},
+        LiveFrames, LiveSources, SharedHistory,
+    },
 };
 
 /// The assets: (name under /ui/, content type, gzipped bytes), from agent/build.rs.
@@ -93,6 +97,7 @@ impl Dashboard {
             frames: Arc::clone(&live),
             health: Arc::clone(health),
             names: names.clone(),
+            limits: CgroupLimits::from_mounts(&crate::procfs::mountinfo()),
         };
         tokio::spawn(viz::record(
             queries.clone(),

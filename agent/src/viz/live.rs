@@ -19,7 +19,7 @@ use crate::{
         histogram::{self, Log2Hist},
         workload::Workload,
     },
-    procfs::{self, ZoneFreeBlocks},
+    procfs::{self, CgroupCpuReader, CgroupMemoryReader, ZoneFreeBlocks},
 };
 
 /// Rows of a frame's workload table: the busiest by CPU (the rest are counted).
@@ -95,10 +95,18 @@ impl LiveFrame {
     }
 }
 
+/// Frames a workload's CPU is averaged over. A task's CPU time reaches the agent when it
+/// leaves a CPU, so a task that runs for long stretches would show 0 in one second and 2 in the
+/// next; over three seconds the figure is steady (a stretch longer than that still is lumpy).
+pub(crate) const CPU_WINDOW_FRAMES: usize = 3;
+
 /// The counters of one workload a frame turns into rates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Counters {
     on_cpu_ns: u64,
+    /// `on_cpu_ns` at this frame and the ones before it, newest last; `cpu_depth` are valid.
+    cpu_past: [u64; CPU_WINDOW_FRAMES],
+    cpu_depth: usize,
     involuntary_switches: u64,
     syscalls: u64,
     syscall_errors: u64,
@@ -109,9 +117,17 @@ struct Counters {
 }
 
 impl Counters {
-    fn of(totals: &WorkloadTotals) -> Self {
+    /// This frame's counters, `before` the previous frame's.
+    fn of(totals: &WorkloadTotals, before: Option<&Counters>) -> Self {
+        let mut cpu_past = [0; CPU_WINDOW_FRAMES];
+        if let Some(before) = before {
+            cpu_past[..CPU_WINDOW_FRAMES - 1].copy_from_slice(&before.cpu_past[1..]);
+        }
+        cpu_past[CPU_WINDOW_FRAMES - 1] = totals.sched.on_cpu_ns;
         Self {
             on_cpu_ns: totals.sched.on_cpu_ns,
+            cpu_past,
+            cpu_depth: before.map_or(1, |b| (b.cpu_depth + 1).min(CPU_WINDOW_FRAMES)),
             involuntary_switches: totals.sched.involuntary_switches,
             syscalls: totals.syscalls.values().map(|s| s.count).sum(),
             syscall_errors: totals.syscalls.values().map(|s| s.errors).sum(),
@@ -150,6 +166,23 @@ impl ProcReadings {
     }
 }
 
+/// Readers of the cgroups' limits (the bin-packing view's requests and limits).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CgroupLimits {
+    pub(crate) memory: CgroupMemoryReader,
+    pub(crate) cpu: CgroupCpuReader,
+}
+
+impl CgroupLimits {
+    /// Readers of the hierarchies mounted on this host.
+    pub(crate) fn from_mounts(mountinfo: &str) -> Self {
+        Self {
+            memory: CgroupMemoryReader::from_mounts(mountinfo),
+            cpu: CgroupCpuReader::from_mounts(mountinfo),
+        }
+    }
+}
+
 /// What a frame is built from.
 pub(crate) struct Inputs<'a> {
     /// The history's newest frame (the interval the live frame describes).
@@ -158,6 +191,7 @@ pub(crate) struct Inputs<'a> {
     pub(crate) status: &'a StatusResponse,
     pub(crate) health: Option<&'a HealthReport>,
     pub(crate) names: &'a DirectoryView<'a>,
+    pub(crate) limits: &'a CgroupLimits,
     pub(crate) proc: ProcReadings,
 }
 
@@ -166,6 +200,8 @@ pub(crate) struct Inputs<'a> {
 pub(crate) struct LiveBuilder {
     seq: u64,
     previous: HashMap<String, Counters>,
+    /// Lengths of the latest frames' intervals (ns), newest last.
+    intervals: std::collections::VecDeque<u64>,
     previous_proc: Option<ProcReadings>,
 }
 
@@ -174,6 +210,7 @@ impl LiveBuilder {
     /// rather than rates over the whole pause.
     pub(crate) fn pause(&mut self) {
         self.previous.clear();
+        self.intervals.clear();
         self.previous_proc = None;
     }
 
@@ -181,6 +218,10 @@ impl LiveBuilder {
     pub(crate) fn build(&mut self, inputs: Inputs<'_>) -> LiveFrame {
         self.seq += 1;
         let seconds = inputs.frame.interval_ns as f64 / 1e9;
+        if self.intervals.len() == CPU_WINDOW_FRAMES {
+            self.intervals.pop_front();
+        }
+        self.intervals.push_back(inputs.frame.interval_ns);
         let rows = self.workload_rows(&inputs, seconds);
         let previous_proc = self.previous_proc.replace(inputs.proc.clone());
         let node = node_section(&inputs, previous_proc.as_ref(), &rows.all_rates, seconds);
@@ -206,15 +247,26 @@ impl LiveBuilder {
         }
     }
 
+    /// CPUs' worth of on-CPU time over the last [`CPU_WINDOW_FRAMES`] frames (fewer when the
+    /// workload or the client is newer).
+    fn cpu_over_window(&self, before: &Counters, now: &Counters) -> Option<f64> {
+        let depth = before.cpu_depth.min(self.intervals.len());
+        let oldest = before.cpu_past[CPU_WINDOW_FRAMES - depth];
+        let span_ns: u64 = self.intervals.iter().rev().take(depth).sum();
+        (depth > 0 && span_ns > 0)
+            .then(|| now.on_cpu_ns.saturating_sub(oldest) as f64 / span_ns as f64)
+    }
+
     /// The workload table, and the node's process rates summed over every workload.
     fn workload_rows(&mut self, inputs: &Inputs<'_>, seconds: f64) -> Rows {
         let mut now = HashMap::with_capacity(inputs.workloads.len());
         let mut rows: Vec<WorkloadRow> = Vec::with_capacity(inputs.workloads.len());
         let mut all_rates = ProcessRates::default();
         for (workload, totals) in inputs.workloads {
-            let counters = Counters::of(totals);
             let before = self.previous.get(&workload.cgroup);
-            let row = WorkloadRow::new(workload, totals.running, &counters, before, seconds);
+            let counters = Counters::of(totals, before);
+            let mut row = WorkloadRow::new(workload, totals.running, &counters, before, seconds);
+            row.cpu = before.and_then(|b| self.cpu_over_window(b, &counters));
             all_rates.add(&row);
             now.insert(workload.cgroup.clone(), counters);
             rows.push(row);
@@ -238,6 +290,7 @@ impl LiveBuilder {
             row.pod = names.pod.map(str::to_string);
             row.namespace = names.namespace.map(str::to_string);
             row.container = names.container.map(str::to_string);
+            row.read_limits(inputs.limits);
         }
         Rows {
             table: WorkloadTable {
@@ -304,7 +357,7 @@ struct WorkloadRow {
     namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<String>,
-    /// CPUs' worth of on-CPU time.
+    /// CPUs' worth of on-CPU time, over the last [`CPU_WINDOW_FRAMES`] frames.
     cpu: Option<f64>,
     runqueue_waits: Option<u64>,
     runqueue_p50_ns: Option<u64>,
@@ -317,6 +370,14 @@ struct WorkloadRow {
     failed_per_s: Option<f64>,
     /// Live processes.
     running: u64,
+    /// Memory charged to its cgroup and the cgroup's limit (`None`: unlimited or not
+    /// accounted).
+    memory_bytes: Option<u64>,
+    memory_limit_bytes: Option<u64>,
+    /// CPUs' worth its cgroup may use (`None`: unlimited).
+    cpu_limit: Option<f64>,
+    /// A Kubernetes pod's CPU request, from its cgroup's CPU shares (`None` outside pods).
+    cpu_request: Option<f64>,
     /// Health states (starved, failing, io_bound, churning) and why.
     states: BTreeMap<String, String>,
 }
@@ -343,7 +404,8 @@ impl WorkloadRow {
             pod: None,
             namespace: None,
             container: None,
-            cpu: rate(|c| c.on_cpu_ns).map(|ns_per_s| ns_per_s / 1e9),
+            // Over a window: the builder fills it in.
+            cpu: None,
             runqueue_waits: waits.map(|w| w.iter().sum()),
             runqueue_p50_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.5)),
             runqueue_p99_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.99)),
@@ -354,7 +416,26 @@ impl WorkloadRow {
             started_per_s: rate(|c| c.started),
             failed_per_s: rate(|c| c.failed),
             running,
+            memory_bytes: None,
+            memory_limit_bytes: None,
+            cpu_limit: None,
+            cpu_request: None,
             states: BTreeMap::new(),
+        }
+    }
+
+    /// Fills in its cgroup's memory and CPU limits.
+    fn read_limits(&mut self, limits: &CgroupLimits) {
+        if let Some(memory) = limits.memory.read(&self.cgroup) {
+            self.memory_bytes = Some(memory.usage_bytes);
+            self.memory_limit_bytes = memory.limit_bytes;
+        }
+        if let Some(cpu) = limits.cpu.read(&self.cgroup) {
+            self.cpu_limit = cpu.limit_cores;
+            // Outside Kubernetes, shares are a relative weight, not a request.
+            if self.pod_uid.is_some() {
+                self.cpu_request = cpu.shares.map(|shares| shares as f64 / 1024.0);
+            }
         }
     }
 }
@@ -530,4 +611,57 @@ struct HeatmapsSection<'a> {
     cpu_busy: &'a [Option<f64>],
     /// Run-queue waits of the node by log2 bucket (as the runqueue heatmap's rows).
     node_runqueue: &'a [u64],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_cpu_is_averaged_over_the_window() {
+        let mut builder = LiveBuilder::default();
+        let mut before: Option<Counters> = None;
+        let mut cpus = Vec::new();
+        // A task that leaves the CPU seldom: its time arrives in lumps (0, 2 s, 0, 1 s, 0).
+        for on_cpu_s in [0u64, 0, 2, 2, 3, 3] {
+            if builder.intervals.len() == CPU_WINDOW_FRAMES {
+                builder.intervals.pop_front();
+            }
+            builder.intervals.push_back(1_000_000_000);
+            let mut totals = WorkloadTotals::default();
+            totals.sched.on_cpu_ns = on_cpu_s * 1_000_000_000;
+            let now = Counters::of(&totals, before.as_ref());
+            cpus.push(before.and_then(|b| builder.cpu_over_window(&b, &now)));
+            before = Some(now);
+        }
+        let rounded: Vec<Option<f64>> = cpus
+            .iter()
+            .map(|c| c.map(|c| (c * 1000.0).round() / 1000.0))
+            .collect();
+        // Per second this would be 0, 2, 0, 1, 0.
+        assert_eq!(
+            rounded,
+            vec![
+                None,
+                Some(0.0),
+                Some(1.0),
+                Some(0.667),
+                Some(1.0),
+                Some(0.333)
+            ]
+        );
+    }
+
+    #[test]
+    fn memory_fragmentation_is_the_share_of_free_pages_in_small_blocks() {
+        let zone = ZoneFreeBlocks {
+            node: 0,
+            zone: "Normal".into(),
+            // 4 single pages, and one 2 MiB block (order 9: 512 pages).
+            free_blocks: vec![4, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        };
+        let share = memory_fragmented_share(&[zone]).expect("a share");
+        assert!((share - 4.0 / 516.0).abs() < 1e-12, "{share}");
+        assert_eq!(memory_fragmented_share(&[]), None);
+    }
 }

@@ -45,6 +45,7 @@ pub(crate) struct LiveSources {
     pub(crate) frames: LiveFrames,
     pub(crate) health: SharedHealth,
     pub(crate) names: Directories,
+    pub(crate) limits: live::CgroupLimits,
 }
 
 /// Takes a reading every [`INTERVAL`] until `shutdown` says stop (or the collector stops),
@@ -109,6 +110,7 @@ fn live_frame(
         status,
         health: health.as_ref(),
         names: &names,
+        limits: &live.limits,
         proc,
     }))
 }

@@ -136,6 +136,23 @@ try {
   await page.waitForFunction((s) => Number(document.getElementById('frame-seq').dataset.seq) > s, stillPaused, { timeout: 5000 });
   check('resume restarts them', true);
 
+  // Bin-packing: the capped workload's limits as its cgroup has them, its use under them.
+  await page.click('nav button[data-view=binpacking]');
+  const capped = process.env.CAPPED_CGROUP;
+  const cpuRow = `#bp-cpu-rows li[data-cgroup="${capped}"]`;
+  await page.waitForSelector(cpuRow, { timeout: 10000 });
+  await page.waitForTimeout(3500); // the CPU window: three frames of the capped workload
+  const cpuLimit = Number(await page.getAttribute(cpuRow, 'data-limit'));
+  const cpuUsed = Number(await page.getAttribute(cpuRow, 'data-used'));
+  const memLimit = Number(await page.getAttribute(`#bp-memory-rows li[data-cgroup="${capped}"]`, 'data-limit'));
+  console.log(`     capped workload ${capped}: CPU ${cpuUsed.toFixed(3)} of limit ${cpuLimit} (cgroup: 0.5), memory limit ${memLimit} (cgroup: ${process.env.CAPPED_MEMORY_BYTES})`);
+  check('bin-packing shows the cgroup\'s CPU limit', cpuLimit === 0.5);
+  check('bin-packing shows the cgroup\'s memory limit', memLimit === Number(process.env.CAPPED_MEMORY_BYTES));
+  check('the capped workload uses at most its limit', cpuUsed > 0.3 && cpuUsed <= 0.55, cpuUsed.toFixed(3));
+  const bar = await page.$$eval('#bp-cpu div', (divs) => divs.length);
+  check('the CPU bar has segments', bar >= 3, `${bar} segments`);
+  await page.screenshot({ path: join(shots, 'binpacking.png'), fullPage: true });
+
   // The heatmaps draw.
   await page.click('nav button[data-view=heatmaps]');
   await page.waitForTimeout(1500);
@@ -155,7 +172,7 @@ try {
 
   // A phone: no horizontal scroll on any view.
   await page.setViewportSize({ width: 375, height: 800 });
-  for (const view of ['node', 'heatmaps', 'workloads']) {
+  for (const view of ['node', 'heatmaps', 'workloads', 'binpacking']) {
     await page.click(`nav button[data-view=${view}]`);
     await page.waitForTimeout(300);
     const width = await page.evaluate(() => document.documentElement.scrollWidth);

@@ -2,7 +2,7 @@
 // JSON API's last 5 minutes and then take a column from each frame.
 import {
   WORKLOAD_COLUMNS, appendColumn, bucketLabel, filterRows, formatBytes, formatNs, formatNumber,
-  formatShare, heatColor, quantileBound, sortRows, workloadName,
+  formatShare, heatColor, packing, quantileBound, sortRows, workloadName,
 } from './logic.js';
 
 const HISTORY_SECONDS = 300;
@@ -99,6 +99,7 @@ function onFrame(frame) {
   if (frame.node) renderNode(frame.node, frame.unix_ms);
   if (frame.agent) renderAgent(frame.agent);
   if (frame.workloads) renderWorkloads(frame.workloads);
+  if (frame.workloads && frame.node) renderPacking(frame.workloads, frame.node);
   if (frame.heatmaps) {
     appendColumn(state.cpuBusy, frame.heatmaps.unix_ms, frame.heatmaps.cpu_busy, HISTORY_SECONDS);
     if (!state.runqueueWorkload) {
@@ -300,6 +301,72 @@ $('heat-workload').addEventListener('change', async (event) => {
   await loadRunqueue();
   drawHeatmaps();
 });
+
+// ---- bin-packing ----
+const SEGMENT_COLOURS = ['#c82814', '#1f6feb', '#1a7f37', '#9a6700', '#8250df', '#bf3989', '#0a7d8c', '#6e7781'];
+
+function renderPacking(table, node) {
+  const memoryCapacity = node.memory_total_bytes ?? 0;
+  const resources = [
+    ['cpu', node.cpu_busy.length, { used: 'cpu', request: 'cpu_request', limit: 'cpu_limit' },
+      (v) => `${formatNumber(v, 2)} CPU`],
+    ['memory', memoryCapacity, { used: 'memory_bytes', request: 'memory_request_bytes', limit: 'memory_limit_bytes' },
+      (v) => formatBytes(v)],
+  ];
+  for (const [name, capacity, keys, format] of resources) {
+    const p = packing(table.rows, capacity, keys);
+    $(`bp-${name}-summary`).textContent =
+      `${format(p.used)} used of ${format(capacity)}; limits add up to ${format(p.limited)}` +
+      (p.requested ? `, requests to ${format(p.requested)}` : '');
+    const bar = $(`bp-${name}`);
+    const part = (value, cls, colour, title) => {
+      const div = document.createElement('div');
+      div.style.width = `${capacity ? Math.min(100, (value / capacity) * 100) : 0}%`;
+      if (cls) div.className = cls;
+      if (colour) div.style.background = colour;
+      div.title = title;
+      return div;
+    };
+    bar.replaceChildren(
+      ...p.segments.map((w, i) => part(w.used, '', SEGMENT_COLOURS[i % SEGMENT_COLOURS.length], `${w.name}: ${format(w.used)}`)),
+      part(p.others, 'others', null, `others: ${format(p.others)}`),
+      part(p.free, 'free', null, `free: ${format(p.free)}`),
+    );
+    const scale = Math.max(...p.rows.map((w) => Math.max(w.used, w.limit ?? 0, w.request ?? 0)), 1e-9);
+    $(`bp-${name}-rows`).replaceChildren(...p.rows.slice(0, 30).map((w) => {
+      const li = document.createElement('li');
+      li.dataset.cgroup = w.cgroup;
+      li.dataset.used = w.used;
+      if (w.limit !== null) li.dataset.limit = w.limit;
+      li.classList.toggle('squeezed', w.squeezed);
+      const label = document.createElement('span');
+      label.className = 'name';
+      label.textContent = w.name;
+      const track = document.createElement('span');
+      track.className = 'track';
+      const used = document.createElement('span');
+      used.className = 'used';
+      used.style.width = `${(w.used / scale) * 100}%`;
+      track.append(used);
+      for (const [key, cls] of [['limit', 'limit'], ['request', 'request']]) {
+        if (w[key] !== null) {
+          const mark = document.createElement('span');
+          mark.className = cls;
+          mark.style.left = `calc(${(w[key] / scale) * 100}% - 1px)`;
+          mark.title = `${key} ${format(w[key])}`;
+          track.append(mark);
+        }
+      }
+      const figures = document.createElement('span');
+      figures.className = 'figures';
+      figures.textContent = `${format(w.used)}` +
+        (w.limit !== null ? ` of limit ${format(w.limit)} (${formatShare(w.ofLimit)})` : ', no limit') +
+        (w.request !== null ? `, request ${format(w.request)}` : '');
+      li.append(label, track, figures);
+      return li;
+    }));
+  }
+}
 
 // ---- heatmaps ----
 async function heatmap(kind, extra = '') {
