@@ -35,6 +35,22 @@ impl Clocks {
         }
     }
 
+    /// The clocks as they read at CLOCK_MONOTONIC `ns` (earlier or later than these).
+    pub(crate) fn at_monotonic(&self, ns: u64) -> Clocks {
+        let shift = |clock: u64| {
+            if ns >= self.monotonic_ns {
+                clock.saturating_add(ns - self.monotonic_ns)
+            } else {
+                clock.saturating_sub(self.monotonic_ns - ns)
+            }
+        };
+        Clocks {
+            monotonic_ns: ns,
+            realtime_ns: shift(self.realtime_ns),
+            boottime_ns: shift(self.boottime_ns),
+        }
+    }
+
     /// Unix time of a CLOCK_MONOTONIC instant.
     pub(crate) fn monotonic_to_unix(&self, ns: u64) -> u64 {
         (self.realtime_ns + ns).saturating_sub(self.monotonic_ns)

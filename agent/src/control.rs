@@ -77,6 +77,8 @@ pub(crate) fn thresholds(args: &RunArgs) -> Thresholds {
         slow_io_ns: nanos(args.slow_block_io),
         // Set by the loader: syscalls are timed exactly while `sys_enter` is attached.
         timed_since_ns: 0,
+        // Set by the loader: on while the switch recorder runs.
+        record_switches: 0,
     }
 }
 

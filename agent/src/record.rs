@@ -153,6 +153,8 @@ fn recording_collector(
             slow_io_ns: 100_000_000,
             // Set by the loader: syscalls are timed exactly while `sys_enter` is attached.
             timed_since_ns: 0,
+            // Set by the loader (`record_switches` below).
+            record_switches: 0,
         },
         disabled_groups: Vec::new(),
         record_switches: true,

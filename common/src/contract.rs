@@ -254,8 +254,6 @@ pub mod maps {
 pub mod globals {
     /// The agent's own tgid: its activity is not accounted.
     pub const AGENT_TGID: &str = "AGENT_TGID";
-    /// Non-zero while recording: every context switch goes to userspace.
-    pub const RECORD_SWITCHES: &str = "RECORD_SWITCHES";
     /// 1 when `sched_process_exit` has the `group_dead` argument (6.16+).
     pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
     /// Pending ring-buffer bytes from which a submit wakes the reader.

@@ -508,6 +508,9 @@ pub struct Thresholds {
     /// 0 when `sys_exit` counts syscalls alone (the `syscall_latency` probe group switched
     /// off), taking the number from the registers. The loader sets it, whatever it is given.
     pub timed_since_ns: u64,
+    /// Non-zero while every context switch goes to userspace (`taskscope record`, and the
+    /// dashboard's timeline while someone watches it). The loader sets it, whatever it is given.
+    pub record_switches: u64,
 }
 
 impl Thresholds {
@@ -517,6 +520,7 @@ impl Thresholds {
         slow_runqueue_wait_ns: u64::MAX,
         slow_io_ns: u64::MAX,
         timed_since_ns: 1,
+        record_switches: 0,
     };
 }
 

@@ -499,3 +499,102 @@ fn the_dashboard_login_is_rate_limited_and_assets_are_guarded() {
     assert_eq!(code, 404, "{missing}");
     let _ = std::fs::remove_file(&token_file);
 }
+
+/// The switch recorder runs only while the timeline is asked for, and the timeline tells the
+/// truth: a spinner pinned to a CPU holds that CPU's columns, and its on-CPU time in the window
+/// equals its /proc schedstat over the same seconds.
+#[test]
+fn the_timeline_records_only_while_watched_and_matches_schedstat() {
+    let (agent, token_file) = agent_with_token();
+    let auth = format!("Bearer {TOKEN}");
+    let get = |path: &str| -> Value {
+        let (code, body) = http_request(&agent.addr, "GET", path, &[("Authorization", &auth)], b"")
+            .expect("request");
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    assert_eq!(
+        get("/api/v1/status")["switch_recorder"],
+        false,
+        "off at start"
+    );
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let mut spinner = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(workload_binary())
+        .args(["spin-for", "30000"])
+        .spawn()
+        .expect("spawn a pinned spinner");
+    std::thread::sleep(Duration::from_millis(300)); // taskset has exec'd the spinner
+    let _ = get("/api/v1/viz/timeline?seconds=5");
+    assert_eq!(
+        get("/api/v1/status")["switch_recorder"],
+        true,
+        "on once asked"
+    );
+    let before = taskscope_e2e::schedstat(spinner.id()).0;
+    std::thread::sleep(Duration::from_secs(5));
+    let timeline = get("/api/v1/viz/timeline?seconds=5&columns=500");
+    let after = taskscope_e2e::schedstat(spinner.id()).0;
+    let tasks = timeline["tasks"].as_array().expect("tasks");
+    let index = tasks
+        .iter()
+        .position(|t| t["pid"] == spinner.id())
+        .expect("the spinner in the timeline");
+    let on_cpu = tasks[index]["on_cpu_ns"].as_u64().expect("on_cpu_ns");
+    let runs = timeline["cpus"]
+        .as_array()
+        .expect("cpus")
+        .iter()
+        .find(|c| c["cpu"] == cpu as u64)
+        .expect("the spinner's CPU")["runs"]
+        .clone();
+    let columns_held: u64 = runs
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r[2] == index as u64)
+        .map(|r| r[1].as_u64().unwrap_or(0) - r[0].as_u64().unwrap_or(0))
+        .sum();
+    let truth = after - before;
+    println!(
+        "pinned spinner on CPU {cpu}: timeline on-CPU {on_cpu} ns in a 5 s window, /proc schedstat {truth} ns over the same 5 s (allowed 3%); it holds {columns_held} of 500 columns of its CPU; {} switches, {} bytes of JSON",
+        timeline["switches"],
+        timeline.to_string().len()
+    );
+    assert!(
+        (on_cpu as f64 - truth as f64).abs() <= truth as f64 * 0.03,
+        "{on_cpu} vs {truth}"
+    );
+    assert!(columns_held >= 450, "{columns_held} of 500");
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    // Nobody asks: off again after the watch (10 s) at the next poll.
+    wait_for("the recorder to stop", Duration::from_secs(20), || {
+        (get("/api/v1/status")["switch_recorder"] == false).then_some(())
+    });
+    println!("switch recorder off again once nobody asked for 10 s");
+    for (query, says) in [
+        ("seconds=0", "seconds must be a whole number from 1 to 30"),
+        ("seconds=31", "from 1 to 30"),
+        (
+            "columns=5",
+            "columns must be a whole number from 10 to 2000",
+        ),
+    ] {
+        let (code, body) = http_request(
+            &agent.addr,
+            "GET",
+            &format!("/api/v1/viz/timeline?{query}"),
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .expect("request");
+        println!("?{query}: {code} {body}");
+        assert_eq!(code, 400);
+        assert!(body.contains(says), "{body}");
+    }
+    let (code, _) = taskscope_e2e::http_get(&agent.addr, "/api/v1/viz/timeline").expect("request");
+    assert_eq!(code, 401, "the token is needed");
+    let _ = std::fs::remove_file(&token_file);
+}

@@ -137,12 +137,14 @@ pub(crate) fn router(state: ApiState) -> Router {
     let heavy_api = Router::new()
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/spans", get(spans))
+        .route("/api/v1/viz/timeline/trace", get(viz_timeline_trace))
         .layer(limited(state.max_concurrent));
     let read_api = Router::new()
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/node", get(node))
         .route("/api/v1/status", get(status))
         .route("/api/v1/viz/heatmap", get(viz_heatmap))
+        .route("/api/v1/viz/timeline", get(viz_timeline))
         .layer(timed.clone())
         .merge(heavy_api)
         .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
@@ -380,6 +382,89 @@ async fn viz_heatmap(State(state): State<ApiState>, query: UrlQuery<HeatmapQuery
         Err(HeatmapError::BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(HeatmapError::UnknownWorkload(message)) => error(StatusCode::NOT_FOUND, message),
     }
+}
+
+/// Query of `/api/v1/viz/timeline` and its `/trace`.
+#[derive(Debug, serde::Deserialize)]
+struct TimelineQuery {
+    seconds: Option<String>,
+    columns: Option<String>,
+}
+
+/// Seconds a timeline shows when not asked.
+const DEFAULT_TIMELINE_SECONDS: u64 = 10;
+/// Columns a timeline has when not asked.
+const DEFAULT_TIMELINE_COLUMNS: u64 = 600;
+
+/// The switches of the window `query` asks for (the recorder starts if it is off).
+async fn timeline_read(
+    state: &ApiState,
+    query: &TimelineQuery,
+) -> Result<crate::collector::timeline::TimelineRead, Response> {
+    let seconds = crate::viz::bounded_number(
+        query.seconds.as_deref(),
+        "seconds",
+        1..=crate::collector::timeline::MAX_SECONDS,
+        DEFAULT_TIMELINE_SECONDS,
+    )
+    .map_err(|message| error(StatusCode::BAD_REQUEST, message))?;
+    ask(state, |tx| Query::Timeline(seconds, tx)).await
+}
+
+async fn viz_timeline(State(state): State<ApiState>, query: UrlQuery<TimelineQuery>) -> Response {
+    let columns = match crate::viz::bounded_number(
+        query.columns.as_deref(),
+        "columns",
+        crate::viz::timeline::MIN_COLUMNS as u64..=crate::viz::timeline::MAX_COLUMNS as u64,
+        DEFAULT_TIMELINE_COLUMNS,
+    ) {
+        Ok(columns) => columns as usize,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let read = match timeline_read(&state, &query).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    // Up to hundreds of thousands of switches: merged on the blocking pool.
+    let clocks = crate::clock::Clocks::now();
+    let built =
+        tokio::task::spawn_blocking(move || crate::viz::timeline::build(&read, columns, &clocks))
+            .await;
+    match built {
+        Ok(timeline) => large_json(timeline).await,
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the timeline could not be built",
+        ),
+    }
+}
+
+/// The timeline's window as a Chrome trace for Perfetto (the format of `taskscope record`).
+async fn viz_timeline_trace(
+    State(state): State<ApiState>,
+    query: UrlQuery<TimelineQuery>,
+) -> Response {
+    let read = match timeline_read(&state, &query).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let processes = match ask(&state, |tx| Query::Processes(Page::ALL, tx)).await {
+        Ok(processes) => processes,
+        Err(response) => return response,
+    };
+    let clocks = crate::clock::Clocks::now();
+    let (start, end) = (
+        clocks.at_monotonic(read.from_ns),
+        clocks.at_monotonic(read.to_ns),
+    );
+    let recording = crate::collector::Recording::of(read.switches, read.evicted);
+    let trace = crate::record::chrome_trace(&recording, &processes, &start, &end);
+    let mut response = large_json(trace).await;
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        header::HeaderValue::from_static("attachment; filename=\"taskscope-timeline.json\""),
+    );
+    response
 }
 
 /// Query of `/api/v1/spans`.

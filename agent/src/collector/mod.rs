@@ -7,6 +7,7 @@
 pub(crate) mod export;
 pub(crate) mod poller;
 pub(crate) mod sampling;
+pub(crate) mod timeline;
 
 use std::{
     collections::BTreeMap,
@@ -69,6 +70,9 @@ pub(crate) enum Query {
     /// The node and every workload's totals from the latest kernel read, without a fresh one
     /// (the visualisation history, which reads once a second and must not double the polls).
     Latest(oneshot::Sender<LatestRead>),
+    /// The context switches of the last `seconds` (at most [`timeline::MAX_SECONDS`]),
+    /// starting the switch recorder if it is off; it stays on while such queries come.
+    Timeline(u64, oneshot::Sender<timeline::TimelineRead>),
     /// Applies new live settings (a reload); the answer says what failed, if anything.
     Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
 }
@@ -185,6 +189,9 @@ pub(crate) struct StatusResponse {
     /// Time the kernel programs ran since they were loaded (counted only while the kernel's
     /// BPF statistics are on: `--bpf-stats` or `kernel.bpf_stats_enabled`).
     pub(crate) bpf_run_time_ns: u64,
+    /// Every context switch goes to userspace now (`taskscope record`, or someone watches
+    /// the dashboard's timeline).
+    pub(crate) switch_recorder: bool,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
@@ -256,6 +263,8 @@ pub(crate) struct Collector {
     sampler: Sampler,
     /// Context switches, while recording (`taskscope record`).
     recording: Option<Recording>,
+    /// The latest context switches, while someone watches the dashboard's timeline.
+    timeline: Option<timeline::SwitchWindow>,
     /// Entries in the kernel's task table at the last read.
     kernel_tasks: usize,
 }
@@ -275,6 +284,15 @@ impl Recording {
             switches: Vec::new(),
             dropped: 0,
             max,
+        }
+    }
+
+    /// A recording of `switches` already taken (`dropped` more were not kept).
+    pub(crate) fn of(switches: Vec<SwitchEvent>, dropped: u64) -> Self {
+        Self {
+            max: switches.len(),
+            switches,
+            dropped,
         }
     }
 
@@ -331,6 +349,7 @@ impl Collector {
             recording: config
                 .record_switches
                 .then(|| Recording::new(MAX_RECORDED_SWITCHES)),
+            timeline: None,
             config,
         })
     }
@@ -381,6 +400,7 @@ impl Collector {
     /// Drains pending events, then reads the maps into the model.
     fn poll(&mut self) {
         self.drain();
+        self.stop_timeline_if_unwatched();
         let started = Instant::now();
         let snapshot = self.maps.read();
         let read = started.elapsed();
@@ -415,9 +435,13 @@ impl Collector {
             match decode(&record) {
                 Ok(event) => {
                     *self.events.entry(event.name()).or_default() += 1;
-                    if let (Event::Switch(switch), Some(recording)) = (&event, &mut self.recording)
-                    {
-                        recording.push(*switch);
+                    if let Event::Switch(switch) = &event {
+                        if let Some(recording) = &mut self.recording {
+                            recording.push(*switch);
+                        }
+                        if let Some(window) = &mut self.timeline {
+                            window.push(*switch);
+                        }
                     }
                     self.model.apply_event(event, &mut forget);
                 }
@@ -487,6 +511,9 @@ impl Collector {
                     node: self.node(),
                     workloads: self.model.workload_totals(),
                 });
+            }
+            Query::Timeline(seconds, reply) => {
+                let _ = reply.send(self.timeline(seconds));
             }
             Query::Reconfigure(settings, reply) => {
                 let _ = reply.send(self.reconfigure(*settings));
@@ -627,6 +654,64 @@ impl Collector {
                 .iter()
                 .map(|(_, stats)| stats.run_time_ns)
                 .sum(),
+            switch_recorder: self.probes.switch_recording(),
+        }
+    }
+
+    /// The switches of the last `seconds`, starting the recorder if it is off.
+    fn timeline(&mut self, seconds: u64) -> timeline::TimelineRead {
+        let now = Instant::now();
+        match &mut self.timeline {
+            Some(window) => window.watched(now),
+            None => {
+                if let Err(err) = self.probes.set_switch_recording(true) {
+                    warn!(%err, "cannot start the switch recorder");
+                }
+                self.timeline = Some(timeline::SwitchWindow::new(now));
+            }
+        }
+        self.drain();
+        let to_ns = monotonic_ns();
+        let from_ns = to_ns.saturating_sub(seconds.min(timeline::MAX_SECONDS) * 1_000_000_000);
+        let Some(window) = &self.timeline else {
+            return timeline::TimelineRead::default();
+        };
+        let switches = window.since(from_ns);
+        let mut names = std::collections::HashMap::new();
+        for switch in &switches {
+            names.entry(switch.next_tgid).or_insert_with(|| {
+                self.model
+                    .by_pid(switch.next_tgid)
+                    .first()
+                    .map_or_else(String::new, |p| p.comm.clone())
+            });
+        }
+        timeline::TimelineRead {
+            from_ns,
+            to_ns,
+            switches,
+            names,
+            recording_since_ns: window.since_ns,
+            evicted: window.evicted,
+            ring_lost: self.model.kernel_losses[Loss::RingBufFull as usize],
+        }
+    }
+
+    /// Turns the switch recorder off when nobody has asked for the timeline for a while
+    /// (`taskscope record` keeps it on).
+    fn stop_timeline_if_unwatched(&mut self) {
+        if !self
+            .timeline
+            .as_ref()
+            .is_some_and(|w| w.unwatched(Instant::now()))
+        {
+            return;
+        }
+        self.timeline = None;
+        if !self.config.record_switches {
+            if let Err(err) = self.probes.set_switch_recording(false) {
+                warn!(%err, "cannot stop the switch recorder");
+            }
         }
     }
 

@@ -263,6 +263,8 @@ pub(crate) struct Probes {
     thresholds: Thresholds,
     /// When `sys_enter` was last attached (CLOCK_MONOTONIC ns); 0 while it is not.
     syscalls_timed_since_ns: u64,
+    /// Every context switch goes to userspace (`Thresholds::record_switches`).
+    switches_recorded: bool,
 }
 
 /// An attached hook's link, to detach it.
@@ -334,7 +336,6 @@ impl Probes {
         // Wake the reader when an eighth of the ring is pending; below that it drains on its
         // own timer (see collector::CollectorConfig::drain_interval).
         let wakeup_bytes = u64::from(options.ring_buffer_bytes / 8);
-        let record_switches = u32::from(options.record_switches);
         let max_syscall_entries_per_process = u64::from(options.max_syscall_entries_per_process);
         let fork_syscalls = fork_syscalls();
         let mut loader = EbpfLoader::new();
@@ -343,7 +344,6 @@ impl Probes {
             .allow_unsupported_maps()
             .btf(Some(&aya_btf))
             .override_global(globals::AGENT_TGID, &options.agent_tgid, true)
-            .override_global(globals::RECORD_SWITCHES, &record_switches, true)
             .override_global(globals::EXIT_HAS_GROUP_DEAD, &exit_has_group_dead, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(
@@ -374,6 +374,7 @@ impl Probes {
             links: Vec::with_capacity(HOOKS.len()),
             thresholds: options.thresholds,
             syscalls_timed_since_ns: 0,
+            switches_recorded: options.record_switches,
         };
         probes
             .set_thresholds(options.thresholds)
@@ -427,6 +428,17 @@ impl Probes {
             .any(|h| h.group == ProbeGroup::SyscallLatency && h.enabled && h.attach_type.is_some())
     }
 
+    /// Starts or stops sending every context switch to userspace (the switch recorder).
+    pub(crate) fn set_switch_recording(&mut self, on: bool) -> Result<(), aya::EbpfError> {
+        self.switches_recorded = on;
+        self.write_thresholds(self.syscall_starts_attached())
+    }
+
+    /// Whether every context switch goes to userspace now.
+    pub(crate) fn switch_recording(&self) -> bool {
+        self.switches_recorded
+    }
+
     /// Writes the thresholds, with syscalls timed (while `timed`) from when `sys_enter` was
     /// attached: the starts it left before a detach are stale.
     fn write_thresholds(&mut self, timed: bool) -> Result<(), aya::EbpfError> {
@@ -437,6 +449,7 @@ impl Probes {
         }
         let thresholds = Thresholds {
             timed_since_ns: self.syscalls_timed_since_ns,
+            record_switches: u64::from(self.switches_recorded),
             ..self.thresholds
         };
         let map = self
@@ -716,7 +729,6 @@ mod tests {
         }
         for name in [
             globals::AGENT_TGID,
-            globals::RECORD_SWITCHES,
             globals::EXIT_HAS_GROUP_DEAD,
             globals::WAKEUP_BYTES,
             globals::MAX_SYSCALL_ENTRIES_PER_PROCESS,

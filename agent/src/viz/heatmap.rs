@@ -73,18 +73,7 @@ impl HeatmapRequest {
                 .ok_or_else(|| bad(format!("unknown kind {kind:?}: one of {}", names())))?,
         };
         let limit = MAX_FRAMES as u64;
-        let seconds = match seconds {
-            None => limit,
-            Some(text) => text
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (1..=limit).contains(s))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "seconds must be a whole number from 1 to {limit}, not {text:?}"
-                    ))
-                })?,
-        };
+        let seconds = super::bounded_number(seconds, "seconds", 1..=limit, limit).map_err(bad)?;
         if workload.is_some() && kind != HeatmapKind::Runqueue {
             return Err(bad("workload is only for kind=runqueue".into()));
         }

@@ -10,6 +10,7 @@
 pub(crate) mod heatmap;
 pub(crate) mod history;
 pub(crate) mod live;
+pub(crate) mod timeline;
 
 use std::{
     sync::{Arc, Mutex},
@@ -113,6 +114,29 @@ fn live_frame(
         limits: &live.limits,
         proc,
     }))
+}
+
+/// A whole-number request parameter named `name` within `range` (`default` when absent), or
+/// an error saying what was expected.
+pub(crate) fn bounded_number(
+    text: Option<&str>,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, String> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{name} must be a whole number from {} to {}, not {text:?}",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 /// A reading from the collector's answers.

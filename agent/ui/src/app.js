@@ -2,7 +2,7 @@
 // JSON API's last 5 minutes and then take a column from each frame.
 import {
   WORKLOAD_COLUMNS, appendColumn, bucketLabel, filterRows, formatBytes, formatNs, formatNumber,
-  formatShare, heatColor, packing, quantileBound, sortRows, workloadName,
+  formatShare, ganttRows, heatColor, packing, quantileBound, sortRows, taskColour, workloadName,
 } from './logic.js';
 
 const HISTORY_SECONDS = 300;
@@ -42,6 +42,7 @@ function show(view) {
     section.hidden = section.id !== `view-${view}`;
   }
   if (view === 'heatmaps') drawHeatmaps();
+  if (view === 'timeline') refreshTimeline();
   if (view === 'node' && state.chart) state.chart.setSize(chartSize());
 }
 
@@ -301,6 +302,145 @@ $('heat-workload').addEventListener('change', async (event) => {
   await loadRunqueue();
   drawHeatmaps();
 });
+
+// ---- timeline ----
+const timeline = { frozen: false, data: null, busy: false };
+
+$('tl-freeze').addEventListener('click', () => {
+  timeline.frozen = !timeline.frozen;
+  $('tl-freeze').textContent = timeline.frozen ? 'Unfreeze' : 'Freeze';
+  if (!timeline.frozen) refreshTimeline();
+});
+$('tl-seconds').addEventListener('change', () => refreshTimeline());
+$('tl-download').addEventListener('click', async () => {
+  const seconds = $('tl-seconds').value;
+  const response = await fetch(`/api/v1/viz/timeline/trace?seconds=${seconds}`);
+  if (!response.ok) {
+    $('tl-state').textContent = `download failed: ${response.status}`;
+    return;
+  }
+  const blob = await response.blob();
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(blob);
+  link.download = 'taskscope-timeline.json';
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+});
+
+async function refreshTimeline() {
+  if (timeline.busy || timeline.frozen || state.paused || state.view !== 'timeline') return;
+  timeline.busy = true;
+  try {
+    const canvas = $('tl-cpus');
+    const columns = Math.max(10, Math.min(2000, Math.floor(canvas.clientWidth || 600)));
+    const response = await fetch(`/api/v1/viz/timeline?seconds=${$('tl-seconds').value}&columns=${columns}`);
+    if (response.ok) {
+      timeline.data = await response.json();
+      drawTimeline(timeline.data);
+    } else {
+      $('tl-state').textContent = `timeline: ${response.status}`;
+    }
+    const spans = await fetch('/api/v1/spans?limit=300');
+    if (spans.ok) drawGantt((await spans.json()).spans);
+  } catch (err) {
+    $('tl-state').textContent = `timeline: ${err.message}`;
+  } finally {
+    timeline.busy = false;
+  }
+}
+
+function drawTimeline(data) {
+  const canvas = $('tl-cpus');
+  const rowHeight = 22;
+  canvas.height = Math.max(1, data.cpus.length) * rowHeight;
+  canvas.width = data.columns;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  // Columns before the recorder started have nothing to show: shaded.
+  const recordedFrom = data.recording_since_unix_ms ?? data.to_unix_ms;
+  const unrecorded = Math.max(0, Math.min(data.columns, Math.floor(((recordedFrom - data.from_unix_ms) * 1e6) / data.column_ns)));
+  ctx.fillStyle = 'rgba(128,128,128,0.15)';
+  ctx.fillRect(0, 0, unrecorded, canvas.height);
+  const fg = getComputedStyle(document.documentElement).getPropertyValue('--muted').trim();
+  ctx.font = '11px system-ui, sans-serif';
+  data.cpus.forEach((cpu, row) => {
+    for (const [from, to, task] of cpu.runs) {
+      ctx.fillStyle = taskColour(data.tasks[task].pid);
+      ctx.fillRect(from, row * rowHeight + 2, to - from, rowHeight - 4);
+    }
+    ctx.fillStyle = fg;
+    ctx.fillText(`CPU ${cpu.cpu}`, 2, row * rowHeight + rowHeight - 7);
+  });
+  canvas.dataset.runs = data.cpus.reduce((n, c) => n + c.runs.length, 0);
+  const since = data.recording_since_unix_ms
+    ? `recording since ${new Date(data.recording_since_unix_ms).toLocaleTimeString()}` : 'recording started';
+  $('tl-state').textContent = `${since}; ${data.switches} switches in the window` +
+    (data.switches_evicted ? `, ${data.switches_evicted} let go (bound)` : '');
+  $('tl-legend').replaceChildren(...data.tasks.slice(0, 12).map((t) => {
+    const li = document.createElement('li');
+    const swatch = document.createElement('i');
+    swatch.style.background = taskColour(t.pid);
+    li.append(swatch, `${t.comm || '?'} (${t.pid}): ${formatNs(t.on_cpu_ns)}`);
+    return li;
+  }));
+}
+
+$('tl-cpus').addEventListener('mousemove', (event) => {
+  const data = timeline.data;
+  if (!data) return;
+  const canvas = event.currentTarget;
+  const rect = canvas.getBoundingClientRect();
+  const column = Math.floor(((event.clientX - rect.left) / rect.width) * data.columns);
+  const row = Math.floor(((event.clientY - rect.top) / rect.height) * data.cpus.length);
+  const cpu = data.cpus[row];
+  const run = cpu?.runs.find(([from, to]) => column >= from && column < to);
+  const at = new Date(data.from_unix_ms + (column * data.column_ns) / 1e6).toLocaleTimeString();
+  $('tl-hover').textContent = cpu
+    ? `CPU ${cpu.cpu} at ${at}: ${run ? `${data.tasks[run[2]].comm} (${data.tasks[run[2]].pid})` : 'idle'}`
+    : '\u00a0';
+});
+
+function drawGantt(spans) {
+  const rows = ganttRows(spans);
+  const canvas = $('tl-spans');
+  const rowHeight = 16;
+  canvas.width = canvas.clientWidth || 600;
+  canvas.height = Math.max(1, rows.length) * rowHeight;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!rows.length) return;
+  const from = Math.min(...rows.map((r) => r.start));
+  const to = Math.max(...rows.map((r) => r.end));
+  const x = (t) => ((t - from) / Math.max(1, to - from)) * canvas.width;
+  const styles = getComputedStyle(document.documentElement);
+  const colours = ['--oncpu', '--warn', '--muted'].map((v) => styles.getPropertyValue(v).trim());
+  ctx.font = '11px system-ui, sans-serif';
+  rows.forEach((r, i) => {
+    const y = i * rowHeight;
+    const left = x(r.start);
+    const width = Math.max(1, x(r.end) - left);
+    let at = left;
+    [r.onCpu, r.runqueue, r.blocked].forEach((share, k) => {
+      ctx.fillStyle = colours[k];
+      ctx.globalAlpha = k === 2 ? 0.45 : 1;
+      ctx.fillRect(at, y + 2, width * share, rowHeight - 4);
+      at += width * share;
+    });
+    ctx.globalAlpha = 1;
+    if (r.failed) {
+      ctx.strokeStyle = styles.getPropertyValue('--bad').trim();
+      ctx.lineWidth = 2;
+      ctx.strokeRect(left, y + 2, width, rowHeight - 4);
+    }
+    ctx.fillStyle = styles.getPropertyValue('--fg').trim();
+    ctx.fillText(`${'  '.repeat(r.depth)}${r.name}${r.failed ? ' ✗' : ''}`, Math.min(left + 2, canvas.width - 120), y + rowHeight - 4);
+  });
+  canvas.dataset.rows = rows.length;
+}
+
+setInterval(refreshTimeline, 1000);
 
 // ---- bin-packing ----
 const SEGMENT_COLOURS = ['#c82814', '#1f6feb', '#1a7f37', '#9a6700', '#8250df', '#bf3989', '#0a7d8c', '#6e7781'];

@@ -182,3 +182,43 @@ export function packing(rows, capacity, keys) {
     rows: listed,
   };
 }
+
+/** A stable colour for a task (by pid), distinct enough for neighbours. */
+export function taskColour(pid) {
+  const hue = (Math.imul(pid, 2654435761) >>> 0) % 360;
+  return `hsl(${hue}, 65%, 50%)`;
+}
+
+/**
+ * Spans laid out as a Gantt chart: newest traces last, each span under its parent (depth),
+ * with its time split into on-CPU, run-queue and blocked shares of its length.
+ */
+export function ganttRows(spans, max = 60) {
+  const byId = new Map(spans.map((s) => [s.span_id, s]));
+  const depth = (span) => {
+    let d = 0;
+    let at = span;
+    while (at.parent_span_id && byId.has(at.parent_span_id) && d < 32) {
+      at = byId.get(at.parent_span_id);
+      d += 1;
+    }
+    return d;
+  };
+  const ordered = [...spans].sort((a, b) =>
+    (a.trace_id < b.trace_id ? -1 : a.trace_id > b.trace_id ? 1 : 0) || a.start_unix_ns - b.start_unix_ns);
+  return ordered.slice(-max).map((span) => {
+    const length = Math.max(1, span.end_unix_ns - span.start_unix_ns);
+    const onCpu = Math.min(1, (span.time?.on_cpu_ns ?? 0) / length);
+    const runqueue = Math.min(1 - onCpu, (span.time?.runqueue_wait_ns ?? 0) / length);
+    return {
+      name: `${span.name} (${span.pid})`,
+      depth: depth(span),
+      start: span.start_unix_ns,
+      end: span.end_unix_ns,
+      onCpu,
+      runqueue,
+      blocked: Math.max(0, 1 - onCpu - runqueue),
+      failed: Boolean(span.error),
+    };
+  });
+}

@@ -84,3 +84,24 @@ test('bin-packing: segments, others, free and the squeezed first', async () => {
   assert.equal(p.rows[0].squeezed, true);
   assert.ok(p.rows.some((r) => r.cgroup === '/idle-with-limit' && !r.squeezed));
 });
+
+test('gantt rows: parents above children, time split, failures marked', async () => {
+  const { ganttRows } = await import('../src/logic.js');
+  const spans = [
+    { trace_id: 'a', span_id: '2', parent_span_id: '1', name: 'child', pid: 11, start_unix_ns: 150, end_unix_ns: 250,
+      error: true, time: { on_cpu_ns: 50, runqueue_wait_ns: 25 } },
+    { trace_id: 'a', span_id: '1', parent_span_id: null, name: 'parent', pid: 10, start_unix_ns: 100, end_unix_ns: 300,
+      error: false, time: { on_cpu_ns: 0, runqueue_wait_ns: 0 } },
+  ];
+  const rows = ganttRows(spans);
+  assert.deepEqual(rows.map((r) => [r.name, r.depth]), [['parent (10)', 0], ['child (11)', 1]]);
+  assert.deepEqual([rows[1].onCpu, rows[1].runqueue, rows[1].blocked, rows[1].failed], [0.5, 0.25, 0.25, true]);
+  assert.equal(rows[0].blocked, 1);
+  assert.equal(ganttRows(spans, 1).length, 1);
+});
+
+test('task colours are stable', async () => {
+  const { taskColour } = await import('../src/logic.js');
+  assert.equal(taskColour(42), taskColour(42));
+  assert.notEqual(taskColour(42), taskColour(43));
+});

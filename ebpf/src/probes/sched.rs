@@ -5,7 +5,7 @@
 //! A run-queue wait starts when a task is woken or preempted (the first of these counts, as in
 //! the kernel's `sched_info`) and ends when it is switched in.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray, Global};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap, maps::PerCpuArray};
 use taskscope_common::{
     event_kind, log2_bucket, CpuStats, Loss, SlowRunqueueWaitEvent, SwitchEvent, TaskSched,
 };
@@ -17,10 +17,6 @@ use super::{
     },
     ringbuf::{header, send},
 };
-
-/// Non-zero while recording (`taskscope record`): every context switch goes to userspace.
-#[unsafe(no_mangle)]
-static RECORD_SWITCHES: Global<u32> = Global::new(0);
 
 /// Sends one context switch to userspace (recording only).
 #[inline(always)]
@@ -81,7 +77,9 @@ pub fn on_switch<const DIRECT: bool>(ctx: *const u64) {
         return;
     };
     let agent = agent_tgid();
-    if RECORD_SWITCHES.load() != 0 {
+    // Switched on and off at run time (the dashboard's timeline): read from the thresholds
+    // map, an array lookup the verifier inlines.
+    if thresholds().record_switches != 0 {
         report_switch(prev_pid, prev_tgid, next_pid, next_tgid);
     }
     let tracked_next = if next_tgid == agent { 0 } else { next_pid };
