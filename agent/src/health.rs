@@ -59,12 +59,15 @@ impl Status {
 pub(crate) struct Component {
     pub(crate) status: Status,
     pub(crate) message: String,
+    /// Unix seconds of the evaluation that first saw it in this status.
+    pub(crate) since: f64,
 }
 
 fn component(status: Status, message: impl Into<String>) -> Component {
     Component {
         status,
         message: message.into(),
+        since: 0.0,
     }
 }
 
@@ -128,6 +131,8 @@ pub(crate) struct WorkloadHealth {
     pub(crate) workload: Workload,
     /// State -> why, with the figures and the threshold.
     pub(crate) states: BTreeMap<WorkloadState, String>,
+    /// Unix seconds of the evaluation that first saw it in these states.
+    pub(crate) since: f64,
 }
 
 /// The latest evaluation.
@@ -183,8 +188,8 @@ pub(crate) struct Evaluator {
     previous: Option<Previous>,
     started: Option<Instant>,
     /// Last state of each component and workload, to log changes once.
-    last_components: BTreeMap<String, Status>,
-    last_workloads: HashMap<String, Vec<WorkloadState>>,
+    last_components: BTreeMap<String, (Status, f64)>,
+    last_workloads: HashMap<String, (Vec<WorkloadState>, f64)>,
 }
 
 struct Previous {
@@ -233,13 +238,13 @@ impl Evaluator {
         }
         let (status, message) = overall(&components);
         let ready = readiness(inputs, events);
-        let workloads = match &self.previous {
+        let mut workloads = match &self.previous {
             Some(previous) if !window.is_zero() => {
                 judge_workloads(inputs.workloads, &previous.workloads, window, thresholds)
             }
             _ => Vec::new(),
         };
-        self.log_changes(&components, &workloads);
+        self.log_changes(&mut components, &mut workloads);
         self.previous = Some(Previous {
             at: now,
             lost,
@@ -265,13 +270,23 @@ impl Evaluator {
         }
     }
 
+    /// Logs what changed since the previous evaluation and dates each component's and
+    /// workload's state from when it began.
     fn log_changes(
         &mut self,
-        components: &BTreeMap<String, Component>,
-        workloads: &[WorkloadHealth],
+        components: &mut BTreeMap<String, Component>,
+        workloads: &mut [WorkloadHealth],
     ) {
-        for (name, c) in components {
-            let before = self.last_components.insert(name.clone(), c.status);
+        let now_unix = unix_now();
+        for (name, c) in components.iter_mut() {
+            let before = self.last_components.get(name).copied();
+            c.since = match before {
+                Some((status, since)) if status == c.status => since,
+                _ => now_unix,
+            };
+            self.last_components
+                .insert(name.clone(), (c.status, c.since));
+            let before = before.map(|(status, _)| status);
             if before.is_some_and(|b| b != c.status)
                 || (before.is_none() && c.status > Status::Degraded)
             {
@@ -285,10 +300,15 @@ impl Evaluator {
                 }
             }
         }
-        let mut now: HashMap<String, Vec<WorkloadState>> = HashMap::new();
-        for w in workloads {
+        let mut now: HashMap<String, (Vec<WorkloadState>, f64)> = HashMap::new();
+        for w in workloads.iter_mut() {
             let states: Vec<WorkloadState> = w.states.keys().copied().collect();
-            if self.last_workloads.get(&w.workload.cgroup) != Some(&states) {
+            let before = self.last_workloads.get(&w.workload.cgroup);
+            w.since = match before {
+                Some((was, since)) if *was == states => *since,
+                _ => now_unix,
+            };
+            if before.map(|(was, _)| was) != Some(&states) {
                 tracing::warn!(
                     workload = %w.workload.cgroup,
                     states = ?states.iter().map(|s| s.name()).collect::<Vec<_>>(),
@@ -296,7 +316,7 @@ impl Evaluator {
                     "workload health changed"
                 );
             }
-            now.insert(w.workload.cgroup.clone(), states);
+            now.insert(w.workload.cgroup.clone(), (states, w.since));
         }
         for cgroup in self.last_workloads.keys() {
             if !now.contains_key(cgroup) {
@@ -705,6 +725,8 @@ fn judge_workloads(
             out.push(WorkloadHealth {
                 workload: workload.clone(),
                 states,
+                // Dated by the evaluator.
+                since: 0.0,
             });
         }
     }

@@ -10,6 +10,9 @@ use taskscope_e2e::{
 fn on_cpu_time_of_a_cpu_bound_child_matches_schedstat_within_2_percent() {
     let agent = Agent::start(&[]);
     let child = Workload::run(&["cpu-burn", "1000"]);
+    // Its final figure: read once it is blocked. Right after `ready` it may still be on a CPU
+    // (on a slow emulated kernel for tens of ms), and the agent's later read would count that.
+    wait_until_blocked(child.pid());
     let (on_cpu, _, _) = schedstat(child.pid());
     let read_at = monotonic_ns();
     let process = agent.process_after(child.pid(), read_at);

@@ -689,6 +689,7 @@ fn health_response(state: &ApiState, detailed: bool) -> Response {
                     "container": names.container,
                     "image": names.image,
                     "states": w.states.iter().map(|(s, why)| (s.name(), why)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "since": w.since,
                 })
             })
             .collect();

@@ -283,7 +283,10 @@ impl LiveBuilder {
         rows.truncate(MAX_WORKLOAD_ROWS);
         let states = workload_states(inputs.health);
         for row in &mut rows {
-            row.states = states.get(row.cgroup.as_str()).cloned().unwrap_or_default();
+            if let Some((states, since)) = states.get(row.cgroup.as_str()) {
+                row.states = states.clone();
+                row.states_since = Some(*since);
+            }
             let names = inputs
                 .names
                 .names(row.pod_uid.as_deref(), row.container_id.as_deref());
@@ -309,8 +312,10 @@ struct Rows {
     all_rates: ProcessRates,
 }
 
-/// The health report's workload states, by cgroup.
-fn workload_states(health: Option<&HealthReport>) -> HashMap<&str, BTreeMap<String, String>> {
+/// The health report's workload states (and since when), by cgroup.
+fn workload_states(
+    health: Option<&HealthReport>,
+) -> HashMap<&str, (BTreeMap<String, String>, f64)> {
     health
         .map(|report| {
             report
@@ -322,7 +327,7 @@ fn workload_states(health: Option<&HealthReport>) -> HashMap<&str, BTreeMap<Stri
                         .iter()
                         .map(|(state, why)| (state.name().to_string(), why.clone()))
                         .collect();
-                    (w.workload.cgroup.as_str(), states)
+                    (w.workload.cgroup.as_str(), (states, w.since))
                 })
                 .collect()
         })
@@ -380,6 +385,8 @@ struct WorkloadRow {
     cpu_request: Option<f64>,
     /// Health states (starved, failing, io_bound, churning) and why.
     states: BTreeMap<String, String>,
+    /// Unix seconds of the health evaluation that first saw these states.
+    states_since: Option<f64>,
 }
 
 impl WorkloadRow {
@@ -421,6 +428,7 @@ impl WorkloadRow {
             cpu_limit: None,
             cpu_request: None,
             states: BTreeMap::new(),
+            states_since: None,
         }
     }
 

@@ -97,16 +97,19 @@ fn live_frame(
     live: &LiveSources,
 ) -> Option<LiveFrame> {
     let proc = ProcReadings::read();
-    let history = history
+    // A copy (a few KiB): the API's heatmaps are not held up while the frame is built.
+    let frame = history
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .newest()?
+        .clone();
     let health = live
         .health
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let names = live.names.read();
     Some(builder.build(live::Inputs {
-        frame: history.newest()?,
+        frame: &frame,
         workloads: &latest.workloads,
         status,
         health: health.as_ref(),

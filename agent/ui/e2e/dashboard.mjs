@@ -86,6 +86,8 @@ try {
     console.log(`     cpu ${cpu} busy at ${bars.unixMs}: dashboard ${share?.toFixed(4)}, API ${api} (allowed 0.0001: the API rounds to 4 decimals)`);
     check(`cpu ${cpu} busy share equals the API's`, share === null ? api === null : Math.abs(share - api) <= 0.0001);
   });
+  const health = await page.$$eval('#health-list li', (lis) => lis.map((li) => li.textContent));
+  check('the health card lists what is not healthy, with since when', health.length >= 1 && health.every((h) => h.includes(' since ') || h.startsWith('Every component')), health.slice(0, 3).join(' | '));
   await page.screenshot({ path: join(shots, 'node.png'), fullPage: true });
 
   // The spinner's workload at ~1 CPU in the table, as the API's processes say.

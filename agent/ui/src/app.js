@@ -187,14 +187,9 @@ function renderAgent(agent) {
   $('agent-rss').textContent = formatBytes(agent.rss_bytes);
   $('agent-bpf').textContent = agent.bpf_run_ns ? formatNs(agent.bpf_run_ns) : '– (bpf_stats off)';
   $('agent-lost').textContent = agent.lost_total;
-  const components = Object.entries(agent.health?.components ?? {})
-    .filter(([, c]) => c.status === 'degraded' || c.status === 'unhealthy')
-    .map(([name, c]) => {
-      const li = document.createElement('li');
-      li.textContent = `${name}: ${c.status}: ${c.message}`;
-      return li;
-    });
-  $('agent-components').replaceChildren(...components);
+  state.componentHealth = Object.entries(agent.health?.components ?? {})
+    .filter(([, c]) => c.status === 'degraded' || c.status === 'unhealthy');
+  renderHealth();
 }
 
 // ---- workloads ----
@@ -256,8 +251,37 @@ function renderWorkloads(table) {
     return li;
   }));
   updateWorkloadChoices(table.rows);
+  state.workloadHealth = table.rows.filter((row) => Object.keys(row.states ?? {}).length);
+  renderHealth();
   const selected = table.rows.find((r) => r.cgroup === state.selected);
   if (selected) renderDetail(selected);
+}
+
+/** The agent's components and the workloads not healthy, each with since when and why. */
+function renderHealth() {
+  const at = (unix) => (unix ? new Date(unix * 1000).toLocaleTimeString() : '?');
+  const items = [
+    ...(state.componentHealth ?? []).map(([name, c]) =>
+      [`agent ${name}: ${c.status} since ${at(c.since)}`, c.message, c.status]),
+    ...(state.workloadHealth ?? []).map((row) =>
+      [`${workloadName(row)}: ${Object.keys(row.states).join(', ')} since ${at(row.states_since)}`,
+        Object.values(row.states).join('; '), 'degraded']),
+  ];
+  const list = $('health-list');
+  if (!items.length) {
+    const li = document.createElement('li');
+    li.textContent = 'Every component of the agent and every workload is healthy.';
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren(...items.map(([what, why, status]) => {
+    const li = document.createElement('li');
+    const head = document.createElement('strong');
+    head.className = `status ${status}`;
+    head.textContent = what;
+    li.append(head, `: ${why}`);
+    return li;
+  }));
 }
 
 function select(row) {
@@ -280,6 +304,7 @@ function renderDetail(row) {
     ['block IO/s', formatBytes(row.io_bytes_per_s)],
     ['started/s, failed/s', `${formatNumber(row.started_per_s, 1)}, ${formatNumber(row.failed_per_s, 1)}`],
     ...Object.entries(row.states ?? {}),
+    ...(row.states_since ? [['in these states since', new Date(row.states_since * 1000).toLocaleTimeString()]] : []),
   ];
   $('detail-figures').replaceChildren(...figures.flatMap(([k, v]) => pair(k, v)));
 }
@@ -304,7 +329,7 @@ $('heat-workload').addEventListener('change', async (event) => {
 });
 
 // ---- timeline ----
-const timeline = { frozen: false, data: null, busy: false };
+const timeline = { frozen: false, data: null, busy: false, ticks: 0 };
 
 $('tl-freeze').addEventListener('click', () => {
   timeline.frozen = !timeline.frozen;
@@ -342,8 +367,12 @@ async function refreshTimeline() {
     } else {
       $('tl-state').textContent = `timeline: ${response.status}`;
     }
-    const spans = await fetch('/api/v1/spans?limit=300');
-    if (spans.ok) drawGantt((await spans.json()).spans);
+    // The process trees change slower than the CPUs: every third refresh.
+    if (timeline.ticks % 3 === 0) {
+      const spans = await fetch('/api/v1/spans?limit=300');
+      if (spans.ok) drawGantt((await spans.json()).spans);
+    }
+    timeline.ticks += 1;
   } catch (err) {
     $('tl-state').textContent = `timeline: ${err.message}`;
   } finally {
