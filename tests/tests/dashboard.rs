@@ -140,6 +140,17 @@ fn the_dashboard_in_chromium_shows_what_the_api_says() {
     let (agent, token_file) = agent_with_token();
     let spinner = Spinner::start("taskscope-dashboard");
     let capped = Spinner::start_with_limits("taskscope-capped", true);
+    // Known exits in the spinner's workload: three processes exit with code 3, one is killed
+    // by SIGKILL.
+    let exits = format!(
+        "echo $$ > {}/cgroup.procs && for i in 1 2 3; do sh -c 'exit 3'; done; sh -c 'kill -KILL $$'; true",
+        spinner.dir.display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &exits])
+        .status()
+        .expect("sh");
+    assert!(status.success());
     // Two history intervals with the spinner in them, so that its rate is in the first frame.
     std::thread::sleep(Duration::from_secs(3));
     let screenshots =

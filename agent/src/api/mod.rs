@@ -138,6 +138,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/spans", get(spans))
         .route("/api/v1/viz/timeline/trace", get(viz_timeline_trace))
+        .route("/api/v1/workloads/detail", get(workload_detail))
         .layer(limited(state.max_concurrent));
     let read_api = Router::new()
         .route("/api/v1/processes/{pid}", get(process))
@@ -465,6 +466,44 @@ async fn viz_timeline_trace(
         header::HeaderValue::from_static("attachment; filename=\"taskscope-timeline.json\""),
     );
     response
+}
+
+/// Query of `/api/v1/workloads/detail`.
+#[derive(Debug, serde::Deserialize)]
+struct WorkloadQuery {
+    cgroup: Option<String>,
+}
+
+/// One workload's page: totals, top syscalls and errnos, block IO, processes and exits.
+async fn workload_detail(
+    State(state): State<ApiState>,
+    query: UrlQuery<WorkloadQuery>,
+) -> Response {
+    let Some(cgroup) = query.cgroup.clone() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "cgroup is required: the workload's cgroup path, as `cgroup` in /api/v1/live's workload rows",
+        );
+    };
+    let read = match ask(&state, |tx| Query::Workload(cgroup.clone(), tx)).await {
+        Ok(Some(read)) => read,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no workload with cgroup {cgroup:?}: it has no process the agent knows"),
+            )
+        }
+        Err(response) => return response,
+    };
+    let mut detail = crate::viz::workload::WorkloadDetail::new(read);
+    {
+        let names = state.names.read();
+        name_workload(&mut detail.workload, &names);
+        for process in detail.live.iter_mut().chain(detail.exited.iter_mut()) {
+            name_workload(&mut process.workload, &names);
+        }
+    }
+    large_json(detail).await
 }
 
 /// Query of `/api/v1/spans`.

@@ -73,6 +73,8 @@ pub(crate) enum Query {
     /// The context switches of the last `seconds` (at most [`timeline::MAX_SECONDS`]),
     /// starting the switch recorder if it is off; it stays on while such queries come.
     Timeline(u64, oneshot::Sender<timeline::TimelineRead>),
+    /// One workload (by cgroup path): its totals and its processes; `None` when unknown.
+    Workload(String, oneshot::Sender<Option<WorkloadRead>>),
     /// Applies new live settings (a reload); the answer says what failed, if anything.
     Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
 }
@@ -129,6 +131,24 @@ pub(crate) struct LatestRead {
     pub(crate) node: NodeResponse,
     pub(crate) workloads: Vec<(Workload, WorkloadTotals)>,
 }
+
+/// One workload's totals and processes.
+#[derive(Debug)]
+pub(crate) struct WorkloadRead {
+    pub(crate) workload: Workload,
+    pub(crate) totals: WorkloadTotals,
+    /// Its live processes, the busiest (on CPU) first, at most [`MAX_WORKLOAD_PROCESSES`].
+    pub(crate) live: Vec<ProcessView>,
+    /// Its exited processes, the latest first, at most [`MAX_WORKLOAD_PROCESSES`].
+    pub(crate) exited: Vec<ProcessView>,
+    /// How many it has of each (beyond the lists' bound).
+    pub(crate) live_total: usize,
+    pub(crate) exited_total: usize,
+    pub(crate) collected_at_unix_ns: u64,
+}
+
+/// Processes of each kind one workload answer lists.
+pub(crate) const MAX_WORKLOAD_PROCESSES: usize = 200;
 
 /// Which part of a listing to answer: `limit` entries from `offset` on.
 #[derive(Debug, Clone, Copy)]
@@ -512,6 +532,10 @@ impl Collector {
                     workloads: self.model.workload_totals(),
                 });
             }
+            Query::Workload(cgroup, reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.workload(&cgroup));
+            }
             Query::Timeline(seconds, reply) => {
                 let _ = reply.send(self.timeline(seconds));
             }
@@ -656,6 +680,45 @@ impl Collector {
                 .sum(),
             switch_recorder: self.probes.switch_recording(),
         }
+    }
+
+    /// The workload of cgroup `path`, with its processes.
+    fn workload(&mut self, path: &str) -> Option<WorkloadRead> {
+        let (workload, totals) = self
+            .model
+            .workload_totals()
+            .into_iter()
+            .find(|(w, _)| w.cgroup == path)?;
+        let clocks = Clocks::now();
+        let here = |p: &&Process| p.cgroup_path.as_deref().unwrap_or("/") == path;
+        let view = |p: &Process| ProcessView::new(p, &clocks, &self.model.running);
+        let mut live: Vec<ProcessView> = self.model.live().filter(here).map(view).collect();
+        let live_total = live.len();
+        live.sort_unstable_by(|a, b| {
+            b.sched
+                .on_cpu_ns
+                .cmp(&a.sched.on_cpu_ns)
+                .then(a.pid.cmp(&b.pid))
+        });
+        live.truncate(MAX_WORKLOAD_PROCESSES);
+        // The exited ones are kept oldest first: the latest are at the end.
+        let exited: Vec<&Process> = self.model.exited().filter(here).collect();
+        let exited_total = exited.len();
+        let exited = exited
+            .iter()
+            .rev()
+            .take(MAX_WORKLOAD_PROCESSES)
+            .map(|p| view(p))
+            .collect();
+        Some(WorkloadRead {
+            workload,
+            totals,
+            live,
+            exited,
+            live_total,
+            exited_total,
+            collected_at_unix_ns: clocks.monotonic_to_unix(self.model.collected_at_ns),
+        })
     }
 
     /// The switches of the last `seconds`, starting the recorder if it is off.

@@ -11,6 +11,7 @@ pub(crate) mod heatmap;
 pub(crate) mod history;
 pub(crate) mod live;
 pub(crate) mod timeline;
+pub(crate) mod workload;
 
 use std::{
     sync::{Arc, Mutex},

@@ -142,6 +142,15 @@ try {
   check('the filter keeps only matching workloads', filtered.length === 1 && filtered[0] === spinCgroup, filtered.join(','));
   await page.click(`#workloads tbody tr[data-cgroup="${spinCgroup}"]`);
   await page.waitForSelector('#workload-detail:not([hidden])');
+  // Its page: the processes, and the known exits (three `exit 3`, one SIGKILL) as the API has them.
+  await page.waitForFunction((c) => document.getElementById('detail-more').dataset.cgroup === c, spinCgroup, { timeout: 10000 });
+  const detailText = await page.textContent('#detail-more');
+  const exit3 = (detailText.match(/exit 3/g) ?? []).length;
+  const killed = (detailText.match(/killed by SIGKILL/g) ?? []).length;
+  const detail = await api(`/api/v1/workloads/detail?cgroup=${encodeURIComponent(spinCgroup)}`);
+  console.log(`     workload page: ${exit3} "exit 3" and ${killed} "killed by SIGKILL" shown (known: 3 and 1); API exited_failure ${detail.exited_failure}, exited_signal ${detail.exited_signal}, ${detail.live_total} live`);
+  check('the workload page shows the known exits', exit3 === 3 && killed === 1 && detail.exited_failure === 3 && detail.exited_signal === 1);
+  check('the workload page lists its live process', detailText.includes('workload') && detail.live_total >= 1);
   await page.screenshot({ path: join(shots, 'workloads.png'), fullPage: true });
   await page.fill('#filter', '');
 

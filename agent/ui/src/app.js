@@ -2,7 +2,8 @@
 // JSON API's last 5 minutes and then take a column from each frame.
 import {
   WORKLOAD_COLUMNS, appendColumn, bucketLabel, filterRows, formatBytes, formatNs, formatNumber,
-  formatShare, ganttRows, heatColor, packing, quantileBound, sortRows, taskColour, workloadName,
+  exitText, formatShare, ganttRows, heatColor, packing, quantileBound, slowEvents, sortRows,
+  taskColour, workloadName,
 } from './logic.js';
 
 const HISTORY_SECONDS = 300;
@@ -287,6 +288,7 @@ function renderHealth() {
 function select(row) {
   state.selected = row.cgroup;
   renderDetail(row);
+  loadDetail();
   document.querySelectorAll('#workloads tbody tr')
     .forEach((tr) => tr.classList.toggle('selected', tr.dataset.cgroup === row.cgroup));
 }
@@ -308,6 +310,89 @@ function renderDetail(row) {
   ];
   $('detail-figures').replaceChildren(...figures.flatMap(([k, v]) => pair(k, v)));
 }
+
+/** A small table: `columns` are [heading, (row) => text]. */
+function table(title, columns, rows, wide = false) {
+  const section = document.createElement('section');
+  if (wide) section.className = 'wide-section';
+  const h = document.createElement('h3');
+  h.textContent = title;
+  section.append(h);
+  if (!rows.length) {
+    const p = document.createElement('p');
+    p.className = 'muted';
+    p.textContent = 'none';
+    section.append(p);
+    return section;
+  }
+  const wrap = document.createElement('div');
+  wrap.className = 'table-wrap';
+  const t = document.createElement('table');
+  const head = document.createElement('tr');
+  for (const [name] of columns) {
+    const th = document.createElement('th');
+    th.textContent = name;
+    head.append(th);
+  }
+  t.append(head);
+  for (const row of rows) {
+    const tr = document.createElement('tr');
+    for (const [, text] of columns) {
+      const td = document.createElement('td');
+      td.textContent = text(row);
+      tr.append(td);
+    }
+    t.append(tr);
+  }
+  wrap.append(t);
+  section.append(wrap);
+  return section;
+}
+
+/** The selected workload's page from /api/v1/workloads/detail. */
+async function loadDetail() {
+  const cgroup = state.selected;
+  if (!cgroup) return;
+  const response = await fetch(`/api/v1/workloads/detail?cgroup=${encodeURIComponent(cgroup)}`);
+  if (!response.ok || state.selected !== cgroup) return;
+  const d = await response.json();
+  const time = (ns) => (ns ? new Date(ns / 1e6).toLocaleTimeString() : '–');
+  const hist = document.createElement('section');
+  const h = document.createElement('h3');
+  h.textContent = `Run-queue waits since the agent started (p50 ${formatNs(d.sched.runqueue_p50_ns)}, p99 ${formatNs(d.sched.runqueue_p99_ns)})`;
+  const bars = document.createElement('div');
+  bars.className = 'hist';
+  const most = Math.max(1, ...d.sched.runqueue.map((b) => b.count));
+  for (const b of d.sched.runqueue) {
+    const bar = document.createElement('div');
+    bar.style.height = `${(b.count / most) * 100}%`;
+    bar.title = `${bucketLabel(b.below_ns)}: ${b.count}`;
+    bars.append(bar);
+  }
+  hist.append(h, bars);
+  $('detail-more').replaceChildren(
+    hist,
+    table(`Top syscalls (${d.syscalls_total} kinds)`, [
+      ['syscall', (r) => r.name ?? `#${r.nr}`], ['count', (r) => r.count], ['errors', (r) => r.errors],
+      ['p99', (r) => formatNs(r.p99_ns)]], d.syscalls),
+    table('Errors by errno', [
+      ['syscall', (r) => r.syscall ?? `#${r.nr}`], ['errno', (r) => r.errno_name ?? r.errno], ['count', (r) => r.count]], d.errors),
+    table('Block IO', [['device', (r) => r.device], ['op', (r) => r.op], ['bytes', (r) => formatBytes(r.bytes)], ['requests', (r) => r.requests]], d.block_io),
+    table(`Processes (${d.live_total} live)`, [
+      ['pid', (p) => p.pid], ['command', (p) => p.comm], ['CPU time', (p) => formatNs(p.sched.on_cpu_ns)],
+      ['threads', (p) => p.threads.live], ['started', (p) => time(p.start_time_unix_ns)]], d.live.slice(0, 50), true),
+    table(`Recent exits (${d.exited_total} kept; ${d.exited_failure} failed, ${d.exited_signal} killed since start)`, [
+      ['pid', (p) => p.pid], ['command', (p) => p.comm], ['status', (p) => exitText(p.exit)], ['at', (p) => time(p.exit_time_unix_ns)]],
+    d.exited.slice(0, 30), true),
+    table('Slow events', [['at', (e) => time(e.at)], ['pid', (e) => e.pid], ['command', (e) => e.comm], ['what', (e) => e.what]],
+      slowEvents([...d.live, ...d.exited]), true),
+  );
+  $('detail-more').dataset.cgroup = cgroup;
+}
+
+setInterval(() => {
+  if (!state.paused && state.view === 'workloads' && state.selected) loadDetail();
+}, 5000);
 
 function updateWorkloadChoices(rows) {
   const select = $('heat-workload');

@@ -222,3 +222,25 @@ export function ganttRows(spans, max = 60) {
     };
   });
 }
+
+/** An exit status in words: "exit 0", "exit 3", "killed by SIGKILL". */
+export function exitText(exit) {
+  if (!exit) return 'running';
+  if (exit.kind === 'exited') return `exit ${exit.code}`;
+  const signal = exit.signal_name ?? exit.signal;
+  return signal !== undefined ? `killed by ${typeof signal === 'number' ? `signal ${signal}` : signal}` : exit.kind;
+}
+
+/** The slow events of processes (slow syscalls and waits), newest first, at most `max`. */
+export function slowEvents(processes, max = 50) {
+  const events = [];
+  for (const p of processes) {
+    for (const s of p.slow_syscalls ?? []) {
+      events.push({ at: s.time_unix_ns, pid: p.pid, comm: p.comm, what: `${s.name ?? `syscall ${s.nr}`} took ${formatNs(s.duration_ns)}`, duration: s.duration_ns });
+    }
+    for (const w of p.slow_waits ?? []) {
+      events.push({ at: w.end_unix_ns, pid: p.pid, comm: p.comm, what: `${w.kind.replace('_', ' ')} of ${formatNs(w.duration_ns)}`, duration: w.duration_ns });
+    }
+  }
+  return events.sort((a, b) => b.at - a.at).slice(0, max);
+}

@@ -105,3 +105,16 @@ test('task colours are stable', async () => {
   assert.equal(taskColour(42), taskColour(42));
   assert.notEqual(taskColour(42), taskColour(43));
 });
+
+test('exit statuses and slow events in words', async () => {
+  const { exitText, slowEvents } = await import('../src/logic.js');
+  assert.equal(exitText(null), 'running');
+  assert.equal(exitText({ kind: 'exited', code: 3 }), 'exit 3');
+  assert.equal(exitText({ kind: 'signaled', signal: 9, signal_name: 'SIGKILL' }), 'killed by SIGKILL');
+  assert.equal(exitText({ kind: 'unknown' }), 'unknown');
+  const events = slowEvents([
+    { pid: 1, comm: 'a', slow_syscalls: [{ name: 'read', nr: 0, duration_ns: 5, time_unix_ns: 10 }], slow_waits: [] },
+    { pid: 2, comm: 'b', slow_syscalls: [], slow_waits: [{ kind: 'runqueue_wait', duration_ns: 7, end_unix_ns: 20 }] },
+  ]);
+  assert.deepEqual(events.map((e) => [e.pid, e.what]), [[2, 'runqueue wait of 7 ns'], [1, 'read took 5 ns']]);
+});
