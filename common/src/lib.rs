@@ -580,7 +580,7 @@ mod tests {
         assert_eq!(size_of::<SlowRunqueueWaitEvent>(), 24 + 8);
         assert_eq!(size_of::<SlowIoEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<SwitchEvent>(), 24 + 8);
-        assert_eq!(size_of::<Thresholds>(), 32);
+        assert_eq!(size_of::<Thresholds>(), 40);
         assert_eq!(size_of::<SyscallCounts>(), 24);
         assert_eq!(size_of::<WorkloadSyscallKey>(), 16);
     }
