@@ -192,6 +192,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Whether `given` is the (non-empty) token `expected`, compared in constant time.
+fn token_matches(given: &str, expected: &str) -> bool {
+    !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
 /// Checks `Authorization: Bearer <token>` in constant time: `None` when it is right, else
 /// the refusal (which never echoes what was sent).
 fn refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
@@ -206,7 +211,7 @@ fn refusal(state: &ApiState, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !given.is_empty() {
+    if token_matches(given, expected) {
         None
     } else {
         let mut response = error(

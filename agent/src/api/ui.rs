@@ -25,7 +25,7 @@ use super::{
     error, refusal,
     server::ConnectionSocket,
     session::{session_cookie, RateLimits, Sessions, Spend, COOKIE, SESSION_TTL},
-    ApiState,
+    token_matches, ApiState,
 };
 use crate::{
     collector::Query,
@@ -125,14 +125,18 @@ pub(crate) fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
         || (state.admin_token.is_some() && refusal(state, headers).is_none())
 }
 
-/// Whether the request's cookie names a live session.
-pub(crate) fn has_session(state: &ApiState, headers: &HeaderMap) -> bool {
+/// The session ids in the request's `Cookie` headers.
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(session_cookie)
-        .any(|id| state.dashboard.sessions.is_valid(id))
+}
+
+/// Whether the request's cookie names a live session.
+pub(crate) fn has_session(state: &ApiState, headers: &HeaderMap) -> bool {
+    session_ids(headers).any(|id| state.dashboard.sessions.is_valid(id))
 }
 
 /// The client's address (the server puts it on every request).
@@ -228,10 +232,7 @@ pub(crate) async fn login(
     let Some(expected) = &state.admin_token else {
         return Redirect::to("/ui/login?error=no-token-set").into_response();
     };
-    use subtle::ConstantTimeEq;
-    let right =
-        !form.token.is_empty() && bool::from(form.token.as_bytes().ct_eq(expected.as_bytes()));
-    if !right {
+    if !token_matches(&form.token, expected) {
         state.refusals.count(HttpRefusals::LOGIN_FAILED);
         if let Err(wait) = state
             .dashboard
@@ -261,12 +262,7 @@ pub(crate) async fn login(
 
 /// `POST /ui/logout`: ends the session and clears the cookie.
 pub(crate) async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    for id in headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(session_cookie)
-    {
+    for id in session_ids(&headers) {
         state.dashboard.sessions.end(id);
     }
     let mut response = Redirect::to("/ui/login").into_response();
