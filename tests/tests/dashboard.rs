@@ -543,6 +543,15 @@ fn the_timeline_records_only_while_watched_and_matches_schedstat() {
         true,
         "on once asked"
     );
+    // What runs on a CPU is known from its first switch after the recorder starts; a spinner
+    // alone on its CPU may not be switched out for a while, so make a switch there (a task
+    // pinned to it) before the window begins.
+    let status = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "true"])
+        .status()
+        .expect("run a task on the spinner's CPU");
+    assert!(status.success(), "taskset true: {status}");
+    std::thread::sleep(Duration::from_millis(200));
     let before = taskscope_e2e::schedstat(spinner.id()).0;
     std::thread::sleep(Duration::from_secs(5));
     let timeline = get("/api/v1/viz/timeline?seconds=5&columns=500");
