@@ -24,6 +24,9 @@ pub enum Command {
     /// Record what happens on the node for a while: which task ran on each CPU and every
     /// process's life, as a Chrome trace (opens in Perfetto), plus the spans as JSON lines.
     Record(RecordArgs),
+    /// The live view in a terminal: the node, its workloads and processes from a running
+    /// agent's live feed (needs no privileges; never loads kernel programs).
+    Top(TopArgs),
 }
 
 /// How to attach the kernel programs.
@@ -383,6 +386,44 @@ pub struct RecordArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The agent to watch (`http://HOST:PORT`; the agent serves plain HTTP: reach a remote one
+    /// through `kubectl port-forward` or an SSH tunnel).
+    #[arg(long, default_value = "http://127.0.0.1:9720", env = "TASKSCOPE_URL")]
+    pub url: String,
+
+    /// The API token. A flag's value is visible to other users in the process list: prefer
+    /// TASKSCOPE_ADMIN_TOKEN or --token-file.
+    #[arg(long, env = "TASKSCOPE_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+
+    /// File holding the API token (wins over --token and TASKSCOPE_ADMIN_TOKEN).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+
+    /// Seconds between refreshes (the feed's frames are a second apart).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub(crate) interval: u64,
+
+    /// Print one text snapshot and exit (also what happens when the output is not a
+    /// terminal).
+    #[arg(long)]
+    pub(crate) once: bool,
+
+    /// Start with the process table rather than the workload table.
+    #[arg(long)]
+    pub(crate) processes: bool,
+
+    /// Width of a text snapshot (`--once`; default: the terminal's, else 120).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(40..=1000))]
+    pub(crate) width: Option<u16>,
+
+    /// Where `s` writes screen snapshots.
+    #[arg(long, default_value = ".")]
+    pub(crate) snapshot_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,8 @@
 //! 6. Configuration: [`cli`], [`config`] (flags, environment, config file), [`logging`].
 //! 7. [`health`]: judges the agent and the node's workloads.
 //! 8. [`exporters`]: Prometheus exposition and OTLP export, from snapshots.
-//! 9. Commands: [`check`], [`control`] (live reload), [`record`].
+//! 9. Commands: [`check`], [`control`] (live reload), [`record`], [`top`] (the terminal
+//!    client of the live feed).
 //! 10. [`api`]: HTTP (JSON, /metrics, health probes, admin).
 //! 11. [`agent`]: `taskscope run`, wiring it all together; `fuzzing`: the fuzz targets'
 //!     entry points (agent/fuzz).
@@ -39,4 +40,5 @@ pub(crate) mod probes;
 pub(crate) mod procfs;
 pub mod record;
 pub(crate) mod syscall_names;
+pub mod top;
 pub(crate) mod viz;

@@ -7,7 +7,7 @@ use taskscope::{
     check::run_checks,
     cli::{Command, LogArgs},
     config::{self, ParseFailure, Parsed},
-    logging, record,
+    logging, record, top,
 };
 
 /// Logging of the short-lived commands (record, check): the agent's setup, default limit.
@@ -91,6 +91,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top(args) => match top::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("taskscope top: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check(args) => {
             init_logging(&args.log);
             let report = run_checks(&args.kernel.kernel_btf);

@@ -30,7 +30,7 @@ pub const AGENT_LAYERS: &[(&str, &[&str])] = &[
     ("collector", &["collector"]),
     ("configuration", &["cli", "config", "logging"]),
     ("consumers", &["health", "exporters", "check", "viz"]),
-    ("front", &["api", "control", "record"]),
+    ("front", &["api", "control", "record", "top"]),
     ("process", &["agent", "fuzzing"]),
 ];
 

@@ -59,7 +59,7 @@ const LIVE_SEND_BUFFER_BYTES: usize = 16 * 1024;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most frames between two a client gets (`every`).
-const MAX_EVERY: u64 = 10;
+pub(crate) const MAX_EVERY: u64 = 10;
 
 /// Bad messages a client may send before it is disconnected.
 const MAX_BAD_MESSAGES: u32 = 20;
@@ -77,6 +77,7 @@ pub(crate) struct Dashboard {
     /// The live feed's newest frame, its counters and its client slots.
     pub(crate) live: LiveFrames,
     pub(crate) live_stats: Arc<LiveFeedStats>,
+    process_subscribers: viz::ProcessSubscribers,
     live_slots: Arc<Semaphore>,
     sessions: Arc<Sessions>,
     rate_limits: Arc<RateLimits>,
@@ -93,8 +94,10 @@ impl Dashboard {
         let history = SharedHistory::default();
         let (frames, _) = watch::channel(Arc::default());
         let live = Arc::new(frames);
+        let process_subscribers = viz::ProcessSubscribers::default();
         let sources = LiveSources {
             frames: Arc::clone(&live),
+            process_subscribers: Arc::clone(&process_subscribers),
             health: Arc::clone(health),
             names: names.clone(),
             limits: CgroupLimits::from_mounts(&crate::procfs::mountinfo()),
@@ -109,6 +112,7 @@ impl Dashboard {
             history,
             live,
             live_stats: Arc::default(),
+            process_subscribers,
             live_slots: Arc::new(Semaphore::new(MAX_LIVE_CLIENTS)),
             sessions: Arc::default(),
             rate_limits: Arc::default(),
@@ -359,15 +363,18 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// What a client may send: any of the fields, as JSON text.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ClientMessage {
+pub(crate) struct ClientMessage {
     /// The sections it wants from now on.
-    subscribe: Option<Vec<Section>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) subscribe: Option<Vec<Section>>,
     /// Stop (true) or resume (false) sending.
-    pause: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pause: Option<bool>,
     /// Send every n-th frame (1 to [`MAX_EVERY`]).
-    every: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) every: Option<u64>,
 }
 
 /// One client's settings.
@@ -380,14 +387,18 @@ struct Subscription {
     last_seq: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Hello {
+/// The feed's first message: what this agent is and sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// `"hello"`.
     #[serde(rename = "type")]
-    kind: &'static str,
-    version: &'static str,
-    interval_ms: u128,
-    sections: Vec<&'static str>,
-    max_every: u64,
+    pub(crate) kind: String,
+    /// The agent's version.
+    pub(crate) version: String,
+    /// Time between frames.
+    pub(crate) interval_ms: u64,
+    pub(crate) sections: Vec<Section>,
+    pub(crate) max_every: u64,
 }
 
 /// Serves one live-feed client until it leaves or stops taking frames.
@@ -395,17 +406,21 @@ async fn feed(mut socket: WebSocket, state: ApiState, slot: OwnedSemaphorePermit
     let stats = Arc::clone(&state.dashboard.live_stats);
     stats.clients.fetch_add(1, Ordering::Relaxed);
     let mut frames = state.dashboard.live.subscribe();
+    let mut demand = ProcessDemand {
+        subscribers: Arc::clone(&state.dashboard.process_subscribers),
+        counted: false,
+    };
     let mut subscription = Subscription {
-        sections: Section::ALL.to_vec(),
+        sections: Section::DEFAULT.to_vec(),
         paused: false,
         every: 1,
         last_seq: None,
     };
     let hello = Hello {
-        kind: "hello",
-        version: env!("CARGO_PKG_VERSION"),
-        interval_ms: viz::INTERVAL.as_millis(),
-        sections: Section::ALL.iter().map(|s| s.key()).collect(),
+        kind: "hello".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        interval_ms: viz::INTERVAL.as_millis() as u64,
+        sections: Section::ALL.to_vec(),
         max_every: MAX_EVERY,
     };
     let mut bad_messages = 0;
@@ -431,12 +446,17 @@ async fn feed(mut socket: WebSocket, state: ApiState, slot: OwnedSemaphorePermit
                     _ => break,
                 };
                 let answer = apply(&text, &mut subscription);
+                demand.set(
+                    !subscription.paused && subscription.sections.contains(&Section::Processes),
+                );
                 if let Err(problem) = answer {
                     bad_messages += 1;
                     let reply = serde_json::json!({"type": "error", "error": problem});
                     open = bad_messages <= MAX_BAD_MESSAGES
                         && send_text(&mut socket, reply.to_string()).await;
-                } else if !subscription.paused {
+                } else if !subscription.paused
+                    && frames.borrow().is_fresh(crate::clock::monotonic_ns())
+                {
                     // The newest frame at once, with what was just subscribed to.
                     let frame = Arc::clone(&frames.borrow());
                     subscription.last_seq = None;
@@ -447,6 +467,31 @@ async fn feed(mut socket: WebSocket, state: ApiState, slot: OwnedSemaphorePermit
     }
     stats.clients.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
+}
+
+/// Counts a client among the process table's subscribers while it wants the table.
+struct ProcessDemand {
+    subscribers: viz::ProcessSubscribers,
+    counted: bool,
+}
+
+impl ProcessDemand {
+    fn set(&mut self, wanted: bool) {
+        if wanted != self.counted {
+            if wanted {
+                self.subscribers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.subscribers.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = wanted;
+        }
+    }
+}
+
+impl Drop for ProcessDemand {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// Applies a client's message to its subscription.

@@ -70,6 +70,8 @@ pub(crate) enum Query {
     /// The node and every workload's totals from the latest kernel read, without a fresh one
     /// (the visualisation history, which reads once a second and must not double the polls).
     Latest(oneshot::Sender<LatestRead>),
+    /// Every live process's counters (the live feed's process table).
+    ProcessCounters(oneshot::Sender<Vec<crate::model::queries::ProcessCounters>>),
     /// The context switches of the last `seconds` (at most [`timeline::MAX_SECONDS`]),
     /// starting the switch recorder if it is off; it stays on while such queries come.
     Timeline(u64, oneshot::Sender<timeline::TimelineRead>),
@@ -531,6 +533,9 @@ impl Collector {
                     node: self.node(),
                     workloads: self.model.workload_totals(),
                 });
+            }
+            Query::ProcessCounters(reply) => {
+                let _ = reply.send(self.model.process_counters());
             }
             Query::Workload(cgroup, reply) => {
                 self.refresh_if_stale();

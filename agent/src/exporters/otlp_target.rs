@@ -388,7 +388,7 @@ pub(crate) fn grpc_metadata(
 
 /// rustls is built with ring only (no C toolchain needed beyond cc); it must be the
 /// process's provider before the first TLS client is made.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     // Err means one is installed already: fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

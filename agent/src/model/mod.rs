@@ -16,7 +16,7 @@ pub(crate) mod intake;
 mod lifecycle;
 pub(crate) mod node;
 pub(crate) mod process;
-mod queries;
+pub(crate) mod queries;
 pub(crate) mod redact;
 mod retire;
 pub(crate) mod selector;

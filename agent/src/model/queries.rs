@@ -3,9 +3,30 @@
 use taskscope_common::{SyscallStats, HIST_BUCKETS};
 
 use super::{
-    aggregate::WorkloadTotals, process::Process, selector::ProcessSelector,
-    snapshot::SelectedProcess, span::TaskSpan, workload::Workload, TaskModel,
+    aggregate::WorkloadTotals,
+    process::{Process, SchedTotals},
+    selector::ProcessSelector,
+    snapshot::SelectedProcess,
+    span::TaskSpan,
+    workload::Workload,
+    TaskModel,
 };
+
+/// A live process's cumulative counters, small enough to take for every process once a
+/// second (the live feed's process table makes rates of them).
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessCounters {
+    pub(crate) pid: u32,
+    pub(crate) start_ticks: u64,
+    pub(crate) ppid: u32,
+    pub(crate) comm: String,
+    pub(crate) cgroup: Option<String>,
+    pub(crate) threads: usize,
+    pub(crate) sched: SchedTotals,
+    pub(crate) syscalls: u64,
+    pub(crate) syscall_errors: u64,
+    pub(crate) io_bytes: u64,
+}
 
 impl TaskModel {
     /// Spans made since the last call (for the exporters).
@@ -83,6 +104,26 @@ impl TaskModel {
                     comm: p.comm.clone(),
                     totals,
                 }
+            })
+            .collect()
+    }
+
+    /// Every live process's counters.
+    pub(crate) fn process_counters(&self) -> Vec<ProcessCounters> {
+        let now = self.host.clocks().monotonic_ns;
+        self.live
+            .values()
+            .map(|p| ProcessCounters {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+                ppid: p.ppid,
+                comm: p.comm.clone(),
+                cgroup: p.cgroup_path.clone(),
+                threads: p.threads.len(),
+                sched: p.sched(now, &self.running),
+                syscalls: p.syscalls.values().map(|c| c.count).sum(),
+                syscall_errors: p.syscalls.values().map(|c| c.errors).sum(),
+                io_bytes: p.io.values().map(|io| io.bytes).sum(),
             })
             .collect()
     }

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::history::Frame;
 use crate::{
@@ -17,6 +19,8 @@ use crate::{
     model::{
         aggregate::WorkloadTotals,
         histogram::{self, Log2Hist},
+        process::SchedTotals,
+        queries::ProcessCounters,
         workload::Workload,
     },
     procfs::{self, CgroupCpuReader, CgroupMemoryReader, ZoneFreeBlocks},
@@ -24,6 +28,9 @@ use crate::{
 
 /// Rows of a frame's workload table: the busiest by CPU (the rest are counted).
 pub(crate) const MAX_WORKLOAD_ROWS: usize = 100;
+
+/// Rows of a frame's process table: the busiest by CPU (the rest are counted).
+pub(crate) const MAX_PROCESS_ROWS: usize = 100;
 
 /// Idle periods shorter than this are fragments: too short to be of use to a task that would
 /// wait for a whole CPU (2^20 ns, about a millisecond: one log2 bucket boundary).
@@ -33,7 +40,7 @@ pub(crate) const FRAGMENT_BELOW_NS: u64 = 1 << 20;
 const UNFRAGMENTED_ORDER: usize = 9;
 
 /// The parts of a frame a client can subscribe to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Section {
     /// CPUs, memory, pressure, process starts and failures.
@@ -44,11 +51,23 @@ pub(crate) enum Section {
     Workloads,
     /// The newest column of the time heatmaps (CPU busy, node run-queue waits).
     Heatmaps,
+    /// The busiest processes, with their rates in the interval (built only while a client
+    /// subscribes to it: it reads every process).
+    Processes,
 }
 
 impl Section {
     /// Every section, in the order a frame lists them.
-    pub(crate) const ALL: [Section; 4] = [
+    pub(crate) const ALL: [Section; 5] = [
+        Section::Node,
+        Section::Agent,
+        Section::Workloads,
+        Section::Heatmaps,
+        Section::Processes,
+    ];
+
+    /// What a client gets until it subscribes: the dashboard's sections.
+    pub(crate) const DEFAULT: [Section; 4] = [
         Section::Node,
         Section::Agent,
         Section::Workloads,
@@ -62,6 +81,7 @@ impl Section {
             Section::Agent => "agent",
             Section::Workloads => "workloads",
             Section::Heatmaps => "heatmaps",
+            Section::Processes => "processes",
         }
     }
 }
@@ -72,10 +92,18 @@ pub(crate) struct LiveFrame {
     /// Counts frames since the agent started, so that a client sees how many it missed.
     pub(crate) seq: u64,
     pub(crate) unix_ms: u64,
+    /// CLOCK_MONOTONIC when it was built.
+    pub(crate) built_at_ns: u64,
     pub(crate) sections: BTreeMap<Section, String>,
 }
 
 impl LiveFrame {
+    /// Whether it describes the latest interval (a frame from before the feed's clients all
+    /// left is stale).
+    pub(crate) fn is_fresh(&self, now_ns: u64) -> bool {
+        self.seq > 0 && now_ns.saturating_sub(self.built_at_ns) <= STALE_AFTER_NS
+    }
+
     /// The frame as sent to a client subscribed to `wanted`, with `dropped` frames it missed.
     pub(crate) fn message(&self, wanted: &[Section], dropped: u64) -> String {
         let mut out = format!(
@@ -94,6 +122,9 @@ impl LiveFrame {
         out
     }
 }
+
+/// A frame older than this (two intervals) was built before the current clients came.
+const STALE_AFTER_NS: u64 = 2_000_000_000;
 
 /// Frames a workload's CPU is averaged over. A task's CPU time reaches the agent when it
 /// leaves a CPU, so a task that runs for long stretches would show 0 in one second and 2 in the
@@ -117,26 +148,101 @@ struct Counters {
 }
 
 impl Counters {
-    /// This frame's counters, `before` the previous frame's.
+    /// A workload's counters now, `before` the previous frame's.
     fn of(totals: &WorkloadTotals, before: Option<&Counters>) -> Self {
-        let mut cpu_past = [0; CPU_WINDOW_FRAMES];
-        if let Some(before) = before {
-            cpu_past[..CPU_WINDOW_FRAMES - 1].copy_from_slice(&before.cpu_past[1..]);
-        }
-        cpu_past[CPU_WINDOW_FRAMES - 1] = totals.sched.on_cpu_ns;
-        Self {
-            on_cpu_ns: totals.sched.on_cpu_ns,
-            cpu_past,
-            cpu_depth: before.map_or(1, |b| (b.cpu_depth + 1).min(CPU_WINDOW_FRAMES)),
-            involuntary_switches: totals.sched.involuntary_switches,
+        let sums = Sums {
             syscalls: totals.syscalls.values().map(|s| s.count).sum(),
             syscall_errors: totals.syscalls.values().map(|s| s.errors).sum(),
             io_bytes: totals.io.values().map(|io| io.bytes).sum(),
             started: totals.started,
             failed: totals.exited_failure + totals.exited_signal,
-            runqueue: totals.sched.runqueue_hist,
+        };
+        Self::new(&totals.sched, sums, before)
+    }
+
+    /// A process's counters now, `before` the previous frame's.
+    fn of_process(process: &ProcessCounters, before: Option<&Counters>) -> Self {
+        let sums = Sums {
+            syscalls: process.syscalls,
+            syscall_errors: process.syscall_errors,
+            io_bytes: process.io_bytes,
+            started: 0,
+            failed: 0,
+        };
+        Self::new(&process.sched, sums, before)
+    }
+
+    fn new(sched: &SchedTotals, sums: Sums, before: Option<&Counters>) -> Self {
+        let mut cpu_past = [0; CPU_WINDOW_FRAMES];
+        if let Some(before) = before {
+            cpu_past[..CPU_WINDOW_FRAMES - 1].copy_from_slice(&before.cpu_past[1..]);
+        }
+        cpu_past[CPU_WINDOW_FRAMES - 1] = sched.on_cpu_ns;
+        Self {
+            on_cpu_ns: sched.on_cpu_ns,
+            cpu_past,
+            cpu_depth: before.map_or(1, |b| (b.cpu_depth + 1).min(CPU_WINDOW_FRAMES)),
+            involuntary_switches: sched.involuntary_switches,
+            syscalls: sums.syscalls,
+            syscall_errors: sums.syscall_errors,
+            io_bytes: sums.io_bytes,
+            started: sums.started,
+            failed: sums.failed,
+            runqueue: sched.runqueue_hist,
         }
     }
+}
+
+/// Counts summed over syscalls, devices or processes.
+struct Sums {
+    syscalls: u64,
+    syscall_errors: u64,
+    io_bytes: u64,
+    started: u64,
+    failed: u64,
+}
+
+/// The rates of one row (a workload or a process) between two frames' counters.
+#[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq)]
+pub(crate) struct Rates {
+    /// CPUs' worth of on-CPU time, over the last [`CPU_WINDOW_FRAMES`] frames.
+    pub(crate) cpu: Option<f64>,
+    pub(crate) runqueue_waits: Option<u64>,
+    pub(crate) runqueue_p50_ns: Option<u64>,
+    pub(crate) runqueue_p99_ns: Option<u64>,
+    pub(crate) involuntary_switches_per_s: Option<f64>,
+    pub(crate) syscalls_per_s: Option<f64>,
+    pub(crate) syscall_errors_per_s: Option<f64>,
+    pub(crate) io_bytes_per_s: Option<f64>,
+}
+
+impl Rates {
+    /// Rates over `seconds` (the CPU over the window is the builder's to fill in).
+    fn between(now: &Counters, before: Option<&Counters>, seconds: f64) -> Self {
+        let rate = |pick: fn(&Counters) -> u64| rate(now, before, seconds, pick);
+        let waits = before.map(|b| histogram::delta(&now.runqueue, Some(&b.runqueue)));
+        Self {
+            cpu: None,
+            runqueue_waits: waits.map(|w| w.iter().sum()),
+            runqueue_p50_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.5)),
+            runqueue_p99_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.99)),
+            involuntary_switches_per_s: rate(|c| c.involuntary_switches),
+            syscalls_per_s: rate(|c| c.syscalls),
+            syscall_errors_per_s: rate(|c| c.syscall_errors),
+            io_bytes_per_s: rate(|c| c.io_bytes),
+        }
+    }
+}
+
+/// The per-second rate of the counter `pick` between two frames (`None`: no earlier frame).
+fn rate(
+    now: &Counters,
+    before: Option<&Counters>,
+    seconds: f64,
+    pick: fn(&Counters) -> u64,
+) -> Option<f64> {
+    let before = before?;
+    (seconds > 0.0).then(|| pick(now).saturating_sub(pick(before)) as f64 / seconds)
 }
 
 /// The node-wide readings a frame takes from /proc (cumulative where the kernel's are).
@@ -187,7 +293,12 @@ impl CgroupLimits {
 pub(crate) struct Inputs<'a> {
     /// The history's newest frame (the interval the live frame describes).
     pub(crate) frame: &'a Frame,
+    /// CLOCK_MONOTONIC when the counters were asked for: the model's figures include the
+    /// running threads' time up to then.
+    pub(crate) sampled_at_ns: u64,
     pub(crate) workloads: &'a [(Workload, WorkloadTotals)],
+    /// Every live process's counters, when a client subscribes to the process table.
+    pub(crate) processes: Option<&'a [ProcessCounters]>,
     pub(crate) status: &'a StatusResponse,
     pub(crate) health: Option<&'a HealthReport>,
     pub(crate) names: &'a DirectoryView<'a>,
@@ -200,8 +311,12 @@ pub(crate) struct Inputs<'a> {
 pub(crate) struct LiveBuilder {
     seq: u64,
     previous: HashMap<String, Counters>,
+    /// Each live process's counters at the previous frame, by (pid, start ticks).
+    previous_processes: HashMap<(u32, u64), Counters>,
     /// Lengths of the latest frames' intervals (ns), newest last.
     intervals: std::collections::VecDeque<u64>,
+    /// CLOCK_MONOTONIC of the previous frame's sample.
+    last_sampled_ns: Option<u64>,
     previous_proc: Option<ProcReadings>,
 }
 
@@ -210,18 +325,29 @@ impl LiveBuilder {
     /// rather than rates over the whole pause.
     pub(crate) fn pause(&mut self) {
         self.previous.clear();
+        self.previous_processes.clear();
         self.intervals.clear();
         self.previous_proc = None;
+        self.last_sampled_ns = None;
     }
 
     /// The frame of the interval `inputs` describes.
     pub(crate) fn build(&mut self, inputs: Inputs<'_>) -> LiveFrame {
         self.seq += 1;
-        let seconds = inputs.frame.interval_ns as f64 / 1e9;
+        // The counters were taken when the frame was asked for, not at the kernel read the
+        // history's frame ends with (a query between two polls can make those close together),
+        // so rates are over the time between two frames' samples.
+        let interval_ns = self
+            .last_sampled_ns
+            .replace(inputs.sampled_at_ns)
+            .map_or(inputs.frame.interval_ns, |last| {
+                inputs.sampled_at_ns.saturating_sub(last)
+            });
+        let seconds = interval_ns as f64 / 1e9;
         if self.intervals.len() == CPU_WINDOW_FRAMES {
             self.intervals.pop_front();
         }
-        self.intervals.push_back(inputs.frame.interval_ns);
+        self.intervals.push_back(interval_ns);
         let rows = self.workload_rows(&inputs, seconds);
         let previous_proc = self.previous_proc.replace(inputs.proc.clone());
         let node = node_section(&inputs, previous_proc.as_ref(), &rows.all_rates, seconds);
@@ -240,9 +366,17 @@ impl LiveBuilder {
         put(Section::Agent, serde_json::to_string(&agent));
         put(Section::Workloads, serde_json::to_string(&rows.table));
         put(Section::Heatmaps, serde_json::to_string(&heatmaps));
+        match inputs.processes {
+            Some(processes) => {
+                let table = self.process_rows(processes, inputs.names, seconds);
+                put(Section::Processes, serde_json::to_string(&table));
+            }
+            None => self.previous_processes.clear(),
+        }
         LiveFrame {
             seq: self.seq,
             unix_ms: inputs.frame.unix_ms,
+            built_at_ns: inputs.sampled_at_ns,
             sections,
         }
     }
@@ -266,19 +400,14 @@ impl LiveBuilder {
             let before = self.previous.get(&workload.cgroup);
             let counters = Counters::of(totals, before);
             let mut row = WorkloadRow::new(workload, totals.running, &counters, before, seconds);
-            row.cpu = before.and_then(|b| self.cpu_over_window(b, &counters));
+            row.rates.cpu = before.and_then(|b| self.cpu_over_window(b, &counters));
             all_rates.add(&row);
             now.insert(workload.cgroup.clone(), counters);
             rows.push(row);
         }
         self.previous = now;
         // The busiest first; ties by cgroup so that the table's order holds between frames.
-        rows.sort_by(|a, b| {
-            b.cpu
-                .unwrap_or(0.0)
-                .total_cmp(&a.cpu.unwrap_or(0.0))
-                .then_with(|| a.cgroup.cmp(&b.cgroup))
-        });
+        rows.sort_by(|a, b| by_cpu(&a.rates, &b.rates).then_with(|| a.cgroup.cmp(&b.cgroup)));
         let total = rows.len();
         rows.truncate(MAX_WORKLOAD_ROWS);
         let states = workload_states(inputs.health);
@@ -296,7 +425,7 @@ impl LiveBuilder {
             row.read_limits(inputs.limits);
         }
         Rows {
-            table: WorkloadTable {
+            table: Table {
                 total,
                 left_out: total - rows.len(),
                 rows,
@@ -306,9 +435,84 @@ impl LiveBuilder {
     }
 }
 
+impl LiveBuilder {
+    /// The process table: the busiest live processes with their rates.
+    fn process_rows(
+        &mut self,
+        processes: &[ProcessCounters],
+        names: &DirectoryView<'_>,
+        seconds: f64,
+    ) -> Table<ProcessRow> {
+        let mut now = HashMap::with_capacity(processes.len());
+        let mut rows: Vec<ProcessRow> = Vec::with_capacity(processes.len());
+        for process in processes {
+            let key = (process.pid, process.start_ticks);
+            let before = self.previous_processes.get(&key);
+            let counters = Counters::of_process(process, before);
+            let mut rates = Rates::between(&counters, before, seconds);
+            rates.cpu = before.and_then(|b| self.cpu_over_window(b, &counters));
+            now.insert(key, counters);
+            rows.push(ProcessRow {
+                pid: process.pid,
+                ppid: process.ppid,
+                comm: process.comm.clone(),
+                cgroup: process.cgroup.clone(),
+                container: None,
+                pod: None,
+                namespace: None,
+                threads: process.threads,
+                rates,
+            });
+        }
+        self.previous_processes = now;
+        rows.sort_by(|a, b| by_cpu(&a.rates, &b.rates).then_with(|| a.pid.cmp(&b.pid)));
+        let total = rows.len();
+        rows.truncate(MAX_PROCESS_ROWS);
+        for row in &mut rows {
+            let workload = Workload::from_cgroup(row.cgroup.as_deref().unwrap_or("/"));
+            let names = names.names(
+                workload.pod_uid.as_deref(),
+                workload.container_id.as_deref(),
+            );
+            row.pod = names.pod.map(str::to_string);
+            row.namespace = names.namespace.map(str::to_string);
+            row.container = names.container.map(str::to_string);
+        }
+        Table {
+            total,
+            left_out: total - rows.len(),
+            rows,
+        }
+    }
+}
+
+/// The busier (more CPU) first; rows with no CPU figure yet last.
+fn by_cpu(a: &Rates, b: &Rates) -> std::cmp::Ordering {
+    b.cpu.unwrap_or(0.0).total_cmp(&a.cpu.unwrap_or(0.0))
+}
+
+/// One live process in the interval (rates `None` as for a workload).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub(crate) struct ProcessRow {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+    pub(crate) comm: String,
+    pub(crate) cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) namespace: Option<String>,
+    /// Live threads.
+    pub(crate) threads: usize,
+    #[serde(flatten)]
+    pub(crate) rates: Rates,
+}
+
 /// The workload rows of a frame and the sums the node section shows.
 struct Rows {
-    table: WorkloadTable,
+    table: Table<WorkloadRow>,
     all_rates: ProcessRates,
 }
 
@@ -334,59 +538,54 @@ fn workload_states(
         .unwrap_or_default()
 }
 
-#[derive(Debug, Serialize)]
-struct WorkloadTable {
-    /// Workloads known to the agent.
-    total: usize,
-    /// Those beyond [`MAX_WORKLOAD_ROWS`], not listed.
-    left_out: usize,
-    rows: Vec<WorkloadRow>,
+/// A table of a frame (workloads or processes): the busiest rows.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Table<Row> {
+    /// Rows known to the agent.
+    pub(crate) total: usize,
+    /// Those beyond the table's bound, not listed.
+    pub(crate) left_out: usize,
+    pub(crate) rows: Vec<Row>,
 }
 
 /// One workload in the interval. Rates are `None` in the first frame a client gets and for a
 /// workload new in it (nothing to compare with).
-#[derive(Debug, Serialize)]
-struct WorkloadRow {
-    cgroup: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    runtime: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    systemd_unit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<String>,
-    /// CPUs' worth of on-CPU time, over the last [`CPU_WINDOW_FRAMES`] frames.
-    cpu: Option<f64>,
-    runqueue_waits: Option<u64>,
-    runqueue_p50_ns: Option<u64>,
-    runqueue_p99_ns: Option<u64>,
-    involuntary_switches_per_s: Option<f64>,
-    syscalls_per_s: Option<f64>,
-    syscall_errors_per_s: Option<f64>,
-    io_bytes_per_s: Option<f64>,
-    started_per_s: Option<f64>,
-    failed_per_s: Option<f64>,
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub(crate) struct WorkloadRow {
+    pub(crate) cgroup: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) runtime: Option<Cow<'static, str>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) systemd_unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) container: Option<String>,
+    #[serde(flatten)]
+    pub(crate) rates: Rates,
+    pub(crate) started_per_s: Option<f64>,
+    pub(crate) failed_per_s: Option<f64>,
     /// Live processes.
-    running: u64,
+    pub(crate) running: u64,
     /// Memory charged to its cgroup and the cgroup's limit (`None`: unlimited or not
     /// accounted).
-    memory_bytes: Option<u64>,
-    memory_limit_bytes: Option<u64>,
+    pub(crate) memory_bytes: Option<u64>,
+    pub(crate) memory_limit_bytes: Option<u64>,
     /// CPUs' worth its cgroup may use (`None`: unlimited).
-    cpu_limit: Option<f64>,
+    pub(crate) cpu_limit: Option<f64>,
     /// A Kubernetes pod's CPU request, from its cgroup's CPU shares (`None` outside pods).
-    cpu_request: Option<f64>,
+    pub(crate) cpu_request: Option<f64>,
     /// Health states (starved, failing, io_bound, churning) and why.
-    states: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) states: BTreeMap<String, String>,
     /// Unix seconds of the health evaluation that first saw these states.
-    states_since: Option<f64>,
+    pub(crate) states_since: Option<f64>,
 }
 
 impl WorkloadRow {
@@ -397,31 +596,18 @@ impl WorkloadRow {
         before: Option<&Counters>,
         seconds: f64,
     ) -> Self {
-        let rate = |pick: fn(&Counters) -> u64| {
-            let before = before?;
-            (seconds > 0.0).then(|| pick(now).saturating_sub(pick(before)) as f64 / seconds)
-        };
-        let waits = before.map(|b| histogram::delta(&now.runqueue, Some(&b.runqueue)));
         Self {
             cgroup: workload.cgroup.clone(),
             container_id: workload.container_id.clone(),
-            runtime: workload.runtime,
+            runtime: workload.runtime.map(Cow::Borrowed),
             pod_uid: workload.pod_uid.clone(),
             systemd_unit: workload.systemd_unit.clone(),
             pod: None,
             namespace: None,
             container: None,
-            // Over a window: the builder fills it in.
-            cpu: None,
-            runqueue_waits: waits.map(|w| w.iter().sum()),
-            runqueue_p50_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.5)),
-            runqueue_p99_ns: waits.and_then(|w| histogram::quantile_ns(&w, 0.99)),
-            involuntary_switches_per_s: rate(|c| c.involuntary_switches),
-            syscalls_per_s: rate(|c| c.syscalls),
-            syscall_errors_per_s: rate(|c| c.syscall_errors),
-            io_bytes_per_s: rate(|c| c.io_bytes),
-            started_per_s: rate(|c| c.started),
-            failed_per_s: rate(|c| c.failed),
+            rates: Rates::between(now, before, seconds),
+            started_per_s: rate(now, before, seconds, |c| c.started),
+            failed_per_s: rate(now, before, seconds, |c| c.failed),
             running,
             memory_bytes: None,
             memory_limit_bytes: None,
@@ -449,11 +635,11 @@ impl WorkloadRow {
 }
 
 /// Processes running, started and failed, over every workload.
-#[derive(Debug, Default, Serialize)]
-struct ProcessRates {
-    running: u64,
-    started_per_s: Option<f64>,
-    failed_per_s: Option<f64>,
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct ProcessRates {
+    pub(crate) running: u64,
+    pub(crate) started_per_s: Option<f64>,
+    pub(crate) failed_per_s: Option<f64>,
 }
 
 impl ProcessRates {
@@ -469,39 +655,41 @@ impl ProcessRates {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct NodeSection<'a> {
-    interval_s: f64,
+/// The node in the interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NodeSection {
+    pub(crate) interval_s: f64,
     /// Share of the interval each CPU was busy (`None`: not yet seen).
-    cpu_busy: &'a [Option<f64>],
+    pub(crate) cpu_busy: Vec<Option<f64>>,
     /// CPUs' worth of busy time, over the CPUs seen.
-    busy_cpus: f64,
+    pub(crate) busy_cpus: f64,
     /// Share of the interval's closed idle time that was in periods shorter than
     /// [`FRAGMENT_BELOW_NS`] (`None`: no idle period closed).
-    idle_fragmented_share: Option<f64>,
-    fragment_below_ns: u64,
-    memory_total_bytes: Option<u64>,
-    memory_available_bytes: Option<u64>,
+    pub(crate) idle_fragmented_share: Option<f64>,
+    pub(crate) fragment_below_ns: u64,
+    pub(crate) memory_total_bytes: Option<u64>,
+    pub(crate) memory_available_bytes: Option<u64>,
     /// Share of free memory not in blocks of 2 MiB or more (/proc/buddyinfo).
-    memory_fragmented_share: Option<f64>,
+    pub(crate) memory_fragmented_share: Option<f64>,
     /// Share of the interval some (or all) tasks stalled on each resource (/proc/pressure).
-    pressure: Vec<Pressure>,
-    processes: &'a ProcessRates,
+    pub(crate) pressure: Vec<Pressure>,
+    pub(crate) processes: ProcessRates,
 }
 
-#[derive(Debug, Serialize)]
-struct Pressure {
-    resource: &'static str,
-    some: Option<f64>,
-    full: Option<f64>,
+/// Stall shares of one resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Pressure {
+    pub(crate) resource: Cow<'static, str>,
+    pub(crate) some: Option<f64>,
+    pub(crate) full: Option<f64>,
 }
 
-fn node_section<'a>(
-    inputs: &'a Inputs<'_>,
+fn node_section(
+    inputs: &Inputs<'_>,
     previous: Option<&ProcReadings>,
-    processes: &'a ProcessRates,
+    processes: &ProcessRates,
     seconds: f64,
-) -> NodeSection<'a> {
+) -> NodeSection {
     let frame = inputs.frame;
     let (mut idle, mut fragmented) = (0u64, 0u64);
     for buckets in &frame.cpu_idle_ns_by_bucket {
@@ -523,7 +711,7 @@ fn node_section<'a>(
                 (seconds > 0.0).then(|| (stalled_us as f64 / 1e6 / seconds).min(1.0))
             };
             Pressure {
-                resource,
+                resource: Cow::Borrowed(resource),
                 some: share(some, before.and_then(|b| b.1)),
                 full: share(full, before.and_then(|b| b.2)),
             }
@@ -531,7 +719,7 @@ fn node_section<'a>(
         .collect();
     NodeSection {
         interval_s: seconds,
-        cpu_busy: &frame.cpu_busy,
+        cpu_busy: frame.cpu_busy.clone(),
         busy_cpus: frame.cpu_busy.iter().flatten().sum(),
         idle_fragmented_share: (idle > 0).then(|| fragmented as f64 / idle as f64),
         fragment_below_ns: FRAGMENT_BELOW_NS,
@@ -539,7 +727,7 @@ fn node_section<'a>(
         memory_available_bytes: inputs.proc.memory.map(|m| m.1),
         memory_fragmented_share: memory_fragmented_share(&inputs.proc.zones),
         pressure,
-        processes,
+        processes: processes.clone(),
     }
 }
 

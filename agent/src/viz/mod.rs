@@ -14,7 +14,7 @@ pub(crate) mod timeline;
 pub(crate) mod workload;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -29,7 +29,10 @@ use crate::{
     collector::{ask, LatestRead, NodeResponse, Query},
     health::SharedHealth,
     metadata::Directories,
-    model::{aggregate::WorkloadTotals, histogram::Log2Hist, workload::Workload},
+    model::{
+        aggregate::WorkloadTotals, histogram::Log2Hist, queries::ProcessCounters,
+        workload::Workload,
+    },
 };
 
 /// How often the history takes a reading.
@@ -42,9 +45,14 @@ pub(crate) type SharedHistory = Arc<Mutex<History>>;
 /// newest). Frames are built only while someone subscribes.
 pub(crate) type LiveFrames = Arc<watch::Sender<Arc<LiveFrame>>>;
 
+/// Clients subscribed to the live feed's process table, which is built only while there are
+/// some (it reads every process).
+pub(crate) type ProcessSubscribers = Arc<std::sync::atomic::AtomicUsize>;
+
 /// What the live frames take besides the collector's answers.
 pub(crate) struct LiveSources {
     pub(crate) frames: LiveFrames,
+    pub(crate) process_subscribers: ProcessSubscribers,
     pub(crate) health: SharedHealth,
     pub(crate) names: Directories,
     pub(crate) limits: live::CgroupLimits,
@@ -67,6 +75,7 @@ pub(crate) async fn record(
             _ = tick.tick() => {}
         }
         // The latest poll's figures: asking for fresh ones would add a kernel read a second.
+        let sampled_at_ns = clock::monotonic_ns();
         let Some(latest) = ask(&queries, Query::Latest).await else {
             return;
         };
@@ -81,7 +90,21 @@ pub(crate) async fn record(
             let Some(status) = ask(&queries, Query::Status).await else {
                 return;
             };
-            let frame = live_frame(&mut builder, &history, &latest, &status, &live);
+            let processes = if live.process_subscribers.load(Ordering::Relaxed) > 0 {
+                let Some(processes) = ask(&queries, Query::ProcessCounters).await else {
+                    return;
+                };
+                Some(processes)
+            } else {
+                None
+            };
+            let read = LiveRead {
+                sampled_at_ns,
+                latest: &latest,
+                status: &status,
+                processes: processes.as_deref(),
+            };
+            let frame = live_frame(&mut builder, &history, &read, &live);
             if let Some(frame) = frame {
                 live.frames.send_replace(Arc::new(frame));
             }
@@ -89,12 +112,19 @@ pub(crate) async fn record(
     }
 }
 
+/// The collector's answers a live frame is made of.
+struct LiveRead<'a> {
+    sampled_at_ns: u64,
+    latest: &'a LatestRead,
+    status: &'a crate::collector::StatusResponse,
+    processes: Option<&'a [ProcessCounters]>,
+}
+
 /// The live frame of the history's newest interval.
 fn live_frame(
     builder: &mut LiveBuilder,
     history: &SharedHistory,
-    latest: &LatestRead,
-    status: &crate::collector::StatusResponse,
+    read: &LiveRead<'_>,
     live: &LiveSources,
 ) -> Option<LiveFrame> {
     let proc = ProcReadings::read();
@@ -111,8 +141,10 @@ fn live_frame(
     let names = live.names.read();
     Some(builder.build(live::Inputs {
         frame: &frame,
-        workloads: &latest.workloads,
-        status,
+        sampled_at_ns: read.sampled_at_ns,
+        workloads: &read.latest.workloads,
+        processes: read.processes,
+        status: read.status,
         health: health.as_ref(),
         names: &names,
         limits: &live.limits,
