@@ -4,6 +4,7 @@
 //! The agent binary is `$TASKSCOPE_BIN`, or `target/release/taskscope` (built by
 //! `cargo xtask test`).
 
+pub mod live;
 pub mod runtimes;
 
 use std::{

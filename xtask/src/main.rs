@@ -279,6 +279,8 @@ fn setup(for_tests: bool) -> Result<()> {
             ("depmod", "kmod"),
             // The dashboard's browser tests.
             ("chromium", "chromium"),
+            // `taskscope top` driven in a terminal.
+            ("tmux", "tmux"),
         ];
         let mut missing: Vec<&str> = needed
             .iter()

@@ -67,11 +67,10 @@ pub(crate) enum Query {
     TakeRecording(oneshot::Sender<Recording>),
     /// Every workload's totals (health evaluation).
     Workloads(oneshot::Sender<Vec<(Workload, WorkloadTotals)>>),
-    /// The node and every workload's totals from the latest kernel read, without a fresh one
-    /// (the visualisation history, which reads once a second and must not double the polls).
-    Latest(oneshot::Sender<LatestRead>),
-    /// Every live process's counters (the live feed's process table).
-    ProcessCounters(oneshot::Sender<Vec<crate::model::queries::ProcessCounters>>),
+    /// The node and every workload's totals (and, when asked, every live process's counters:
+    /// the live feed's process table) from the latest kernel read, without a fresh one (the
+    /// visualisation history, which reads once a second and must not double the polls).
+    Latest(bool, oneshot::Sender<LatestRead>),
     /// The context switches of the last `seconds` (at most [`timeline::MAX_SECONDS`]),
     /// starting the switch recorder if it is off; it stays on while such queries come.
     Timeline(u64, oneshot::Sender<timeline::TimelineRead>),
@@ -132,6 +131,10 @@ pub(crate) struct NodeResponse {
 pub(crate) struct LatestRead {
     pub(crate) node: NodeResponse,
     pub(crate) workloads: Vec<(Workload, WorkloadTotals)>,
+    pub(crate) processes: Option<Vec<crate::model::queries::ProcessCounters>>,
+    /// CLOCK_MONOTONIC when the totals were taken: they include the running threads' time up
+    /// to then.
+    pub(crate) sampled_at_ns: u64,
 }
 
 /// One workload's totals and processes.
@@ -528,14 +531,14 @@ impl Collector {
                 self.refresh_if_stale();
                 let _ = reply.send(self.model.workload_totals());
             }
-            Query::Latest(reply) => {
+            Query::Latest(with_processes, reply) => {
+                let sampled_at_ns = monotonic_ns();
                 let _ = reply.send(LatestRead {
                     node: self.node(),
                     workloads: self.model.workload_totals(),
+                    processes: with_processes.then(|| self.model.process_counters()),
+                    sampled_at_ns,
                 });
-            }
-            Query::ProcessCounters(reply) => {
-                let _ = reply.send(self.model.process_counters());
             }
             Query::Workload(cgroup, reply) => {
                 self.refresh_if_stale();

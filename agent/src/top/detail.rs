@@ -46,7 +46,7 @@ pub(crate) fn workload(page: &Value) -> Vec<String> {
             "  {:<20} {:<12} {:>10}",
             e["syscall"].as_str().unwrap_or("?"),
             e["errno_name"].as_str().unwrap_or("?"),
-            e["count"]
+            e["count"].as_u64().unwrap_or(0)
         ));
     }
     block_io(&mut out, &page["block_io"]);
@@ -205,8 +205,8 @@ fn syscalls(out: &mut Vec<String>, rows: Option<&Vec<Value>>, p99: &str) {
             s["name"]
                 .as_str()
                 .map_or_else(|| format!("#{}", s["nr"]), str::to_string),
-            s["count"],
-            s["errors"],
+            s["count"].as_u64().unwrap_or(0),
+            s["errors"].as_u64().unwrap_or(0),
             ns(s["total_latency_ns"].as_u64())
         ));
     }
@@ -221,7 +221,7 @@ fn block_io(out: &mut Vec<String>, rows: &Value) {
             io["device"].as_str().unwrap_or("?"),
             io["op"].as_str().unwrap_or("?"),
             bytes(io["bytes"].as_f64()),
-            io["requests"]
+            io["requests"].as_u64().unwrap_or(0)
         ));
     }
 }
@@ -234,7 +234,7 @@ fn exits(out: &mut Vec<String>, exited: &Value) {
         out.push(format!(
             "  {}  {:>7} {:<16} {}",
             unix_time(p["exit_time_unix_ns"].as_u64()),
-            p["pid"],
+            p["pid"].as_u64().unwrap_or(0),
             p["comm"].as_str().unwrap_or("?"),
             exit_text(&p["exit"])
         ));

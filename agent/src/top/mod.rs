@@ -200,6 +200,8 @@ pub(crate) struct App {
     pub(crate) once: bool,
     /// The screen's text as last drawn (for `w`).
     screen: String,
+    /// Lines a page shows at once, as last drawn.
+    pub(crate) page_height: std::cell::Cell<u16>,
     requests: u64,
 }
 
@@ -233,6 +235,7 @@ impl App {
             color: false,
             once: false,
             screen: String::new(),
+            page_height: std::cell::Cell::new(1),
             requests: 0,
         }
     }
@@ -508,7 +511,7 @@ impl App {
         let Some(detail) = &mut self.detail else {
             return;
         };
-        let last = detail.lines.len().saturating_sub(1) as u16;
+        let last = (detail.lines.len() as u16).saturating_sub(self.page_height.get());
         detail.scroll = match code {
             KeyCode::Up => detail.scroll.saturating_sub(1),
             KeyCode::Down => (detail.scroll + 1).min(last),

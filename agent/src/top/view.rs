@@ -64,6 +64,8 @@ pub(crate) fn render(app: &App, area: Rect, buf: &mut Buffer) {
                 lines.push(TextLine::raw("loading..."));
             }
             lines.extend(detail.lines.iter().map(|l| TextLine::raw(l.clone())));
+            // Less the block's top border.
+            app.page_height.set(body.height.saturating_sub(1));
             Paragraph::new(lines)
                 .block(
                     Block::default()

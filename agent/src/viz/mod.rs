@@ -29,10 +29,7 @@ use crate::{
     collector::{ask, LatestRead, NodeResponse, Query},
     health::SharedHealth,
     metadata::Directories,
-    model::{
-        aggregate::WorkloadTotals, histogram::Log2Hist, queries::ProcessCounters,
-        workload::Workload,
-    },
+    model::{aggregate::WorkloadTotals, histogram::Log2Hist, workload::Workload},
 };
 
 /// How often the history takes a reading.
@@ -75,8 +72,8 @@ pub(crate) async fn record(
             _ = tick.tick() => {}
         }
         // The latest poll's figures: asking for fresh ones would add a kernel read a second.
-        let sampled_at_ns = clock::monotonic_ns();
-        let Some(latest) = ask(&queries, Query::Latest).await else {
+        let with_processes = live.process_subscribers.load(Ordering::Relaxed) > 0;
+        let Some(latest) = ask(&queries, |reply| Query::Latest(with_processes, reply)).await else {
             return;
         };
         let reading = reading(&latest.node, &latest.workloads);
@@ -90,21 +87,7 @@ pub(crate) async fn record(
             let Some(status) = ask(&queries, Query::Status).await else {
                 return;
             };
-            let processes = if live.process_subscribers.load(Ordering::Relaxed) > 0 {
-                let Some(processes) = ask(&queries, Query::ProcessCounters).await else {
-                    return;
-                };
-                Some(processes)
-            } else {
-                None
-            };
-            let read = LiveRead {
-                sampled_at_ns,
-                latest: &latest,
-                status: &status,
-                processes: processes.as_deref(),
-            };
-            let frame = live_frame(&mut builder, &history, &read, &live);
+            let frame = live_frame(&mut builder, &history, &latest, &status, &live);
             if let Some(frame) = frame {
                 live.frames.send_replace(Arc::new(frame));
             }
@@ -112,19 +95,12 @@ pub(crate) async fn record(
     }
 }
 
-/// The collector's answers a live frame is made of.
-struct LiveRead<'a> {
-    sampled_at_ns: u64,
-    latest: &'a LatestRead,
-    status: &'a crate::collector::StatusResponse,
-    processes: Option<&'a [ProcessCounters]>,
-}
-
 /// The live frame of the history's newest interval.
 fn live_frame(
     builder: &mut LiveBuilder,
     history: &SharedHistory,
-    read: &LiveRead<'_>,
+    latest: &LatestRead,
+    status: &crate::collector::StatusResponse,
     live: &LiveSources,
 ) -> Option<LiveFrame> {
     let proc = ProcReadings::read();
@@ -141,10 +117,10 @@ fn live_frame(
     let names = live.names.read();
     Some(builder.build(live::Inputs {
         frame: &frame,
-        sampled_at_ns: read.sampled_at_ns,
-        workloads: &read.latest.workloads,
-        processes: read.processes,
-        status: read.status,
+        sampled_at_ns: latest.sampled_at_ns,
+        workloads: &latest.workloads,
+        processes: latest.processes.as_deref(),
+        status,
         health: health.as_ref(),
         names: &names,
         limits: &live.limits,
