@@ -1,6 +1,7 @@
 //! `cargo xtask bench-live`: what the dashboard's live feed costs the agent. The agent's CPU
-//! with no client, then with browsers' worth of clients subscribed to every section, on a node
-//! with many workloads (the frame's table full), and the frames' sizes.
+//! with no client, then with browsers' worth of clients subscribed to the dashboard's sections,
+//! then with one client of the process table (as `taskscope top --processes`), on a node with
+//! many workloads (the frame's table full), and the frames' sizes.
 
 use std::{
     net::TcpStream,
@@ -40,13 +41,20 @@ struct Received {
     dropped: u64,
 }
 
-/// A client reading every frame until `stop`.
-fn client(stop: Arc<AtomicBool>) -> Result<Received> {
+/// What `taskscope top --processes` subscribes to: the process table, which the agent builds
+/// (reading every process) only while a client wants it.
+const TOP_PROCESSES: &str = r#"{"subscribe":["node","agent","workloads","processes"]}"#;
+
+/// A client reading every frame until `stop`, after sending `subscribe` if given.
+fn client(stop: Arc<AtomicBool>, subscribe: Option<&'static str>) -> Result<Received> {
     let stream = TcpStream::connect(AGENT_ADDR)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let (mut socket, _): (WebSocket<TcpStream>, _) =
         tungstenite::client(format!("ws://{AGENT_ADDR}/api/v1/live"), stream)
             .map_err(|e| anyhow::anyhow!("connect to the live feed: {e}"))?;
+    if let Some(message) = subscribe {
+        socket.send(Message::Text(message.into()))?;
+    }
     let mut received = Received::default();
     while !stop.load(Ordering::Relaxed) {
         match socket.read() {
@@ -78,25 +86,8 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let idle = agent_cpu(&agent, args.seconds)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || client(stop))
-        })
-        .collect();
-    // The first frames (the clients' first interval has no rates yet) are not measured.
-    std::thread::sleep(Duration::from_secs(3));
-    let watched = agent_cpu(&agent, args.seconds)?;
-    stop.store(true, Ordering::Relaxed);
-    let mut received = Vec::new();
-    for client in clients {
-        received.push(
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("a client panicked"))??,
-        );
-    }
+    let (watched, received) = measure(&agent, args, args.clients, None)?;
+    let (top, top_received) = measure(&agent, args, 1, Some(TOP_PROCESSES))?;
     let frames: u64 = received.iter().map(|r| r.frames).sum();
     let bytes: u64 = received.iter().map(|r| r.bytes).sum();
     let largest = received.iter().map(|r| r.largest).max().unwrap_or(0);
@@ -120,6 +111,43 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
         bytes as f64 / frames.max(1) as f64 / 1024.0,
         largest as f64 / 1024.0
     );
+    let processes = top_received.first().map_or(0, |r| r.largest);
+    println!(
+        "  agent CPU, 1 client with the process table (taskscope top --processes): {:.2}% of a core  (+{:.2} points); its largest frame {:.1} KiB",
+        top * 100.0,
+        (top - idle) * 100.0,
+        processes as f64 / 1024.0
+    );
     anyhow::ensure!(frames > 0, "no frame arrived");
     Ok(())
+}
+
+/// The agent's CPU with `clients` clients connected (each sending `subscribe`), and what they
+/// received.
+fn measure(
+    agent: &Agent,
+    args: &LiveArgs,
+    clients: usize,
+    subscribe: Option<&'static str>,
+) -> Result<(f64, Vec<Received>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || client(stop, subscribe))
+        })
+        .collect();
+    // The first frames (the clients' first interval has no rates yet) are not measured.
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = agent_cpu(agent, args.seconds)?;
+    stop.store(true, Ordering::Relaxed);
+    let mut received = Vec::new();
+    for thread in threads {
+        received.push(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??,
+        );
+    }
+    Ok((cpu, received))
 }

@@ -848,6 +848,56 @@ mod tests {
         );
     }
 
+    fn process(pid: u32, start_ticks: u64, on_cpu_s: f64, syscalls: u64) -> ProcessCounters {
+        ProcessCounters {
+            pid,
+            start_ticks,
+            ppid: 1,
+            comm: format!("p{pid}"),
+            cgroup: Some("/w".into()),
+            threads: 1,
+            sched: SchedTotals {
+                on_cpu_ns: (on_cpu_s * 1e9) as u64,
+                ..SchedTotals::default()
+            },
+            syscalls,
+            syscall_errors: 0,
+            io_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_process_table_makes_rates_per_process_and_keeps_the_busiest() {
+        let directories = crate::metadata::Directories::disabled();
+        let names = directories.read();
+        let mut builder = LiveBuilder::default();
+        builder.intervals.push_back(1_000_000_000);
+        let first = builder.process_rows(&[process(10, 5, 1.0, 100)], &names, 1.0);
+        assert_eq!(first.rows[0].rates.cpu, None, "nothing to compare with yet");
+        builder.intervals.push_back(1_000_000_000);
+        // Pid 10 is a new process (another start): no rates; pid 11 spun half a CPU.
+        let many: Vec<ProcessCounters> = (0..MAX_PROCESS_ROWS as u32 + 5)
+            .map(|i| process(100 + i, 1, 0.0, 0))
+            .chain([process(10, 6, 0.2, 0), process(11, 1, 0.5, 50)])
+            .collect();
+        builder.process_rows(&many, &names, 1.0);
+        builder.intervals.push_back(1_000_000_000);
+        let mut next = many.clone();
+        if let Some(spinner) = next.iter_mut().find(|p| p.pid == 11) {
+            spinner.sched.on_cpu_ns += 500_000_000;
+            spinner.syscalls += 30;
+        }
+        let table = builder.process_rows(&next, &names, 1.0);
+        assert_eq!(table.total, MAX_PROCESS_ROWS + 7);
+        assert_eq!(table.left_out, 7);
+        assert_eq!(table.rows.len(), MAX_PROCESS_ROWS);
+        let top = &table.rows[0];
+        assert_eq!((top.pid, top.rates.cpu), (11, Some(0.5)));
+        assert_eq!(top.rates.syscalls_per_s, Some(30.0));
+        builder.pause();
+        assert!(builder.previous_processes.is_empty());
+    }
+
     #[test]
     fn memory_fragmentation_is_the_share_of_free_pages_in_small_blocks() {
         let zone = ZoneFreeBlocks {
