@@ -128,17 +128,13 @@ fn a_thread_moved_alone_is_charged_to_its_threaded_cgroup() {
         threaded_truth,
         0.01,
     );
-    // 1%, or 4 ms (a scheduler tick at HZ=250), whichever is more. The agent charges the
-    // domain 1 to 2 ms more than the kernel over these 200 ms, every run (0.55% to 1.00% in
-    // six runs, 1.003% once in CI): a known bias, not yet explained. The move's baseline is
-    // the task's sum_exec_runtime at the attach tracepoint, which lags by the time since the
-    // scheduler last updated it (up to a tick); that is the first suspect.
-    let tolerance = (4_000.0 / domain_truth.max(1) as f64).max(0.01);
+    // Exact in practice (to the µs): the process moved itself into the domain before the
+    // agent had read any of its counters, and its figures at the move are in the move event.
     assert_close(
         "CPU µs of the rest of its process, in the domain (usage_usec less the child's)",
         agent_cpu_usec(&scrape, &domain),
         domain_truth,
-        tolerance,
+        0.01,
     );
     workload.finish();
 }

@@ -397,33 +397,35 @@ impl TaskModel {
                 let now = self.host.clocks().monotonic_ns;
                 let mut figures = WorkloadTotals::figures_of(process, now, &self.running);
                 if let Some((tid, at)) = at_move {
-                    if let Some(sched) = process.threads.get(&tid).and_then(|t| t.sched) {
-                        let running = self
-                            .running
-                            .get(&tid)
-                            .map_or(0, |since| now.saturating_sub(*since));
-                        // Swap the thread's figures as read for its figures at the exec.
-                        let swap = |total: &mut u64, current: u64, then: u64| {
-                            *total = total.saturating_sub(current).saturating_add(then);
-                        };
-                        let f = &mut figures.sched;
-                        swap(&mut f.on_cpu_ns, sched.on_cpu_ns + running, at.on_cpu_ns);
-                        swap(
-                            &mut f.runqueue_wait_ns,
-                            sched.runqueue_wait_ns,
-                            at.runqueue_wait_ns,
-                        );
-                        swap(
-                            &mut f.voluntary_switches,
-                            sched.voluntary_switches,
-                            at.voluntary_switches,
-                        );
-                        swap(
-                            &mut f.involuntary_switches,
-                            sched.involuntary_switches,
-                            at.involuntary_switches,
-                        );
-                    }
+                    // Swap the thread's figures as counted for its figures at the move. A
+                    // thread not read from the kernel yet (a process that moved itself right
+                    // after it started, in the same poll) counts for nothing in them but the
+                    // time it has been running, and its figures at the move are all it did
+                    // before: without the swap its new workload would be charged for them.
+                    let thread = process.threads.get(&tid);
+                    let counted = thread.map_or_else(SchedTotals::default, |t| {
+                        Process::thread_sched(tid, t, now, &self.running)
+                    });
+                    let swap = |total: &mut u64, counted: u64, then: u64| {
+                        *total = total.saturating_sub(counted).saturating_add(then);
+                    };
+                    let f = &mut figures.sched;
+                    swap(&mut f.on_cpu_ns, counted.on_cpu_ns, at.on_cpu_ns);
+                    swap(
+                        &mut f.runqueue_wait_ns,
+                        counted.runqueue_wait_ns,
+                        at.runqueue_wait_ns,
+                    );
+                    swap(
+                        &mut f.voluntary_switches,
+                        counted.voluntary_switches,
+                        at.voluntary_switches,
+                    );
+                    swap(
+                        &mut f.involuntary_switches,
+                        counted.involuntary_switches,
+                        at.involuntary_switches,
+                    );
                 }
                 let credit = match &process.moved_baseline {
                     Some(base) => figures.figures_minus(base),

@@ -632,6 +632,22 @@ mod tests {
     }
 
     #[test]
+    fn a_move_before_the_first_read_leaves_what_came_before_it_behind() {
+        let mut m = TaskModel::new(ModelConfig::default(), Box::new(FakeHost::default()));
+        let mut forget = Forget::default();
+        // Forked, moved itself after 7 units of startup, all before the agent read its
+        // counters (one poll's events).
+        m.apply_event(fork(P, P, 1, NS_PER_TICK), &mut forget);
+        m.set_cgroup(P, Some("/a".into()), None);
+        m.apply_event(cgroup_move(P, P, true, 43, 7), &mut forget);
+        m.apply_kernel(KernelSnapshot {
+            tasks: vec![(P, sched(P, 107))],
+            ..Default::default()
+        });
+        assert_eq!((cpu_of(&mut m, "/a"), cpu_of(&mut m, "/moved")), (7, 100));
+    }
+
+    #[test]
     fn a_thread_moved_alone_is_charged_to_its_own_cgroup_until_it_leaves() {
         const T: u32 = P + 1;
         let mut m = TaskModel::new(ModelConfig::default(), Box::new(FakeHost::default()));

@@ -217,7 +217,7 @@ impl Process {
     }
 
     /// One thread's scheduler figures, with the slice it is running in (see [`Self::sched`]).
-    fn thread_sched(
+    pub(super) fn thread_sched(
         tid: u32,
         thread: &Thread,
         now_ns: u64,
