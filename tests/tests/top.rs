@@ -225,6 +225,27 @@ fn top_in_tmux_shows_the_spinner_and_its_keys_work() {
     });
     println!("paused at frame #{frozen} for 3.5 s; resumed at #{resumed}");
 
+    // An agent that stops answering (SIGSTOP) shows as such; then the screen goes on.
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &agent.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    let quiet = tmux.wait("the quiet feed", |s| {
+        s.lines()
+            .next()
+            .filter(|l| l.contains("NO FRAME FOR"))
+            .map(str::to_string)
+    });
+    signal("-CONT");
+    tmux.wait("frames after the agent went on", |s| {
+        (!s.contains("NO FRAME FOR")).then_some(())
+    });
+    println!("agent stopped: {}; continued: frames again", quiet.trim());
+
     // The processes: the spinner itself at ~1 CPU (the filter matches its cgroup).
     tmux.keys(&["Tab"]);
     let cpu = tmux.wait("the spinner's process with ~1 CPU", |screen| {

@@ -119,7 +119,7 @@ impl TaskModel {
                 ppid: p.ppid,
                 comm: p.comm.clone(),
                 cgroup: p.cgroup_path.clone(),
-                threads: p.threads.len(),
+                threads: p.live_threads(),
                 sched: p.sched(now, &self.running),
                 syscalls: p.syscalls.values().map(|c| c.count).sum(),
                 syscall_errors: p.syscalls.values().map(|c| c.errors).sum(),

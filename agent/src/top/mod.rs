@@ -143,6 +143,10 @@ fn interactive(
                 FromAgent::Closed(why) => return Err(why),
             }
         }
+        if app.quiet_for().is_some() {
+            // The age it shows moves on.
+            dirty = true;
+        }
         if app.message_at.is_some_and(|at| at.elapsed() > MESSAGE_FOR) {
             app.message = None;
             app.message_at = None;
@@ -186,6 +190,8 @@ pub(crate) struct App {
     pub(crate) paused: bool,
     pub(crate) interval: u64,
     pub(crate) frame: Option<Box<Frame>>,
+    /// When the latest frame came (a feed that goes quiet shows as such).
+    last_frame_at: Option<Instant>,
     /// The table as shown: filtered, sorted.
     pub(crate) lines: Vec<Line>,
     /// The key of the selected line (it stays selected when lines move).
@@ -232,6 +238,7 @@ impl App {
             message: None,
             message_at: None,
             frames_missed: 0,
+            last_frame_at: None,
             color: false,
             once: false,
             screen: String::new(),
@@ -277,7 +284,15 @@ impl App {
         }
     }
 
+    /// Seconds since the latest frame when that is well over the refresh interval (the agent
+    /// is stuck or the network is), unless paused.
+    pub(crate) fn quiet_for(&self) -> Option<u64> {
+        let since = self.last_frame_at?.elapsed().as_secs();
+        (!self.paused && since >= 3 * self.interval).then_some(since)
+    }
+
     fn take_frame(&mut self, frame: Box<Frame>) {
+        self.last_frame_at = Some(Instant::now());
         self.frames_missed += frame.dropped;
         self.frame = Some(frame);
         self.rebuild();

@@ -102,10 +102,13 @@ fn header_lines(app: &App, width: usize) -> Vec<TextLine<'static>> {
         ),
         if app.paused { "  PAUSED" } else { "" }
     );
-    lines.push(TextLine::styled(
-        title,
-        Style::default().add_modifier(Modifier::BOLD),
-    ));
+    lines.push(match app.quiet_for() {
+        Some(seconds) => TextLine::styled(
+            format!("{title}  NO FRAME FOR {seconds} s"),
+            app.style(Color::Red).add_modifier(Modifier::BOLD),
+        ),
+        None => TextLine::styled(title, Style::default().add_modifier(Modifier::BOLD)),
+    });
     let Some(frame) = frame else {
         return lines;
     };
