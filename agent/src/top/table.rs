@@ -234,44 +234,24 @@ pub(crate) fn sort(lines: &mut [Line], column: Column, descending: bool, previou
             .copied()
             .unwrap_or(usize::MAX)
     };
+    let directed = |order: std::cmp::Ordering| if descending { order.reverse() } else { order };
     lines.sort_by(|a, b| {
         let by_column = match column {
-            Column::Name => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
-            Column::Workload => a.workload.cmp(&b.workload),
+            Column::Name => directed(a.name.to_lowercase().cmp(&b.name.to_lowercase())),
+            Column::Workload => directed(a.workload.cmp(&b.workload)),
             _ => match (a.figure(column), b.figure(column)) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(x), Some(y)) => directed(x.total_cmp(&y)),
                 // No figure yet: last either way.
-                (Some(_), None) => std::cmp::Ordering::Greater,
-                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
                 (None, None) => std::cmp::Ordering::Equal,
             },
-        };
-        let by_column = if descending {
-            by_column.reverse()
-        } else {
-            by_column
         };
         by_column
             .then_with(|| was(a).cmp(&was(b)))
             .then_with(|| a.name.cmp(&b.name))
             .then_with(|| a.key.cmp(&b.key))
     });
-    if !descending && column.descending_first() {
-        // Ascending figures: lines without one still go last.
-        let with: Vec<Line> = lines
-            .iter()
-            .filter(|l| l.figure(column).is_some())
-            .cloned()
-            .collect();
-        let without: Vec<Line> = lines
-            .iter()
-            .filter(|l| l.figure(column).is_none())
-            .cloned()
-            .collect();
-        for (slot, line) in lines.iter_mut().zip(with.into_iter().chain(without)) {
-            *slot = line;
-        }
-    }
 }
 
 /// Orders sorted `lines` as a process tree: each after its parent (when its parent is
