@@ -376,6 +376,8 @@ fn workload_series(
 
 /// What `/proc/diskstats` says of one device (`major:minor`).
 struct DiskStats {
+    /// Read requests merged into another before they reached the device.
+    reads_merged: u64,
     sectors_written: u64,
     /// Time the device's write requests took, summed (ms), fsync's empty preflush ones included.
     write_ms: u64,
@@ -394,6 +396,7 @@ fn diskstats(device: &str) -> DiskStats {
                     .unwrap_or_else(|| panic!("diskstats field {i}: {line}"))
             };
             return DiskStats {
+                reads_merged: field(4),
                 sectors_written: field(9),
                 write_ms: field(10),
                 flush_ms: field(19),
@@ -571,6 +574,8 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
 
     let node_before = wait_fresh_node(&agent);
     let lost_before = agent.lost("io_starts_map", "map_full");
+    let missed_before = completions_missed(&agent);
+    let disk_before = diskstats(&device);
     let child = Workload::run_in_cgroups(
         &[&cgroup_dir],
         &["aio-reads", path.to_str().expect("path"), "16", "128"],
@@ -578,6 +583,8 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
     let process = agent.process_after(child.pid(), monotonic_ns());
     let node_after = wait_fresh_node(&agent);
     let lost = agent.lost("io_starts_map", "map_full") - lost_before;
+    let missed = completions_missed(&agent) - missed_before;
+    let merged = diskstats(&device).reads_merged - disk_before.reads_merged;
 
     let device_label = format!("device=\"{device}\"");
     let (_, series) = workload_series(&agent, &process, &[&device_label, "op=\"read\""]);
@@ -588,7 +595,7 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
     let (node_started, _) = node_requests(&node_after);
     let others = node_started - node_requests(&node_before).0 - started;
     println!(
-        "the workload's reads on {device}: {started} started, {measured} with a latency, {missing} without; io_starts_map/map_full rose by {lost}; other requests on the node in the window: {others}"
+        "the workload's reads on {device}: {started} started, {measured} with a latency, {missing} without; io_starts_map/map_full rose by {lost}; other requests on the node in the window: {others}; reads merged away on {device} (/proc/diskstats, all readers): {merged}; completions the hook missed (recursion): {missed}"
     );
     assert!(
         started >= 16 * 128,
@@ -598,8 +605,15 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
         missing > 0,
         "128 reads at once never overflowed a table of 16"
     );
-    // Every read without a latency is counted; anything more was someone else's request.
-    assert!(lost >= missing, "{lost} counted < {missing} lost");
+    // Every read without a latency is counted, except one the scheduler merged into another
+    // request (it never completes on its own; the kernel counts it as merged) and one whose
+    // completion ran while the hook was already running on that CPU (the kernel counts it as a
+    // recursion miss). The workload's own reads, 64 KiB apart, do not merge; its other reads
+    // (of its binary, say) may. Anything more than the misses was someone else's request.
+    assert!(
+        lost + merged + missed >= missing,
+        "{lost} counted + {merged} merged + {missed} missed < {missing} lost"
+    );
     assert!(
         lost <= missing + others,
         "{lost} counted > {missing} + {others}"
@@ -609,6 +623,14 @@ fn block_requests_whose_start_the_full_table_lost_are_counted() {
         let _ = std::fs::remove_file(&path);
     }
     let _ = std::fs::remove_dir(&cgroup_dir);
+}
+
+/// Runs of the block completion hook the kernel skipped: it was already running on that CPU.
+fn completions_missed(agent: &Agent) -> u64 {
+    ["ts_io_done_btf", "ts_io_done_raw"]
+        .iter()
+        .map(|program| agent.lost(program, "recursion_miss"))
+        .sum()
 }
 
 /// /api/v1/node from a kernel read that started after now.
