@@ -339,7 +339,7 @@ pub fn prepare(args: &RunArgs) -> Result<Prepared, RunError> {
         None
     };
     // Attached: what is not needed any more goes.
-    match drop_capabilities() {
+    match drop_capabilities(args.uprobes) {
         Ok(dropped) => {
             info!(kept = ?effective_capability_names(), dropped = dropped.len(), "capabilities dropped after attaching")
         }
@@ -390,7 +390,10 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     }
     let cgroup_root = cgroup2_mount();
     let cgroup_v2 = cgroup_root.is_some();
-    let collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
+    let mut collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
+    collector
+        .define_custom_metrics(config.custom_metrics.clone())
+        .map_err(|e| RunError::Config(format!("{e} (config file, [[custom_metrics]])")))?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
     let heartbeat = collector.heartbeat();
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));

@@ -97,11 +97,16 @@ pub(crate) const KEPT_CAPABILITIES: &[(caps::Capability, &str)] = &[
 
 /// Drops every capability `run` no longer needs once the programs are attached: from the
 /// bounding set first (that needs CAP_SETPCAP, still held), then from the inheritable,
-/// permitted and effective sets. Returns the names of what was dropped.
-pub(crate) fn drop_capabilities() -> Result<Vec<String>, String> {
+/// permitted and effective sets. With `uprobes`, CAP_SYS_ADMIN stays (custom metrics attach
+/// uprobes at runtime; the kernel's uprobe perf events require it). Returns the names of what
+/// was dropped.
+pub(crate) fn drop_capabilities(uprobes: bool) -> Result<Vec<String>, String> {
     use caps::{CapSet, Capability};
     let effective = caps::read(None, CapSet::Effective).map_err(|e| e.to_string())?;
     let mut keep: caps::CapsHashSet = KEPT_CAPABILITIES.iter().map(|(c, _)| *c).collect();
+    if uprobes {
+        keep.insert(Capability::CAP_SYS_ADMIN);
+    }
     // A kernel older than CAP_BPF (5.8) only knows CAP_SYS_ADMIN for BPF.
     if !effective.contains(&Capability::CAP_BPF) && effective.contains(&Capability::CAP_SYS_ADMIN) {
         keep.insert(Capability::CAP_SYS_ADMIN);

@@ -176,6 +176,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub(crate) bpf_stats: bool,
 
+    /// Keep CAP_SYS_ADMIN after start-up, so that custom metrics can attach uprobes (the
+    /// kernel's uprobe perf events require it). On whenever the config file defines
+    /// `[[custom_metrics]]`; needed to add them through the admin API otherwise.
+    #[arg(long)]
+    pub(crate) uprobes: bool,
+
     /// Attach types to use.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub(crate) attach: AttachMode,

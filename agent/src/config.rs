@@ -16,10 +16,17 @@ use std::{
 use clap::{parser::ValueSource, ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::{
+    cli::{Cli, Command, RunArgs},
+    collector::custom::{CustomDefinition, CustomDefinitionText},
+};
+use taskscope_common::custom::MAX_METRICS;
 
 /// The argument that names the file; it cannot be set from the file itself.
 const CONFIG_KEY: &str = "config";
+
+/// The array of tables that defines custom metrics (not a flag: see docs/custom-metrics.md).
+pub(crate) const CUSTOM_METRICS_KEY: &str = "custom_metrics";
 
 /// Keys whose values are secrets: shown by name only.
 const SECRET_KEYS: &[&str] = &["otlp_headers"];
@@ -73,6 +80,8 @@ pub struct RunConfig {
     argv: Vec<OsString>,
     /// The config file, if any.
     pub(crate) file: Option<PathBuf>,
+    /// The file's `[[custom_metrics]]`, validated (attached by the collector).
+    pub(crate) custom_metrics: Vec<CustomDefinition>,
 }
 
 /// What the command line asked for.
@@ -176,7 +185,12 @@ pub(crate) fn keys() -> Vec<String> {
 }
 
 /// Merges the file's table under the command line and returns the parsed configuration.
-fn merge(argv: Vec<OsString>, path: &Path, table: toml::Table) -> Result<RunConfig, ParseFailure> {
+fn merge(
+    argv: Vec<OsString>,
+    path: &Path,
+    mut table: toml::Table,
+) -> Result<RunConfig, ParseFailure> {
+    let custom_metrics = take_custom_metrics(&mut table, path)?;
     let command = run_command();
     let given = Cli::command()
         .try_get_matches_from(&argv)
@@ -237,12 +251,77 @@ fn merge(argv: Vec<OsString>, path: &Path, table: toml::Table) -> Result<RunConf
     let (Command::Run(args), Some(("run", run))) = (cli.command, matches.subcommand()) else {
         return Err(not_run());
     };
+    let mut args = *args;
+    // Attaching uprobes takes CAP_SYS_ADMIN, kept for as long as the agent runs.
+    args.uprobes |= !custom_metrics.is_empty();
+    let mut effective = effective(&command, run, &file_keys);
+    effective.insert(
+        CUSTOM_METRICS_KEY.to_string(),
+        custom_setting(&custom_metrics),
+    );
     Ok(RunConfig {
-        args: *args,
-        effective: effective(&command, run, &file_keys),
+        args,
+        effective,
         argv,
         file: None,
+        custom_metrics,
     })
+}
+
+/// The `[[custom_metrics]]` tables of the file, each validated as the admin API validates one.
+fn take_custom_metrics(
+    table: &mut toml::Table,
+    path: &Path,
+) -> Result<Vec<CustomDefinition>, ConfigError> {
+    let Some(value) = table.remove(CUSTOM_METRICS_KEY) else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key: CUSTOM_METRICS_KEY.to_string(),
+        reason,
+    };
+    let texts: Vec<CustomDefinitionText> = value.try_into().map_err(|e: toml::de::Error| {
+        bad(format!(
+            "{}; write one [[custom_metrics]] table per metric with name, kind, start, and end or selector where needed",
+            e.message().trim()
+        ))
+    })?;
+    if texts.len() > MAX_METRICS as usize {
+        return Err(bad(format!(
+            "{} definitions, more than the {MAX_METRICS} the agent keeps",
+            texts.len()
+        )));
+    }
+    let mut definitions: Vec<CustomDefinition> = Vec::with_capacity(texts.len());
+    for (number, text) in texts.into_iter().enumerate() {
+        let definition = CustomDefinition::try_from(text)
+            .map_err(|e| bad(format!("table {} of {CUSTOM_METRICS_KEY}: {e}", number + 1)))?;
+        if definitions
+            .iter()
+            .any(|d| d.text.name == definition.text.name)
+        {
+            return Err(bad(format!(
+                "two definitions are named {}",
+                definition.text.name
+            )));
+        }
+        definitions.push(definition);
+    }
+    Ok(definitions)
+}
+
+/// The custom metrics as the effective configuration shows them.
+fn custom_setting(definitions: &[CustomDefinition]) -> Setting {
+    Setting {
+        value: serde_json::to_value(definitions.iter().map(|d| &d.text).collect::<Vec<_>>())
+            .unwrap_or_default(),
+        source: if definitions.is_empty() {
+            Source::Default
+        } else {
+            Source::File
+        },
+    }
 }
 
 fn not_run() -> ParseFailure {

@@ -2,7 +2,7 @@
 //! debug mode (`/api/v1/debug`). One owner of the running configuration.
 //!
 //! Live on reload: the keys in [`LIVE_KEYS`] (thresholds, sampling, selectors, probe groups,
-//! health thresholds, log level). Any other key changed in the file is reported as needing a
+//! health thresholds, log level) and the custom metrics. Any other key changed in the file is reported as needing a
 //! restart and not applied. An invalid file changes nothing.
 
 use std::time::Duration;
@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::{
     cli::RunArgs,
-    collector::{sampling::SamplingConfig, LiveSettings, Query},
-    config::{RunConfig, Setting},
+    collector::{sampling::SamplingConfig, CustomRequest, LiveSettings, Query},
+    config::{RunConfig, Setting, CUSTOM_METRICS_KEY},
     health::HealthThresholds,
     logging::{LogControl, DEBUG_FILTER},
     model::SlowTaskConfig,
@@ -195,7 +195,7 @@ impl Control {
             if self.config.effective.get(key).map(|s| &s.value) == Some(&setting.value) {
                 continue;
             }
-            if LIVE_KEYS.contains(&key.as_str()) {
+            if LIVE_KEYS.contains(&key.as_str()) || key == CUSTOM_METRICS_KEY {
                 report.applied.push(key.clone());
             } else {
                 report.needs_restart.push(key.clone());
@@ -206,6 +206,15 @@ impl Control {
         } else {
             self.debug
         };
+        if report.applied.iter().any(|k| k == CUSTOM_METRICS_KEY) {
+            // First: a definition that cannot be attached leaves everything as it was.
+            let definitions = new.custom_metrics.clone();
+            crate::collector::ask(&self.queries, |tx| {
+                Query::Custom(CustomRequest::ReplaceFile(definitions, tx))
+            })
+            .await
+            .ok_or("the collector is not running")??;
+        }
         self.push(&new.args, debug).await?;
         if !report.needs_restart.is_empty() {
             warn!(keys = ?report.needs_restart, "these settings changed but apply only after a restart; still running with the old values");
@@ -262,7 +271,8 @@ fn adopt_live(running: &mut RunConfig, new: &RunConfig) {
     a.log.log_level = n.log.log_level.clone();
     a.log_rate_limit = n.log_rate_limit;
     a.debug = n.debug;
-    for key in LIVE_KEYS {
+    running.custom_metrics = new.custom_metrics.clone();
+    for key in LIVE_KEYS.iter().chain(&[CUSTOM_METRICS_KEY]) {
         if let Some(setting) = new.effective.get(*key) {
             running.effective.insert(key.to_string(), setting.clone());
         }

@@ -230,6 +230,52 @@ pub(crate) fn list_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Mount namespaces at most [`mount_namespace_roots`] returns (one root per namespace).
+const MAX_MOUNT_NAMESPACES: usize = 4096;
+
+/// One way into each mount namespace on the node: `/` for the agent's own, then
+/// `/proc/<pid>/root` of one process in each other (a container's root filesystem, or the
+/// host's when the agent itself runs in a container).
+pub(crate) fn mount_namespace_roots() -> Vec<PathBuf> {
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let mut seen = std::collections::HashSet::new();
+    let mut roots = vec![PathBuf::from("/")];
+    if let Some(own) = namespace("self") {
+        seen.insert(own);
+    }
+    for pid in list_pids() {
+        if roots.len() >= MAX_MOUNT_NAMESPACES {
+            break;
+        }
+        if namespace(&pid.to_string()).is_some_and(|ns| seen.insert(ns)) {
+            roots.push(PathBuf::from(format!("/proc/{pid}/root")));
+        }
+    }
+    roots
+}
+
+/// `path` (absolute, as processes under `root` see it) as this process can open it, following
+/// symbolic links of its last component inside `root` (an absolute link target is that root's,
+/// not ours). `None` when it is not a regular file there.
+pub(crate) fn file_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut inside = path.to_path_buf();
+    for _ in 0..8 {
+        let here = root.join(inside.strip_prefix("/").ok()?);
+        let meta = fs::symlink_metadata(&here).ok()?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&here).ok()?;
+            inside = if target.is_absolute() {
+                target
+            } else {
+                inside.parent()?.join(target)
+            };
+            continue;
+        }
+        return meta.is_file().then_some(here);
+    }
+    None
+}
+
 /// A W3C trace context (`TRACEPARENT`) from the environment text of `/proc/<pid>/environ`:
 /// (trace id, parent span id). Invalid or all-zero ids are ignored, as the spec says.
 pub(crate) fn parse_traceparent(environ: &[u8]) -> Option<(u128, u64)> {

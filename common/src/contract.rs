@@ -247,7 +247,15 @@ pub mod maps {
     pub const LOSSES: &str = "LOSSES";
     /// The one [`crate::Thresholds`] entry, rewritten on reload.
     pub const THRESHOLDS: &str = "THRESHOLDS";
+    /// Per (process, custom metric): [`crate::CustomStat`].
+    pub const CUSTOM_STATS: &str = "CUSTOM_STATS";
+    /// Per thread: [`crate::CustomStarts`], the custom latencies in progress.
+    pub const CUSTOM_STARTS: &str = "CUSTOM_STARTS";
 }
+
+/// The uprobe program of custom metrics: attached by the agent to each probe point (USDT,
+/// function entry or return) with a [`crate::custom::cookie`] saying what it means.
+pub const CUSTOM_PROGRAM: &str = "ts_custom";
 
 /// Globals the loader sets before loading (besides the struct offsets, named in
 /// `agent/src/probes/offsets.rs`).

@@ -245,6 +245,63 @@ pub struct DeviceIo {
     pub latency_hist: [u64; HIST_BUCKETS],
 }
 
+/// Custom metrics (`[[custom_metrics]]`): application points the operator names, counted or
+/// timed by one uprobe program. Each attachment carries its meaning in the BPF cookie.
+pub mod custom {
+    /// Definitions at most: the width of a thread's start table entry ([`CustomStarts`]).
+    pub const MAX_METRICS: u32 = 16;
+    /// Cookie bit: the probe ends a latency (else it starts one, or counts).
+    pub const COOKIE_END: u64 = 1;
+    /// Cookie bit: the metric is a latency (its start records a time, its end measures).
+    pub const COOKIE_LATENCY: u64 = 2;
+    /// The metric's index sits above the flag bits.
+    pub const COOKIE_METRIC_SHIFT: u32 = 8;
+
+    /// The cookie of an attachment of metric `index` (below [`MAX_METRICS`]).
+    pub const fn cookie(index: u32, latency: bool, end: bool) -> u64 {
+        ((index as u64) << COOKIE_METRIC_SHIFT)
+            | if latency { COOKIE_LATENCY } else { 0 }
+            | if end { COOKIE_END } else { 0 }
+    }
+}
+
+/// Key of `CUSTOM_STATS`: one custom metric in one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomKey {
+    pub tgid: u32,
+    /// Index of the definition (the cookie's metric).
+    pub metric: u32,
+}
+
+/// One custom metric's occurrences in one process: a count, and for a latency the sum and
+/// log2 histogram of the start-to-end times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CustomStat {
+    pub count: u64,
+    pub total_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+impl Default for CustomStat {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            total_ns: 0,
+            hist: [0; HIST_BUCKETS],
+        }
+    }
+}
+
+/// `CUSTOM_STARTS`, per thread: when each latency metric last started on it (0: not
+/// started). Deleted when the thread exits, or when its last start ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CustomStarts {
+    pub ts_ns: [u64; custom::MAX_METRICS as usize],
+}
+
 /// Where data can be lost in the kernel; index into the per-CPU `LOSSES` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,10 +329,18 @@ pub enum Loss {
     SyscallsProcessCap = 8,
     /// `WORKLOAD_SYSCALLS` was full: a syscall is missing from its workload's figures.
     WorkloadSyscallsMapFull = 9,
+    /// `CUSTOM_STATS` was full: a custom metric's occurrence was not counted.
+    CustomStatsMapFull = 10,
+    /// `CUSTOM_STARTS` was full: a custom latency's start was not kept (its end is then not
+    /// measured).
+    CustomStartsMapFull = 11,
+    /// A custom latency ended on a thread where it had not started (the start came before
+    /// the probe was attached, or was not kept): not measured.
+    CustomEndWithoutStart = 12,
 }
 
 /// Number of [`Loss`] variants (size of the `LOSSES` array).
-pub const LOSS_KINDS: u32 = 10;
+pub const LOSS_KINDS: u32 = 13;
 
 impl Loss {
     /// Every variant, in index order.
@@ -290,6 +355,9 @@ impl Loss {
         Loss::DeviceIoMapFull,
         Loss::SyscallsProcessCap,
         Loss::WorkloadSyscallsMapFull,
+        Loss::CustomStatsMapFull,
+        Loss::CustomStartsMapFull,
+        Loss::CustomEndWithoutStart,
     ];
 
     /// Stable name used in logs, the API and metrics (`source`, `reason`).
@@ -305,6 +373,9 @@ impl Loss {
             Loss::DeviceIoMapFull => ("device_io_map", "map_full"),
             Loss::SyscallsProcessCap => ("syscalls_map", "process_cap"),
             Loss::WorkloadSyscallsMapFull => ("workload_syscalls_map", "map_full"),
+            Loss::CustomStatsMapFull => ("custom_stats_map", "map_full"),
+            Loss::CustomStartsMapFull => ("custom_starts_map", "map_full"),
+            Loss::CustomEndWithoutStart => ("custom_starts_map", "end_without_start"),
         }
     }
 }
@@ -542,6 +613,8 @@ mod pod {
     unsafe impl aya::Pod for DeviceIoKey {}
     unsafe impl aya::Pod for Thresholds {}
     unsafe impl aya::Pod for DeviceIo {}
+    unsafe impl aya::Pod for CustomKey {}
+    unsafe impl aya::Pod for CustomStat {}
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! /metrics on its own) take a slot of a small pool and get 503 when it is full, so a flood of
 //! them cannot hold up the collector or the probes, which have no limit.
 
+mod custom;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod ui;
@@ -146,6 +147,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/viz/heatmap", get(viz_heatmap))
         .route("/api/v1/viz/timeline", get(viz_timeline))
+        .route("/api/v1/custom-metrics", get(custom::list))
         .layer(timed.clone())
         .merge(heavy_api)
         .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
@@ -157,6 +159,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/debug",
             get(debug_get).post(debug_set).put(debug_set),
+        )
+        .route("/api/v1/custom-metrics", axum::routing::post(custom::add))
+        .route(
+            "/api/v1/custom-metrics/{name}",
+            axum::routing::delete(custom::remove),
         )
         .layer(timed.clone())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));

@@ -4,6 +4,7 @@
 //! (and when a query finds the last read too old), and answers queries from the API with views
 //! built from the model. Nothing else touches the model or the maps.
 
+pub(crate) mod custom;
 pub(crate) mod export;
 pub(crate) mod poller;
 pub(crate) mod sampling;
@@ -78,6 +79,27 @@ pub(crate) enum Query {
     Workload(String, oneshot::Sender<Option<WorkloadRead>>),
     /// Applies new live settings (a reload); the answer says what failed, if anything.
     Reconfigure(Box<LiveSettings>, oneshot::Sender<Result<(), String>>),
+    /// Lists, adds or removes custom metrics.
+    Custom(CustomRequest),
+}
+
+/// What is asked of the custom metrics (see [`custom::CustomMetrics`]).
+#[derive(Debug)]
+pub(crate) enum CustomRequest {
+    /// Every definition with its state and figures.
+    List(oneshot::Sender<Vec<custom::CustomMetricView>>),
+    /// A new definition (the admin API): its view, or why it could not be attached.
+    Add(
+        Box<custom::CustomDefinition>,
+        oneshot::Sender<Result<custom::CustomMetricView, String>>,
+    ),
+    /// Removes the definition of this name; false when there is none.
+    Remove(String, oneshot::Sender<bool>),
+    /// The config file's definitions (a reload): all applied, or none.
+    ReplaceFile(
+        Vec<custom::CustomDefinition>,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// Sends the query `make` builds around a reply channel and waits for the answer; `None`
@@ -292,6 +314,8 @@ pub(crate) struct Collector {
     timeline: Option<timeline::SwitchWindow>,
     /// Entries in the kernel's task table at the last read.
     kernel_tasks: usize,
+    /// Custom metrics: definitions, their uprobes and figures.
+    custom: custom::CustomMetrics,
 }
 
 /// Context switches collected for `taskscope record`, bounded.
@@ -351,6 +375,7 @@ impl Collector {
         config: CollectorConfig,
     ) -> Result<Self, CollectorError> {
         let maps = KernelMaps::take(&mut probes)?;
+        let custom = custom::CustomMetrics::new(&mut probes);
         let ring_map = probes
             .ebpf
             .take_map(taskscope_common::contract::maps::EVENTS)
@@ -375,6 +400,7 @@ impl Collector {
                 .record_switches
                 .then(|| Recording::new(MAX_RECORDED_SWITCHES)),
             timeline: None,
+            custom,
             config,
         })
     }
@@ -433,6 +459,8 @@ impl Collector {
         let syscall_entries = snapshot.syscalls.len();
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
+        self.custom.read(&self.model);
+        self.custom.rescan_if_due(&self.probes);
         debug!(
             live_processes = self.model.live_count(),
             syscall_entries,
@@ -569,9 +597,47 @@ impl Collector {
                     lost: status.lost,
                     programs: self.probes.program_stats(),
                     kernel_maps: self.probes.map_memory(),
+                    custom: self.custom.families(),
                 });
             }
+            Query::Custom(request) => self.answer_custom(request),
         }
+    }
+
+    fn answer_custom(&mut self, request: CustomRequest) {
+        match request {
+            CustomRequest::List(reply) => {
+                self.refresh_if_stale();
+                let _ = reply.send(self.custom.views());
+            }
+            CustomRequest::Add(definition, reply) => {
+                let added = self
+                    .custom
+                    .add(&self.probes, *definition, custom::Origin::Api);
+                let _ = reply.send(added);
+            }
+            CustomRequest::Remove(name, reply) => {
+                // What the kernel counted so far is read first; then it is gone with the probes.
+                self.poll();
+                let _ = reply.send(self.custom.remove(&name));
+            }
+            CustomRequest::ReplaceFile(definitions, reply) => {
+                let _ = reply.send(
+                    self.custom
+                        .replace_file_definitions(&self.probes, definitions),
+                );
+            }
+        }
+    }
+
+    /// Puts the config file's custom metrics into effect at start-up; the first that cannot be
+    /// attached is the error (the agent exits 2).
+    pub(crate) fn define_custom_metrics(
+        &mut self,
+        definitions: Vec<custom::CustomDefinition>,
+    ) -> Result<(), String> {
+        self.custom
+            .replace_file_definitions(&self.probes, definitions)
     }
 
     fn reconfigure(&mut self, settings: LiveSettings) -> Result<(), String> {
@@ -849,6 +915,16 @@ impl Collector {
                 count,
             });
         }
+        lost.extend(
+            self.custom
+                .losses()
+                .into_iter()
+                .map(|(reason, count)| LossView {
+                    source: "custom_metrics",
+                    reason,
+                    count,
+                }),
+        );
         lost.extend(
             self.probes
                 .program_stats()

@@ -8,6 +8,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod cgroup_syscalls;
+pub(crate) mod custom;
 pub(crate) mod errno;
 pub(crate) mod exit;
 pub(crate) mod histogram;

@@ -70,4 +70,6 @@ pub(crate) struct MetricsSnapshot {
     /// Ring-buffer events received, by kind.
     pub(crate) events: BTreeMap<&'static str, u64>,
     pub(crate) lost: Vec<LossView>,
+    /// Custom metrics' per-workload figures.
+    pub(crate) custom: Vec<super::custom::CustomFamily>,
 }

@@ -7,17 +7,18 @@
 pub(crate) mod btf;
 pub(crate) mod coverage;
 pub(crate) mod offsets;
+pub(crate) mod points;
 
 use std::{fmt, os::fd::AsFd, path::PathBuf};
 
 use aya::{
-    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use serde::Serialize;
 pub(crate) use taskscope_common::contract::{Hook, ProbeGroup, HOOKS};
 use taskscope_common::{
-    contract::{globals, maps},
+    contract::{globals, maps, CUSTOM_PROGRAM},
     Thresholds,
 };
 
@@ -265,6 +266,8 @@ pub(crate) struct Probes {
     syscalls_timed_since_ns: u64,
     /// Every context switch goes to userspace (`Thresholds::record_switches`).
     switches_recorded: bool,
+    /// Why the custom metrics' uprobe program could not be loaded, if it could not.
+    custom_program_error: Option<String>,
 }
 
 /// An attached hook's link, to detach it.
@@ -375,6 +378,7 @@ impl Probes {
             thresholds: options.thresholds,
             syscalls_timed_since_ns: 0,
             switches_recorded: options.record_switches,
+            custom_program_error: None,
         };
         probes
             .set_thresholds(options.thresholds)
@@ -406,12 +410,43 @@ impl Probes {
                     .map_err(|reason| LoadError::Toggle { group, reason })?;
             }
         }
+        // Loaded now, attached only where custom metrics name a point (by the collector).
+        probes.custom_program_error = probes.load_custom_program().err();
         // Written before the attach (the programs must not see zero thresholds), untimed while
         // `sys_enter` was not yet attached; now with the hooks as they are.
         probes
             .set_thresholds(options.thresholds)
             .map_err(LoadError::Object)?;
         Ok(probes)
+    }
+
+    fn load_custom_program(&mut self) -> Result<(), String> {
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(CUSTOM_PROGRAM)
+            .ok_or_else(|| {
+                format!("the program {CUSTOM_PROGRAM} is missing from the kernel object")
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| describe_program_error(CUSTOM_PROGRAM, &e))?;
+        program
+            .load()
+            .map_err(|e| describe_program_error(CUSTOM_PROGRAM, &e))
+    }
+
+    /// The loaded uprobe program of custom metrics, or why it is not there.
+    pub(crate) fn custom_program(&self) -> Result<std::os::fd::BorrowedFd<'_>, String> {
+        if let Some(error) = &self.custom_program_error {
+            return Err(error.clone());
+        }
+        let program = self
+            .ebpf
+            .program(CUSTOM_PROGRAM)
+            .ok_or_else(|| format!("the program {CUSTOM_PROGRAM} is missing"))?;
+        program
+            .fd()
+            .map(|fd| fd.as_fd())
+            .map_err(|e| describe_program_error(CUSTOM_PROGRAM, &e))
     }
 
     /// Writes the reporting thresholds the programs read on every event. Syscalls are timed
@@ -701,6 +736,7 @@ mod tests {
         for hook in HOOKS {
             declared.extend([hook.btf_program, hook.raw_program]);
         }
+        declared.push(CUSTOM_PROGRAM);
         for name in &declared {
             assert!(object.programs.contains_key(*name), "{name} missing");
         }
@@ -724,6 +760,8 @@ mod tests {
             maps::DEVICE_IO,
             maps::LOSSES,
             maps::THRESHOLDS,
+            maps::CUSTOM_STATS,
+            maps::CUSTOM_STARTS,
         ] {
             assert!(object.maps.contains_key(name), "map {name} missing");
         }

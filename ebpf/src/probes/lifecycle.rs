@@ -169,6 +169,7 @@ pub fn on_exit(ctx: *const u64) {
         let signal = read::<u64>(task, off_task_signal()).unwrap_or(0);
         read::<i32>(signal, off_signal_live()) == Some(0)
     };
+    super::custom::forget_thread(pid);
     // The counters as of the exit; the task's last switch-out refreshes them once more.
     if let Some(sched) = TASKS.get_ptr_mut(pid) {
         copy_counters::<false>(unsafe { &mut *sched }, task);

@@ -1,6 +1,7 @@
 //! Kernel side: shared state (configuration globals, loss counters, scratch) and the hooks.
 
 pub mod blockio;
+pub mod custom;
 pub mod kernel;
 pub mod lifecycle;
 pub mod ringbuf;
