@@ -230,24 +230,28 @@ pub(crate) fn list_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Mount namespaces at most [`mount_namespace_roots`] returns (one root per namespace).
+/// Roots at most [`mount_namespace_roots`] returns.
 const MAX_MOUNT_NAMESPACES: usize = 4096;
 
-/// One way into each mount namespace on the node: `/` for the agent's own, then
-/// `/proc/<pid>/root` of one process in each other (a container's root filesystem, or the
-/// host's when the agent itself runs in a container).
+/// One way into each distinct root filesystem on the node: `/` for the agent's own, then
+/// `/proc/<pid>/root` of one process per other (mount namespace, root directory) pair: a
+/// container's root filesystem, a chroot, or the host's when the agent runs in a container.
 pub(crate) fn mount_namespace_roots() -> Vec<PathBuf> {
-    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let identity = |pid: &str| {
+        let namespace = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+        let root = fs::read_link(format!("/proc/{pid}/root")).ok()?;
+        Some((namespace, root))
+    };
     let mut seen = std::collections::HashSet::new();
     let mut roots = vec![PathBuf::from("/")];
-    if let Some(own) = namespace("self") {
+    if let Some(own) = identity("self") {
         seen.insert(own);
     }
     for pid in list_pids() {
         if roots.len() >= MAX_MOUNT_NAMESPACES {
             break;
         }
-        if namespace(&pid.to_string()).is_some_and(|ns| seen.insert(ns)) {
+        if identity(&pid.to_string()).is_some_and(|id| seen.insert(id)) {
             roots.push(PathBuf::from(format!("/proc/{pid}/root")));
         }
     }

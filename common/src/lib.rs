@@ -265,13 +265,15 @@ pub mod custom {
     }
 }
 
-/// Key of `CUSTOM_STATS`: one custom metric in one process.
+/// Key of `CUSTOM_STATS`: one custom metric in one process, in the cgroup it was in at the
+/// hit (cgroup v2 id: the workload is the kernel's answer, not a later lookup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CustomKey {
     pub tgid: u32,
     /// Index of the definition (the cookie's metric).
     pub metric: u32,
+    pub cgroup_id: u64,
 }
 
 /// One custom metric's occurrences in one process: a count, and for a latency the sum and

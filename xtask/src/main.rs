@@ -281,6 +281,17 @@ fn setup(for_tests: bool) -> Result<()> {
             ("chromium", "chromium"),
             // `taskscope top` driven in a terminal.
             ("tmux", "tmux"),
+            // Custom metrics: a C program compiled by the test, Debian's Python 3.11 and
+            // PostgreSQL 15 (with pg_stat_statements, in postgresql-contrib), both with USDT.
+            ("cc", "gcc"),
+            ("strip", "binutils"),
+            // (Absolute paths: another python3.11 may come first on PATH.)
+            ("/usr/bin/python3.11", "python3.11"),
+            ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
+            (
+                "/usr/lib/postgresql/15/lib/pg_stat_statements.so",
+                "postgresql-contrib",
+            ),
         ];
         let mut missing: Vec<&str> = needed
             .iter()

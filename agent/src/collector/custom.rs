@@ -26,6 +26,7 @@ use crate::{
     bpf_sys::{attach_uprobe, UprobeLink, UprobeTarget},
     model::{
         custom::{CustomFamily, CustomKind, CustomLedger},
+        process::Process,
         selector::ProcessSelector,
         TaskModel,
     },
@@ -332,7 +333,7 @@ impl CustomMetrics {
                 "custom metric {name}: could not attach: {}",
                 if why.is_empty() {
                     format!(
-                        "{} is in none of the {} mount namespaces on this node",
+                        "{} is in none of the {} root filesystems on this node (mount namespaces and chroots, through /proc/<pid>/root)",
                         binaries(&metric.definition).join(" and "),
                         roots.len()
                     )
@@ -449,11 +450,11 @@ impl CustomMetrics {
     }
 
     /// Reads the kernel's figures into the ledger and deletes the entries of processes gone.
-    pub(crate) fn read(&mut self, model: &TaskModel) {
+    pub(crate) fn read(&mut self, model: &mut TaskModel) {
         let Some(stats) = &self.stats else {
             return;
         };
-        if self.active().next().is_none() && self.ledger_is_empty() {
+        if self.active().next().is_none() && self.ledger.is_empty() {
             return;
         }
         let mut read = Vec::new();
@@ -468,22 +469,17 @@ impl CustomMetrics {
             .iter()
             .map(|s| s.as_ref().and_then(|m| m.definition.selector.clone()))
             .collect();
-        let selected = |metric: u32, process: &crate::model::process::Process| match selectors
-            .get(metric as usize)
-        {
-            Some(Some(selector)) => selector.matches(process),
-            Some(None) => true,
-            None => false,
+        let selected = |metric: u32, process: Option<&Process>| {
+            match (selectors.get(metric as usize), process) {
+                (Some(Some(selector)), Some(process)) => selector.matches(process),
+                // A process never known cannot be picked by a selector.
+                (Some(Some(_)), None) => false,
+                (Some(None), _) => true,
+                (None, _) => false,
+            }
         };
         let applied = self.ledger.apply(&read, model, &selected);
         self.delete_kernel_entries(&applied.forget);
-    }
-
-    fn ledger_is_empty(&self) -> bool {
-        self.slots
-            .iter()
-            .enumerate()
-            .all(|(i, _)| self.ledger.processes(i as u32).next().is_none())
     }
 
     fn delete_kernel_entries(&mut self, keys: &[CustomKey]) {
@@ -513,6 +509,7 @@ impl CustomMetrics {
         let workloads = self
             .ledger
             .workloads(index)
+            .iter()
             .map(|(cgroup, stat)| CustomFigures {
                 cgroup: Some(cgroup.to_string()),
                 ..figures(kind, stat)
@@ -521,7 +518,8 @@ impl CustomMetrics {
         let mut processes: Vec<CustomFigures> = self
             .ledger
             .processes(index)
-            .map(|(pid, stat)| CustomFigures {
+            .iter()
+            .map(|(&pid, stat)| CustomFigures {
                 pid: Some(pid),
                 ..figures(kind, stat)
             })
@@ -575,7 +573,8 @@ impl CustomMetrics {
                 workloads: self
                     .ledger
                     .workloads(index)
-                    .map(|(cgroup, stat)| (cgroup.to_string(), *stat))
+                    .into_iter()
+                    .map(|(cgroup, stat)| (cgroup.to_string(), stat))
                     .collect(),
             })
             .collect();

@@ -459,7 +459,7 @@ impl Collector {
         let syscall_entries = snapshot.syscalls.len();
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
-        self.custom.read(&self.model);
+        self.custom.read(&mut self.model);
         self.custom.rescan_if_due(&self.probes);
         debug!(
             live_processes = self.model.live_count(),

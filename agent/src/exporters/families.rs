@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use taskscope_common::{ProcessIo, SyscallStats, HIST_BUCKETS};
+use taskscope_common::{CustomStat, ProcessIo, SyscallStats, HIST_BUCKETS};
 
 use super::{HttpRefusals, LiveFeedStats};
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     metadata::{Directories, DirectoryView, SourceState},
     model::{
         aggregate::{add_syscalls, WorkloadTotals},
+        custom::CustomKind,
         errno::errno_name,
         node::{memory_fragmentation, node_idle_fragmentation, CpuWindow},
         snapshot::{loss_source, MetricsSnapshot, SelectedProcess},
@@ -325,6 +326,8 @@ pub(crate) struct Scrape {
     http_refused: Vec<(&'static str, u64)>,
     /// (clients, frames sent, frames dropped, bytes sent) of the live feed.
     live_feed: [u64; 4],
+    /// Custom metrics: (name, kind, (workload labels, figures)).
+    custom: Vec<(String, CustomKind, Vec<(Labels, CustomStat)>)>,
 }
 
 /// Series one subject adds to a family group (for the cap and `taskscope_series`), per group,
@@ -655,10 +658,50 @@ impl Scrape {
         if !self.processes.is_empty() {
             expose_subjects(out, "taskscope_process_", &self.processes, false, spacing)?;
         }
+        self.expose_custom(out)?;
         self.expose_node(out)?;
         self.expose_pipeline(out)?;
         self.expose_health(out)?;
         self.expose_own_usage(out)
+    }
+
+    /// Each custom metric per workload: `taskscope_custom_<name>_total` and, for a latency,
+    /// `taskscope_custom_<name>_seconds`.
+    fn expose_custom(&self, out: &mut dyn Exposer) -> fmt::Result {
+        for (name, kind, workloads) in &self.custom {
+            out.family(
+                &format!("taskscope_custom_{name}"),
+                "Occurrences of a custom metric's start point (its end's, for a latency measured), per workload (docs/custom-metrics.md).",
+                FamilyType::Counter,
+                &mut |family| {
+                    for (labels, stat) in workloads {
+                        family.number(labels, Number::from(stat.count))?;
+                    }
+                    Ok(())
+                },
+            )?;
+            if *kind != CustomKind::Latency {
+                continue;
+            }
+            out.family(
+                &format!("taskscope_custom_{name}_seconds"),
+                "Time from a custom metric's start point to its end on the same thread, per workload (docs/custom-metrics.md).",
+                FamilyType::Histogram,
+                &mut |family| {
+                    for (labels, stat) in workloads {
+                        expose_log2_histogram(
+                            family,
+                            labels,
+                            &stat.hist,
+                            stat.total_ns,
+                            self.histogram_buckets,
+                        )?;
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// The node: CPU busy share and idle fragmentation, memory fragmentation, pressure.
@@ -1021,6 +1064,23 @@ impl Exposition {
                 .as_deref()
                 .map(LiveFeedStats::totals)
                 .unwrap_or_default(),
+            custom: snapshot
+                .custom
+                .into_iter()
+                .map(|family| {
+                    let workloads = family
+                        .workloads
+                        .into_iter()
+                        .map(|(cgroup, stat)| {
+                            (
+                                workload_labels(&Workload::from_cgroup(&cgroup), &names),
+                                stat,
+                            )
+                        })
+                        .collect();
+                    (family.name, family.kind, workloads)
+                })
+                .collect(),
         };
         self.add_health(&mut scrape, &names);
         scrape

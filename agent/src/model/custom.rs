@@ -13,12 +13,6 @@ use taskscope_common::{CustomKey, CustomStat};
 
 use super::{process::Process, TaskModel};
 
-/// Workloads one metric keeps totals for; occurrences in further workloads are counted lost.
-pub(crate) const MAX_WORKLOADS_PER_METRIC: usize = 4096;
-/// Reads a (process, metric) entry waits for the model to learn its process before its
-/// occurrences are given up (counted lost) and the entry deleted.
-const UNKNOWN_PROCESS_READS: u32 = 5;
-
 /// What a custom metric measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +32,13 @@ pub(crate) struct CustomFamily {
     pub(crate) workloads: Vec<(String, CustomStat)>,
 }
 
+/// Workloads (cgroups) one metric keeps totals for; occurrences in further cgroups are
+/// counted lost.
+pub(crate) const MAX_WORKLOADS_PER_METRIC: usize = 4096;
+/// Reads a (process, metric) entry waits for the model to learn its process (for the
+/// selector) before its occurrences are given up (counted lost) and the entry deleted.
+const UNKNOWN_PROCESS_READS: u32 = 5;
+
 /// What one read of `CUSTOM_STATS` changed.
 #[derive(Debug, Default)]
 pub(crate) struct CustomApplied {
@@ -50,7 +51,7 @@ pub(crate) struct CustomApplied {
 pub(crate) struct CustomLosses {
     /// Occurrences in a workload past [`MAX_WORKLOADS_PER_METRIC`].
     pub(crate) workload_cap: u64,
-    /// Occurrences of a process the model never knew.
+    /// Occurrences of a process the model never knew (its selector could not be applied).
     pub(crate) unknown_process: u64,
 }
 
@@ -61,12 +62,22 @@ struct Seen {
     unknown_reads: u32,
 }
 
+/// One cgroup's totals of one metric.
+#[derive(Debug)]
+struct CgroupTotals {
+    /// Its path, once resolved (asked again at each read until then).
+    path: Option<String>,
+    /// A process seen in it (to ask the kernel which cgroup it is in).
+    pid: u32,
+    stat: CustomStat,
+}
+
 /// Per-metric figures; one owner (the collector), fed by each kernel read.
 #[derive(Debug, Default)]
 pub(crate) struct CustomLedger {
     seen: HashMap<CustomKey, Seen>,
-    /// Per metric index: cgroup path -> what its selected processes added.
-    workloads: BTreeMap<u32, BTreeMap<String, CustomStat>>,
+    /// Per metric index: cgroup id -> what its selected processes added there.
+    workloads: BTreeMap<u32, BTreeMap<u64, CgroupTotals>>,
     pub(crate) losses: CustomLosses,
 }
 
@@ -86,14 +97,19 @@ fn add_difference(into: &mut CustomStat, later: &CustomStat, earlier: &CustomSta
     }
 }
 
+fn add_stat(into: &mut CustomStat, more: &CustomStat) {
+    add_difference(into, more, &CustomStat::default());
+}
+
 impl CustomLedger {
     /// Applies one read of the kernel's map; `selected(metric, process)` says whether the
-    /// metric counts that process.
+    /// metric counts that process (for `None`, a process never known: whether the metric
+    /// counts every process).
     pub(crate) fn apply(
         &mut self,
         read: &[(CustomKey, CustomStat)],
-        model: &TaskModel,
-        selected: &dyn Fn(u32, &Process) -> bool,
+        model: &mut TaskModel,
+        selected: &dyn Fn(u32, Option<&Process>) -> bool,
     ) -> CustomApplied {
         let mut applied = CustomApplied::default();
         for (key, stat) in read {
@@ -101,34 +117,48 @@ impl CustomLedger {
                 stat: CustomStat::default(),
                 unknown_reads: 0,
             });
-            let Some(process) = model.by_pid(key.tgid).into_iter().next() else {
-                seen.unknown_reads += 1;
-                if seen.unknown_reads >= UNKNOWN_PROCESS_READS {
-                    self.losses.unknown_process += stat.count.saturating_sub(seen.stat.count);
-                    self.seen.remove(key);
-                    applied.forget.push(*key);
+            let process = model.by_pid(key.tgid).into_iter().next();
+            let (counts, exited) = match process {
+                Some(process) => (selected(key.metric, Some(process)), process.exit.is_some()),
+                None if seen.unknown_reads < UNKNOWN_PROCESS_READS => {
+                    seen.unknown_reads += 1;
+                    continue;
                 }
-                continue;
+                // Never known: counted where the kernel saw it, unless a selector had to pick.
+                None => {
+                    let counts = selected(key.metric, None);
+                    if !counts {
+                        self.losses.unknown_process += stat.count.saturating_sub(seen.stat.count);
+                    }
+                    (counts, true)
+                }
             };
-            seen.unknown_reads = 0;
-            if selected(key.metric, process) {
-                let cgroup = process.cgroup_path.as_deref().unwrap_or("/");
+            if counts {
                 let workloads = self.workloads.entry(key.metric).or_default();
                 let room = workloads.len() < MAX_WORKLOADS_PER_METRIC;
-                match workloads.get_mut(cgroup) {
-                    Some(total) => add_difference(total, stat, &seen.stat),
+                match workloads.get_mut(&key.cgroup_id) {
+                    Some(total) => add_difference(&mut total.stat, stat, &seen.stat),
                     None if room => {
-                        let mut total = CustomStat::default();
-                        add_difference(&mut total, stat, &seen.stat);
-                        workloads.insert(cgroup.to_string(), total);
+                        let mut total = CgroupTotals {
+                            path: None,
+                            pid: key.tgid,
+                            stat: CustomStat::default(),
+                        };
+                        add_difference(&mut total.stat, stat, &seen.stat);
+                        workloads.insert(key.cgroup_id, total);
                     }
                     None => self.losses.workload_cap += stat.count.saturating_sub(seen.stat.count),
                 }
             }
             seen.stat = *stat;
-            if process.exit.is_some() {
+            if exited {
                 self.seen.remove(key);
                 applied.forget.push(*key);
+            }
+        }
+        for totals in self.workloads.values_mut() {
+            for (&id, total) in totals.iter_mut().filter(|(_, t)| t.path.is_none()) {
+                total.path = model.resolve_cgroup(id, total.pid);
             }
         }
         applied
@@ -150,21 +180,35 @@ impl CustomLedger {
         keys
     }
 
-    /// Metric `metric`'s totals per workload (cgroup path).
-    pub(crate) fn workloads(&self, metric: u32) -> impl Iterator<Item = (&str, &CustomStat)> {
-        self.workloads
+    /// Metric `metric`'s totals per workload (cgroup path; several ids of one path, a cgroup
+    /// made again, together). Cgroups not resolved yet are left out until they are.
+    pub(crate) fn workloads(&self, metric: u32) -> BTreeMap<&str, CustomStat> {
+        let mut out: BTreeMap<&str, CustomStat> = BTreeMap::new();
+        for total in self
+            .workloads
             .get(&metric)
             .into_iter()
-            .flatten()
-            .map(|(cgroup, stat)| (cgroup.as_str(), stat))
+            .flat_map(|w| w.values())
+        {
+            if let Some(path) = &total.path {
+                add_stat(out.entry(path.as_str()).or_default(), &total.stat);
+            }
+        }
+        out
     }
 
     /// Metric `metric`'s figures per process still in the kernel's map (pid, figures).
-    pub(crate) fn processes(&self, metric: u32) -> impl Iterator<Item = (u32, &CustomStat)> {
-        self.seen
-            .iter()
-            .filter(move |(k, _)| k.metric == metric)
-            .map(|(k, seen)| (k.tgid, &seen.stat))
+    pub(crate) fn processes(&self, metric: u32) -> BTreeMap<u32, CustomStat> {
+        let mut out: BTreeMap<u32, CustomStat> = BTreeMap::new();
+        for (key, seen) in self.seen.iter().filter(|(k, _)| k.metric == metric) {
+            add_stat(out.entry(key.tgid).or_default(), &seen.stat);
+        }
+        out
+    }
+
+    /// Whether any figures are kept.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.workloads.is_empty()
     }
 }
 

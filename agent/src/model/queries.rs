@@ -39,6 +39,11 @@ impl TaskModel {
         self.spans.iter()
     }
 
+    /// The path of cgroup `id` (process `pid` was in it), if the hierarchy has it.
+    pub(crate) fn resolve_cgroup(&mut self, id: u64, pid: u32) -> Option<String> {
+        self.host.cgroup_path(id, pid)
+    }
+
     /// Live processes, in no particular order.
     pub(crate) fn live(&self) -> impl Iterator<Item = &Process> {
         self.live.values()

@@ -165,18 +165,20 @@ pub(crate) fn locate(point: &ProbePoint, data: &[u8]) -> Result<Vec<Location>, S
                 .map(|n| n.location)
                 .collect();
             if sites.is_empty() {
+                let wanted = format!("{provider}:{name}");
                 let mut known: Vec<String> = notes
                     .iter()
                     .map(|n| format!("{}:{}", n.provider, n.name))
                     .collect();
                 known.sort();
                 known.dedup();
-                let shown = known.len().min(12);
+                let total = known.len();
+                // The closest names first: the likely typo.
+                known.sort_by_key(|k| strsim::damerau_levenshtein(k, &wanted));
+                known.truncate(8);
                 return Err(format!(
-                    "no USDT probe {provider}:{name}; it has {} (e.g. {}{})",
-                    known.len(),
-                    known[..shown].join(", "),
-                    if known.len() > shown { ", ..." } else { "" }
+                    "no USDT probe {wanted}; it has {total}, the closest: {}",
+                    known.join(", ")
                 ));
             }
             Ok(sites)

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -108,7 +108,12 @@ fn end(pid: u32, tgid: u32, metric: u32, now: u64) {
 /// Counts one occurrence of `metric` in process `tgid`, with its latency if it has one.
 #[inline(always)]
 fn record(tgid: u32, metric: u32, latency_ns: Option<u64>) {
-    let key = CustomKey { tgid, metric };
+    let key = CustomKey {
+        tgid,
+        metric,
+        // SAFETY: a helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    };
     let Some(stat) = get_or_init(&CUSTOM_STATS, &key, Loss::CustomStatsMapFull) else {
         return;
     };
