@@ -390,10 +390,7 @@ pub async fn run(config: RunConfig, log: LogControl, prepared: Prepared) -> Resu
     }
     let cgroup_root = cgroup2_mount();
     let cgroup_v2 = cgroup_root.is_some();
-    let mut collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
-    collector
-        .define_custom_metrics(config.custom_metrics.clone())
-        .map_err(|e| RunError::Config(format!("{e} (config file, [[custom_metrics]])")))?;
+    let collector = new_collector(&args, probes, &live, span_sink.clone(), cgroup_root)?;
     let (queries_tx, queries_rx) = mpsc::channel(64);
     let heartbeat = collector.heartbeat();
     let mut collector = tokio::spawn(collector.run(queries_rx, shutdown_rx.clone()));
@@ -560,7 +557,7 @@ fn new_collector(
         },
         Box::new(SystemHost::new(CgroupResolver::new(cgroup_root))),
     );
-    Ok(Collector::new(
+    let mut collector = Collector::new(
         probes,
         model,
         CollectorConfig {
@@ -573,7 +570,11 @@ fn new_collector(
             record_switches: false,
             slow_task: live.slow_task,
         },
-    )?)
+    )?;
+    collector
+        .define_custom_metrics(args.custom_metrics.clone())
+        .map_err(|e| RunError::Config(format!("{e} (config file, [[custom_metrics]])")))?;
+    Ok(collector)
 }
 
 /// Starts the OTLP metrics exporter when an endpoint and an interval are configured.

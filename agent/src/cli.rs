@@ -182,6 +182,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub(crate) uprobes: bool,
 
+    /// The config file's `[[custom_metrics]]`, validated (no flag: a table per metric).
+    #[arg(skip)]
+    pub(crate) custom_metrics: Vec<crate::collector::custom::CustomDefinition>,
+
     /// Attach types to use.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub(crate) attach: AttachMode,

@@ -80,8 +80,6 @@ pub struct RunConfig {
     argv: Vec<OsString>,
     /// The config file, if any.
     pub(crate) file: Option<PathBuf>,
-    /// The file's `[[custom_metrics]]`, validated (attached by the collector).
-    pub(crate) custom_metrics: Vec<CustomDefinition>,
 }
 
 /// What the command line asked for.
@@ -254,17 +252,17 @@ fn merge(
     let mut args = *args;
     // Attaching uprobes takes CAP_SYS_ADMIN, kept for as long as the agent runs.
     args.uprobes |= !custom_metrics.is_empty();
+    args.custom_metrics = custom_metrics;
     let mut effective = effective(&command, run, &file_keys);
     effective.insert(
         CUSTOM_METRICS_KEY.to_string(),
-        custom_setting(&custom_metrics),
+        custom_setting(&args.custom_metrics),
     );
     Ok(RunConfig {
         args,
         effective,
         argv,
         file: None,
-        custom_metrics,
     })
 }
 

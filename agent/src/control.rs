@@ -208,7 +208,7 @@ impl Control {
         };
         if report.applied.iter().any(|k| k == CUSTOM_METRICS_KEY) {
             // First: a definition that cannot be attached leaves everything as it was.
-            let definitions = new.custom_metrics.clone();
+            let definitions = new.args.custom_metrics.clone();
             crate::collector::ask(&self.queries, |tx| {
                 Query::Custom(CustomRequest::ReplaceFile(definitions, tx))
             })
@@ -271,7 +271,7 @@ fn adopt_live(running: &mut RunConfig, new: &RunConfig) {
     a.log.log_level = n.log.log_level.clone();
     a.log_rate_limit = n.log_rate_limit;
     a.debug = n.debug;
-    running.custom_metrics = new.custom_metrics.clone();
+    a.custom_metrics = n.custom_metrics.clone();
     for key in LIVE_KEYS.iter().chain(&[CUSTOM_METRICS_KEY]) {
         if let Some(setting) = new.effective.get(*key) {
             running.effective.insert(key.to_string(), setting.clone());

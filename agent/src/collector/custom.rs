@@ -28,6 +28,7 @@ use crate::{
         custom::{CustomFamily, CustomKind, CustomLedger},
         process::Process,
         selector::ProcessSelector,
+        snapshot::LossView,
         TaskModel,
     },
     probes::{
@@ -350,7 +351,8 @@ impl CustomMetrics {
             "custom metric attached"
         );
         self.slots[index] = Some(metric);
-        Ok(self.view(index as u32).expect("just added"))
+        self.view(index as u32)
+            .ok_or_else(|| format!("custom metric {name}: lost after attaching"))
     }
 
     /// Detaches and forgets the definition called `name`; false when there is none.
@@ -493,13 +495,20 @@ impl CustomMetrics {
         }
     }
 
-    /// Occurrences lost in userspace: (reason, count).
-    pub(crate) fn losses(&self) -> [(&'static str, u64); 3] {
+    /// Occurrences lost in userspace (source `custom_metrics`).
+    pub(crate) fn losses(&self) -> impl Iterator<Item = LossView> {
         [
             ("probe_cap", self.links_over_cap),
             ("workload_cap", self.ledger.losses.workload_cap),
             ("unknown_process", self.ledger.losses.unknown_process),
+            ("map_error", self.map_errors),
         ]
+        .into_iter()
+        .map(|(reason, count)| LossView {
+            source: "custom_metrics",
+            reason,
+            count,
+        })
     }
 
     /// The definition in slot `index` as the API shows it.

@@ -915,16 +915,7 @@ impl Collector {
                 count,
             });
         }
-        lost.extend(
-            self.custom
-                .losses()
-                .into_iter()
-                .map(|(reason, count)| LossView {
-                    source: "custom_metrics",
-                    reason,
-                    count,
-                }),
-        );
+        lost.extend(self.custom.losses());
         lost.extend(
             self.probes
                 .program_stats()

@@ -294,6 +294,9 @@ fn top_syscalls(totals: &WorkloadTotals, k: usize) -> Vec<NamedSyscall> {
     out
 }
 
+/// A custom metric's figures per workload: (name, kind, (workload labels, figures)).
+type CustomSeries = (String, CustomKind, Vec<(Labels, CustomStat)>);
+
 /// One scrape's worth of metrics, exposed by [`Scrape::expose`].
 #[derive(Debug)]
 pub(crate) struct Scrape {
@@ -326,8 +329,8 @@ pub(crate) struct Scrape {
     http_refused: Vec<(&'static str, u64)>,
     /// (clients, frames sent, frames dropped, bytes sent) of the live feed.
     live_feed: [u64; 4],
-    /// Custom metrics: (name, kind, (workload labels, figures)).
-    custom: Vec<(String, CustomKind, Vec<(Labels, CustomStat)>)>,
+    /// Custom metrics, per workload.
+    custom: Vec<CustomSeries>,
 }
 
 /// Series one subject adds to a family group (for the cap and `taskscope_series`), per group,

@@ -400,9 +400,7 @@ impl Probes {
             probes.hooks.push(status);
             probes.links.push(link);
         }
-        mark_replaced(&mut probes.hooks);
-        let kernel = crate::procfs::parse_kernel_version(&crate::procfs::kernel_release());
-        probes.degraded = coverage::degradations(&probes.hooks, kernel);
+        probes.note_what_attached();
         for group in ProbeGroup::ALL {
             if !group.enabled_unless(&options.disabled_groups) {
                 probes
@@ -410,14 +408,22 @@ impl Probes {
                     .map_err(|reason| LoadError::Toggle { group, reason })?;
             }
         }
-        // Loaded now, attached only where custom metrics name a point (by the collector).
-        probes.custom_program_error = probes.load_custom_program().err();
         // Written before the attach (the programs must not see zero thresholds), untimed while
         // `sys_enter` was not yet attached; now with the hooks as they are.
         probes
             .set_thresholds(options.thresholds)
             .map_err(LoadError::Object)?;
         Ok(probes)
+    }
+
+    /// Once every hook was tried: which fallbacks stand in, what is degraded, and the custom
+    /// metrics' uprobe program loaded (the collector attaches it where custom metrics name a
+    /// point; without it, only custom metrics are refused).
+    fn note_what_attached(&mut self) {
+        mark_replaced(&mut self.hooks);
+        let kernel = crate::procfs::parse_kernel_version(&crate::procfs::kernel_release());
+        self.degraded = coverage::degradations(&self.hooks, kernel);
+        self.custom_program_error = self.load_custom_program().err();
     }
 
     fn load_custom_program(&mut self) -> Result<(), String> {
