@@ -235,6 +235,7 @@ impl Evaluator {
             data_path_components(&mut components, inputs, &since, events);
             metadata_components(&mut components, inputs);
             exporter_components(&mut components, inputs, &since);
+            custom_metric_components(&mut components, inputs);
         }
         let (status, message) = overall(&components);
         let ready = readiness(inputs, events);
@@ -533,6 +534,33 @@ fn metadata_components(components: &mut BTreeMap<String, Component>, inputs: &In
 }
 
 /// The exporters: Prometheus, OTLP traces and metrics.
+/// One component per custom metric (`custom_metric:<name>`): degraded while a copy of its
+/// binary could not be probed.
+fn custom_metric_components(components: &mut BTreeMap<String, Component>, inputs: &Inputs<'_>) {
+    for metric in &inputs.status.custom_metrics {
+        let (status, message) = if metric.problems.is_empty() {
+            (
+                Status::Healthy,
+                format!("{} probes in {} files", metric.probes, metric.files),
+            )
+        } else {
+            (
+                Status::Degraded,
+                format!(
+                    "{} probes in {} files; not probed: {}",
+                    metric.probes,
+                    metric.files,
+                    metric.problems.join("; ")
+                ),
+            )
+        };
+        components.insert(
+            format!("custom_metric:{}", metric.name),
+            component(status, message),
+        );
+    }
+}
+
 fn exporter_components(
     components: &mut BTreeMap<String, Component>,
     inputs: &Inputs<'_>,

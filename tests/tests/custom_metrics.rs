@@ -247,7 +247,23 @@ fn a_function_called_n_times_is_counted_exactly_and_timed_within_5_percent() {
         latency_config("known_work", &binary, "taskscope_known_work"),
     )
     .expect("config");
-    let agent = agent(&scratch.0, &["--config", config.to_str().expect("path")]);
+    let agent = agent(
+        &scratch.0,
+        &[
+            "--config",
+            config.to_str().expect("path"),
+            "--health-interval",
+            "1s",
+        ],
+    );
+    // Health has a component per definition.
+    let health = wait_for("the definition in health", Duration::from_secs(20), || {
+        let health = agent.get("/health/detailed");
+        let component = health["components"]["custom_metric:known_work"].clone();
+        (!component.is_null()).then_some(component)
+    });
+    println!("health of known_work: {health}");
+    assert_eq!(health["status"], "healthy", "{health}");
     let cgroup = Cgroup::new("taskscope-custom-uprobe");
     let mut program = KnownCalls::start(&format!(
         "{}{} {CALLS} {USEC}",

@@ -210,6 +210,17 @@ pub(crate) struct CustomMetricView {
     pub(crate) processes: Vec<CustomFigures>,
 }
 
+/// A definition's state, for `/api/v1/status` and health.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CustomMetricState {
+    pub(crate) name: String,
+    /// `attached`, or `degraded` when some copy of the binary could not be probed.
+    pub(crate) state: &'static str,
+    pub(crate) files: usize,
+    pub(crate) probes: usize,
+    pub(crate) problems: Vec<String>,
+}
+
 /// One probed file.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct AttachedFileView {
@@ -538,11 +549,7 @@ impl CustomMetrics {
         Some(CustomMetricView {
             definition: metric.definition.text.clone(),
             origin: metric.origin,
-            state: if metric.problems.is_empty() {
-                "attached"
-            } else {
-                "degraded"
-            },
+            state: state_of(metric),
             problems: metric.problems.clone(),
             files: metric
                 .files
@@ -562,6 +569,22 @@ impl CustomMetrics {
             workloads,
             processes,
         })
+    }
+
+    /// Every definition's state, in name order.
+    pub(crate) fn states(&self) -> Vec<CustomMetricState> {
+        let mut states: Vec<CustomMetricState> = self
+            .active()
+            .map(|(_, m)| CustomMetricState {
+                name: m.definition.text.name.clone(),
+                state: state_of(m),
+                files: m.files.len(),
+                probes: m.links(),
+                problems: m.problems.clone(),
+            })
+            .collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        states
     }
 
     /// Every definition, in name order.
@@ -589,6 +612,14 @@ impl CustomMetrics {
             .collect();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         families
+    }
+}
+
+fn state_of(metric: &ActiveMetric) -> &'static str {
+    if metric.problems.is_empty() {
+        "attached"
+    } else {
+        "degraded"
     }
 }
 

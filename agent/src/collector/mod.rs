@@ -239,6 +239,8 @@ pub(crate) struct StatusResponse {
     /// Every context switch goes to userspace now (`taskscope record`, or someone watches
     /// the dashboard's timeline).
     pub(crate) switch_recorder: bool,
+    /// Each custom metric's state (health has a component per definition).
+    pub(crate) custom_metrics: Vec<custom::CustomMetricState>,
 }
 
 /// The OTLP exporter's counters (its losses are in `lost`).
@@ -745,6 +747,7 @@ impl Collector {
                 .since_last_read()
                 .map(|ago| ago.as_secs_f64()),
             kernel_tasks: self.kernel_tasks,
+            custom_metrics: self.custom.states(),
             kernel_maps: self.probes.map_memory(),
             bpf_run_time_ns: self
                 .probes
