@@ -664,6 +664,7 @@ fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
         rounds.push(r);
     }
 
+    custom_probe_cost(agent_binary)?;
     println!("== agent memory with {} live tasks", args.live_tasks);
     let (live_hwm, live_rss, seen) = live_tasks_rss(agent_binary, args.live_tasks)?;
 
@@ -701,6 +702,102 @@ fn run_inner(args: &BenchArgs, agent_binary: &Path) -> Result<()> {
         "agent with {seen} live tasks in its model: RSS {:.1} MiB, peak {:.1} MiB [<= 64 MiB]",
         live_rss as f64 / 1024.0,
         live_hwm as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// `cargo xtask bench-custom`: [`custom_probe_cost`] with the kernel's run statistics on.
+pub fn custom(agent_binary: &Path) -> Result<()> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("enable kernel.bpf_stats_enabled")?;
+    let result = custom_probe_cost(agent_binary);
+    let _ = std::fs::write(STATS, previous.trim());
+    result
+}
+
+/// Runs `known_calls CALLS 0` (tests/c/known_calls.c) and returns its own clock's ns per call
+/// of `taskscope_known_work`, an almost empty function.
+fn ns_per_known_call(binary: &Path, calls: u64) -> Result<f64> {
+    use std::io::BufRead;
+    let mut child = Command::new(binary)
+        .args([calls.to_string(), "0".to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("known_calls")?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    child.stdin.take().context("stdin")?.write_all(b"go\n")?;
+    line.clear();
+    stdout.read_line(&mut line)?;
+    let _ = child.wait();
+    let total: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("known_calls said {line:?}"))?;
+    Ok(total / calls as f64)
+}
+
+/// Custom metrics: what a latency metric (uprobe at a function's entry, uretprobe at its
+/// return) costs per call, in the kernel (ns per program run) and to the application (the
+/// call's time against the function alone), next to libbpf-tools' funclatency timing the same
+/// function the same way.
+fn custom_probe_cost(agent_binary: &Path) -> Result<()> {
+    const CALLS: u64 = 200_000;
+    let dir = std::env::temp_dir().join(format!("taskscope-bench-custom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let binary = dir.join("known_calls");
+    crate::run(
+        Command::new("cc")
+            .args(["-O2", "-g", "-o"])
+            .arg(&binary)
+            .arg(crate::root().join("tests/c/known_calls.c")),
+    )?;
+    let function = format!("{}:taskscope_known_work", binary.display());
+    let config = dir.join("custom.toml");
+    std::fs::write(
+        &config,
+        format!("[[custom_metrics]]\nname = \"bench\"\nkind = \"latency\"\nstart = \"uprobe:{function}\"\nend = \"uretprobe:{function}\"\n"),
+    )?;
+    let alone = ns_per_known_call(&binary, CALLS)?;
+    let measure = |programs: &BTreeSet<u64>| -> Result<(f64, ProgStats)> {
+        let before = prog_stats(programs)?;
+        let per_call = ns_per_known_call(&binary, CALLS)?;
+        let runs = delta(&before, &prog_stats(programs)?);
+        let total = runs.values().fold(ProgStats::default(), |a, s| ProgStats {
+            run_cnt: a.run_cnt + s.run_cnt,
+            run_time_ns: a.run_time_ns + s.run_time_ns,
+        });
+        Ok((per_call, total))
+    };
+    let agent = Agent::start_with(agent_binary, &["--config", &config.to_string_lossy()])?;
+    let custom: BTreeSet<u64> = all_programs()?
+        .into_iter()
+        .filter(|(id, (name, _))| agent.programs.contains(id) && name == "ts_custom")
+        .map(|(id, _)| id)
+        .collect();
+    let (taskscope_call, taskscope_runs) = measure(&custom)?;
+    drop(agent);
+    let (tool, tool_programs) = start_tool(&["funclatency", &function])?;
+    let (tool_call, tool_runs) = measure(&tool_programs)?;
+    stop(tool);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("== custom metrics: a latency metric on a function, {CALLS} calls");
+    println!(
+        "in the kernel: taskscope {:.1} ns/run over {} runs (entry + return), funclatency {:.1} ns/run over {} runs",
+        ns_per_run(&taskscope_runs),
+        taskscope_runs.run_cnt,
+        ns_per_run(&tool_runs),
+        tool_runs.run_cnt
+    );
+    println!(
+        "to the application, per call: alone {alone:.0} ns, under taskscope {taskscope_call:.0} ns (+{:.0} ns), under funclatency {tool_call:.0} ns (+{:.0} ns): ratio of the added costs {:.2}",
+        taskscope_call - alone,
+        tool_call - alone,
+        (taskscope_call - alone) / (tool_call - alone)
     );
     Ok(())
 }

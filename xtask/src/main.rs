@@ -58,6 +58,9 @@ enum Task {
     BenchScale(scale::ScaleArgs),
     /// What the dashboard's live feed costs: agent CPU with and without clients, frame sizes.
     BenchLive(live::LiveArgs),
+    /// The bench's custom-metrics part alone: a uprobe/uretprobe latency metric per call,
+    /// next to libbpf-tools' funclatency.
+    BenchCustom,
     /// Run every fuzz target (cargo-fuzz, libFuzzer) for --seconds each; print the figures.
     Fuzz(fuzz::FuzzArgs),
     /// The agent under sustained abuse for --seconds: process churn, cgroup churn, made-up
@@ -110,6 +113,12 @@ fn main() -> Result<()> {
             build()?;
             require_root("the benchmark loads programs into the kernel and makes cgroups")?;
             live::run(&args, &agent_binary())
+        }
+        Task::BenchCustom => {
+            setup(true)?;
+            build()?;
+            require_root("the benchmark loads programs into the kernel")?;
+            bench::custom(&agent_binary())
         }
         Task::BenchScale(args) => {
             setup(true)?;
