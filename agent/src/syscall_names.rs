@@ -19,6 +19,22 @@ pub(crate) fn syscall_name(nr: u32) -> Option<&'static str> {
     }
 }
 
+/// Number of the syscall called `name` on this architecture, if it has one.
+pub(crate) fn syscall_number(name: &str) -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        X86_64
+            .iter()
+            .position(|n| *n == Some(name))
+            .map(|nr| nr as u32)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
 static X86_64: [Option<&str>; 451] = [

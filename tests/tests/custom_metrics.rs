@@ -683,3 +683,31 @@ fn bad_definitions_are_refused_by_name_and_removal_detaches_the_probes() {
     let (status, _) = admin(&agent, "DELETE", "/api/v1/custom-metrics/known_work", "");
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_syscall_source_counts_the_selected_processes_calls_exactly_and_once() {
+    let (calls, failures) = (5000u64, 1234u64);
+    let scratch = Scratch::new("syscall");
+    let config = scratch.0.join("taskscope.toml");
+    std::fs::write(
+        &config,
+        "[[custom_metrics]]\nname = \"pgid_calls\"\nkind = \"count\"\nstart = \"syscall:getpgid\"\nselector = \"comm=workload\"\n",
+    )
+    .expect("config");
+    let agent = agent(&scratch.0, &["--config", config.to_str().expect("path")]);
+    let cgroup = Cgroup::new("taskscope-custom-syscall");
+    let child = taskscope_e2e::Workload::run_in_cgroups(
+        &[&cgroup.0],
+        &["syscalls", &calls.to_string(), &failures.to_string()],
+    );
+    let (live, _) = wait_count(&agent, "pgid_calls", &cgroup.path(), calls);
+    child.finish();
+    // After the exit (and the reads that follow it), still counted once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (after_exit, _) = workload_figures(&agent, "pgid_calls", &cgroup.path());
+    println!(
+        "getpgid calls of the selected process: taskscope {live} while it ran, {after_exit} after its exit; known {calls} (exact)"
+    );
+    assert_eq!(live, calls);
+    assert_eq!(after_exit, calls);
+}

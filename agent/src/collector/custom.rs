@@ -36,6 +36,7 @@ use crate::{
         Probes,
     },
     procfs,
+    syscall_names::syscall_number,
 };
 
 /// Attached uprobes at most, over every definition; one more is counted lost.
@@ -113,10 +114,22 @@ impl TryFrom<CustomDefinitionText> for CustomDefinition {
             }
             _ => {}
         }
-        let syscalls = |p: &ProbePoint| matches!(p, ProbePoint::Syscalls(_));
-        if syscalls(&start) || end.as_ref().is_some_and(syscalls) {
+        if let ProbePoint::Syscalls(names) = &start {
+            if text.kind == CustomKind::Latency {
+                return Err(format!(
+                    "custom metric {name}: a syscall: source counts calls (kind \"count\"); their latency per workload is taskscope_syscall_latency_seconds"
+                ));
+            }
+            if let Some(unknown) = names.iter().find(|n| syscall_number(n).is_none()) {
+                return Err(format!(
+                    "custom metric {name}: start: no syscall is called '{}' on this architecture (names as in syscalls(2): read, openat, ...)",
+                    unknown.escape_debug()
+                ));
+            }
+        }
+        if matches!(end, Some(ProbePoint::Syscalls(_))) {
             return Err(format!(
-                "custom metric {name}: syscall: sources are not supported by this version of the agent; the per-process syscall figures are in /api/v1/processes and taskscope_syscalls_total"
+                "custom metric {name}: end: a syscall: source cannot end a latency; time a function or a USDT probe pair"
             ));
         }
         let selector = text
@@ -131,6 +144,16 @@ impl TryFrom<CustomDefinitionText> for CustomDefinition {
             selector,
             text,
         })
+    }
+}
+
+impl CustomDefinition {
+    /// The syscall numbers a `syscall:` definition counts (none for a probe point).
+    fn syscall_numbers(&self) -> Vec<u32> {
+        match &self.start {
+            ProbePoint::Syscalls(names) => names.iter().filter_map(|n| syscall_number(n)).collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -491,8 +514,50 @@ impl CustomMetrics {
                 (None, _) => false,
             }
         };
-        let applied = self.ledger.apply(&read, model, &selected);
+        read.extend(self.syscall_figures(model));
+        // syscall: metrics are made of the model's counters, not of kernel entries.
+        let from_model: Vec<u32> = self
+            .active()
+            .filter(|(_, m)| m.definition.start.binary().is_none())
+            .map(|(i, _)| i)
+            .collect();
+        let applied = self.ledger.apply(&read, model, &selected, &|metric| {
+            from_model.contains(&metric)
+        });
         self.delete_kernel_entries(&applied.forget);
+    }
+
+    /// What each process counted of the syscalls of each `syscall:` definition, as kernel
+    /// entries would say it (in the cgroup the process is in now).
+    fn syscall_figures(&self, model: &TaskModel) -> Vec<(CustomKey, CustomStat)> {
+        let mut out = Vec::new();
+        for (index, metric) in self.active() {
+            let numbers = metric.definition.syscall_numbers();
+            if numbers.is_empty() {
+                continue;
+            }
+            for process in model.live().chain(model.exited()) {
+                let count: u64 = numbers
+                    .iter()
+                    .filter_map(|nr| process.syscalls.get(nr))
+                    .map(|c| c.count)
+                    .sum();
+                if count == 0 {
+                    continue;
+                }
+                let key = CustomKey {
+                    tgid: process.pid,
+                    metric: index,
+                    cgroup_id: process.cgroup_id.unwrap_or(0),
+                };
+                let stat = CustomStat {
+                    count,
+                    ..CustomStat::default()
+                };
+                out.push((key, stat));
+            }
+        }
+        out
     }
 
     fn delete_kernel_entries(&mut self, keys: &[CustomKey]) {
@@ -656,6 +721,10 @@ fn attach_new_files(
     roots: &[PathBuf],
     mut budget: usize,
 ) -> Result<Found, String> {
+    if metric.definition.start.binary().is_none() {
+        // The agent's own syscall accounting: nothing to attach.
+        return Ok(Found::default());
+    }
     let program = probes.custom_program()?;
     let latency = metric.definition.text.kind == CustomKind::Latency;
     let points: Vec<ProbePoint> = [Some(metric.definition.start.clone())]
@@ -813,6 +882,18 @@ mod tests {
         ))
         .unwrap_err()
         .contains("start: probe 'uprobe:a:f'"));
+        assert!(check(text("s", CustomKind::Count, "syscall:read,openat", None)).is_ok());
+        assert!(check(text("s", CustomKind::Count, "syscall:reed", None))
+            .unwrap_err()
+            .contains("no syscall is called 'reed'"));
+        assert!(check(text(
+            "s",
+            CustomKind::Latency,
+            "syscall:read",
+            Some("syscall:read")
+        ))
+        .unwrap_err()
+        .contains("counts calls"));
         let mut selected = text("s", CustomKind::Count, "uprobe:/a:f", None);
         selected.selector = Some("color=red".into());
         assert!(check(selected)

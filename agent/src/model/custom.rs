@@ -105,13 +105,26 @@ impl CustomLedger {
     /// Applies one read of the kernel's map; `selected(metric, process)` says whether the
     /// metric counts that process (for `None`, a process never known: whether the metric
     /// counts every process).
+    ///
+    /// A metric `from_model` says yes to is made of the model's own per-process counters
+    /// (`syscall:` sources), whose entries are not the kernel's: they are kept while the
+    /// model has the process (its counters may still grow after the exit) and dropped when
+    /// it no longer does.
     pub(crate) fn apply(
         &mut self,
         read: &[(CustomKey, CustomStat)],
         model: &mut TaskModel,
         selected: &dyn Fn(u32, Option<&Process>) -> bool,
+        from_model: &dyn Fn(u32) -> bool,
     ) -> CustomApplied {
         let mut applied = CustomApplied::default();
+        let present: std::collections::HashSet<CustomKey> = read
+            .iter()
+            .filter(|(k, _)| from_model(k.metric))
+            .map(|(k, _)| *k)
+            .collect();
+        self.seen
+            .retain(|k, _| !from_model(k.metric) || present.contains(k));
         for (key, stat) in read {
             let seen = self.seen.entry(*key).or_insert_with(|| Seen {
                 stat: CustomStat::default(),
@@ -151,7 +164,7 @@ impl CustomLedger {
                 }
             }
             seen.stat = *stat;
-            if exited {
+            if exited && !from_model(key.metric) {
                 self.seen.remove(key);
                 applied.forget.push(*key);
             }
