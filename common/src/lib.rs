@@ -617,6 +617,7 @@ mod pod {
     unsafe impl aya::Pod for DeviceIo {}
     unsafe impl aya::Pod for CustomKey {}
     unsafe impl aya::Pod for CustomStat {}
+    unsafe impl aya::Pod for CustomStarts {}
 }
 
 #[cfg(test)]

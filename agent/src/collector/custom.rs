@@ -18,7 +18,8 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde::{Deserialize, Serialize};
 use taskscope_common::{
-    bucket_upper_bound_ns, contract::maps, custom, CustomKey, CustomStat, HIST_BUCKETS,
+    bucket_upper_bound_ns, contract::maps, custom, CustomKey, CustomStarts, CustomStat,
+    HIST_BUCKETS,
 };
 use tracing::{info, warn};
 
@@ -209,6 +210,9 @@ pub(crate) struct CustomMetrics {
     /// Index = the metric's number in the kernel (its cookie).
     slots: Vec<Option<ActiveMetric>>,
     stats: Option<BpfHashMap<MapData, CustomKey, CustomStat>>,
+    /// Threads' latency starts: a removed definition's are cleared, so that a definition
+    /// given its number later does not end a start that was not its own.
+    starts: Option<BpfHashMap<MapData, u32, CustomStarts>>,
     ledger: CustomLedger,
     last_scan: Option<Instant>,
     /// Uprobes not attached because [`MAX_LINKS`] were.
@@ -304,9 +308,14 @@ impl CustomMetrics {
             .ebpf
             .take_map(maps::CUSTOM_STATS)
             .and_then(|map| BpfHashMap::try_from(map).ok());
+        let starts = probes
+            .ebpf
+            .take_map(maps::CUSTOM_STARTS)
+            .and_then(|map| BpfHashMap::try_from(map).ok());
         CustomMetrics {
             slots: (0..custom::MAX_METRICS).map(|_| None).collect(),
             stats,
+            starts,
             ledger: CustomLedger::default(),
             last_scan: None,
             links_over_cap: 0,
@@ -330,7 +339,7 @@ impl CustomMetrics {
     /// problem and leaves nothing behind.
     pub(crate) fn add(
         &mut self,
-        probes: &Probes,
+        probes: &mut Probes,
         definition: CustomDefinition,
         origin: Origin,
     ) -> Result<CustomMetricView, String> {
@@ -411,6 +420,7 @@ impl CustomMetrics {
                 .collect();
             self.delete_kernel_entries(&rest);
         }
+        self.clear_starts(index);
         info!(metric = %name, "custom metric removed; its probes are detached");
         true
     }
@@ -419,7 +429,7 @@ impl CustomMetrics {
     /// nothing. Definitions added through the API stay.
     pub(crate) fn replace_file_definitions(
         &mut self,
-        probes: &Probes,
+        probes: &mut Probes,
         wanted: Vec<CustomDefinition>,
     ) -> Result<(), String> {
         let unchanged = |d: &CustomDefinition, slots: &[Option<ActiveMetric>]| {
@@ -467,7 +477,7 @@ impl CustomMetrics {
     }
 
     /// Looks for copies of the binaries started since the last look (every [`RESCAN_EVERY`]).
-    pub(crate) fn rescan_if_due(&mut self, probes: &Probes) {
+    pub(crate) fn rescan_if_due(&mut self, probes: &mut Probes) {
         let due = self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
         if !due || self.active().next().is_none() {
             return;
@@ -558,6 +568,29 @@ impl CustomMetrics {
             }
         }
         out
+    }
+
+    /// Clears metric `index`'s starts in every thread's entry (its probes are detached: no
+    /// new one comes).
+    fn clear_starts(&mut self, index: u32) {
+        let Some(starts) = &mut self.starts else {
+            return;
+        };
+        let threads: Vec<(u32, CustomStarts)> = starts.iter().filter_map(Result::ok).collect();
+        for (tid, mut entry) in threads {
+            let Some(slot) = entry.ts_ns.get_mut(index as usize) else {
+                continue;
+            };
+            if *slot == 0 {
+                continue;
+            }
+            *slot = 0;
+            // BPF_EXIST: a thread whose entry went meanwhile (its last end, its exit) is left
+            // alone. A start of another metric written between the read and this write is
+            // lost (its end is counted as `end_without_start`): removals are rare.
+            const BPF_EXIST: u64 = 2;
+            let _ = starts.insert(tid, entry, BPF_EXIST);
+        }
     }
 
     fn delete_kernel_entries(&mut self, keys: &[CustomKey]) {
@@ -715,7 +748,7 @@ const MAX_FAILED: usize = 1024;
 /// attached to, with at most `budget` new links. A copy that cannot be probed is noted as a
 /// problem; the error is for a definition that cannot work anywhere (no program).
 fn attach_new_files(
-    probes: &Probes,
+    probes: &mut Probes,
     index: u32,
     metric: &mut ActiveMetric,
     roots: &[PathBuf],
@@ -765,6 +798,11 @@ fn attach_new_files(
             for location in locations {
                 if budget == 0 {
                     found.over_cap += 1;
+                    metric.note(format!(
+                        "{} (as {}): not attached, {MAX_LINKS} probes are attached already (custom_metrics/probe_cap)",
+                        binary.display(),
+                        path.display()
+                    ));
                     continue;
                 }
                 match attach_at(program, &path, location, cookie) {

@@ -462,7 +462,7 @@ impl Collector {
         let forget = self.model.apply_kernel(snapshot);
         self.maps.forget(&forget);
         self.custom.read(&mut self.model);
-        self.custom.rescan_if_due(&self.probes);
+        self.custom.rescan_if_due(&mut self.probes);
         debug!(
             live_processes = self.model.live_count(),
             syscall_entries,
@@ -615,7 +615,7 @@ impl Collector {
             CustomRequest::Add(definition, reply) => {
                 let added = self
                     .custom
-                    .add(&self.probes, *definition, custom::Origin::Api);
+                    .add(&mut self.probes, *definition, custom::Origin::Api);
                 let _ = reply.send(added);
             }
             CustomRequest::Remove(name, reply) => {
@@ -626,7 +626,7 @@ impl Collector {
             CustomRequest::ReplaceFile(definitions, reply) => {
                 let _ = reply.send(
                     self.custom
-                        .replace_file_definitions(&self.probes, definitions),
+                        .replace_file_definitions(&mut self.probes, definitions),
                 );
             }
         }
@@ -639,7 +639,7 @@ impl Collector {
         definitions: Vec<custom::CustomDefinition>,
     ) -> Result<(), String> {
         self.custom
-            .replace_file_definitions(&self.probes, definitions)
+            .replace_file_definitions(&mut self.probes, definitions)
     }
 
     fn reconfigure(&mut self, settings: LiveSettings) -> Result<(), String> {

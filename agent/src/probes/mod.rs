@@ -266,7 +266,7 @@ pub(crate) struct Probes {
     syscalls_timed_since_ns: u64,
     /// Every context switch goes to userspace (`Thresholds::record_switches`).
     switches_recorded: bool,
-    /// Why the custom metrics' uprobe program could not be loaded, if it could not.
+    /// Why the custom metrics' uprobe program could not be loaded, once it was tried.
     custom_program_error: Option<String>,
 }
 
@@ -416,14 +416,11 @@ impl Probes {
         Ok(probes)
     }
 
-    /// Once every hook was tried: which fallbacks stand in, what is degraded, and the custom
-    /// metrics' uprobe program loaded (the collector attaches it where custom metrics name a
-    /// point; without it, only custom metrics are refused).
+    /// Once every hook was tried: which fallbacks stand in, what is degraded.
     fn note_what_attached(&mut self) {
         mark_replaced(&mut self.hooks);
         let kernel = crate::procfs::parse_kernel_version(&crate::procfs::kernel_release());
         self.degraded = coverage::degradations(&self.hooks, kernel);
-        self.custom_program_error = self.load_custom_program().err();
     }
 
     fn load_custom_program(&mut self) -> Result<(), String> {
@@ -440,10 +437,21 @@ impl Probes {
             .map_err(|e| describe_program_error(CUSTOM_PROGRAM, &e))
     }
 
-    /// The loaded uprobe program of custom metrics, or why it is not there.
-    pub(crate) fn custom_program(&self) -> Result<std::os::fd::BorrowedFd<'_>, String> {
+    /// The uprobe program of custom metrics, loaded at the first call (nothing is loaded for
+    /// them until a custom metric is defined), or why it cannot be.
+    pub(crate) fn custom_program(&mut self) -> Result<std::os::fd::BorrowedFd<'_>, String> {
         if let Some(error) = &self.custom_program_error {
             return Err(error.clone());
+        }
+        let loaded = self
+            .ebpf
+            .program(CUSTOM_PROGRAM)
+            .is_some_and(|p| p.fd().is_ok());
+        if !loaded {
+            if let Err(error) = self.load_custom_program() {
+                self.custom_program_error = Some(error.clone());
+                return Err(error);
+            }
         }
         let program = self
             .ebpf
