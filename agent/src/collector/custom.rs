@@ -608,7 +608,7 @@ impl CustomMetrics {
     pub(crate) fn losses(&self) -> impl Iterator<Item = LossView> {
         [
             ("probe_cap", self.links_over_cap),
-            ("workload_cap", self.ledger.losses.workload_cap),
+            ("workload_evicted", self.ledger.losses.workloads_evicted),
             ("unknown_process", self.ledger.losses.unknown_process),
             ("map_error", self.map_errors),
         ]

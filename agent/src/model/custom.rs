@@ -32,8 +32,8 @@ pub(crate) struct CustomFamily {
     pub(crate) workloads: Vec<(String, CustomStat)>,
 }
 
-/// Workloads (cgroups) one metric keeps totals for; occurrences in further cgroups are
-/// counted lost.
+/// Workloads (cgroups) one metric keeps totals for; a new one past it takes the place of the
+/// one that counted nothing for longest (counted, `workload_evicted`).
 pub(crate) const MAX_WORKLOADS_PER_METRIC: usize = 4096;
 /// Reads a (process, metric) entry waits for the model to learn its process (for the
 /// selector) before its occurrences are given up (counted lost) and the entry deleted.
@@ -49,8 +49,9 @@ pub(crate) struct CustomApplied {
 /// Counts lost in userspace.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct CustomLosses {
-    /// Occurrences in a workload past [`MAX_WORKLOADS_PER_METRIC`].
-    pub(crate) workload_cap: u64,
+    /// Workloads whose totals were dropped to make room for a new one (past
+    /// [`MAX_WORKLOADS_PER_METRIC`]): their series end.
+    pub(crate) workloads_evicted: u64,
     /// Occurrences of a process the model never knew (its selector could not be applied).
     pub(crate) unknown_process: u64,
 }
@@ -70,6 +71,8 @@ struct CgroupTotals {
     /// A process seen in it (to ask the kernel which cgroup it is in).
     pid: u32,
     stat: CustomStat,
+    /// The read that last added to it.
+    updated: u64,
 }
 
 /// Per-metric figures; one owner (the collector), fed by each kernel read.
@@ -79,6 +82,8 @@ pub(crate) struct CustomLedger {
     /// Per metric index: cgroup id -> what its selected processes added there.
     workloads: BTreeMap<u32, BTreeMap<u64, CgroupTotals>>,
     pub(crate) losses: CustomLosses,
+    /// Reads applied so far.
+    reads: u64,
 }
 
 /// `into += later - earlier`, field by field (a counter never goes back, but an entry deleted
@@ -118,6 +123,7 @@ impl CustomLedger {
         from_model: &dyn Fn(u32) -> bool,
     ) -> CustomApplied {
         let mut applied = CustomApplied::default();
+        self.reads += 1;
         let present: std::collections::HashSet<CustomKey> = read
             .iter()
             .filter(|(k, _)| from_model(k.metric))
@@ -146,22 +152,31 @@ impl CustomLedger {
                     (counts, true)
                 }
             };
-            if counts {
+            if counts && stat.count != seen.stat.count {
                 let workloads = self.workloads.entry(key.metric).or_default();
-                let room = workloads.len() < MAX_WORKLOADS_PER_METRIC;
-                match workloads.get_mut(&key.cgroup_id) {
-                    Some(total) => add_difference(&mut total.stat, stat, &seen.stat),
-                    None if room => {
-                        let mut total = CgroupTotals {
-                            path: None,
-                            pid: key.tgid,
-                            stat: CustomStat::default(),
-                        };
-                        add_difference(&mut total.stat, stat, &seen.stat);
-                        workloads.insert(key.cgroup_id, total);
+                if !workloads.contains_key(&key.cgroup_id)
+                    && workloads.len() >= MAX_WORKLOADS_PER_METRIC
+                {
+                    // Room for a new workload: the one that counted nothing for longest goes.
+                    let stalest = workloads
+                        .iter()
+                        .min_by_key(|(_, t)| t.updated)
+                        .map(|(id, _)| *id);
+                    if let Some(id) = stalest {
+                        workloads.remove(&id);
+                        self.losses.workloads_evicted += 1;
                     }
-                    None => self.losses.workload_cap += stat.count.saturating_sub(seen.stat.count),
                 }
+                let total = workloads
+                    .entry(key.cgroup_id)
+                    .or_insert_with(|| CgroupTotals {
+                        path: None,
+                        pid: key.tgid,
+                        stat: CustomStat::default(),
+                        updated: 0,
+                    });
+                add_difference(&mut total.stat, stat, &seen.stat);
+                total.updated = self.reads;
             }
             seen.stat = *stat;
             if exited && !from_model(key.metric) {

@@ -126,8 +126,14 @@ try {
   }
   const mean = (i) => pairs.reduce((a, p) => a + p[i], 0) / pairs.length;
   const [shownCpu, kernelCpu] = [mean(0), mean(1)];
-  console.log(`     spinner workload ${spinCgroup}: dashboard ${pairs.map((p) => p[0].toFixed(3)).join(' ')}, its cgroup's cpu.stat ${pairs.map((p) => p[1].toFixed(3)).join(' ')} over the same windows; means ${shownCpu.toFixed(3)} vs ${kernelCpu.toFixed(3)} (allowed 0.03)`);
-  check('a spinner\'s CPU equals the kernel\'s', pairs.length >= 3 && Math.abs(shownCpu - kernelCpu) <= 0.03 && shownCpu > 0.5);
+  // A frame's counters are the latest kernel read's (every 200 ms here) with the time of the
+  // threads that were on a CPU at that read carried on to the frame: a thread that got a CPU
+  // after the read, or left it, is off by up to one poll interval at each end of a window. On
+  // a loaded 2-core machine the spinner is often runnable but off a CPU at a read: up to 0.2 s
+  // of 3 s at an end; seen 0.038 in CI. Idle, the means agree within 0.01.
+  const allowed = 0.06;
+  console.log(`     spinner workload ${spinCgroup}: dashboard ${pairs.map((p) => p[0].toFixed(3)).join(' ')}, its cgroup's cpu.stat ${pairs.map((p) => p[1].toFixed(3)).join(' ')} over the same windows; means ${shownCpu.toFixed(3)} vs ${kernelCpu.toFixed(3)} (allowed ${allowed}: up to one poll interval at each end of a window)`);
+  check('a spinner\'s CPU equals the kernel\'s', pairs.length >= 3 && Math.abs(shownCpu - kernelCpu) <= allowed && shownCpu > 0.5);
 
   // Sorting: by CPU descending (the default), then by name ascending, and back.
   const cpus = await page.$$eval('#workloads tbody td[data-key=cpu]', (tds) => tds.map((td) => Number(td.dataset.value ?? -1)));
