@@ -258,26 +258,45 @@ pub(crate) fn mount_namespace_roots() -> Vec<PathBuf> {
     roots
 }
 
-/// `path` (absolute, as processes under `root` see it) as this process can open it, following
-/// symbolic links of its last component inside `root` (an absolute link target is that root's,
-/// not ours). `None` when it is not a regular file there.
-pub(crate) fn file_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
-    let mut inside = path.to_path_buf();
-    for _ in 0..8 {
-        let here = root.join(inside.strip_prefix("/").ok()?);
-        let meta = fs::symlink_metadata(&here).ok()?;
-        if meta.file_type().is_symlink() {
-            let target = fs::read_link(&here).ok()?;
-            inside = if target.is_absolute() {
-                target
-            } else {
-                inside.parent()?.join(target)
-            };
-            continue;
-        }
-        return meta.is_file().then_some(here);
-    }
-    None
+/// Opens `path` (absolute) the way the processes under `root` see it: every symbolic link,
+/// of the last component or of a directory on the way, is resolved inside that root
+/// (`openat2` with `RESOLVE_IN_ROOT`), so that a link planted in a container cannot point the
+/// agent at a file outside it, and `..` cannot climb out (a kernel before 5.6 has no
+/// `openat2`: there the path is opened as this process resolves it). `None` when it is not a
+/// regular file there.
+pub(crate) fn open_in_root(root: &Path, path: &Path) -> Option<fs::File> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::ffi::OsStrExt,
+    };
+    let directory = fs::File::open(root).ok()?;
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let name = std::ffi::CString::new(relative.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `open_how` is plain integers; all-zero is its default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the name and `how` outlive the call; the kernel reads `size` bytes of `how`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            directory.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let file = if fd >= 0 {
+        // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+        unsafe { fs::File::from_raw_fd(fd as i32) }
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // Before 5.6: the path as this process resolves it (links inside the root that point
+        // out of it are followed out of it).
+        fs::File::open(root.join(relative)).ok()?
+    } else {
+        return None;
+    };
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 /// A W3C trace context (`TRACEPARENT`) from the environment text of `/proc/<pid>/environ`:
@@ -756,6 +775,32 @@ pub(crate) fn read_meminfo() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_in_another_root_is_resolved_inside_it() {
+        let root = std::env::temp_dir().join(format!("taskscope-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("bin")).expect("root");
+        fs::write(root.join("bin/app"), b"inside").expect("file");
+        // Absolute links: the root's own file, and one naming a file of ours it does not have.
+        std::os::unix::fs::symlink("/bin/app", root.join("app")).expect("link");
+        std::os::unix::fs::symlink("/proc/self/exe", root.join("escape")).expect("link");
+        std::os::unix::fs::symlink("../../../../../../proc/self/exe", root.join("up"))
+            .expect("link");
+        let read = |path: &str| {
+            open_in_root(&root, Path::new(path)).map(|mut f| {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut f, &mut text);
+                text
+            })
+        };
+        assert_eq!(read("/app").as_deref(), Some("inside"));
+        assert_eq!(read("/bin/app").as_deref(), Some("inside"));
+        assert!(read("/escape").is_none(), "an absolute link left the root");
+        assert!(read("/up").is_none(), "`..` climbed out of the root");
+        assert!(read("/bin").is_none(), "a directory is not a binary");
+        let _ = fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn fdinfo_fields_of_a_bpf_map() {

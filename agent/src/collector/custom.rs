@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -46,7 +46,7 @@ pub(crate) const MAX_LINKS: usize = 1024;
 pub(crate) const RESCAN_EVERY: Duration = Duration::from_secs(10);
 /// Binaries larger than this are not read (their symbols could not be looked up in bounded
 /// memory).
-const MAX_BINARY_BYTES: u64 = 1 << 30;
+const MAX_BINARY_BYTES: u64 = 256 << 20;
 /// Problems a definition keeps (the latest), for the API and health.
 const MAX_PROBLEMS: usize = 8;
 /// Live processes listed per definition in the API (the most frequent).
@@ -772,18 +772,22 @@ fn attach_new_files(
         };
         let bit = 1u8 << which;
         for root in roots {
-            let Some(path) = procfs::file_in_root(root, binary) else {
+            let Some(file) = procfs::open_in_root(root, binary) else {
                 continue;
             };
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Ok(meta) = file.metadata() else {
                 continue;
             };
+            // Shown as the root's view of it; handed to the kernel as the file this agent
+            // opened (resolved inside the root), by its descriptor.
+            let path = root.join(binary.strip_prefix("/").unwrap_or(binary));
+            let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
             let id = (meta.dev(), meta.ino());
             let done = metric.files.get(&id).is_some_and(|f| f.points & bit != 0);
             if done || metric.failed.contains(&(id, which)) {
                 continue;
             }
-            let locations = match read_locations(&path, meta.len(), point, binary) {
+            let locations = match read_locations(&file, meta.len(), point, binary) {
                 Ok(locations) => locations,
                 Err(problem) => {
                     metric.note(problem);
@@ -805,7 +809,7 @@ fn attach_new_files(
                     ));
                     continue;
                 }
-                match attach_at(program, &path, location, cookie) {
+                match attach_at(program, &opened, location, cookie) {
                     Ok(link) => {
                         links.push(link);
                         budget -= 1;
@@ -836,21 +840,25 @@ fn attach_new_files(
     Ok(found)
 }
 
-/// Where `point` is in the file at `path` (`binary` as the definition names it).
+/// Where `point` is in `file` (`binary` as the definition names it).
 fn read_locations(
-    path: &Path,
+    file: &std::fs::File,
     size: u64,
     point: &ProbePoint,
     binary: &Path,
 ) -> Result<Vec<Location>, String> {
+    use std::io::Read;
     if size > MAX_BINARY_BYTES {
         return Err(format!(
             "{}: {size} bytes, larger than the {MAX_BINARY_BYTES} the agent reads",
             binary.display()
         ));
     }
-    let data = std::fs::read(path)
-        .map_err(|e| format!("{} (as {}): {e}", binary.display(), path.display()))?;
+    let mut data = Vec::with_capacity(size as usize);
+    // `take`: the file may grow after the size was read.
+    file.take(MAX_BINARY_BYTES)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
     locate(point, &data).map_err(|e| format!("{}: {e}", binary.display()))
 }
 
