@@ -17,9 +17,9 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// Offset of `recursion_misses` in `struct bpf_prog_info` (UAPI, append-only: stable; 5.12+).
 const RECURSION_MISSES_AT: usize = 208;
 
-/// `recursion_misses` of the loaded program behind `fd`.
-pub(crate) fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
-    let mut info = [0u8; RECURSION_MISSES_AT + 8];
+/// `BPF_OBJ_GET_INFO_BY_FD` of the BPF object behind `fd` into `info` (the kernel writes at
+/// most its length).
+fn object_info(fd: i32, info: &mut [u8]) -> std::io::Result<()> {
     #[repr(C)]
     struct InfoAttr {
         bpf_fd: u32,
@@ -27,7 +27,7 @@ pub(crate) fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
         info: u64,
     }
     let attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
+        bpf_fd: fd as u32,
         info_len: info.len() as u32,
         info: info.as_mut_ptr() as u64,
     };
@@ -43,6 +43,13 @@ pub(crate) fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// `recursion_misses` of the loaded program behind `fd`.
+pub(crate) fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut info = [0u8; RECURSION_MISSES_AT + 8];
+    object_info(fd.as_raw_fd(), &mut info)?;
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&info[RECURSION_MISSES_AT..]);
     Ok(u64::from_ne_bytes(bytes))
@@ -207,30 +214,11 @@ pub(crate) fn attach_uprobe(
     })
 }
 
-/// The id of the link behind `fd` (`struct bpf_link_info`: type, id, ...).
+/// The id of the link behind `fd` (`struct bpf_link_info`: type, then id, both u32).
 fn link_id(fd: i32) -> Option<u32> {
-    let mut info = [0u32; 32];
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let attr = InfoAttr {
-        bpf_fd: fd as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: attr and the info buffer outlive the call; the kernel writes at most info_len.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    (ret == 0).then_some(info[1])
+    let mut info = [0u8; 128];
+    object_info(fd, &mut info).ok()?;
+    Some(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
 }
 
 #[cfg(test)]

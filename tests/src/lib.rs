@@ -218,6 +218,30 @@ impl Agent {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// A request with `Authorization: Bearer <token>`: (status, body as JSON, or as a JSON
+    /// string when it is not JSON).
+    pub fn request_with_token(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
+        let (status, text) = http_request(
+            &self.addr,
+            method,
+            path,
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+        .expect("request");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// The `lost` entry of `/api/v1/status` for (source, reason); 0 when absent.
     pub fn lost(&self, source: &str, reason: &str) -> u64 {
         self.get("/api/v1/status")["lost"]

@@ -147,19 +147,7 @@ fn agent(scratch: &Path, extra: &[&str]) -> Agent {
 
 /// An admin request; returns (status, JSON body).
 fn admin(agent: &Agent, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let (status, text) = http_request(
-        &agent.addr,
-        method,
-        path,
-        &[("Authorization", &auth)],
-        body.as_bytes(),
-    )
-    .expect("request");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    agent.request_with_token(TOKEN, method, path, body)
 }
 
 /// The definition called `name` as `/api/v1/custom-metrics` shows it.

@@ -20,19 +20,7 @@ fn tmp(name: &str) -> PathBuf {
 
 /// (status, body as JSON) of a request with the admin token.
 fn admin(agent: &Agent, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let (code, text) = http_request(
-        &agent.addr,
-        method,
-        path,
-        &[("Authorization", &auth)],
-        body.as_bytes(),
-    )
-    .expect("request");
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    agent.request_with_token(TOKEN, method, path, body)
 }
 
 fn health(agent: &Agent) -> (u16, Value) {
