@@ -164,12 +164,10 @@ fn the_live_feed_serves_subscriptions_and_protects_itself() {
         .cloned()
         .expect("row");
     let cpu = row["cpu"].as_f64().expect("cpu");
-    // A frame's counters are the latest kernel read's (every 200 ms here), with the time of
-    // the threads on a CPU at that read carried on to the frame: on a loaded machine a thread
-    // that got or left a CPU since is off by up to one poll interval at an end of the frame's
-    // window (seen: 1.196 in CI). The dashboard's Chromium test compares means with cpu.stat.
-    const ALLOWED: f64 = 0.25;
-    println!("spinner workload in the feed: {cpu:.3} CPU, known 1.0 (allowed {ALLOWED}: a poll interval at an end of the window); whole frame {full_size} bytes");
+    // A spinner gets less than a whole CPU on a loaded 2-core machine (seen: 0.955 in the
+    // Chromium test, which compares the figures with the cgroup's cpu.stat to 0.03).
+    const ALLOWED: f64 = 0.15;
+    println!("spinner workload in the feed: {cpu:.3} CPU, known 1.0 (allowed {ALLOWED}: its share of a loaded machine); whole frame {full_size} bytes");
     assert!((cpu - 1.0).abs() <= ALLOWED, "{row}");
     for key in ["node", "agent", "workloads", "heatmaps"] {
         assert!(frame.get(key).is_some(), "{key} in {frame}");

@@ -1,10 +1,17 @@
-//! The visualisation data (`/api/v1/viz/heatmap`) against the kernel's own figures and the
-//! agent's other exports, with the real programs loaded. Run as root (`cargo xtask test`).
+//! The visualisation data (`/api/v1/viz/heatmap`, `/api/v1/viz/binpacking`) against the
+//! kernel's own figures and the agent's other exports, with the real programs loaded. Run as
+//! root (`cargo xtask test`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use serde_json::Value;
-use taskscope_e2e::{proc_stat_cpus, schedstat, wait_for, Agent, Workload};
+use taskscope_e2e::{
+    live::{Spinner, CAP_MEMORY_BYTES},
+    proc_stat_cpus, schedstat, wait_for, Agent, Workload,
+};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -165,6 +172,109 @@ fn the_runqueue_heatmap_of_a_workload_holds_its_waits() {
     );
 }
 
+/// `usage_usec` of a cgroup v2 directory's `cpu.stat` (the kernel keeps it in every cgroup).
+fn cpu_stat_usage_us(dir: &Path) -> u64 {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat");
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("usage_usec")
+}
+
+/// Memory charged to a cgroup: v2's `memory.current` where the controller is on, else the v1
+/// memory hierarchy's `memory.usage_in_bytes` at the same path (a hybrid host).
+fn cgroup_memory_bytes(dir: &Path) -> u64 {
+    let leaf = dir.file_name().expect("leaf");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(leaf);
+    [dir.join("memory.current"), v1.join("memory.usage_in_bytes")]
+        .iter()
+        .find_map(|file| std::fs::read_to_string(file).ok()?.trim().parse().ok())
+        .expect("the cgroup's memory usage")
+}
+
+/// A workload capped at half a CPU and 64 MiB: the bin-packing view has its limits as its
+/// cgroup has them, its CPU use as its `cpu.stat` counts it over the same seconds, its memory
+/// as the cgroup charges it, and marks it squeezed; the node's capacity is its CPUs and
+/// memory.
+#[test]
+fn the_binpacking_view_of_a_capped_workload_matches_its_cgroup() {
+    let agent = Agent::start(&[]);
+    let capped = Spinner::start_with_limits("taskscope-packed", true);
+    let cgroup = capped.cgroup();
+    // The window is the recorder's last three readings: let it fill with the spinner.
+    std::thread::sleep(Duration::from_secs(4));
+    // cpu.stat every 20 ms for 5 s, to take the ones at the ends of the answer's window.
+    let mut usage: Vec<(u64, u64)> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        usage.push((unix_ms(), cpu_stat_usage_us(&capped.dir)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let view = agent.get("/api/v1/viz/binpacking");
+    let memory_now = cgroup_memory_bytes(&capped.dir);
+    let window_s = view["cpu_window_s"].as_f64().expect("cpu_window_s");
+    // The figures are of the kernel read at `unix_ms`, over the window before it.
+    let to_ms = view["unix_ms"].as_u64().expect("unix_ms");
+    let from_ms = to_ms - (window_s * 1000.0) as u64;
+    let at = |ms: u64| {
+        *usage
+            .iter()
+            .min_by_key(|(t, _)| t.abs_diff(ms))
+            .expect("samples")
+    };
+    let ((t0, u0), (t1, u1)) = (at(from_ms), at(to_ms));
+    let reference = (u1 - u0) as f64 / 1e3 / (t1 - t0) as f64;
+    let row = |resource: &str| -> Value {
+        view[resource]["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["cgroup"] == cgroup.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{cgroup} not in the {resource} rows: {view}"))
+    };
+    let (cpu, memory) = (row("cpu"), row("memory"));
+    let used = cpu["used"].as_f64().expect("used");
+    println!(
+        "{cgroup}: CPU {used:.3} over {window_s:.2} s (cpu.stat {reference:.3}), limit {} \
+         (cpu.max 0.5), of limit {}, squeezed {}; memory {} (cgroup {memory_now}), limit {} \
+         (cgroup {CAP_MEMORY_BYTES})",
+        cpu["limit"], cpu["of_limit"], cpu["squeezed"], memory["used"], memory["limit"]
+    );
+    assert_eq!(cpu["limit"].as_f64(), Some(0.5));
+    assert!(
+        (used - reference).abs() <= 0.03,
+        "CPU {used} vs cpu.stat {reference} (0.03)"
+    );
+    assert_eq!(cpu["squeezed"], true, "at its CPU limit");
+    assert_eq!(memory["limit"].as_f64(), Some(CAP_MEMORY_BYTES as f64));
+    let memory_used = memory["used"].as_f64().expect("memory used");
+    assert!(
+        (memory_used - memory_now as f64).abs() <= (1 << 20) as f64,
+        "memory {memory_used} vs the cgroup's {memory_now} (1 MiB)"
+    );
+    assert_eq!(
+        view["cpu"]["capacity"].as_f64(),
+        Some(proc_stat_cpus().len() as f64)
+    );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    let total_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal");
+    assert_eq!(
+        view["memory"]["capacity"].as_f64(),
+        Some(total_kib * 1024.0)
+    );
+    let capacity = view["cpu"]["capacity"].as_f64().expect("capacity");
+    let node_used = view["cpu"]["used"].as_f64().expect("used");
+    assert!(
+        node_used >= used && node_used <= capacity + 0.1,
+        "{node_used} CPUs used"
+    );
+}
+
 /// Wrong requests get a 400 or 404 naming what is wrong; the endpoint needs the API's token
 /// when the API does (`--api-auth`).
 #[test]
@@ -198,14 +308,18 @@ fn heatmap_requests_are_checked_and_guarded() {
         token_file.to_str().expect("path"),
         "--api-auth",
     ]);
-    let path = "/api/v1/viz/heatmap?kind=cpu_busy";
-    let (code, _) = taskscope_e2e::http_get(&agent.addr, path).expect("request");
-    assert_eq!(code, 401, "no token");
-    let auth = format!("Bearer {token}");
-    let (code, body) =
-        taskscope_e2e::http_request(&agent.addr, "GET", path, &[("Authorization", &auth)], b"")
-            .expect("request");
-    println!("--api-auth: without the token 401, with it {code}");
-    assert_eq!(code, 200, "{body}");
+    for path in [
+        "/api/v1/viz/heatmap?kind=cpu_busy",
+        "/api/v1/viz/binpacking",
+    ] {
+        let (code, _) = taskscope_e2e::http_get(&agent.addr, path).expect("request");
+        assert_eq!(code, 401, "{path}: no token");
+        let auth = format!("Bearer {token}");
+        let (code, body) =
+            taskscope_e2e::http_request(&agent.addr, "GET", path, &[("Authorization", &auth)], b"")
+                .expect("request");
+        println!("--api-auth {path}: without the token 401, with it {code}");
+        assert_eq!(code, 200, "{body}");
+    }
     let _ = std::fs::remove_file(&token_file);
 }

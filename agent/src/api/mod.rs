@@ -140,6 +140,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/spans", get(spans))
         .route("/api/v1/viz/timeline/trace", get(viz_timeline_trace))
         .route("/api/v1/workloads/detail", get(workload_detail))
+        .route("/api/v1/viz/binpacking", get(viz_binpacking))
         .layer(limited(state.max_concurrent));
     let read_api = Router::new()
         .route("/api/v1/processes/{pid}", get(process))
@@ -478,6 +479,40 @@ async fn viz_timeline_trace(
         header::HeaderValue::from_static("attachment; filename=\"taskscope-timeline.json\""),
     );
     response
+}
+
+/// The node's capacity against every workload's use, request and limit.
+async fn viz_binpacking(State(state): State<ApiState>) -> Response {
+    let mut latest = match ask(&state, |tx| Query::Latest(false, tx)).await {
+        Ok(latest) => latest,
+        Err(response) => return response,
+    };
+    let (cpus, window_s) = state
+        .dashboard
+        .usage
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .cpus_of(&latest);
+    {
+        let names = state.names.read();
+        for (workload, _) in &mut latest.workloads {
+            name_workload(workload, &names);
+        }
+    }
+    let limits = Arc::clone(&state.dashboard.limits);
+    // A few files of every workload's cgroup: read on the blocking pool.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let view = crate::viz::binpacking::of_latest(&latest, cpus, window_s, &limits);
+        serde_json::to_vec(&view)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the bin-packing view could not be built",
+        ),
+    }
 }
 
 /// Query of `/api/v1/workloads/detail`.

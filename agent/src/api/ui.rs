@@ -74,6 +74,10 @@ const CONTENT_SECURITY_POLICY: &str =
 #[derive(Clone)]
 pub(crate) struct Dashboard {
     pub(crate) history: SharedHistory,
+    /// The workloads' recent on-CPU times and the readers of their cgroups' limits (the
+    /// bin-packing view).
+    pub(crate) usage: viz::SharedUsage,
+    pub(crate) limits: Arc<CgroupLimits>,
     /// The live feed's newest frame, its counters and its client slots.
     pub(crate) live: LiveFrames,
     pub(crate) live_stats: Arc<LiveFeedStats>,
@@ -95,21 +99,26 @@ impl Dashboard {
         let (frames, _) = watch::channel(Arc::default());
         let live = Arc::new(frames);
         let process_subscribers = viz::ProcessSubscribers::default();
+        let usage = viz::SharedUsage::default();
+        let limits = CgroupLimits::from_mounts(&crate::procfs::mountinfo());
         let sources = LiveSources {
             frames: Arc::clone(&live),
             process_subscribers: Arc::clone(&process_subscribers),
             health: Arc::clone(health),
             names: names.clone(),
-            limits: CgroupLimits::from_mounts(&crate::procfs::mountinfo()),
+            limits: limits.clone(),
         };
         tokio::spawn(viz::record(
             queries.clone(),
             Arc::clone(&history),
+            Arc::clone(&usage),
             sources,
             shutdown.clone(),
         ));
         Self {
             history,
+            usage,
+            limits: Arc::new(limits),
             live,
             live_stats: Arc::default(),
             process_subscribers,

@@ -154,8 +154,8 @@ pub(crate) struct LatestRead {
     pub(crate) node: NodeResponse,
     pub(crate) workloads: Vec<(Workload, WorkloadTotals)>,
     pub(crate) processes: Option<Vec<crate::model::queries::ProcessCounters>>,
-    /// CLOCK_MONOTONIC when the totals were taken: they include the running threads' time up
-    /// to then.
+    /// CLOCK_MONOTONIC of the kernel read the totals are of (the running threads' time is
+    /// carried up to it), so that figures of two reads make exact rates.
     pub(crate) sampled_at_ns: u64,
 }
 
@@ -562,12 +562,14 @@ impl Collector {
                 let _ = reply.send(self.model.workload_totals());
             }
             Query::Latest(with_processes, reply) => {
-                let sampled_at_ns = monotonic_ns();
+                // As of the read: a thread running then is carried to it and not past it (it
+                // may have left its CPU since, unseen until the next read).
+                let read_at = self.model.collected_at_ns;
                 let _ = reply.send(LatestRead {
                     node: self.node(),
-                    workloads: self.model.workload_totals(),
-                    processes: with_processes.then(|| self.model.process_counters()),
-                    sampled_at_ns,
+                    workloads: self.model.workload_totals_at(read_at),
+                    processes: with_processes.then(|| self.model.process_counters_at(read_at)),
+                    sampled_at_ns: read_at,
                 });
             }
             Query::Workload(cgroup, reply) => {

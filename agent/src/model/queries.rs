@@ -63,10 +63,15 @@ impl TaskModel {
             .collect()
     }
 
-    /// Totals per workload (retired processes and live ones); workloads without live processes
-    /// for `--series-ttl` are dropped.
+    /// Totals per workload (retired processes and live ones), with the running threads' time
+    /// up to now; workloads without live processes for `--series-ttl` are dropped.
     pub(crate) fn workload_totals(&mut self) -> Vec<(Workload, WorkloadTotals)> {
         let now = self.host.clocks().monotonic_ns;
+        self.workload_totals_at(now)
+    }
+
+    /// [`Self::workload_totals`] with the running threads' time up to `now_ns` only.
+    pub(crate) fn workload_totals_at(&mut self, now: u64) -> Vec<(Workload, WorkloadTotals)> {
         let ttl_ns = self.config.series_ttl_ns();
         self.workloads.totals(
             self.live.values(),
@@ -113,9 +118,8 @@ impl TaskModel {
             .collect()
     }
 
-    /// Every live process's counters.
-    pub(crate) fn process_counters(&self) -> Vec<ProcessCounters> {
-        let now = self.host.clocks().monotonic_ns;
+    /// Every live process's counters, with the running threads' time up to `now`.
+    pub(crate) fn process_counters_at(&self, now: u64) -> Vec<ProcessCounters> {
         self.live
             .values()
             .map(|p| ProcessCounters {

@@ -287,14 +287,43 @@ impl CgroupLimits {
             cpu: CgroupCpuReader::from_mounts(mountinfo),
         }
     }
+
+    /// The memory `cgroup` uses and its limits; a CPU request only for a Kubernetes pod's
+    /// cgroup (`in_pod`): elsewhere CPU shares are a relative weight, not a request.
+    pub(crate) fn of(&self, cgroup: &str, in_pod: bool) -> CgroupFigures {
+        let mut figures = CgroupFigures::default();
+        if let Some(memory) = self.memory.read(cgroup) {
+            figures.memory_bytes = Some(memory.usage_bytes);
+            figures.memory_limit_bytes = memory.limit_bytes;
+        }
+        if let Some(cpu) = self.cpu.read(cgroup) {
+            figures.cpu_limit = cpu.limit_cores;
+            if in_pod {
+                figures.cpu_request = cpu.shares.map(|shares| shares as f64 / 1024.0);
+            }
+        }
+        figures
+    }
+}
+
+/// A cgroup's memory use, its limits and its CPU request (`None`: not set or not accounted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CgroupFigures {
+    /// Memory charged to it (page cache included, as the kernel counts it against the limit).
+    pub(crate) memory_bytes: Option<u64>,
+    pub(crate) memory_limit_bytes: Option<u64>,
+    /// CPUs' worth it may use.
+    pub(crate) cpu_limit: Option<f64>,
+    /// A Kubernetes pod's CPU request, from its CPU shares.
+    pub(crate) cpu_request: Option<f64>,
 }
 
 /// What a frame is built from.
 pub(crate) struct Inputs<'a> {
     /// The history's newest frame (the interval the live frame describes).
     pub(crate) frame: &'a Frame,
-    /// CLOCK_MONOTONIC when the counters were asked for: the model's figures include the
-    /// running threads' time up to then.
+    /// CLOCK_MONOTONIC of the kernel read the counters are of (the running threads' time is
+    /// carried up to it).
     pub(crate) sampled_at_ns: u64,
     pub(crate) workloads: &'a [(Workload, WorkloadTotals)],
     /// Every live process's counters, when a client subscribes to the process table.
@@ -334,9 +363,9 @@ impl LiveBuilder {
     /// The frame of the interval `inputs` describes.
     pub(crate) fn build(&mut self, inputs: Inputs<'_>) -> LiveFrame {
         self.seq += 1;
-        // The counters were taken when the frame was asked for, not at the kernel read the
-        // history's frame ends with (a query between two polls can make those close together),
-        // so rates are over the time between two frames' samples.
+        // Rates are over the time between the two kernel reads the counters are of: the
+        // running threads' time is carried to the reads, not past them, so a thread that left
+        // its CPU after a read is not counted on until the next.
         let interval_ns = self
             .last_sampled_ns
             .replace(inputs.sampled_at_ns)
@@ -376,7 +405,7 @@ impl LiveBuilder {
         LiveFrame {
             seq: self.seq,
             unix_ms: inputs.frame.unix_ms,
-            built_at_ns: inputs.sampled_at_ns,
+            built_at_ns: crate::clock::monotonic_ns(),
             sections,
         }
     }
@@ -620,17 +649,11 @@ impl WorkloadRow {
 
     /// Fills in its cgroup's memory and CPU limits.
     fn read_limits(&mut self, limits: &CgroupLimits) {
-        if let Some(memory) = limits.memory.read(&self.cgroup) {
-            self.memory_bytes = Some(memory.usage_bytes);
-            self.memory_limit_bytes = memory.limit_bytes;
-        }
-        if let Some(cpu) = limits.cpu.read(&self.cgroup) {
-            self.cpu_limit = cpu.limit_cores;
-            // Outside Kubernetes, shares are a relative weight, not a request.
-            if self.pod_uid.is_some() {
-                self.cpu_request = cpu.shares.map(|shares| shares as f64 / 1024.0);
-            }
-        }
+        let figures = limits.of(&self.cgroup, self.pod_uid.is_some());
+        self.memory_bytes = figures.memory_bytes;
+        self.memory_limit_bytes = figures.memory_limit_bytes;
+        self.cpu_limit = figures.cpu_limit;
+        self.cpu_request = figures.cpu_request;
     }
 }
 

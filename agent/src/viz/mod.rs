@@ -7,6 +7,7 @@
 //! history's size is fixed ([`history::MAX_FRAMES`] frames, each with at most
 //! [`history::MAX_WORKLOADS_PER_FRAME`] workloads).
 
+pub(crate) mod binpacking;
 pub(crate) mod heatmap;
 pub(crate) mod history;
 pub(crate) mod live;
@@ -38,6 +39,9 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// The history, shared by the recorder (writer) and the API (readers).
 pub(crate) type SharedHistory = Arc<Mutex<History>>;
 
+/// The workloads' recent on-CPU times, shared by the recorder (writer) and the API (readers).
+pub(crate) type SharedUsage = Arc<Mutex<binpacking::UsageWindow>>;
+
 /// The live feed's newest frame; clients subscribe to it (a client that is slow sees only the
 /// newest). Frames are built only while someone subscribes.
 pub(crate) type LiveFrames = Arc<watch::Sender<Arc<LiveFrame>>>;
@@ -56,10 +60,12 @@ pub(crate) struct LiveSources {
 }
 
 /// Takes a reading every [`INTERVAL`] until `shutdown` says stop (or the collector stops),
-/// and publishes a live frame of it while a client listens.
+/// keeps the workloads' on-CPU times for the bin-packing view, and publishes a live frame of
+/// it while a client listens.
 pub(crate) async fn record(
     queries: mpsc::Sender<Query>,
     history: SharedHistory,
+    usage: SharedUsage,
     live: LiveSources,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -77,6 +83,10 @@ pub(crate) async fn record(
             return;
         };
         let reading = reading(&latest.node, &latest.workloads);
+        usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(latest.sampled_at_ns, &latest.workloads);
         let added = history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

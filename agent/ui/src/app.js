@@ -2,7 +2,7 @@
 // JSON API's last 5 minutes and then take a column from each frame.
 import {
   WORKLOAD_COLUMNS, appendColumn, bucketLabel, filterRows, formatBytes, formatNs, formatNumber,
-  exitText, formatShare, ganttRows, heatColor, packing, quantileBound, slowEvents, sortRows,
+  exitText, formatShare, ganttRows, heatColor, quantileBound, slowEvents, sortRows,
   taskColour, workloadName,
 } from './logic.js';
 
@@ -44,6 +44,7 @@ function show(view) {
   }
   if (view === 'heatmaps') drawHeatmaps();
   if (view === 'timeline') refreshTimeline();
+  if (view === 'binpacking') refreshPacking();
   if (view === 'node' && state.chart) state.chart.setSize(chartSize());
 }
 
@@ -101,7 +102,6 @@ function onFrame(frame) {
   if (frame.node) renderNode(frame.node, frame.unix_ms);
   if (frame.agent) renderAgent(frame.agent);
   if (frame.workloads) renderWorkloads(frame.workloads);
-  if (frame.workloads && frame.node) renderPacking(frame.workloads, frame.node);
   if (frame.heatmaps) {
     appendColumn(state.cpuBusy, frame.heatmaps.unix_ms, frame.heatmaps.cpu_busy, HISTORY_SECONDS);
     if (!state.runqueueWorkload) {
@@ -559,19 +559,30 @@ setInterval(refreshTimeline, 1000);
 // ---- bin-packing ----
 const SEGMENT_COLOURS = ['#c82814', '#1f6feb', '#1a7f37', '#9a6700', '#8250df', '#bf3989', '#0a7d8c', '#6e7781'];
 
-function renderPacking(table, node) {
-  const memoryCapacity = node.memory_total_bytes ?? 0;
+/** The view from /api/v1/viz/binpacking (every workload), once a second while it shows. */
+async function refreshPacking() {
+  if (state.view !== 'binpacking' || state.paused) return;
+  const response = await fetch('/api/v1/viz/binpacking').catch(() => null);
+  if (!response?.ok) {
+    $('bp-cpu-summary').textContent = `not available: ${response?.status ?? 'no answer'}`;
+    return;
+  }
+  renderPacking(await response.json());
+}
+
+setInterval(refreshPacking, 1000);
+
+function renderPacking(view) {
   const resources = [
-    ['cpu', node.cpu_busy.length, { used: 'cpu', request: 'cpu_request', limit: 'cpu_limit' },
-      (v) => `${formatNumber(v, 2)} CPU`],
-    ['memory', memoryCapacity, { used: 'memory_bytes', request: 'memory_request_bytes', limit: 'memory_limit_bytes' },
-      (v) => formatBytes(v)],
+    ['cpu', view.cpu, (v) => `${formatNumber(v, 2)} CPU`],
+    ['memory', view.memory, (v) => formatBytes(v)],
   ];
-  for (const [name, capacity, keys, format] of resources) {
-    const p = packing(table.rows, capacity, keys);
+  for (const [name, p, format] of resources) {
+    const capacity = p.capacity;
     $(`bp-${name}-summary`).textContent =
       `${format(p.used)} used of ${format(capacity)}; limits add up to ${format(p.limited)}` +
-      (p.requested ? `, requests to ${format(p.requested)}` : '');
+      (p.requested ? `, requests to ${format(p.requested)}` : '') +
+      (p.rows.length > 30 || p.rows_left_out ? ` (30 of ${p.rows.length + p.rows_left_out} workloads listed)` : '');
     const bar = $(`bp-${name}`);
     const part = (value, cls, colour, title) => {
       const div = document.createElement('div');
@@ -582,7 +593,7 @@ function renderPacking(table, node) {
       return div;
     };
     bar.replaceChildren(
-      ...p.segments.map((w, i) => part(w.used, '', SEGMENT_COLOURS[i % SEGMENT_COLOURS.length], `${w.name}: ${format(w.used)}`)),
+      ...p.segments.map((w, i) => part(w.used, '', SEGMENT_COLOURS[i % SEGMENT_COLOURS.length], `${workloadName(w)}: ${format(w.used)}`)),
       part(p.others, 'others', null, `others: ${format(p.others)}`),
       part(p.free, 'free', null, `free: ${format(p.free)}`),
     );
@@ -595,7 +606,7 @@ function renderPacking(table, node) {
       li.classList.toggle('squeezed', w.squeezed);
       const label = document.createElement('span');
       label.className = 'name';
-      label.textContent = w.name;
+      label.textContent = workloadName(w);
       const track = document.createElement('span');
       track.className = 'track';
       const used = document.createElement('span');
@@ -614,7 +625,7 @@ function renderPacking(table, node) {
       const figures = document.createElement('span');
       figures.className = 'figures';
       figures.textContent = `${format(w.used)}` +
-        (w.limit !== null ? ` of limit ${format(w.limit)} (${formatShare(w.ofLimit)})` : ', no limit') +
+        (w.limit !== null ? ` of limit ${format(w.limit)} (${formatShare(w.of_limit)})` : ', no limit') +
         (w.request !== null ? `, request ${format(w.request)}` : '');
       li.append(label, track, figures);
       return li;

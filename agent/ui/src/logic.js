@@ -137,52 +137,6 @@ export function quantileBound(counts, bounds, q) {
   return bounds[bounds.length - 1];
 }
 
-/** Workloads drawn as their own segment of a bin-packing bar; the rest are "others". */
-export const PACKING_SEGMENTS = 8;
-
-/** A workload at or above this share of its limit is squeezed. */
-export const SQUEEZED_SHARE = 0.9;
-
-/**
- * One resource of the bin-packing view: the node's `capacity` against each workload's use
- * (`used`), request and limit (keys of a frame's row). The biggest users get a segment of the
- * bar, the rest one "others" segment; `free` is what nobody uses. Rows list every workload
- * with a use, request or limit, the squeezed first.
- */
-export function packing(rows, capacity, keys) {
-  const users = rows
-    .map((row) => ({
-      cgroup: row.cgroup,
-      name: workloadName(row),
-      used: row[keys.used] ?? 0,
-      request: row[keys.request] ?? null,
-      limit: row[keys.limit] ?? null,
-    }))
-    .filter((w) => w.used > 0 || w.request !== null || w.limit !== null);
-  for (const w of users) {
-    w.squeezed = w.limit !== null && w.limit > 0 && w.used >= SQUEEZED_SHARE * w.limit;
-    w.ofLimit = w.limit ? w.used / w.limit : null;
-  }
-  const byUse = [...users].sort((a, b) => b.used - a.used || (a.cgroup < b.cgroup ? -1 : 1));
-  const segments = byUse.slice(0, PACKING_SEGMENTS).filter((w) => w.used > 0);
-  const others = byUse.slice(PACKING_SEGMENTS).reduce((sum, w) => sum + w.used, 0);
-  const used = byUse.reduce((sum, w) => sum + w.used, 0);
-  const requested = users.reduce((sum, w) => sum + (w.request ?? 0), 0);
-  const limited = users.reduce((sum, w) => sum + (w.limit ?? 0), 0);
-  const listed = [...users].sort((a, b) =>
-    (b.squeezed - a.squeezed) || b.used - a.used || (a.cgroup < b.cgroup ? -1 : 1));
-  return {
-    capacity,
-    used,
-    requested,
-    limited,
-    free: Math.max(0, capacity - used),
-    segments,
-    others,
-    rows: listed,
-  };
-}
-
 /** A stable colour for a task (by pid), distinct enough for neighbours. */
 export function taskColour(pid) {
   const hue = (Math.imul(pid, 2654435761) >>> 0) % 360;

@@ -65,26 +65,6 @@ test('quantile bounds of log2 counts', () => {
   assert.equal(quantileBound([50, 49, 0, 1], bounds, 1), null);
 });
 
-test('bin-packing: segments, others, free and the squeezed first', async () => {
-  const { packing, PACKING_SEGMENTS } = await import('../src/logic.js');
-  const rows = [
-    { cgroup: '/capped', cpu: 0.49, cpu_limit: 0.5 },
-    { cgroup: '/big', cpu: 1.2 },
-    { cgroup: '/idle-with-limit', cpu: 0, cpu_limit: 2 },
-    ...Array.from({ length: PACKING_SEGMENTS }, (_, i) => ({ cgroup: `/small${i}`, cpu: 0.01 })),
-  ];
-  const p = packing(rows, 4, { used: 'cpu', request: 'cpu_request', limit: 'cpu_limit' });
-  assert.equal(p.segments.length, PACKING_SEGMENTS);
-  assert.equal(p.segments[0].cgroup, '/big');
-  assert.ok(Math.abs(p.others - 0.02) < 1e-9, `${p.others}`);
-  assert.ok(Math.abs(p.used - (1.2 + 0.49 + 0.08)) < 1e-9);
-  assert.ok(Math.abs(p.free - (4 - p.used)) < 1e-9);
-  assert.equal(p.limited, 2.5);
-  assert.equal(p.rows[0].cgroup, '/capped');
-  assert.equal(p.rows[0].squeezed, true);
-  assert.ok(p.rows.some((r) => r.cgroup === '/idle-with-limit' && !r.squeezed));
-});
-
 test('gantt rows: parents above children, time split, failures marked', async () => {
   const { ganttRows } = await import('../src/logic.js');
   const spans = [
