@@ -863,11 +863,17 @@ fn timed_scrape() -> Result<(Duration, usize)> {
 
 /// One GET of /metrics: (duration, body).
 fn scrape_text() -> Result<(Duration, String)> {
+    timed_get("/metrics", "application/openmetrics-text;version=1.0.0")
+}
+
+/// One GET of `path` from the bench's agent, accepting `accept`: (duration, the whole answer
+/// with its headers).
+pub(crate) fn timed_get(path: &str, accept: &str) -> Result<(Duration, String)> {
     let start = Instant::now();
     let mut stream = TcpStream::connect(AGENT_ADDR)?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body)?;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench-live`: what the dashboard's live feed costs the agent. The agent's CPU
 //! with no client, then with browsers' worth of clients subscribed to the dashboard's sections,
-//! then with one client of the process table (as `taskscope top --processes`), on a node with
-//! many workloads (the frame's table full), and the frames' sizes.
+//! then with one client of the process table (as `taskscope top --processes`), then with the
+//! browsers on the bin-packing view (each asking `/api/v1/viz/binpacking` once a second), on
+//! a node with many workloads (the frame's table full), and the frames' sizes.
 
 use std::{
     net::TcpStream,
@@ -17,7 +18,7 @@ use anyhow::Result;
 use clap::Args;
 use tungstenite::{Message, WebSocket};
 
-use crate::bench::{cgroup2_root, cpu_seconds, Agent, BenchWorkloads, AGENT_ADDR};
+use crate::bench::{cgroup2_root, cpu_seconds, timed_get, Agent, BenchWorkloads, AGENT_ADDR};
 
 #[derive(Args)]
 pub struct LiveArgs {
@@ -119,7 +120,50 @@ pub fn run(args: &LiveArgs, agent_binary: &Path) -> Result<()> {
         processes as f64 / 1024.0
     );
     anyhow::ensure!(frames > 0, "no frame arrived");
+    let (packing, answers) = measure_binpacking(&agent, args)?;
+    let mean_ms =
+        answers.iter().map(|a| a.0.as_secs_f64()).sum::<f64>() * 1e3 / answers.len().max(1) as f64;
+    let slowest_ms = answers
+        .iter()
+        .map(|a| a.0.as_secs_f64() * 1e3)
+        .fold(0.0, f64::max);
+    let bytes = answers.iter().map(|a| a.1).max().unwrap_or(0);
+    println!(
+        "  agent CPU, {} clients on the bin-packing view (each GET /api/v1/viz/binpacking once a second): {:.2}% of a core  (+{:.2} points); an answer {mean_ms:.1} ms on average, {slowest_ms:.1} ms slowest, {:.1} KiB",
+        args.clients,
+        packing * 100.0,
+        (packing - idle) * 100.0,
+        bytes as f64 / 1024.0
+    );
     Ok(())
+}
+
+/// The agent's CPU with `args.clients` browsers on the bin-packing view: each on the feed and
+/// asking for the view once a second. The answers' (time, size).
+fn measure_binpacking(agent: &Agent, args: &LiveArgs) -> Result<(f64, Vec<(Duration, usize)>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let asker = {
+        let (stop, clients) = (Arc::clone(&stop), args.clients);
+        std::thread::spawn(move || -> Result<Vec<(Duration, usize)>> {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let second = Instant::now();
+                for _ in 0..clients {
+                    let (took, answer) = timed_get("/api/v1/viz/binpacking", "application/json")?;
+                    anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "binpacking: {answer}");
+                    answers.push((took, answer.len()));
+                }
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(second.elapsed()));
+            }
+            Ok(answers)
+        })
+    };
+    let measured = measure(agent, args, args.clients, None);
+    stop.store(true, Ordering::Relaxed);
+    let answers = asker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bin-packing client panicked"))??;
+    Ok((measured?.0, answers))
 }
 
 /// The agent's CPU with `clients` clients connected (each sending `subscribe`), and what they

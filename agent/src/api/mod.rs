@@ -481,12 +481,38 @@ async fn viz_timeline_trace(
     response
 }
 
-/// The node's capacity against every workload's use, request and limit.
+/// The node's capacity against every workload's use, request and limit (built at most once
+/// an interval: see `Dashboard::binpacking`).
 async fn viz_binpacking(State(state): State<ApiState>) -> Response {
-    let mut latest = match ask(&state, |tx| Query::Latest(false, tx)).await {
-        Ok(latest) => latest,
-        Err(response) => return response,
+    let now = crate::clock::monotonic_ns();
+    let fresh_for = crate::viz::INTERVAL.as_nanos() as u64;
+    let cached = state
+        .dashboard
+        .binpacking
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .filter(|(built_at, _)| now.saturating_sub(*built_at) < fresh_for);
+    let body = match cached {
+        Some((_, body)) => body,
+        None => match build_binpacking(&state).await {
+            Ok(body) => {
+                *state
+                    .dashboard
+                    .binpacking
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, body.clone()));
+                body
+            }
+            Err(response) => return response,
+        },
     };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The bin-packing view of the collector's latest figures, as JSON.
+async fn build_binpacking(state: &ApiState) -> Result<axum::body::Bytes, Response> {
+    let mut latest = ask(state, |tx| Query::Latest(false, tx)).await?;
     let (cpus, window_s) = state
         .dashboard
         .usage
@@ -507,11 +533,11 @@ async fn viz_binpacking(State(state): State<ApiState>) -> Response {
     })
     .await;
     match encoded {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        _ => error(
+        Ok(Ok(body)) => Ok(body.into()),
+        _ => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the bin-packing view could not be built",
-        ),
+        )),
     }
 }
 

@@ -78,6 +78,10 @@ pub(crate) struct Dashboard {
     /// bin-packing view).
     pub(crate) usage: viz::SharedUsage,
     pub(crate) limits: Arc<CgroupLimits>,
+    /// The bin-packing answer last built (CLOCK_MONOTONIC when, its JSON): served again
+    /// within [`viz::INTERVAL`], so that browsers on the view (each asking once a second)
+    /// cost one build a second between them.
+    pub(crate) binpacking: Arc<std::sync::Mutex<Option<(u64, axum::body::Bytes)>>>,
     /// The live feed's newest frame, its counters and its client slots.
     pub(crate) live: LiveFrames,
     pub(crate) live_stats: Arc<LiveFeedStats>,
@@ -119,6 +123,7 @@ impl Dashboard {
             history,
             usage,
             limits: Arc::new(limits),
+            binpacking: Arc::default(),
             live,
             live_stats: Arc::default(),
             process_subscribers,
