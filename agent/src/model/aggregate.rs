@@ -10,12 +10,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use taskscope_common::{log2_bucket, ProcessIo, SyscallStats, HIST_BUCKETS};
 
-use super::{histogram, workload::Workload, ExitStatus, Process, SchedTotals};
+use super::{histogram, process::PriorSched, workload::Workload, ExitStatus, Process, SchedTotals};
 
 /// Everything exported about one workload.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkloadTotals {
     pub(crate) sched: SchedTotals,
+    /// The part of `sched` from before the agent started (tasks it never saw start): rates
+    /// take it off (see [`Self::sched_since_agent`]).
+    pub(crate) prior: PriorSched,
     pub(crate) syscalls: BTreeMap<u32, SyscallStats>,
     pub(crate) errnos: BTreeMap<(u32, u32), u64>,
     /// Block IO by (device `dev_t`, operation `REQ_OP_*`).
@@ -36,6 +39,7 @@ impl Default for WorkloadTotals {
     fn default() -> Self {
         Self {
             sched: SchedTotals::default(),
+            prior: PriorSched::default(),
             syscalls: BTreeMap::new(),
             errnos: BTreeMap::new(),
             io: BTreeMap::new(),
@@ -59,6 +63,13 @@ pub(crate) fn add_syscalls(into: &mut SyscallStats, from: &SyscallStats) {
 }
 
 impl WorkloadTotals {
+    /// The scheduler figures of what happened while the agent ran: what rates are made of.
+    /// (`sched` matches the kernel's lifetime counters of the tasks, as /proc's do: a task
+    /// first read long after it started brings its whole past at once.)
+    pub(crate) fn sched_since_agent(&self) -> SchedTotals {
+        self.sched.without(&self.prior)
+    }
+
     /// Adds scheduler, errno and IO figures (a process's, or another total's).
     fn add_figures(
         &mut self,
@@ -113,6 +124,7 @@ impl WorkloadTotals {
             sched = sched.minus(&share);
         }
         self.add_figures(&sched, &p.errnos, &p.io);
+        self.prior.add(&p.prior);
         if let Some(base) = &p.moved_baseline {
             self.subtract_figures(base);
         }
@@ -163,6 +175,7 @@ impl WorkloadTotals {
     /// Adds another total (retired processes into live ones).
     fn merge(&mut self, from: &WorkloadTotals) {
         self.add_figures(&from.sched, &from.errnos, &from.io);
+        self.prior.add(&from.prior);
         self.add_syscall_figures(&from.syscalls);
         self.started += from.started;
         self.exited_success += from.exited_success;
@@ -220,6 +233,7 @@ impl WorkloadLedger {
         entry
             .1
             .add_figures(&figures.sched, &figures.errnos, &figures.io);
+        entry.1.prior.add(&figures.prior);
         entry.2 = now_ns;
     }
 

@@ -149,7 +149,11 @@ impl TaskModel {
                 Some(process) => {
                     process.last_switch_out_ns =
                         process.last_switch_out_ns.max(task.last_switch_out_ns);
-                    process.threads.entry(tid).or_default().sched = Some(task);
+                    let thread = process.threads.entry(tid).or_default();
+                    if thread.sched.is_none() && !thread.born_seen {
+                        process.prior.add_task(&task);
+                    }
+                    thread.sched = Some(task);
                 }
                 None => {
                     unknown.insert(tid);

@@ -9,7 +9,7 @@ use taskscope_common::{
 use super::{
     aggregate::WorkloadTotals,
     intake::Forget,
-    process::{Process, SchedTotals, SlowWait, Thread, ThreadCgroup},
+    process::{PriorSched, Process, SchedTotals, SlowWait, Thread, ThreadCgroup},
     ExitStatus, TaskModel,
 };
 use crate::procfs::NS_PER_TICK;
@@ -144,7 +144,7 @@ impl TaskModel {
                 .then(|| self.cgroup_path(fork.cgroup_id, pid))
                 .flatten();
             if let Some(process) = self.live_or_proc(tgid) {
-                let thread = process.threads.entry(pid).or_default();
+                let thread = process.threads.entry(pid).or_insert_with(Thread::born);
                 thread.cgroup = path
                     .filter(|p| process.cgroup_path.as_ref() != Some(p))
                     .map(|path| {
@@ -198,7 +198,7 @@ impl TaskModel {
         process.cgroup_id = Some(fork.cgroup_id);
         process.cgroup_path = self.cgroup_path(fork.cgroup_id, pid);
         process.observed_from_start = true;
-        process.threads.insert(pid, Thread::default());
+        process.threads.insert(pid, Thread::born());
         process.threads_started = 1;
         self.counters.processes_started += 1;
         self.insert_live(process);
@@ -427,14 +427,18 @@ impl TaskModel {
                         at.involuntary_switches,
                     );
                 }
-                let credit = match &process.moved_baseline {
+                let mut credit = match &process.moved_baseline {
                     Some(base) => figures.figures_minus(base),
                     None => figures.clone(),
                 };
+                // What was from before the agent goes with the credit; the new baseline
+                // holds it for the new workload.
+                credit.prior = process.prior;
                 let old = old.clone();
                 self.workloads.credit(&old, &credit, now);
                 if let Some(process) = self.live.get_mut(&pid) {
                     process.moved_baseline = Some(Box::new(figures));
+                    process.prior = PriorSched::default();
                 }
             }
         }

@@ -304,6 +304,46 @@ mod tests {
     }
 
     #[test]
+    fn a_task_from_before_the_agent_brings_its_past_to_its_figures_not_to_rates() {
+        let mut m = model();
+        let mut forget = Forget::default();
+        // Found by the /proc scan (it started before the agent), with a thread born since.
+        m.insert_from_proc(P);
+        m.apply_event(fork(P + 1, P, P, NS_PER_TICK), &mut forget);
+        let snap = |a, b| KernelSnapshot {
+            tasks: vec![(P, sched(P, a)), (P + 1, sched(P, b))],
+            ..Default::default()
+        };
+        m.apply_kernel(snap(5_000, 10));
+        m.apply_kernel(snap(5_300, 40));
+        let root = |m: &mut TaskModel| {
+            let totals = m.workload_totals();
+            let (_, t) = totals
+                .into_iter()
+                .find(|(w, _)| w.cgroup == "/")
+                .expect("/");
+            (t.sched.on_cpu_ns, t.sched_since_agent().on_cpu_ns)
+        };
+        // Its figures are the kernel's lifetime ones, as /proc's; rates see what came after.
+        assert_eq!(m.by_pid(P)[0].sched(0, &HashMap::new()).on_cpu_ns, 5_340);
+        assert_eq!(root(&mut m), (5_340, 340));
+        let counters = m.process_counters_at(0);
+        assert_eq!(counters[0].sched.on_cpu_ns, 340);
+        assert_eq!(
+            counters[0].sched.involuntary_switches, 3,
+            "the born thread's"
+        );
+        // Retired, the workload keeps the same split.
+        m.apply_event(exit(P + 1, P, 0, false), &mut forget);
+        m.apply_event(exit(P, P, 0, true), &mut forget);
+        m.apply_kernel(snap(5_400, 50));
+        m.apply_kernel(KernelSnapshot::default());
+        m.apply_kernel(KernelSnapshot::default());
+        assert_eq!(m.live_count(), 0);
+        assert_eq!(root(&mut m), (5_450, 450));
+    }
+
+    #[test]
     fn process_exit_is_kept_then_retired_with_its_status() {
         let mut m = model();
         let mut forget = Forget::default();

@@ -32,7 +32,53 @@ impl Default for SchedTotals {
     }
 }
 
+/// The kernel's lifetime counters of tasks that ran before the agent started, as the agent
+/// first read them: in a process's figures (which match /proc's) but not in what happened
+/// while the agent ran, which is what rates are made of. A task the agent never saw start
+/// would otherwise bring its whole past to the interval in which it is first read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PriorSched {
+    pub(crate) on_cpu_ns: u64,
+    pub(crate) runqueue_wait_ns: u64,
+    pub(crate) voluntary_switches: u64,
+    pub(crate) involuntary_switches: u64,
+}
+
+impl PriorSched {
+    /// Adds a task's counters as first read.
+    pub(crate) fn add_task(&mut self, task: &TaskSched) {
+        self.on_cpu_ns += task.on_cpu_ns;
+        self.runqueue_wait_ns += task.runqueue_wait_ns;
+        self.voluntary_switches += task.voluntary_switches;
+        self.involuntary_switches += task.involuntary_switches;
+    }
+
+    /// Adds another.
+    pub(crate) fn add(&mut self, other: &PriorSched) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        self.runqueue_wait_ns += other.runqueue_wait_ns;
+        self.voluntary_switches += other.voluntary_switches;
+        self.involuntary_switches += other.involuntary_switches;
+    }
+}
+
 impl SchedTotals {
+    /// These totals without `prior` (the run-queue histogram is the agent's own: no part of
+    /// it is from before), never below zero.
+    pub(crate) fn without(&self, prior: &PriorSched) -> SchedTotals {
+        SchedTotals {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(prior.on_cpu_ns),
+            runqueue_wait_ns: self.runqueue_wait_ns.saturating_sub(prior.runqueue_wait_ns),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(prior.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(prior.involuntary_switches),
+            runqueue_hist: self.runqueue_hist,
+        }
+    }
+
     /// Adds another total.
     pub(crate) fn add_totals(&mut self, other: &SchedTotals) {
         self.on_cpu_ns += other.on_cpu_ns;
@@ -108,6 +154,18 @@ pub(super) struct Thread {
     /// Set while it is in a cgroup other than its process's (a threaded cgroup it was moved
     /// to by `cgroup.threads`, or created in).
     pub(super) cgroup: Option<Box<ThreadCgroup>>,
+    /// The agent saw it start (a fork or clone event): nothing it did is from before.
+    pub(super) born_seen: bool,
+}
+
+impl Thread {
+    /// A thread whose start the agent saw.
+    pub(super) fn born() -> Self {
+        Self {
+            born_seen: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// A thread's own cgroup, and its figures when it went there: that workload counts what came
@@ -158,6 +216,9 @@ pub(crate) struct Process {
     /// Its figures when it last moved to another cgroup: they belong to the workloads it
     /// left, its current workload counts only what came after.
     pub(crate) moved_baseline: Option<Box<WorkloadTotals>>,
+    /// Its threads' counters from before the agent started (since its last move: the moved
+    /// baseline holds what came before).
+    pub(crate) prior: PriorSched,
     /// Its place in a trace, when its fork was seen.
     pub(crate) span_ids: Option<SpanIds>,
     /// CLOCK_MONOTONIC of its latest exec.
@@ -198,6 +259,7 @@ impl Process {
             slow_waits: VecDeque::new(),
             exited_at: None,
             missing_at_sweep: false,
+            prior: PriorSched::default(),
             moved_baseline: None,
             span_ids: None,
             exec_time_ns: None,

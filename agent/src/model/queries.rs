@@ -129,7 +129,8 @@ impl TaskModel {
                 comm: p.comm.clone(),
                 cgroup: p.cgroup_path.clone(),
                 threads: p.live_threads(),
-                sched: p.sched(now, &self.running),
+                // For rates: without what its threads did before the agent started.
+                sched: p.sched(now, &self.running).without(&p.prior),
                 syscalls: p.syscalls.values().map(|c| c.count).sum(),
                 syscall_errors: p.syscalls.values().map(|c| c.errors).sum(),
                 io_bytes: p.io.values().map(|io| io.bytes).sum(),

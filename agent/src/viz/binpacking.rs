@@ -61,7 +61,10 @@ impl UsageWindow {
         }
         let on_cpu_ns = workloads
             .iter()
-            .map(|(w, totals)| (Arc::from(w.cgroup.as_str()), totals.sched.on_cpu_ns))
+            .map(|(w, totals)| {
+                let on_cpu_ns = totals.sched_since_agent().on_cpu_ns;
+                (Arc::from(w.cgroup.as_str()), on_cpu_ns)
+            })
             .collect();
         self.samples.push_back(UsageSample { at_ns, on_cpu_ns });
     }
@@ -89,7 +92,7 @@ impl UsageWindow {
         let cpus = latest
             .workloads
             .iter()
-            .map(|(w, totals)| self.cpu(&w.cgroup, totals.sched.on_cpu_ns, at))
+            .map(|(w, totals)| self.cpu(&w.cgroup, totals.sched_since_agent().on_cpu_ns, at))
             .collect();
         (cpus, self.window_s(at))
     }

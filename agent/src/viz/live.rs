@@ -157,7 +157,7 @@ impl Counters {
             started: totals.started,
             failed: totals.exited_failure + totals.exited_signal,
         };
-        Self::new(&totals.sched, sums, before)
+        Self::new(&totals.sched_since_agent(), sums, before)
     }
 
     /// A process's counters now, `before` the previous frame's.
