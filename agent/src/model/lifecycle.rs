@@ -165,6 +165,10 @@ impl TaskModel {
                 // the same process, seen from its start after all, so it gets a span.
                 existing.observed_from_start = true;
                 existing.start_boottime_ns = Some(fork.start_boottime_ns);
+                // Nothing it did is from before the agent (unless already read: a few ms).
+                if let Some(leader) = existing.threads.get_mut(&pid) {
+                    leader.born_seen = true;
+                }
                 let parent_ids = self.live.get(&fork.parent_tgid).and_then(|p| p.span_ids);
                 let ids = self
                     .span_ids

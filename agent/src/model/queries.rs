@@ -70,7 +70,7 @@ impl TaskModel {
         self.workload_totals_at(now)
     }
 
-    /// [`Self::workload_totals`] with the running threads' time up to `now_ns` only.
+    /// [`Self::workload_totals`] with the running threads' time up to `now` only.
     pub(crate) fn workload_totals_at(&mut self, now: u64) -> Vec<(Workload, WorkloadTotals)> {
         let ttl_ns = self.config.series_ttl_ns();
         self.workloads.totals(
