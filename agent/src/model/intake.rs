@@ -5,6 +5,7 @@
 
 use super::{
     node::{cpu_windows, CpuTotals},
+    process::PriorSched,
     workload::Workload,
     TaskModel, FINAL_READ_POLLS, SWEEP_EVERY_POLLS,
 };
@@ -151,7 +152,7 @@ impl TaskModel {
                         process.last_switch_out_ns.max(task.last_switch_out_ns);
                     let thread = process.threads.entry(tid).or_default();
                     if thread.sched.is_none() && !thread.born_seen {
-                        process.prior.add_task(&task);
+                        process.prior.add(&PriorSched::of(&task));
                     }
                     thread.sched = Some(task);
                 }

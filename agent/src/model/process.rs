@@ -45,12 +45,14 @@ pub(crate) struct PriorSched {
 }
 
 impl PriorSched {
-    /// Adds a task's counters as first read.
-    pub(crate) fn add_task(&mut self, task: &TaskSched) {
-        self.on_cpu_ns += task.on_cpu_ns;
-        self.runqueue_wait_ns += task.runqueue_wait_ns;
-        self.voluntary_switches += task.voluntary_switches;
-        self.involuntary_switches += task.involuntary_switches;
+    /// A task's counters as first read.
+    pub(crate) fn of(task: &TaskSched) -> Self {
+        Self {
+            on_cpu_ns: task.on_cpu_ns,
+            runqueue_wait_ns: task.runqueue_wait_ns,
+            voluntary_switches: task.voluntary_switches,
+            involuntary_switches: task.involuntary_switches,
+        }
     }
 
     /// Adds another.
@@ -63,20 +65,16 @@ impl PriorSched {
 }
 
 impl SchedTotals {
-    /// These totals without `prior` (the run-queue histogram is the agent's own: no part of
-    /// it is from before), never below zero.
+    /// These totals without `prior`, never below zero (the run-queue histogram is the agent's
+    /// own: no part of it is from before).
     pub(crate) fn without(&self, prior: &PriorSched) -> SchedTotals {
-        SchedTotals {
-            on_cpu_ns: self.on_cpu_ns.saturating_sub(prior.on_cpu_ns),
-            runqueue_wait_ns: self.runqueue_wait_ns.saturating_sub(prior.runqueue_wait_ns),
-            voluntary_switches: self
-                .voluntary_switches
-                .saturating_sub(prior.voluntary_switches),
-            involuntary_switches: self
-                .involuntary_switches
-                .saturating_sub(prior.involuntary_switches),
-            runqueue_hist: self.runqueue_hist,
-        }
+        self.minus(&SchedTotals {
+            on_cpu_ns: prior.on_cpu_ns,
+            runqueue_wait_ns: prior.runqueue_wait_ns,
+            voluntary_switches: prior.voluntary_switches,
+            involuntary_switches: prior.involuntary_switches,
+            ..SchedTotals::default()
+        })
     }
 
     /// Adds another total.
